@@ -1,0 +1,17 @@
+"""Spiking runtime: IF neurons, output integrator and the multi-step :class:`SpikingModel`.
+
+The numeric contract (membrane offset, update order, thresholds, resets) is docs/semantics.md.
+"""
+
+from neurocuda.snn.model import LayerSpikes, SpikingModel
+from neurocuda.snn.neurons import IFNeuron, MultiStepModule, OutputIntegrator, ResetMode, Scale
+
+__all__ = [
+    "IFNeuron",
+    "LayerSpikes",
+    "MultiStepModule",
+    "OutputIntegrator",
+    "ResetMode",
+    "Scale",
+    "SpikingModel",
+]

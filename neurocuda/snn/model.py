@@ -1,0 +1,94 @@
+"""The multi-step spiking model returned by the converter (see docs/semantics.md)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from neurocuda.snn.neurons import IFNeuron, MultiStepModule
+
+
+@dataclass(frozen=True)
+class LayerSpikes:
+    """Spikes one IF layer emitted during the last call."""
+
+    name: str
+    spikes: float
+    neurons: int
+    """Neurons of the layer per sample."""
+    timesteps: int
+    samples: int
+    """Images in the batch."""
+
+    @property
+    def rate(self) -> float:
+        """Mean spikes per neuron per time step."""
+        return self.spikes / max(1, self.neurons * self.timesteps * self.samples)
+
+
+class SpikingModel(nn.Module):
+    """A converted network run for T steps; returns the output trace ``[T, B, classes]``.
+
+    ``network`` keeps the ANN's module tree: BatchNorm folded (left as ``nn.Identity``), each
+    activation replaced by ``nn.Sequential(IFNeuron, Scale)``, residual ``Add`` modules kept and the
+    final Linear wrapped as ``nn.Sequential(Linear, OutputIntegrator)``. Stateless layers run on
+    the ``T * B`` samples; for a constant input ``[B, C, H, W]`` the layers before the first neuron
+    run once on the ``B`` images. State is reset at every call.
+    """
+
+    def __init__(self, network: nn.Module, input_shape: tuple[int, ...] = (3, 32, 32)) -> None:
+        super().__init__()
+        self.network = network
+        self.input_shape = tuple(input_shape)
+        """Shape of one sample without batch and time, e.g. ``(3, 32, 32)``."""
+        self._last_shape: tuple[int, int] | None = None
+
+    def forward(self, x: torch.Tensor, timesteps: int) -> torch.Tensor:
+        """Run ``x`` (``[B, *input_shape]`` constant current or ``[T, B, *input_shape]``)."""
+        if timesteps < 1:
+            raise ValueError(f"timesteps must be >= 1, got {timesteps}.")
+        if x.dim() == len(self.input_shape) + 2:
+            if x.shape[0] != timesteps:
+                raise ValueError(f"Input has {x.shape[0]} steps but timesteps={timesteps}.")
+            batch = x.shape[1]
+            x = x.reshape(-1, *x.shape[2:])
+        elif x.dim() == len(self.input_shape) + 1:
+            batch = x.shape[0]
+        else:
+            raise ValueError(
+                f"Input of shape {tuple(x.shape)} does not match [B, *{self.input_shape}] or "
+                f"[T, B, *{self.input_shape}]."
+            )
+        for module in self.network.modules():
+            if isinstance(module, MultiStepModule):
+                module.begin_run(timesteps, batch)
+        out = self.network(x)
+        if out.shape[0] != timesteps * batch:
+            raise RuntimeError(
+                f"The network returned {out.shape[0]} samples, expected T*B={timesteps * batch}: "
+                "its final Linear must be followed by an OutputIntegrator (use the converter)."
+            )
+        self._last_shape = (timesteps, batch)
+        return out.reshape(timesteps, batch, *out.shape[1:])
+
+    def neuron_layers(self) -> dict[str, IFNeuron]:
+        """The IF neurons by qualified name (relative to ``network``)."""
+        return {n: m for n, m in self.network.named_modules() if isinstance(m, IFNeuron)}
+
+    def spike_counts(self) -> list[LayerSpikes]:
+        """Spikes per IF layer during the last call (in network order)."""
+        if self._last_shape is None:
+            raise RuntimeError("spike_counts() needs a forward call first.")
+        steps, batch = self._last_shape
+        return [
+            LayerSpikes(
+                name=name,
+                spikes=float(neuron.last_spike_count),
+                neurons=neuron.last_neurons_per_sample,
+                timesteps=steps,
+                samples=batch,
+            )
+            for name, neuron in self.neuron_layers().items()
+        ]

@@ -1,0 +1,131 @@
+"""Spiking building blocks: IF neuron, output scale, integrating output layer.
+
+The arithmetic follows docs/semantics.md exactly (offset membrane ``u = v - v_init`` starting at 0,
+``u = u + (x + (-theta) * s_prev)``, strict ``>``, binary spikes), because the NIR executor and the
+float deployment targets must reproduce it bit for bit.
+
+Multi-step convention: stateless layers see the ``T * B`` samples flattened into the batch dimension
+(time-major). A stateful module is told ``T`` and ``B`` by :class:`~neurocuda.snn.SpikingModel`
+before each call (:meth:`MultiStepModule.begin_run`) and reshapes to ``[T, B, ...]`` internally.
+An input with only ``B`` samples is a constant current, identical at every step.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import nn
+
+ResetMode = Literal["subtract", "zero"]
+
+
+class MultiStepModule(nn.Module):
+    """A module with state over time; it loops over T and is reset at every run."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.timesteps = 1
+        self.batch_size: int | None = None
+
+    def begin_run(self, timesteps: int, batch_size: int) -> None:
+        """Set the run's shape; the next forward starts from a zero state."""
+        self.timesteps = timesteps
+        self.batch_size = batch_size
+
+    def as_sequence(self, x: torch.Tensor) -> torch.Tensor:
+        """View ``x`` (``[T*B, ...]`` or constant ``[B, ...]``) as ``[T, B, ...]``."""
+        steps, batch = self.timesteps, self.batch_size or x.shape[0] // self.timesteps
+        if x.shape[0] == steps * batch:
+            return x.reshape(steps, batch, *x.shape[1:])
+        if x.shape[0] == batch:
+            return x.unsqueeze(0).expand(steps, *x.shape)
+        raise ValueError(
+            f"{type(self).__name__} got {x.shape[0]} samples for T={steps}, B={batch}; expected "
+            "T*B (time-major) or B (constant input). Run it through SpikingModel."
+        )
+
+
+class IFNeuron(MultiStepModule):
+    """Integrate-and-fire neuron with reset by subtraction (default) or to zero.
+
+    ``threshold`` and ``v_init`` broadcast to one sample's feature shape: ``[]``, ``[C, 1, 1]``
+    (per conv channel) or ``[C]`` (per linear feature). Output spikes are binary; the layer's
+    analog output ``theta * s`` is produced by the :class:`Scale` module that follows it.
+    """
+
+    def __init__(
+        self, threshold: torch.Tensor, v_init: torch.Tensor, reset: ResetMode = "subtract"
+    ) -> None:
+        super().__init__()
+        threshold = torch.as_tensor(threshold, dtype=torch.float32)
+        v_init = torch.as_tensor(v_init, dtype=torch.float32).expand_as(threshold).clone()
+        if not bool((threshold > 0).all()):
+            raise ValueError("IFNeuron thresholds must be > 0 (a zero threshold fires always).")
+        if reset not in ("subtract", "zero"):
+            raise ValueError(f"reset must be 'subtract' or 'zero', got {reset!r}.")
+        self.reset = reset
+        self.register_buffer("threshold", threshold.clone())
+        self.register_buffer("v_init", v_init)
+        self.register_buffer("fire_level", threshold - v_init)
+        self.last_spike_count = torch.zeros(())
+        self.last_neurons_per_sample = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        spikes = self.run_sequence(self.as_sequence(x))
+        return spikes.reshape(-1, *spikes.shape[2:])
+
+    def run_sequence(self, x: torch.Tensor) -> torch.Tensor:
+        """Run ``x`` of shape ``[T, B, ...]`` from a zero state; return spikes ``[T, B, ...]``."""
+        u = torch.zeros_like(x[0])
+        spikes = torch.empty_like(x)
+        s = torch.zeros_like(x[0])
+        neg_threshold = -self.threshold
+        neg_v_init = -self.v_init
+        for t in range(x.shape[0]):
+            if self.reset == "subtract":
+                u = u + (x[t] + neg_threshold * s)
+                s = (u > self.fire_level).to(x.dtype)
+            else:
+                u = u + x[t]
+                fired = u > self.fire_level
+                s = fired.to(x.dtype)
+                u = torch.where(fired, neg_v_init, u)
+            spikes[t] = s
+        self.last_spike_count = spikes.detach().sum()
+        self.last_neurons_per_sample = x[0, 0].numel()
+        return spikes
+
+    def extra_repr(self) -> str:
+        return f"shape={tuple(self.threshold.shape)}, reset={self.reset}"
+
+
+class Scale(nn.Module):
+    """Multiply by a constant (per channel): ``x * scale``; follows every IF neuron."""
+
+    def __init__(self, scale: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("scale", torch.as_tensor(scale, dtype=torch.float32).clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.scale
+
+    def extra_repr(self) -> str:
+        return f"shape={tuple(self.scale.shape)}"
+
+
+class OutputIntegrator(MultiStepModule):
+    """Non-spiking output: ``o_t = o_{t-1} + y_t`` with ``o_0 = 0`` (sequential adds)."""
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        trace = self.run_sequence(self.as_sequence(y))
+        return trace.reshape(-1, *trace.shape[2:])
+
+    def run_sequence(self, y: torch.Tensor) -> torch.Tensor:
+        """Integrate ``y`` of shape ``[T, B, ...]``; return the trace ``[T, B, ...]``."""
+        o = torch.zeros_like(y[0])
+        trace = torch.empty_like(y)
+        for t in range(y.shape[0]):
+            o = o + y[t]
+            trace[t] = o
+        return trace

@@ -1,0 +1,117 @@
+"""The LightningModule that trains every ANN before conversion."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import torch
+from torch import nn
+from torchmetrics import MaxMetric, MeanMetric
+from torchmetrics.classification import MulticlassAccuracy
+
+from neurocuda.models import build_model
+
+_DEFAULT_OPTIMIZER = {"name": "sgd", "lr": 0.1, "momentum": 0.9, "nesterov": True,
+                      "weight_decay": 5e-4}  # fmt: skip
+_DEFAULT_SCHEDULER = {"name": "onecycle", "pct_start": 0.25}
+
+
+class ClassifierModule(L.LightningModule):
+    """Cross-entropy classifier around :func:`neurocuda.models.build_model`.
+
+    Everything needed to rebuild the network is a hyperparameter, so
+    ``ClassifierModule.load_from_checkpoint(path)`` works without a config.
+    """
+
+    def __init__(
+        self,
+        arch: str = "cifarnet",
+        num_classes: int = 10,
+        activation: str = "relu",
+        activation_kwargs: dict[str, Any] | None = None,
+        arch_kwargs: dict[str, Any] | None = None,
+        optimizer: dict[str, Any] | None = None,
+        scheduler: dict[str, Any] | None = None,
+        label_smoothing: float = 0.1,
+        channels_last: bool = True,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.net = build_model(
+            arch, num_classes, activation, activation_kwargs, **(arch_kwargs or {})
+        )
+        if channels_last:
+            self.net = self.net.to(memory_format=torch.channels_last)
+        self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+        # keyed "<split>_acc" / "<split>_loss": ModuleDict keys may not shadow Module.train
+        splits = ("train", "val", "test")
+        self.metrics = nn.ModuleDict(
+            {f"{s}_acc": MulticlassAccuracy(num_classes, average="micro") for s in splits}
+            | {f"{s}_loss": MeanMetric() for s in splits}
+        )
+        self.val_acc_best = MaxMetric()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.hparams.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.net(x)
+
+    def _step(self, batch: tuple[torch.Tensor, torch.Tensor], split: str) -> torch.Tensor:
+        x, y = batch
+        logits = self(x)
+        loss = self.criterion(logits, y)
+        loss_metric, acc_metric = self.metrics[f"{split}_loss"], self.metrics[f"{split}_acc"]
+        loss_metric(loss)
+        acc_metric(logits, y)
+        on_step = split == "train"
+        self.log(f"{split}/loss", loss_metric, on_step=on_step, on_epoch=True, prog_bar=True)
+        self.log(f"{split}/acc", acc_metric, on_step=False, on_epoch=True, prog_bar=True)
+        return loss
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], _: int) -> torch.Tensor:
+        return self._step(batch, "train")
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], _: int) -> None:
+        self._step(batch, "val")
+
+    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], _: int) -> None:
+        self._step(batch, "test")
+
+    def on_train_start(self) -> None:
+        self.val_acc_best.reset()
+
+    def on_validation_epoch_end(self) -> None:
+        if self.trainer.sanity_checking:
+            return
+        self.val_acc_best(self.metrics["val_acc"].compute())
+        self.log("val/acc_best", self.val_acc_best.compute(), prog_bar=True, sync_dist=True)
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        opt_cfg = {**_DEFAULT_OPTIMIZER, **(self.hparams.optimizer or {})}
+        name = opt_cfg.pop("name")
+        if name == "sgd":
+            optimizer: torch.optim.Optimizer = torch.optim.SGD(self.parameters(), **opt_cfg)
+        elif name == "adamw":
+            opt_cfg.pop("momentum", None)
+            opt_cfg.pop("nesterov", None)
+            optimizer = torch.optim.AdamW(self.parameters(), **opt_cfg)
+        else:
+            raise ValueError(f"model.optimizer.name={name!r}: use sgd or adamw.")
+        sched_cfg = {**_DEFAULT_SCHEDULER, **(self.hparams.scheduler or {})}
+        sched_name = sched_cfg.pop("name")
+        total = int(self.trainer.estimated_stepping_batches)
+        if sched_name == "onecycle":
+            scheduler: Any = torch.optim.lr_scheduler.OneCycleLR(
+                optimizer, max_lr=opt_cfg["lr"], total_steps=total, **sched_cfg
+            )
+        elif sched_name == "cosine":
+            scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
+        elif sched_name == "none":
+            return {"optimizer": optimizer}
+        else:
+            raise ValueError(f"model.scheduler.name={sched_name!r}: use onecycle, cosine or none.")
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+        }

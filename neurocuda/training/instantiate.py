@@ -1,0 +1,67 @@
+"""Build callbacks and loggers from Hydra config nodes (lightning-hydra-template style)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import hydra
+from lightning import Callback
+from lightning.pytorch.loggers import Logger
+from omegaconf import DictConfig
+
+log = logging.getLogger(__name__)
+
+# Config groups that may contribute Lightning callbacks under a ``callbacks:`` key, in run order:
+# conversion (convert, then NIR round trip) must run before deployment.
+CALLBACK_GROUPS = ("callbacks", "conversion", "deploy")
+
+
+def _targets(node: DictConfig | None, what: str) -> list[DictConfig]:
+    if not node:
+        return []
+    if not isinstance(node, DictConfig):
+        raise TypeError(f"The {what} config must be a mapping of named nodes, got {node!r}.")
+    return [n for n in node.values() if isinstance(n, DictConfig) and "_target_" in n]
+
+
+def instantiate_callbacks(cfg: DictConfig) -> list[Callback]:
+    """Instantiate ``cfg.callbacks.*`` and then ``cfg.<group>.callbacks.*`` for the other groups."""
+    nodes = list(_targets(cfg.get("callbacks"), "callbacks"))
+    for group in CALLBACK_GROUPS[1:]:
+        group_cfg = cfg.get(group)
+        if group_cfg:
+            nodes += _targets(group_cfg.get("callbacks"), f"{group}.callbacks")
+    callbacks = []
+    for node in nodes:
+        log.info("Instantiating callback <%s>", node._target_)
+        callbacks.append(hydra.utils.instantiate(node))
+    return callbacks
+
+
+def instantiate_loggers(cfg: DictConfig) -> list[Logger]:
+    """Instantiate every logger node in ``cfg.logger`` (empty for ``logger=none``)."""
+    loggers = []
+    for node in _targets(cfg.get("logger"), "logger"):
+        log.info("Instantiating logger <%s>", node._target_)
+        loggers.append(hydra.utils.instantiate(node))
+    return loggers
+
+
+def resolve_ckpt_path(cfg: DictConfig) -> str | None:
+    """``ckpt_path`` if set; with ``resume=true`` the run's own ``checkpoints/last.ckpt``."""
+    if cfg.get("ckpt_path"):
+        path = Path(cfg.ckpt_path)
+        if not path.is_file():
+            raise FileNotFoundError(f"ckpt_path={path} does not exist.")
+        return str(path)
+    if cfg.get("resume"):
+        last = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+        if not last.is_file():
+            raise FileNotFoundError(
+                f"resume=true but {last} does not exist: point hydra.run.dir at the killed run's "
+                "directory (python train.py hydra.run.dir=RUN_DIR resume=true) or set ckpt_path=."
+            )
+        log.info("Resuming from %s", last)
+        return str(last)
+    return None

@@ -1,0 +1,68 @@
+"""Train CifarNet on the full CIFAR-10 archive and report test accuracy, minutes and images/s.
+
+    python scripts/benchmark_training.py            # full: experiment=cifarnet_cpu
+    python scripts/benchmark_training.py --quick    # 5,000 images, 2 epochs
+    python scripts/benchmark_training.py -- trainer.max_epochs=8   # extra train.py overrides
+
+Runs ``train.py`` as a subprocess (exactly what a user runs) with SNN conversion switched off, so
+the timing is of ANN training alone, then reads the CSV logger's metrics.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _read_metrics(run_dir: Path) -> dict[str, float]:
+    metrics: dict[str, float] = {}
+    for path in sorted(run_dir.glob("csv/version_*/metrics.csv")):
+        with path.open() as handle:
+            for row in csv.DictReader(handle):
+                metrics.update({k: float(v) for k, v in row.items() if v not in ("", None)})
+    return metrics
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="5,000 images, 2 epochs")
+    parser.add_argument("--run-dir", type=Path, default=None, help="where train.py writes")
+    parser.add_argument("overrides", nargs="*", help="extra train.py overrides")
+    args = parser.parse_args()
+
+    run_dir = args.run_dir or ROOT / "logs" / "benchmarks" / time.strftime("training_%Y%m%d_%H%M%S")
+    overrides = ["experiment=cifarnet_cpu", "~conversion", f"hydra.run.dir={run_dir}"]
+    if args.quick:
+        overrides += ["data.train_subset=5000", "data.test_subset=2000", "trainer.max_epochs=2"]
+    overrides += args.overrides
+    start = time.perf_counter()
+    subprocess.run([sys.executable, str(ROOT / "train.py"), *overrides], check=True, cwd=ROOT)
+    minutes = (time.perf_counter() - start) / 60
+
+    metrics = _read_metrics(run_dir)
+    epochs = int(metrics.get("epoch", 0)) + 1
+    train_images = 50_000 - 1000 if not args.quick else 5000
+    table = Table(title="CifarNet training (" + ("quick" if args.quick else "full") + ")")
+    for column in ("test acc", "epochs", "minutes (wall, incl. test)", "train images/s"):
+        table.add_column(column)
+    table.add_row(
+        f"{metrics.get('test/acc', float('nan')):.4f}",
+        str(epochs),
+        f"{minutes:.2f}",
+        f"{epochs * train_images / (minutes * 60):.0f}",
+    )
+    Console().print(table)
+    Console().print(f"run dir: {run_dir}\noverrides: {' '.join(overrides)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,60 @@
+"""Train an ANN, then convert, export, verify and deploy it, all as configured with Hydra.
+
+    python train.py experiment=quickstart
+    python train.py model=resnet18 trainer=gpu deploy=loihi2
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import hydra
+import lightning as L
+from omegaconf import DictConfig, OmegaConf
+
+from neurocuda.training.instantiate import (
+    instantiate_callbacks,
+    instantiate_loggers,
+    resolve_ckpt_path,
+)
+
+log = logging.getLogger(__name__)
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Fit and test the model described by ``cfg``; return the logged metrics."""
+    if cfg.get("seed") is not None:
+        L.seed_everything(cfg.seed, workers=True)
+    datamodule: L.LightningDataModule = hydra.utils.instantiate(cfg.data)
+    model: L.LightningModule = hydra.utils.instantiate(cfg.model)
+    callbacks = instantiate_callbacks(cfg)
+    loggers = instantiate_loggers(cfg)
+    trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
+    for logger in loggers:
+        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+
+    if cfg.get("train", True):
+        trainer.fit(model, datamodule=datamodule, ckpt_path=resolve_ckpt_path(cfg))
+    metrics = dict(trainer.callback_metrics)
+    if cfg.get("test", True):
+        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+        trainer.test(model, datamodule=datamodule, ckpt_path=best or None)
+        metrics.update(trainer.callback_metrics)
+    return {k: float(v) for k, v in metrics.items()}
+
+
+@hydra.main(version_base="1.3", config_path="configs", config_name="train.yaml")
+def main(cfg: DictConfig) -> float | None:
+    """Hydra entry point; returns ``optimized_metric`` for sweepers."""
+    metrics = train(cfg)
+    name = cfg.get("optimized_metric")
+    if name is None:
+        return None
+    if name not in metrics:
+        raise KeyError(f"optimized_metric={name!r} was not logged; logged: {sorted(metrics)}.")
+    return metrics[name]
+
+
+if __name__ == "__main__":
+    main()
