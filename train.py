@@ -14,6 +14,7 @@ import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
 from neurocuda.training.instantiate import (
+    finish_loggers,
     instantiate_callbacks,
     instantiate_loggers,
     resolve_ckpt_path,
@@ -34,13 +35,16 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     for logger in loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
 
-    if cfg.get("train", True):
-        trainer.fit(model, datamodule=datamodule, ckpt_path=resolve_ckpt_path(cfg))
-    metrics = dict(trainer.callback_metrics)
-    if cfg.get("test", True):
-        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-        trainer.test(model, datamodule=datamodule, ckpt_path=best or None)
-        metrics.update(trainer.callback_metrics)
+    try:
+        if cfg.get("train", True):
+            trainer.fit(model, datamodule=datamodule, ckpt_path=resolve_ckpt_path(cfg))
+        metrics = dict(trainer.callback_metrics)
+        if cfg.get("test", True):
+            best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+            trainer.test(model, datamodule=datamodule, ckpt_path=best or None)
+            metrics.update(trainer.callback_metrics)
+    finally:
+        finish_loggers(loggers)
     return {k: float(v) for k, v in metrics.items()}
 
 

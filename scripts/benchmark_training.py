@@ -17,6 +17,7 @@ import sys
 import time
 from pathlib import Path
 
+from omegaconf import OmegaConf
 from rich.console import Console
 from rich.table import Table
 
@@ -50,7 +51,8 @@ def main() -> None:
 
     metrics = _read_metrics(run_dir)
     epochs = int(metrics.get("epoch", 0)) + 1
-    train_images = 50_000 - 1000 if not args.quick else 5000
+    data = OmegaConf.load(run_dir / ".hydra" / "config.yaml").data
+    train_images = data.train_subset or 50_000 - data.val_size
     table = Table(title="CifarNet training (" + ("quick" if args.quick else "full") + ")")
     for column in ("test acc", "epochs", "minutes (wall, incl. test)", "train images/s"):
         table.add_column(column)

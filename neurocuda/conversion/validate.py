@@ -83,8 +83,6 @@ def _check_node(node: fx.Node, modules: dict[str, nn.Module]) -> None:
             f"Layer {node.target!r} ({type(module).__name__}) has no spiking equivalent: {fix}. "
             f"Supported layers: {supported}."
         )
-    if isinstance(module, nn.AdaptiveAvgPool2d):
-        return
     if isinstance(module, BATCHNORMS):
         parent = node.args[0]
         ok = (

@@ -3,10 +3,12 @@
 The numeric contract (membrane offset, update order, thresholds, resets) is docs/semantics.md.
 """
 
+from neurocuda.snn.encoding import Encoding, encode, poisson_encode
 from neurocuda.snn.model import LayerSpikes, SpikingModel
 from neurocuda.snn.neurons import IFNeuron, MultiStepModule, OutputIntegrator, ResetMode, Scale
 
 __all__ = [
+    "Encoding",
     "IFNeuron",
     "LayerSpikes",
     "MultiStepModule",
@@ -14,4 +16,6 @@ __all__ = [
     "ResetMode",
     "Scale",
     "SpikingModel",
+    "encode",
+    "poisson_encode",
 ]

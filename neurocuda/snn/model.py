@@ -73,6 +73,11 @@ class SpikingModel(nn.Module):
         self._last_shape = (timesteps, batch)
         return out.reshape(timesteps, batch, *out.shape[1:])
 
+    @property
+    def last_run(self) -> tuple[int, int] | None:
+        """``(T, B)`` of the last call, ``None`` before the first."""
+        return self._last_shape
+
     def neuron_layers(self) -> dict[str, IFNeuron]:
         """The IF neurons by qualified name (relative to ``network``)."""
         return {n: m for n, m in self.network.named_modules() if isinstance(m, IFNeuron)}

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import hydra
 from lightning import Callback
-from lightning.pytorch.loggers import Logger
+from lightning.pytorch.loggers import Logger, WandbLogger
 from omegaconf import DictConfig
 
 log = logging.getLogger(__name__)
@@ -46,6 +46,20 @@ def instantiate_loggers(cfg: DictConfig) -> list[Logger]:
         log.info("Instantiating logger <%s>", node._target_)
         loggers.append(hydra.utils.instantiate(node))
     return loggers
+
+
+def finish_loggers(loggers: list[Logger]) -> None:
+    """Close W&B runs so each job of a sweep gets its own, complete run directory.
+
+    ``teardown`` stops W&B's service process, which is what flushes an offline run's log to disk.
+    """
+    wandb_loggers = [lg for lg in loggers if isinstance(lg, WandbLogger)]
+    for logger in wandb_loggers:
+        logger.experiment.finish()
+    if wandb_loggers:
+        import wandb
+
+        wandb.teardown()
 
 
 def resolve_ckpt_path(cfg: DictConfig) -> str | None:

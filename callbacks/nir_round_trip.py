@@ -1,0 +1,137 @@
+"""Lightning glue: after SNN conversion, export ``<checkpoint>.nir``, reload it, prove equality."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Literal
+
+import lightning as L
+import torch
+from lightning.pytorch.loggers import WandbLogger
+
+from callbacks.snn_conversion import SNNConversion
+from neurocuda.conversion import ConversionResult
+from neurocuda.nir import Executor, Profile, export, load, save
+from neurocuda.nir.verify import compare
+
+log = logging.getLogger(__name__)
+
+
+class NIRRoundTrip(L.Callback):
+    """Export the latest converted SNN beside its checkpoint and re-execute it from the file.
+
+    Runs in ``on_train_epoch_end`` after :class:`~callbacks.snn_conversion.SNNConversion` (listed
+    before it), on a fixed batch of ``num_images`` validation images, at each T of the conversion
+    callback (or ``timesteps``). Logs ``nir/max_abs_diff`` and ``nir/divergent_images``; a
+    difference other than exactly 0.0 raises (``on_mismatch="fail"``) or warns (``"warn"``).
+    """
+
+    def __init__(
+        self,
+        num_images: int = 16,
+        timesteps: Sequence[int] | None = None,
+        profile: Profile = "faithful",
+        on_mismatch: Literal["fail", "warn"] = "fail",
+        log_artifact: bool = True,
+    ) -> None:
+        if on_mismatch not in ("fail", "warn"):
+            raise ValueError(f"nir_round_trip.on_mismatch={on_mismatch!r}: use fail or warn.")
+        if num_images < 1:
+            raise ValueError(f"nir_round_trip.num_images={num_images} must be >= 1.")
+        self.num_images = num_images
+        self.timesteps = None if timesteps is None else [int(t) for t in timesteps]
+        self.profile: Profile = profile
+        self.on_mismatch = on_mismatch
+        self.log_artifact = log_artifact
+        self._batch: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._done: ConversionResult | None = None
+        self.last_path: Path | None = None
+
+    @staticmethod
+    def _conversion(trainer: L.Trainer) -> SNNConversion:
+        found = [cb for cb in trainer.callbacks if isinstance(cb, SNNConversion)]
+        if not found:
+            raise RuntimeError(
+                "NIRRoundTrip needs the SNNConversion callback (select the conversion config group "
+                "or add callbacks.snn_conversion.SNNConversion before it)."
+            )
+        return found[0]
+
+    def _fixed_batch(self, trainer: L.Trainer) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._batch is None:
+            loader = trainer.val_dataloaders
+            loader = loader[0] if isinstance(loader, list | tuple) else loader
+            if loader is None:
+                loader = trainer.datamodule.val_dataloader()
+            xs, ys, count = [], [], 0
+            for x, y in loader:
+                xs.append(x)
+                ys.append(y)
+                count += len(y)
+                if count >= self.num_images:
+                    break
+            self._batch = (torch.cat(xs)[: self.num_images], torch.cat(ys)[: self.num_images])
+        return self._batch
+
+    def _path(self, result: ConversionResult, trainer: L.Trainer) -> Path:
+        if result.checkpoint_path:
+            return Path(result.checkpoint_path).with_suffix(".nir")
+        path = Path(trainer.default_root_dir) / f"snn_epoch{result.epoch}.nir"
+        log.warning("No checkpoint path (is ModelCheckpoint enabled?); writing %s.", path)
+        return path
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        conversion = self._conversion(trainer)
+        result = conversion.latest
+        if result is None or result is self._done or result.epoch != trainer.current_epoch:
+            return
+        self._done = result
+        timesteps = self.timesteps or conversion.timesteps
+        x, y = self._fixed_batch(trainer)
+        x = x.to(next(result.snn.buffers()).device)
+        metadata = {
+            "encoding": conversion.encoding,
+            "timesteps": ",".join(map(str, timesteps)),
+            "epoch": int(result.epoch),
+            "checkpoint": Path(result.checkpoint_path).name if result.checkpoint_path else "",
+            "v_init": conversion.config.v_init,
+            "calibration_batches": conversion.config.calibration_batches,
+            "percentile": conversion.config.percentile,
+            "per_channel": str(conversion.config.per_channel).lower(),
+        }
+        path = save(export(result.snn, x[:1], self.profile, metadata), self._path(result, trainer))
+        self.last_path = path
+        executor = Executor(load(path)).to(x.device)
+        report = compare(executor, result.snn, [(x, y)], timesteps, conversion.encoding)
+        diff, divergent = report.worst_diff, report.total_divergent
+        pl_module.log_dict(
+            {"nir/max_abs_diff": diff, "nir/divergent_images": float(divergent)},
+            on_step=False,
+            on_epoch=True,
+            rank_zero_only=True,
+        )
+        log.info("NIR round trip %s: max abs diff %g, %d divergent images", path, diff, divergent)
+        if self.log_artifact:
+            self._log_artifact(trainer, path, result.epoch)
+        if diff != 0.0 or divergent:
+            message = (
+                f"NIR round trip of {path} is not exact: max abs diff {diff} at T={timesteps}, "
+                f"{divergent}/{len(y)} images differ. The export or the executor no longer "
+                "computes what the native SNN computes (docs/semantics.md)."
+            )
+            if self.on_mismatch == "fail":
+                raise RuntimeError(message)
+            warnings.warn(message, stacklevel=1)
+
+    @staticmethod
+    def _log_artifact(trainer: L.Trainer, path: Path, epoch: int) -> None:
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                import wandb
+
+                artifact = wandb.Artifact(f"nir-{logger.experiment.id}", type="nir-graph")
+                artifact.add_file(str(path), name=path.name)
+                logger.experiment.log_artifact(artifact, aliases=[f"epoch{epoch}", "latest"])

@@ -1,0 +1,109 @@
+"""Lightning glue: convert the ANN to an SNN at checkpoints and log its accuracy per T."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+from neurocuda.conversion import ConversionConfig, ConversionResult, convert, evaluate_snn
+from neurocuda.snn import Encoding, ResetMode
+
+log = logging.getLogger(__name__)
+
+
+class SNNConversion(L.Callback):
+    """Every ``every_n_epochs`` epochs and at the last one, convert a copy of ``pl_module.net``.
+
+    Logs ``snn/acc_T{t}``, ``snn/gap_T{t}`` (ANN minus SNN on the same validation images),
+    ``snn/spike_rate/<layer>`` and ``snn/synops_per_image``; keeps the outcome in :attr:`latest`
+    for callbacks that run after it (NIR export).
+    """
+
+    def __init__(
+        self,
+        timesteps: Sequence[int] = (1, 2, 4, 8, 16),
+        calibration_batches: int = 8,
+        percentile: float = 99.9,
+        per_channel: bool = True,
+        reset: ResetMode = "subtract",
+        v_init: float = 0.5,
+        encoding: Encoding = "direct",
+        every_n_epochs: int = 1,
+        eval_subset: int | None = None,
+    ) -> None:
+        if every_n_epochs < 1:
+            raise ValueError(f"conversion.every_n_epochs={every_n_epochs} must be >= 1.")
+        self.timesteps = [int(t) for t in timesteps]
+        self.config = ConversionConfig(
+            calibration_batches=calibration_batches,
+            percentile=percentile,
+            per_channel=per_channel,
+            reset=reset,
+            v_init=v_init,
+        )
+        self.encoding: Encoding = encoding
+        self.every_n_epochs = every_n_epochs
+        self.eval_subset = eval_subset
+        self.latest: ConversionResult | None = None
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        # Lightning runs ModelCheckpoint callbacks last; in its automatic mode a checkpoint saves
+        # in on_train_epoch_end, i.e. after this callback. Saving at validation end instead (same
+        # epoch, same weights) makes this epoch's checkpoint exist when we convert it.
+        for ckpt in trainer.checkpoint_callbacks:
+            if isinstance(ckpt, ModelCheckpoint) and ckpt._save_on_train_epoch_end is None:
+                ckpt._save_on_train_epoch_end = False
+                log.info("ModelCheckpoint now saves at validation end, before SNN conversion.")
+
+    def _due(self, trainer: L.Trainer) -> bool:
+        epoch = trainer.current_epoch + 1
+        last = trainer.max_epochs is not None and epoch >= trainer.max_epochs
+        return epoch % self.every_n_epochs == 0 or last or trainer.should_stop
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking or not self._due(trainer):
+            return
+        val_loader = _first(trainer.val_dataloaders)
+        if val_loader is None and trainer.datamodule is not None:
+            val_loader = trainer.datamodule.val_dataloader()
+        if val_loader is None:
+            raise RuntimeError("SNNConversion needs validation data (a val_dataloader).")
+        ann = pl_module.net
+        self.config.input_shape = tuple(next(iter(val_loader))[0].shape[1:])
+        with torch.autocast(pl_module.device.type, enabled=False):
+            snn = convert(ann, trainer.train_dataloader, self.config)
+            evaluation = evaluate_snn(
+                snn, val_loader, self.timesteps, ann=ann, encoding=self.encoding,
+                max_images=self.eval_subset, progress=False,
+            )  # fmt: skip
+        ckpt = trainer.checkpoint_callback
+        path = (ckpt.last_model_path or ckpt.best_model_path or None) if ckpt else None
+        self.latest = ConversionResult(
+            snn=snn,
+            checkpoint_path=path,
+            epoch=trainer.current_epoch,
+            accuracy=evaluation.accuracy,
+            ann_accuracy=float(evaluation.ann_accuracy),
+            evaluation=evaluation,
+        )
+        metrics = {f"snn/acc_T{t}": acc for t, acc in evaluation.accuracy.items()}
+        metrics |= {f"snn/gap_T{t}": gap for t, gap in evaluation.gap.items()}
+        metrics |= {f"snn/spike_rate/{n}": r for n, r in evaluation.spike_rates.items()}
+        metrics["snn/synops_per_image"] = evaluation.synops_per_image
+        metrics["snn/ann_acc"] = float(evaluation.ann_accuracy)
+        pl_module.log_dict(metrics, on_step=False, on_epoch=True, rank_zero_only=True)
+        summary = ", ".join(f"T={t}: {a:.2%}" for t, a in evaluation.accuracy.items())
+        log.info(
+            "Epoch %d SNN accuracy on %d val images (ANN %.2f%%): %s",
+            trainer.current_epoch, evaluation.images, 100 * evaluation.ann_accuracy, summary,
+        )  # fmt: skip
+
+
+def _first(loaders: object) -> object:
+    if isinstance(loaders, (list, tuple)):
+        return loaders[0] if loaders else None
+    return loaders

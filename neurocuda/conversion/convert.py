@@ -1,0 +1,113 @@
+"""The staged ANN -> SNN recipe: validate -> fold BatchNorm -> calibrate -> replace -> finalize."""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from neurocuda.conversion.calibrate import (
+    calibrate_relu_thresholds,
+    qcfs_thresholds,
+    split_by_kind,
+)
+from neurocuda.conversion.errors import ConversionError
+from neurocuda.conversion.fold import fold_batchnorms
+from neurocuda.conversion.validate import NetworkPlan, plan_conversion
+from neurocuda.snn import IFNeuron, OutputIntegrator, ResetMode, Scale, SpikingModel
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ConversionConfig:
+    """Converter options (the ``conversion`` config group maps onto these)."""
+
+    calibration_batches: int = 8
+    percentile: float = 99.9
+    per_channel: bool = False
+    reset: ResetMode = "subtract"
+    v_init: float = 0.5
+    """Initial membrane as a fraction of the threshold (0.5 = theta/2, the low-T default)."""
+    input_shape: tuple[int, ...] = (3, 32, 32)
+
+
+def convert(
+    ann: nn.Module,
+    calibration_data: Iterable | None = None,
+    config: ConversionConfig | None = None,
+) -> SpikingModel:
+    """Return a new :class:`SpikingModel` equivalent to ``ann``; ``ann`` itself is not modified.
+
+    ``calibration_data`` yields ``(x, y)`` or ``x`` batches; it is needed when the ANN has ReLU
+    activations (QCFS layers carry learned thresholds).
+    """
+    config = config or ConversionConfig()
+    if config.reset not in ("subtract", "zero"):
+        raise ConversionError(f"conversion.reset={config.reset!r}: use subtract or zero.")
+    if config.reset == "zero":
+        log.warning(
+            "conversion.reset=zero (hard reset) discards the membrane surplus at every spike and "
+            "loses accuracy, most at low T (see docs/results.md); use it only for the portable "
+            "NIR profile / Lava."
+        )
+    device = next(ann.parameters()).device
+    net = copy.deepcopy(ann).eval()  # the caller's ANN (and its training flag) stays untouched
+    plan = plan_conversion(net, config.input_shape)
+    fold_batchnorms(net, plan.batchnorm_of)
+    thresholds = _thresholds(net, plan, calibration_data, config)
+    _replace_activations(net, plan, thresholds, config)
+    _finalize(net, plan)
+    snn = SpikingModel(net, config.input_shape).to(device).eval()
+    return snn.requires_grad_(False)
+
+
+def _thresholds(
+    net: nn.Module, plan: NetworkPlan, data: Iterable | None, config: ConversionConfig
+) -> dict[str, torch.Tensor]:
+    relu, qcfs = split_by_kind(net, list(plan.activations))
+    thresholds = qcfs_thresholds(net, qcfs)
+    if relu:
+        if data is None:
+            raise ConversionError(
+                f"ReLU layers {relu[:3]}... need calibration data to set thresholds: pass a data "
+                "loader (or train with model.activation=qcfs)."
+            )
+        thresholds |= calibrate_relu_thresholds(
+            net, relu, data, config.calibration_batches, config.percentile, config.per_channel
+        )
+    return thresholds
+
+
+def _replace_activations(
+    net: nn.Module, plan: NetworkPlan, thresholds: dict[str, torch.Tensor], config: ConversionConfig
+) -> None:
+    for name, shape in plan.activations.items():
+        theta = thresholds[name].float().cpu()
+        if theta.dim() == 1:  # per channel: broadcast over one sample's [C, H, W] or [C]
+            theta = theta.reshape(-1, *([1] * (len(shape) - 1)))
+        neuron = IFNeuron(theta, theta * config.v_init, config.reset)
+        net.set_submodule(name, nn.Sequential(neuron, Scale(theta)))
+
+
+def _finalize(net: nn.Module, plan: NetworkPlan) -> None:
+    for name, in_shape in plan.adaptive_pools.items():
+        out = nn.modules.utils._pair(net.get_submodule(name).output_size)
+        size = tuple(in_shape[-2:])
+        if any(o is None or s % o for s, o in zip(size, out, strict=True)):
+            raise ConversionError(
+                f"AdaptiveAvgPool2d {name!r} maps {size} to {out}, which is not a fixed average "
+                "pool; use nn.AvgPool2d or an output size dividing the input."
+            )
+        kernel = tuple(s // o for s, o in zip(size, out, strict=True))
+        log.info("AdaptiveAvgPool2d %r on a %s input becomes AvgPool2d(%s).", name, size, kernel)
+        net.set_submodule(name, nn.AvgPool2d(kernel))
+    for name, module in list(net.named_modules()):
+        if isinstance(module, nn.Dropout):
+            net.set_submodule(name, nn.Identity())  # identity in eval mode
+    final = net.get_submodule(plan.final_linear)
+    net.set_submodule(plan.final_linear, nn.Sequential(final, OutputIntegrator()))

@@ -1,0 +1,141 @@
+"""Run a prepared backend over a data loader and assemble the deployment report."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+
+import torch
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from torchmetrics.classification import MulticlassAccuracy
+
+from neurocuda.deploy.base import Backend
+from neurocuda.metrics.energy import estimate_energy
+
+
+@dataclass
+class LayerReport:
+    """Per-image activity of one population."""
+
+    name: str
+    neurons: int
+    spikes_per_image: float
+    spike_rate: float
+    synops_per_image: float
+    neuron_updates_per_image: float
+
+
+@dataclass
+class DeploymentReport:
+    """Everything a deployment run measured; :func:`as_dict` is what the JSON file holds."""
+
+    target: str
+    timesteps: int
+    images: int
+    accuracy: float
+    latency_timesteps: int
+    throughput_images_per_s: float
+    wall_seconds: float
+    layers: list[LayerReport]
+    energy: dict
+    target_info: dict
+    saturation: dict[str, int] = field(default_factory=dict)
+    source: str = ""
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def _ann_macs_by_layer(backend: Backend) -> dict[str, int]:
+    """ANN MACs of each weight node, keyed by the population its output feeds."""
+    net = backend.network
+    macs: dict[str, int] = {}
+    for proj in net.projections:
+        if proj.label in net.macs:
+            macs[proj.target] = macs.get(proj.target, 0) + net.macs[proj.label]
+    return macs
+
+
+def deploy(
+    backend: Backend,
+    batches: Iterable,
+    timesteps: int,
+    num_classes: int = 10,
+    max_images: int | None = None,
+    progress: bool = True,
+    source: str = "",
+) -> DeploymentReport:
+    """Run ``backend`` (already prepared) on ``(x, y)`` batches; stop after ``max_images``."""
+    if timesteps < 1:
+        raise ValueError(f"timesteps must be >= 1, got {timesteps}.")
+    accuracy = MulticlassAccuracy(num_classes=num_classes, average="micro")
+    spikes: dict[str, int] = {}
+    synops: dict[str, int] = {}
+    updates: dict[str, int] = {}
+    extra: dict[str, int] = {}
+    images, steps_run, seconds = 0, timesteps, 0.0
+    columns = (
+        TextColumn(f"deploy[{backend.name}] T={timesteps}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+    )
+    total = max_images
+    with Progress(*columns, disable=not progress, transient=True) as bar:
+        task = bar.add_task("deploy", total=total)
+        for x, y in batches:
+            if max_images is not None and images >= max_images:
+                break
+            if max_images is not None:
+                x, y = x[: max_images - images], y[: max_images - images]
+            start = time.perf_counter()
+            out = backend.run(x, timesteps)
+            seconds += time.perf_counter() - start
+            accuracy.update(out.logits.argmax(dim=1), y.cpu())
+            for target, source_counts in (
+                (spikes, out.spikes),
+                (synops, out.synops),
+                (updates, out.neuron_updates),
+                (extra, out.extra),
+            ):
+                for k, v in source_counts.items():
+                    target[k] = target.get(k, 0) + v
+            images += x.shape[0]
+            steps_run = out.steps_run
+            bar.update(task, advance=x.shape[0])
+    if images == 0:
+        raise ValueError("deploy got no images; check the data loader / deploy.max_images.")
+    layers = []
+    for pop in backend.network.populations:
+        neurons = int(torch.Size(pop.shape).numel())
+        per_image = spikes.get(pop.name, 0) / images
+        layers.append(
+            LayerReport(
+                name=pop.name,
+                neurons=neurons,
+                spikes_per_image=per_image,
+                spike_rate=per_image / (neurons * timesteps),
+                synops_per_image=synops.get(pop.name, 0) / images,
+                neuron_updates_per_image=updates.get(pop.name, 0) / images,
+            )
+        )
+    energy = estimate_energy(
+        {row.name: row.synops_per_image for row in layers},
+        {row.name: row.neuron_updates_per_image for row in layers},
+        _ann_macs_by_layer(backend),
+    )
+    return DeploymentReport(
+        target=backend.name,
+        timesteps=timesteps,
+        images=images,
+        accuracy=float(accuracy.compute()),
+        latency_timesteps=steps_run,
+        throughput_images_per_s=images / seconds if seconds else float("inf"),
+        wall_seconds=seconds,
+        layers=layers,
+        energy=energy.as_dict(),
+        target_info=backend.describe(),
+        saturation=extra,
+        source=source,
+    )

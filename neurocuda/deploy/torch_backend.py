@@ -1,0 +1,97 @@
+"""``deploy=gpu`` / ``deploy=cpu``: the float NIR graph on a torch device with the NIR executor."""
+
+from __future__ import annotations
+
+import torch
+
+from neurocuda.deploy.base import Backend, BatchOutput
+from neurocuda.deploy.fanout import fan_out_map
+
+
+def resolve_device(device: str) -> torch.device:
+    """``cuda``/``gpu`` need a visible CUDA device; the error says what to do otherwise."""
+    if device in ("gpu", "cuda") or device.startswith("cuda:"):
+        if not torch.cuda.is_available():
+            raise RuntimeError(
+                "deploy=gpu needs a CUDA GPU, but torch.cuda.is_available() is False on this "
+                "machine. Use deploy=cpu (same float graph on the CPU) or deploy=loihi2."
+            )
+        return torch.device("cuda" if device == "gpu" else device)
+    if device != "cpu":
+        raise ValueError(f"Unknown torch device {device!r}; use 'gpu' or 'cpu'.")
+    return torch.device("cpu")
+
+
+class TorchBackend(Backend):
+    """Runs the exported graph with :class:`neurocuda.nir.Executor` in float32.
+
+    Spikes are read with forward hooks on each population's spiking node (or on the node that
+    consumes its spikes), so the executor itself is unchanged.
+    """
+
+    def __init__(self, device: str = "cpu") -> None:
+        super().__init__()
+        self.device = resolve_device(device)
+        self.name = "gpu" if self.device.type == "cuda" else "cpu"
+
+    def _prepare(self) -> None:
+        from neurocuda.nir import Executor
+
+        self.executor = Executor(self.graph).to(self.device).eval()
+        self._counts: dict[str, torch.Tensor] = {}
+        self._fan_out: dict[str, torch.Tensor] = {}
+        for pop in self.network.populations:
+            if pop.kind == "readout":
+                continue
+            fan = torch.zeros(pop.shape, dtype=torch.int64, device=self.device)
+            for p in self.network.projections:
+                if p.source == pop.name:
+                    fan += fan_out_map(
+                        p.kind,
+                        tuple(p.weight.shape),
+                        pop.shape,
+                        p.stride,
+                        p.padding,
+                        p.dilation,
+                        p.groups,
+                        self.device,
+                    )
+            self._fan_out[pop.name] = fan
+            node, side = pop.spike_tap
+            self._hook(self.executor.op(node), pop.name, pop.shape, side)
+
+    def _hook(self, module: torch.nn.Module, name: str, shape, side: str) -> None:
+        def record(spikes: torch.Tensor) -> None:
+            per_neuron = spikes.detach().reshape(-1, *shape).sum(0)
+            self._counts[name] = self._counts.get(name, 0) + per_neuron
+
+        if side == "output":
+            module.register_forward_hook(lambda m, args, out: record(out))
+        else:
+            module.register_forward_pre_hook(lambda m, args: record(args[0]))
+
+    def run(self, inputs: torch.Tensor, timesteps: int) -> BatchOutput:
+        x = inputs.to(self.device)
+        if x.dim() == len(self.executor.input_shape or ()) + 1:
+            x = x.unsqueeze(0).expand(timesteps, *x.shape)
+        self._counts = {}
+        with torch.no_grad():
+            trace = self.executor(x)
+        batch = x.shape[1]
+        spikes, synops, updates = {}, {}, {}
+        for pop in self.network.populations:
+            neurons = int(torch.Size(pop.shape).numel())
+            updates[pop.name] = neurons * batch * timesteps
+            if pop.kind == "readout":
+                continue
+            count = self._counts.get(pop.name)
+            if count is None:
+                raise RuntimeError(
+                    f"No spikes were recorded for {pop.name}; executor layout changed?"
+                )
+            spikes[pop.name] = int(count.sum())
+            synops[pop.name] = int((count * self._fan_out[pop.name]).sum())
+        return BatchOutput(trace[-1].float().cpu(), spikes, synops, updates, timesteps)
+
+    def describe(self) -> dict:
+        return {"backend": self.name, "device": str(self.device), "dtype": "float32"}

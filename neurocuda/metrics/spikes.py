@@ -1,0 +1,119 @@
+"""Spike rates per IF layer and synaptic operations per image of a :class:`SpikingModel`.
+
+A synaptic operation (synop) is one input event delivered over one synapse: for every Conv2d,
+Linear and AvgPool2d after the first IF layer, each nonzero input element counts its exact fan-out
+(how many outputs it reaches, borders and strides included). Layers before the first IF layer see
+the analog input (direct encoding); their operations are multiply-accumulates and are counted
+separately as ``input_ops`` (every input element times its fan-out, as executed: once per image
+for a constant input, once per step for an encoded sequence).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from neurocuda.snn import IFNeuron, SpikingModel
+
+_COUNTED = (nn.Conv2d, nn.Linear, nn.AvgPool2d)
+
+
+@dataclass
+class SpikeStats:
+    """Totals over every image seen by a :class:`SpikeMonitor`."""
+
+    spike_rates: dict[str, float]
+    """IF layer name -> mean spikes per neuron per time step."""
+    synops_per_image: float
+    input_ops_per_image: float
+    images: int
+
+
+def fan_out(module: nn.Module, sample_shape: tuple[int, ...]) -> torch.Tensor:
+    """How many outputs each input element of one sample reaches (shape ``sample_shape``).
+
+    Computed as the gradient of the summed all-ones layer, which counts connections exactly.
+    """
+    if isinstance(module, nn.Linear):
+        return torch.full(sample_shape, float(module.out_features))
+    with torch.inference_mode(False), torch.enable_grad():
+        x = torch.zeros(1, *sample_shape, requires_grad=True)
+        if isinstance(module, nn.Conv2d):
+            ones = torch.ones(module.weight.shape)
+            out = F.conv2d(
+                x, ones, None, module.stride, module.padding, module.dilation, module.groups
+            )
+        else:  # AvgPool2d: a depthwise all-ones kernel of the pool's size
+            kernel = nn.modules.utils._pair(module.kernel_size)
+            ones = torch.ones(sample_shape[0], 1, *kernel)
+            stride = module.stride or kernel
+            out = F.conv2d(x, ones, None, stride, module.padding, groups=sample_shape[0])
+        (grad,) = torch.autograd.grad(out.sum(), x)
+    return grad[0].detach().clone()
+
+
+@dataclass
+class SpikeMonitor:
+    """Context manager that records spikes and synaptic operations while ``snn`` runs."""
+
+    snn: SpikingModel
+    _spikes: dict[str, float] = field(default_factory=dict)
+    _neuron_steps: dict[str, int] = field(default_factory=dict)
+    _synops: float = 0.0
+    _input_ops: float = 0.0
+    _images: int = 0
+    _after_neuron: bool = False
+    _fan_outs: dict[tuple[int, tuple[int, ...]], torch.Tensor] = field(default_factory=dict)
+    _hooks: list = field(default_factory=list)
+
+    def __enter__(self) -> SpikeMonitor:
+        self._hooks.append(self.snn.register_forward_pre_hook(self._start))
+        self._hooks.append(self.snn.register_forward_hook(self._finish))
+        for module in self.snn.network.modules():
+            if isinstance(module, IFNeuron):
+                self._hooks.append(module.register_forward_hook(self._neuron_ran))
+            elif isinstance(module, _COUNTED):
+                self._hooks.append(module.register_forward_hook(self._count))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for hook in self._hooks:
+            hook.remove()
+        self._hooks.clear()
+
+    def _start(self, *_: object) -> None:
+        self._after_neuron = False
+
+    def _neuron_ran(self, *_: object) -> None:
+        self._after_neuron = True
+
+    def _count(self, module: nn.Module, inputs: tuple[torch.Tensor, ...], _: object) -> None:
+        x = inputs[0].detach()
+        key = (id(module), tuple(x.shape[1:]))
+        if key not in self._fan_outs:
+            self._fan_outs[key] = fan_out(module, key[1]).to(x.device)
+        fan = self._fan_outs[key]
+        if self._after_neuron:
+            self._synops += float(((x != 0).to(fan.dtype).sum(0) * fan).sum())
+        else:
+            self._input_ops += float(fan.sum()) * x.shape[0]
+
+    def _finish(self, *_: object) -> None:
+        for layer in self.snn.spike_counts():
+            self._spikes[layer.name] = self._spikes.get(layer.name, 0.0) + layer.spikes
+            steps = layer.neurons * layer.timesteps * layer.samples
+            self._neuron_steps[layer.name] = self._neuron_steps.get(layer.name, 0) + steps
+        self._images += self.snn.last_run[1] if self.snn.last_run else 0
+
+    def stats(self) -> SpikeStats:
+        """Rates and per-image operation counts so far."""
+        images = max(1, self._images)
+        return SpikeStats(
+            spike_rates={n: s / max(1, self._neuron_steps[n]) for n, s in self._spikes.items()},
+            synops_per_image=self._synops / images,
+            input_ops_per_image=self._input_ops / images,
+            images=self._images,
+        )

@@ -1,0 +1,171 @@
+"""Execute a ``nir.NIRGraph`` on ``[T, B, ...]`` tensors, bit-exactly like the native runtime.
+
+Schedule (see :mod:`neurocuda.nir.schedule`): Kahn's order of strongly connected components over the
+feed-forward edges. A stateless node runs once on all ``T * B`` samples; a stateful node outside a
+cycle is scanned over T; a cycle (which must contain a stateful node) is stepped over T as a whole.
+A node's input is the sum of its incoming edges: feed-forward edges in edge-list order, then
+recurrent edges (which deliver the previous step's value; nothing at t = 0).
+
+Constant input (direct encoding: the same image at every step) is detected, and the stateless nodes
+that depend only on it run once on the B images, as the native runtime does: on CPU a
+convolution's result can depend on the batch size, so both sides must run it on the same batch to
+agree bit for bit.
+"""
+
+from __future__ import annotations
+
+import nir
+import numpy as np
+import torch
+from torch import nn
+
+from neurocuda.nir.primitives import make_op
+from neurocuda.nir.schedule import Schedule, Stage, build_schedule
+
+# A value is [T, B, ...] (varying) or [B, ...] (the same at every step).
+Value = tuple[torch.Tensor, bool]
+
+
+class Executor(nn.Module):
+    """Run ``graph`` with time step ``dt``; ``forward(x[T, B, ...]) -> output node's [T, B, ...]``.
+
+    State starts at zero on every call. Parameters are cast to ``dtype``.
+    """
+
+    def __init__(self, graph: nir.NIRGraph, dt: float = 1.0, dtype: torch.dtype = torch.float32):
+        super().__init__()
+        if not isinstance(graph, nir.NIRGraph):
+            raise TypeError(f"Executor needs a nir.NIRGraph, got {type(graph).__name__}.")
+        if dt <= 0:
+            raise ValueError(f"dt must be positive, got {dt}.")
+        self.dt = dt
+        self.schedule: Schedule = build_schedule(graph)
+        names = list(self.schedule.graph.nodes)
+        self._index = {name: i for i, name in enumerate(names)}
+        self.ops = nn.ModuleList(
+            make_op(name, node, dt, dtype) for name, node in self.schedule.graph.nodes.items()
+        )
+        input_node = self.schedule.graph.nodes[self.schedule.graph.input]
+        shape = input_node.input_type["input"]
+        self.input_shape = None if shape is None else tuple(int(s) for s in np.atleast_1d(shape))
+
+    def op(self, name: str) -> nn.Module:
+        """The torch op of node ``name`` (qualified ``sub.node`` inside nested graphs)."""
+        return self.ops[self._index[name]]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._check_input(x)
+        steps, batch = x.shape[:2]
+        constant = steps == 1 or torch.equal(x, x[:1].expand_as(x))
+        graph = self.schedule.graph
+        values: dict[str, Value] = {graph.input: (x[0], True) if constant else (x, False)}
+        for stage in self.schedule.stages:
+            if stage.members == [graph.input]:
+                continue
+            if stage.kind == "stateless":
+                values[stage.members[0]] = self._stateless(stage.members[0], values, steps, batch)
+            else:
+                values.update(self._stepped(stage, values, steps))
+        out, is_constant = values[graph.output]
+        return out.expand(steps, *out.shape).contiguous() if is_constant else out
+
+    def _check_input(self, x: torch.Tensor) -> None:
+        if x.dim() < 2:
+            raise ValueError(f"Executor input must be [T, B, ...], got shape {tuple(x.shape)}.")
+        if self.input_shape is not None and tuple(x.shape[2:]) != self.input_shape:
+            raise ValueError(
+                f"Executor input has per-sample shape {tuple(x.shape[2:])}, but the graph's Input "
+                f"node expects {self.input_shape}; pass a [T, B, *{self.input_shape}] tensor."
+            )
+
+    def _feedforward_sum(self, name: str, values: dict[str, Value]) -> Value:
+        total, constant = None, True
+        for src, recurrent in self.schedule.inputs[name]:
+            if recurrent:
+                continue
+            tensor, is_constant = values[src]
+            total = tensor if total is None else total + tensor
+            constant = constant and is_constant
+        if total is None:
+            raise ValueError(f"Node {name!r} has no feed-forward input; connect it to the Input.")
+        return total, constant
+
+    def _stateless(self, name: str, values: dict[str, Value], steps: int, batch: int) -> Value:
+        total, constant = self._feedforward_sum(name, values)
+        op = self.op(name)
+        if constant:
+            return op(total), True
+        if total.shape[:2] != (steps, batch):  # a sum of constant and varying inputs broadcasts
+            total = total.expand(steps, batch, *total.shape[2:])
+        out = op(total.reshape(steps * batch, *total.shape[2:]))
+        return out.reshape(steps, batch, *out.shape[1:]), False
+
+    def _stepped(self, stage: Stage, values: dict[str, Value], steps: int) -> dict[str, Value]:
+        """Run a stateful node or a cycle step by step; return the members read downstream.
+
+        For speed (as the native runtime) values live in buffers reused at every step: a member
+        read downstream writes step t into row t of its preallocated trace, others overwrite one
+        buffer. A recurrent edge points back to a node earlier in the step order, so when it is read
+        its source still holds the previous step's value.
+        """
+        kept = stage.exported if stage.kind == "loop" else stage.members
+        members = set(stage.members)
+        traces: dict[str, torch.Tensor] = {}
+        current: dict[str, torch.Tensor] = {}
+        sums: dict[str, torch.Tensor] = {}
+        state: dict[str, object] = dict.fromkeys(stage.members)
+        for t in range(steps):
+            for name in stage.members:
+                total = self._step_input(name, t, values, current, members, sums)
+                op = self.op(name)
+                if op.stateful:
+                    current[name], state[name] = op.step(total, state[name])
+                    if name in kept:
+                        self._row(traces, name, current[name], steps, t).copy_(current[name])
+                elif t == 0 and not op.elementwise:
+                    out = op(total)
+                    if name in kept:
+                        out = self._row(traces, name, out, steps, t).copy_(out)
+                    current[name] = out.clone() if out is total else out
+                else:
+                    if name in kept:
+                        out = self._row(traces, name, total, steps, t)
+                    else:
+                        out = current[name] if t > 0 else torch.empty_like(total)
+                    current[name] = op.into(total, out)
+        return {name: (traces[name], False) for name in kept}
+
+    @staticmethod
+    def _row(traces: dict, name: str, like: torch.Tensor, steps: int, t: int) -> torch.Tensor:
+        if name not in traces:
+            traces[name] = torch.empty((steps, *like.shape), dtype=like.dtype, device=like.device)
+        return traces[name][t]
+
+    def _step_input(
+        self,
+        name: str,
+        t: int,
+        values: dict[str, Value],
+        current: dict[str, torch.Tensor],
+        members: set[str],
+        sums: dict[str, torch.Tensor],
+    ) -> torch.Tensor:
+        """Sum of a member's inputs at step t (feed-forward first, then recurrent, in order)."""
+        parts = []
+        for src, recurrent in self.schedule.inputs[name]:
+            if recurrent:
+                if t > 0:  # nothing arrives on a recurrent edge at the first step
+                    parts.append(current[src])
+            elif src in members:
+                parts.append(current[src])
+            else:
+                tensor, is_constant = values[src]
+                parts.append(tensor if is_constant else tensor[t])
+        if len(parts) == 1:
+            return parts[0]
+        if name not in sums:
+            sums[name] = torch.empty_like(torch.broadcast_tensors(*parts)[0])
+        total = torch.add(parts[0], parts[1], out=sums[name])
+        for part in parts[2:]:
+            total.add_(part)
+        return total

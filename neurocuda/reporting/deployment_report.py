@@ -1,0 +1,120 @@
+"""Write a :class:`~neurocuda.deploy.DeploymentReport` as JSON, markdown and PNG plots."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+from neurocuda.deploy.evaluate import DeploymentReport
+
+
+def _atomic_write(path: Path, write) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _write_text(path: Path, text: str) -> None:
+    _atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+
+
+def markdown(report: DeploymentReport) -> str:
+    """Human-readable summary with the per-layer tables."""
+    e = report.energy
+    info = report.target_info
+    lines = [
+        f"# Deployment report: {report.target}",
+        "",
+        f"- source: `{report.source}`" if report.source else "",
+        f"- accuracy: **{report.accuracy * 100:.2f}%** on {report.images} images at "
+        f"T={report.timesteps}",
+        f"- latency: {report.latency_timesteps} timesteps; throughput: "
+        f"{report.throughput_images_per_s:.1f} images/s ({report.wall_seconds:.2f} s)",
+        f"- per image: {e['synops']:.4g} synaptic ops, {e['neuron_updates']:.4g} neuron updates, "
+        f"ANN {e['ann_macs']:.4g} MACs",
+        f"- energy per image: Loihi estimate {e['loihi_uj']:.3f} uJ; "
+        f"ANN fp32 {e['ann_fp32_uj']:.3f} uJ "
+        f"(int8 {e['ann_int8_uj']:.3f} uJ); SNN as fp32 accumulates {e['snn_ac_uj']:.3f} uJ",
+        f"- saturation / wrap counts: {report.saturation or 'none recorded by this target'}",
+    ]
+    if "quantization" in info:
+        lines.append(
+            f"- quantization: {info['quantization_saturations']} values clipped to fit "
+            f"Loihi widths; pipeline depth {info['pipeline_depth']}"
+        )
+    lines += [
+        "",
+        "| layer | neurons | spikes/img | rate | synops/img | neuron upd/img |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for row in report.layers:
+        lines.append(
+            f"| {row.name} | {row.neurons} | {row.spikes_per_image:.1f} | {row.spike_rate:.4f} | "
+            f"{row.synops_per_image:.4g} | {row.neuron_updates_per_image:.4g} |"
+        )
+    if "resources" in info:
+        r = info["resources"]
+        lines += [
+            "",
+            f"## Loihi 2 mapping: {r['cores']} neuro-cores, {r['chips']} chip(s)",
+            "",
+            "| layer | neurons | synapses | fan-in | weight bytes | cores | limited by |",
+            "|---|---:|---:|---:|---:|---:|---|",
+        ]
+        for row in r["layers"]:
+            flag = " (fan-in > axons/core)" if row["fan_in_exceeds_axons"] else ""
+            lines.append(
+                f"| {row['name']} | {row['neurons']} | {row['synapses']} | {row['fan_in']}{flag} | "
+                f"{row['weight_bytes']} | {row['cores']} | {row['limited_by']} |"
+            )
+    lines += ["", "Energy figures: " + "; ".join(f"{k}: {v}" for k, v in e["sources"].items()), ""]
+    return "\n".join(line for line in lines if line is not None)
+
+
+def plot(report: DeploymentReport, path: Path) -> None:
+    """Per-layer spike rate and synaptic ops vs ANN MACs, one PNG."""
+    names = [str(i) for i in range(len(report.layers))]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4))
+    ax1.bar(names, [row.spike_rate for row in report.layers], color="tab:blue")
+    ax1.set_xlabel("layer")
+    ax1.set_ylabel("spikes / neuron / step")
+    ax1.set_title(f"{report.target}: spike rate per layer")
+    rows = report.energy["layers"]
+    xs = range(len(rows))
+    ax2.bar([x - 0.2 for x in xs], [r["synops"] for r in rows], width=0.4, label="SNN synops")
+    ax2.bar([x + 0.2 for x in xs], [r["ann_macs"] for r in rows], width=0.4, label="ANN MACs")
+    ax2.set_yscale("log")
+    ax2.set_xlabel("layer")
+    ax2.set_title("operations per image")
+    ax2.legend()
+    fig.tight_layout()
+    _atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
+    plt.close(fig)
+
+
+def write_report(report: DeploymentReport, directory: str | os.PathLike) -> dict[str, Path]:
+    """Write ``deploy_<target>.json``, ``.md`` and ``.png`` into ``directory``; return the paths."""
+    out = Path(directory)
+    stem = f"deploy_{report.target}"
+    paths = {
+        "json": out / f"{stem}.json",
+        "markdown": out / f"{stem}.md",
+        "plot": out / f"{stem}.png",
+    }
+    _write_text(paths["json"], json.dumps(report.as_dict(), indent=2))
+    _write_text(paths["markdown"], markdown(report))
+    plot(report, paths["plot"])
+    return paths

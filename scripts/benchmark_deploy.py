@@ -1,0 +1,229 @@
+"""Deployment benchmarks: float SNN vs loihi2 accuracy, simulator vs Lava speed, resources, energy.
+
+    python scripts/benchmark_deploy.py --nir CIFARNET.nir              # full test set, T=8,32
+    python scripts/benchmark_deploy.py --checkpoint last.ckpt --quick  # 500 images, short
+    python scripts/benchmark_deploy.py --quick --skip-accuracy         # speed + resources only
+
+Sections (each printed as a markdown table and saved in ``--out`` as JSON):
+
+1. accuracy: the trained graph (``--nir``, or ``--checkpoint`` converted and exported here) on the
+   test set at each T: float SNN (NIR executor) vs the loihi2 simulator.
+2. speed: images/s of our simulator in ``lava`` mode vs lava-nc itself (its venv, see
+   scripts/install_lava.sh) on the same integer conv net; Lava's time is its ``run`` only
+   (compilation excluded), one image per run as Lava processes one sample.
+3. mapping and energy of cifarnet and resnet18 (structure from a converted model; energy counts
+   from a run on test images: meaningful for trained graphs only, marked otherwise).
+Data come from the project's Hydra configs (trailing overrides, e.g. ``data=cifar10``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from neurocuda.deploy import build_backend, deploy  # noqa: E402
+from neurocuda.deploy.loihi2.network import IntNetwork, Population, Projection, to_json  # noqa: E402
+from neurocuda.deploy.loihi2.simulator import simulate  # noqa: E402
+from neurocuda.deploy.run import input_scale_from  # noqa: E402
+
+LAVA_PYTHON = ROOT / ".cache" / "lava-venv" / "bin" / "python"
+
+
+def test_loader(overrides: list[str], output_dir: Path):
+    import hydra
+
+    from scripts.deploy import compose_config
+
+    cfg = compose_config(overrides, output_dir)
+    datamodule = hydra.utils.instantiate(cfg.data)
+    datamodule.setup("fit")
+    datamodule.setup("test")
+    return datamodule
+
+
+def graph_from_checkpoint(path: Path, datamodule):
+    from neurocuda.conversion import ConversionConfig, convert
+    from neurocuda.nir import export
+    from neurocuda.training import ClassifierModule
+
+    module = ClassifierModule.load_from_checkpoint(path, map_location="cpu")
+    snn = convert(module.net, datamodule.train_dataloader(), ConversionConfig())
+    return export(snn, next(iter(datamodule.test_dataloader()))[0][:1])
+
+
+def accuracy_section(graph, datamodule, timesteps, max_images, device) -> list[dict]:
+    rows = []
+    batches = datamodule.test_dataloader()
+    scale = input_scale_from(batches, 4)
+    for t in timesteps:
+        row = {"T": t}
+        for target in ("float", "loihi2"):
+            if target == "float":
+                backend = build_backend(device)
+            else:
+                backend = build_backend("loihi2", input_scale=scale, device=device)
+            backend.prepare(graph)
+            report = deploy(backend, batches, t, max_images=max_images)
+            row[f"{target}_acc"] = report.accuracy
+            row[f"{target}_images_per_s"] = report.throughput_images_per_s
+            row["images"] = report.images
+            if target == "loihi2":
+                row["saturation"] = report.saturation
+                row["energy_uj_loihi"] = report.energy["loihi_uj"]
+                row["energy_uj_ann_fp32"] = report.energy["ann_fp32_uj"]
+                row["cores"] = report.target_info["resources"]["cores"]
+        row["gap"] = row["float_acc"] - row["loihi2_acc"]
+        rows.append(row)
+        print(json.dumps(row))
+    return rows
+
+
+def speed_net(g: torch.Generator) -> IntNetwork:
+    """Graded 3x16x16 input -> conv 8x8x8 -> conv 16x4x4 -> dense 10: Lava runs it in seconds."""
+
+    def pop(name, shape):
+        z = torch.zeros(shape, dtype=torch.int64)
+        return Population(name, tuple(shape), torch.tensor(40), z, z, z)
+
+    return IntNetwork(
+        inputs={"x": (3, 16, 16)},
+        populations=[pop("a", [8, 8, 8]), pop("b", [16, 4, 4]), pop("c", [10])],
+        projections=[
+            Projection(
+                "x",
+                "a",
+                "conv",
+                torch.randint(-60, 60, (8, 3, 3, 3), generator=g),
+                stride=(2, 2),
+                padding=(1, 1),
+                graded=True,
+            ),
+            Projection(
+                "a",
+                "b",
+                "conv",
+                torch.randint(-128, 128, (16, 8, 3, 3), generator=g),
+                stride=(2, 2),
+                padding=(1, 1),
+            ),
+            Projection("b", "c", "dense", torch.randint(-256, 255, (10, 256), generator=g)),
+        ],
+        output="c",
+    )
+
+
+def speed_section(steps: int, lava_images: int, batch: int, device: str) -> dict:
+    g = torch.Generator().manual_seed(0)
+    net = speed_net(g)
+    x = torch.randint(-127, 128, (batch, 3, 16, 16), generator=g)
+    simulate(net, {"x": x[:2].to(device)}, 2, "lava")  # warm-up
+    start = time.perf_counter()
+    simulate(net, {"x": x.to(device)}, steps, "lava")
+    ours = batch / (time.perf_counter() - start)
+    result = {"steps": steps, "ours_images_per_s": ours, "batch": batch, "device": device}
+    if not LAVA_PYTHON.is_file():
+        result["lava"] = "not installed: bash scripts/install_lava.sh"
+        return result
+    seconds = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for i in range(lava_images):
+            spec = json.loads(to_json(net))
+            spec["steps"] = steps
+            spec["input_data"] = {"x": [x[i].tolist()] * steps}
+            Path(tmp, "s.json").write_text(json.dumps(spec))
+            cmd = [str(LAVA_PYTHON), str(ROOT / "scripts/lava_reference.py"),
+                   f"{tmp}/s.json", f"{tmp}/r.json"]  # fmt: skip
+            subprocess.run(
+                cmd, check=True, timeout=600, capture_output=True, start_new_session=True
+            )
+            seconds.append(json.loads(Path(tmp, "r.json").read_text())["seconds"])
+    result["lava_images_per_s"] = len(seconds) / sum(seconds)
+    result["speedup"] = ours / result["lava_images_per_s"]
+    return result
+
+
+def mapping_section(datamodule, images: int, trained: dict) -> list[dict]:
+    from neurocuda.conversion import ConversionConfig, convert
+    from neurocuda.models import build_model
+    from neurocuda.nir import export
+
+    rows = []
+    x = next(iter(datamodule.test_dataloader()))[0]
+    for arch in ("cifarnet", "resnet18"):
+        graph, note = trained.get(arch, (None, "untrained weights: activity not representative"))
+        if graph is None:
+            snn = convert(
+                build_model(arch).eval(), [(x, None)], ConversionConfig(calibration_batches=1)
+            )
+            graph = export(snn, x[:1])
+        backend = build_backend("loihi2", input_scale=input_scale_from([(x, None)], 1))
+        backend.prepare(graph)
+        report = deploy(backend, [(x[:images], torch.zeros(images, dtype=torch.long))], 8)
+        r = report.target_info["resources"]
+        energy = report.energy
+        rows.append(
+            {
+                "arch": arch,
+                **{k: r[k] for k in ("cores", "chips", "neurons", "synapses")},
+                "synops_per_image": energy["synops"],
+                "ann_macs": energy["ann_macs"],
+                "loihi_uj": energy["loihi_uj"],
+                "ann_fp32_uj": energy["ann_fp32_uj"],
+                "note": note,
+            }
+        )
+        print(json.dumps(rows[-1]))
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("--nir", type=Path, help="trained cifarnet graph")
+    parser.add_argument("--checkpoint", type=Path, help="trained cifarnet checkpoint")
+    parser.add_argument("--quick", action="store_true", help="500 test images, T=8 only")
+    parser.add_argument("--skip-accuracy", action="store_true")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--out", type=Path, default=ROOT / "outputs" / "benchmark_deploy.json")
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides for the data")
+    args = parser.parse_args()
+    datamodule = test_loader(args.overrides or ["data=cifar10"], args.out.parent)
+    results: dict = {}
+    trained = {}
+    if not args.skip_accuracy:
+        if args.nir is None and args.checkpoint is None:
+            parser.error("give --nir or --checkpoint (or --skip-accuracy)")
+        from neurocuda.nir import load
+
+        graph = load(args.nir) if args.nir else graph_from_checkpoint(args.checkpoint, datamodule)
+        trained["cifarnet"] = (graph, "trained")
+        timesteps = [8] if args.quick else [8, 32]
+        max_images = 500 if args.quick else None
+        results["accuracy"] = accuracy_section(
+            graph, datamodule, timesteps, max_images, args.device
+        )
+    steps = 8 if args.quick else 32
+    results["speed"] = speed_section(steps, 2 if args.quick else 5, 64 if args.quick else 512,
+                                     args.device)  # fmt: skip
+    print(json.dumps(results["speed"]))
+    results["mapping"] = mapping_section(datamodule, 16 if args.quick else 128, trained)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = args.out.with_suffix(".tmp")
+    tmp.write_text(json.dumps(results, indent=2))
+    tmp.replace(args.out)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,120 @@
+"""Convert a saved checkpoint to an SNN and report its accuracy per T.
+
+    python scripts/convert.py CKPT [--out DIR] [--split test|val] [--device cpu|cuda] [overrides]
+    python scripts/convert.py logs/train/runs/X/checkpoints/last.ckpt conversion.timesteps=[1,2,4]
+
+Overrides are Hydra overrides of configs/ (``conversion.*``, ``data.*``), as for train.py. Data
+settings default to those the checkpoint was trained with (its saved datamodule hyperparameters);
+``data.*`` overrides replace them. Writes ``<ckpt>.snn.{md,json,png}`` beside the checkpoint (or
+in --out).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf, open_dict
+from rich.console import Console
+from rich.table import Table
+
+from neurocuda.conversion import ConversionConfig, SNNEvaluation, convert, evaluate_snn
+from neurocuda.reporting.accuracy_plots import save_accuracy_report
+from neurocuda.training import ClassifierModule
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def compose_config(overrides: list[str], output_dir: Path) -> DictConfig:
+    """configs/train.yaml with ``overrides``, resolvable outside a Hydra app."""
+    with initialize_config_dir(str(ROOT / "configs"), version_base="1.3"):
+        cfg = compose("train.yaml", overrides=overrides, return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = str(output_dir)
+        cfg.hydra.runtime.cwd = str(ROOT)
+        cfg.hydra.job.num = 0
+    HydraConfig.instance().set_config(cfg)
+    return cfg
+
+
+def data_config(cfg: DictConfig, checkpoint: dict, overrides: list[str]) -> DictConfig:
+    """The checkpoint's datamodule settings, with the command line's ``data.*`` overrides."""
+    saved = checkpoint.get("datamodule_hyper_parameters")
+    if not saved:
+        return cfg.data
+    data = OmegaConf.create({"_target_": cfg.data._target_, **saved})
+    for item in overrides:
+        key = item.lstrip("+~").split("=", 1)[0]
+        if key.startswith("data."):
+            OmegaConf.update(data, key[5:], OmegaConf.select(cfg, key), force_add=True)
+    return data
+
+
+def print_table(console: Console, ckpt: Path, evaluation: SNNEvaluation) -> None:
+    table = Table(title=f"{ckpt.name}: ANN {100 * evaluation.ann_accuracy:.2f}%")
+    for column in ("T", "SNN acc (%)", "gap (pp)"):
+        table.add_column(column, justify="right")
+    for t, acc in evaluation.accuracy.items():
+        table.add_row(str(t), f"{100 * acc:.2f}", f"{100 * evaluation.gap[t]:.2f}")
+    console.print(table)
+    console.print(
+        f"{evaluation.images} images, synops/image {evaluation.synops_per_image:.3g}, "
+        f"mean spike rate {sum(evaluation.spike_rates.values()) / len(evaluation.spike_rates):.3f}"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("checkpoint", type=Path)
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. conversion.reset=zero")
+    parser.add_argument("--out", type=Path, help="output folder (default: beside the checkpoint)")
+    parser.add_argument("--split", choices=("test", "val"), default="test")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = parser.parse_args()
+    if not args.checkpoint.is_file():
+        parser.error(f"checkpoint {args.checkpoint} does not exist.")
+    out_dir = args.out or args.checkpoint.parent
+    cfg = compose_config(args.overrides, out_dir)
+    checkpoint = torch.load(args.checkpoint, map_location="cpu", weights_only=False)
+    module = ClassifierModule.load_from_checkpoint(args.checkpoint, map_location=args.device)
+    datamodule = instantiate(data_config(cfg, checkpoint, args.overrides))
+    datamodule.setup("test" if args.split == "test" else "validate")
+    conv = cfg.conversion
+    config = ConversionConfig(
+        calibration_batches=conv.calibration.batches,
+        percentile=conv.calibration.percentile,
+        per_channel=conv.calibration.per_channel,
+        reset=conv.reset,
+        v_init=conv.v_init,
+    )
+    snn = convert(module.net, datamodule.train_dataloader(), config)
+    loader = datamodule.test_dataloader() if args.split == "test" else datamodule.val_dataloader()
+    evaluation = evaluate_snn(
+        snn, loader, list(conv.timesteps), ann=module.net, encoding=conv.encoding
+    )
+    print_table(Console(), args.checkpoint, evaluation)
+    conversion = OmegaConf.to_container(conv, resolve=True)
+    conversion.pop("callbacks", None)
+    extra = {
+        "checkpoint": str(args.checkpoint),
+        "split": args.split,
+        "images": evaluation.images,
+        "conversion": conversion,
+        "spike_rates": evaluation.spike_rates,
+        "synops_per_image": evaluation.synops_per_image,
+    }
+    prefix = out_dir / f"{args.checkpoint.name}.snn"
+    paths = save_accuracy_report(prefix, evaluation.ann_accuracy, evaluation.accuracy, extra)
+    Console().print("Wrote " + ", ".join(str(p) for p in paths))
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("HYDRA_FULL_ERROR", "1")
+    main()

@@ -1,0 +1,80 @@
+"""Deploy a ``.nir`` file on a target and write the report, outside training.
+
+    python scripts/deploy.py FILE.nir deploy=loihi2 [data=cifar10_subset data.test_subset=500 ...]
+    python scripts/deploy.py FILE.nir deploy=cpu deploy.timesteps=16 --out reports/
+
+Takes the project's Hydra configs (``configs/train.yaml``; any override works) for the data module
+and the ``deploy`` group, runs the same library call as the Deployment callback and writes
+``deploy_<target>.{json,md,png}`` into ``--out`` (default: ``<FILE>_deploy/`` beside the file).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+import hydra
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from neurocuda.deploy.run import run_deployment  # noqa: E402
+
+
+def compose_config(overrides: list[str], output_dir: Path) -> DictConfig:
+    """Compose ``configs/train.yaml`` outside a Hydra app, with ``hydra:runtime`` resolvable."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        cfg = compose(config_name="train.yaml", overrides=overrides, return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = str(output_dir)
+        cfg.hydra.runtime.cwd = str(ROOT)
+        cfg.hydra.job.num = 0
+    HydraConfig.instance().set_config(cfg)
+    return cfg
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("nir_file", type=Path, help="exported graph (.nir)")
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. deploy=loihi2")
+    parser.add_argument("--out", type=Path, default=None, help="report directory")
+    args = parser.parse_args(argv)
+    if not args.nir_file.is_file():
+        parser.error(f"{args.nir_file} does not exist; export one with scripts/convert.py.")
+    overrides = list(args.overrides)
+    if not any(o.startswith("deploy=") for o in overrides):
+        overrides.append("deploy=loihi2")
+    cfg = compose_config(overrides, args.nir_file.parent)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    deploy_cfg = cfg.deploy
+    datamodule = hydra.utils.instantiate(cfg.data)
+    datamodule.setup("test")
+    out = args.out or args.nir_file.with_name(args.nir_file.stem + "_deploy")
+    report, paths = run_deployment(
+        args.nir_file,
+        deploy_cfg.target,
+        datamodule.test_dataloader(),
+        int(deploy_cfg.timesteps),
+        out,
+        deploy_cfg.max_images,
+        OmegaConf.to_container(deploy_cfg.options, resolve=True),
+        int(deploy_cfg.calibration_batches),
+        source=str(args.nir_file),
+    )
+    print(
+        f"accuracy {100 * report.accuracy:.2f}% on {report.images} images; "
+        f"report: {paths['markdown']}"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,138 @@
+"""Run a NIR file on CIFAR-10 test images; with its checkpoint, prove it equals the native SNN.
+
+    python scripts/verify_nir.py FILE.nir [--timesteps 1 4 8] [--num-images N]
+    python scripts/verify_nir.py logs/.../checkpoints/last.nir --checkpoint logs/.../last.ckpt
+
+Prints the graph's accuracy per T. With ``--checkpoint`` the checkpoint is converted again (reset,
+v_init and calibration settings from the file's metadata unless given here; ReLU calibration must
+see the same images to give the same thresholds, QCFS thresholds are learned) and the native SNN's
+accuracy, the max abs diff and the number of divergent images are printed too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import Progress
+from rich.table import Table
+
+from neurocuda.conversion import ConversionConfig, convert
+from neurocuda.data import CIFAR10DataModule
+from neurocuda.nir import Executor, load
+from neurocuda.nir.verify import RoundTripReport, compare
+from neurocuda.training import ClassifierModule
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_ARCHIVE = ROOT.parent / "shared" / "datasets" / "cifar10-jpeg.tar.gz"
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("file", type=Path, help="the .nir file")
+    parser.add_argument("--checkpoint", type=Path, help="Lightning checkpoint of the ANN")
+    parser.add_argument("--timesteps", type=int, nargs="+", help="T values (default: metadata)")
+    parser.add_argument("--num-images", type=int, default=1000, help="test images (0 = all)")
+    parser.add_argument("--batch-size", type=int, default=100)
+    parser.add_argument("--encoding", choices=["direct", "poisson"], help="default: metadata")
+    parser.add_argument("--archive", type=Path, help=f"JPEG archive (default {DEFAULT_ARCHIVE})")
+    parser.add_argument("--root", default="data", help="torchvision CIFAR-10 folder")
+    parser.add_argument("--val-size", type=int, default=5000, help="as in training (data.val_size)")
+    parser.add_argument("--reset", choices=["subtract", "zero"], help="default: metadata")
+    parser.add_argument("--v-init", type=float, help="fraction of theta (default: metadata)")
+    parser.add_argument("--calibration-batches", type=int, help="default: metadata or 8")
+    parser.add_argument("--percentile", type=float, help="default: metadata or 99.9")
+    parser.add_argument("--per-channel", choices=["true", "false"], help="default: metadata")
+    parser.add_argument("--device", default="cpu")
+    return parser.parse_args(argv)
+
+
+def setting(cli: object, metadata: dict, key: str, default: object) -> object:
+    """CLI value, else the file's recorded value, else ``default``."""
+    if cli is not None:
+        return cli
+    value = metadata.get(key, default)
+    return value.item() if hasattr(value, "item") else value
+
+
+def datamodule(args: argparse.Namespace) -> CIFAR10DataModule:
+    archive = args.archive or (DEFAULT_ARCHIVE if DEFAULT_ARCHIVE.is_file() else None)
+    dm = CIFAR10DataModule(
+        archive=str(archive) if archive else None,
+        root=args.root,
+        val_size=args.val_size,
+        test_subset=args.num_images or None,
+        batch_size=args.batch_size,
+        augment=False,
+    )
+    dm.prepare_data()
+    dm.setup("fit" if args.checkpoint else "test")
+    dm.setup("test")
+    return dm
+
+
+def native_model(args: argparse.Namespace, metadata: dict, dm: CIFAR10DataModule):
+    module = ClassifierModule.load_from_checkpoint(args.checkpoint, map_location="cpu")
+    per_channel = setting(args.per_channel, metadata, "per_channel", "true")
+    config = ConversionConfig(
+        calibration_batches=int(
+            setting(args.calibration_batches, metadata, "calibration_batches", 8)
+        ),
+        percentile=float(setting(args.percentile, metadata, "percentile", 99.9)),
+        per_channel=str(per_channel).lower() == "true",
+        reset=str(setting(args.reset, metadata, "reset", "subtract")),
+        v_init=float(setting(args.v_init, metadata, "v_init", 0.5)),
+    )
+    return convert(module.net.eval(), dm.train_dataloader(), config).to(args.device)
+
+
+def print_report(console: Console, report: RoundTripReport, with_native: bool) -> None:
+    table = Table(title=f"{report.images} test images")
+    columns = ["T", "NIR acc (%)"]
+    if with_native:
+        columns += ["native acc (%)", "max abs diff", "divergent images"]
+    for column in columns:
+        table.add_column(column, justify="right")
+    nir_acc, native_acc = report.accuracy("nir"), report.accuracy("native")
+    for t in sorted(nir_acc):
+        row = [str(t), f"{100 * nir_acc[t]:.2f}"]
+        if with_native:
+            row += [
+                f"{100 * native_acc[t]:.2f}",
+                f"{report.max_abs_diff[t]:g}",
+                str(report.divergent_images[t]),
+            ]
+        table.add_row(*row)
+    console.print(table)
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    console = Console()
+    graph = load(args.file)
+    metadata = dict(graph.metadata)
+    recorded = str(metadata.get("timesteps", "1,2,4,8"))
+    timesteps = args.timesteps or [int(t) for t in recorded.split(",")]
+    encoding = str(setting(args.encoding, metadata, "encoding", "direct"))
+    dm = datamodule(args)
+    snn = native_model(args, metadata, dm) if args.checkpoint else None
+    executor = Executor(graph).to(args.device)
+    loader = dm.test_dataloader()
+    with Progress(console=console, transient=True) as progress:
+        task = progress.add_task("verifying", total=len(loader.dataset))
+        report = compare(
+            executor, snn, loader, timesteps, encoding,
+            on_batch=lambda n: progress.advance(task, n),
+        )  # fmt: skip
+    print_report(console, report, snn is not None)
+    if snn is not None:
+        exact = report.worst_diff == 0.0 and report.total_divergent == 0
+        console.print("round trip exact" if exact else "[red]round trip NOT exact[/red]")
+        return 0 if exact else 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

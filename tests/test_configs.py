@@ -1,0 +1,41 @@
+"""Every option of every config group composes, and the instantiable ones instantiate."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import hydra
+import pytest
+
+from tests.conftest import ROOT, compose_train_cfg
+
+GROUPS = ["data", "model", "trainer", "logger", "callbacks", "experiment", "conversion", "deploy",
+          "hparams_search"]  # fmt: skip
+
+
+def _options(group: str) -> list[str]:
+    return sorted(p.stem for p in (ROOT / "configs" / group).glob("*.yaml"))
+
+
+CASES = [(group, option) for group in GROUPS for option in _options(group)]
+
+
+@pytest.mark.parametrize(("group", "option"), CASES, ids=[f"{g}={o}" for g, o in CASES])
+def test_option_composes(group: str, option: str, tmp_path: Path) -> None:
+    cfg = compose_train_cfg([f"{group}={option}"], tmp_path)
+    assert cfg.data._target_ and cfg.model._target_ and cfg.trainer._target_
+    if group == "model":
+        model = hydra.utils.instantiate(cfg.model)
+        assert model.hparams.arch == cfg.model.arch
+    if group == "data":
+        dm = hydra.utils.instantiate(cfg.data)
+        assert dm.hparams.batch_size == cfg.data.batch_size
+
+
+def test_wrong_key_is_a_clear_error(tmp_path: Path) -> None:
+    from hydra.errors import ConfigCompositionException
+
+    with pytest.raises(ConfigCompositionException, match="Could not find 'model/resnet99'"):
+        compose_train_cfg(["model=resnet99"], tmp_path)
+    with pytest.raises(ConfigCompositionException, match="Could not override 'model.actvation'"):
+        compose_train_cfg(["model.actvation=qcfs"], tmp_path)

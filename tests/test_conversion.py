@@ -1,0 +1,219 @@
+"""The ANN -> SNN converter: BN folding, validation errors, calibration, accuracy vs T, QCFS."""
+
+from __future__ import annotations
+
+import copy
+import logging
+
+import pytest
+import torch
+from torch import nn
+
+from neurocuda.conversion import ConversionConfig, ConversionError, convert, evaluate_snn
+from neurocuda.conversion.fold import fold_batchnorms
+from neurocuda.conversion.validate import plan_conversion
+from neurocuda.metrics.spikes import fan_out
+from neurocuda.models import build_model
+from neurocuda.models.qcfs import QCFS
+from neurocuda.snn import IFNeuron, OutputIntegrator
+
+SHAPE = (3, 16, 16)
+WIDTHS = (8, 16, 16, 32)
+
+
+def synthetic_batches(n_batches: int, batch: int = 64, seed: int = 0) -> list[tuple]:
+    """4 classes, each a fixed random 16x16 template plus noise: a tiny CNN learns it quickly."""
+    g = torch.Generator().manual_seed(1234)
+    templates = torch.randn(4, *SHAPE, generator=g)
+    g.manual_seed(seed)
+    out = []
+    for _ in range(n_batches):
+        y = torch.randint(0, 4, (batch,), generator=g)
+        out.append((templates[y] + 0.8 * torch.randn(batch, *SHAPE, generator=g), y))
+    return out
+
+
+def train(model: nn.Module, steps: int, seed: int = 0) -> list[float]:
+    torch.manual_seed(seed)
+    data = synthetic_batches(steps, seed=seed + 1)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    losses = []
+    model.train()
+    for x, y in data:
+        loss = nn.functional.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return losses
+
+
+@pytest.fixture(scope="module")
+def trained_relu() -> nn.Module:
+    torch.manual_seed(0)
+    model = build_model("cifarnet", num_classes=4, widths=WIDTHS)
+    train(model, 60)
+    return model
+
+
+@pytest.fixture(scope="module")
+def trained_qcfs() -> tuple[nn.Module, list[float]]:
+    torch.manual_seed(0)
+    model = build_model("cifarnet", 4, "qcfs", {"levels": 4, "threshold": 2.0}, widths=WIDTHS)
+    losses = train(model, 60)
+    return model, losses
+
+
+def randomize_batchnorm(model: nn.Module) -> None:
+    g = torch.Generator().manual_seed(0)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            c = m.num_features
+            m.running_mean.copy_(torch.randn(c, generator=g))
+            m.running_var.copy_(torch.rand(c, generator=g) + 0.5)
+            m.weight.data.copy_(torch.randn(c, generator=g))
+            m.bias.data.copy_(torch.randn(c, generator=g))
+
+
+@pytest.mark.parametrize("arch", ["cifarnet", "resnet20"])
+def test_batchnorm_folding_is_exact(arch: str) -> None:
+    torch.manual_seed(0)
+    ann = build_model(arch).eval()
+    randomize_batchnorm(ann)
+    folded = copy.deepcopy(ann)
+    fold_batchnorms(folded, plan_conversion(folded, (3, 32, 32)).batchnorm_of)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(folded(x), ann(x), atol=1e-5, rtol=1e-5)
+
+
+def test_convert_leaves_the_ann_untouched_and_builds_the_documented_tree() -> None:
+    ann = build_model("resnet20").train()
+    before = copy.deepcopy(ann.state_dict())
+    snn = convert(ann, [torch.randn(4, 3, 32, 32)])
+    assert ann.training
+    assert all(torch.equal(before[k], v) for k, v in ann.state_dict().items())
+    block = snn.network.layers[0]
+    assert isinstance(block.bn1, nn.Identity)
+    assert isinstance(block.act1[0], IFNeuron) and float(block.act1[0].v_init) == pytest.approx(
+        float(block.act1[0].threshold) / 2
+    )
+    assert isinstance(snn.network.pool, nn.AvgPool2d) and snn.network.pool.kernel_size == (8, 8)
+    assert isinstance(snn.network.fc[1], OutputIntegrator)
+    assert snn(torch.randn(2, 3, 32, 32), 3).shape == (3, 2, 10)
+
+
+def test_errors_keep_the_ann_in_training_mode() -> None:
+    ann = build_model("cifarnet").train()
+    with pytest.raises(ConversionError, match="calibration data"):
+        convert(ann, None)
+    assert ann.training
+
+
+class FunctionalReLU(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.relu(self.conv(x)).mean((2, 3)))
+
+
+@pytest.mark.parametrize(
+    ("model", "match"),
+    [
+        (
+            nn.Sequential(
+                nn.Conv2d(3, 4, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.LazyLinear(2)
+            ),
+            r"Layer '2' \(MaxPool2d\).*nn.AvgPool2d",
+        ),
+        (
+            nn.Sequential(nn.Conv2d(3, 4, 3), nn.GELU(), nn.Flatten(), nn.Linear(4 * 14 * 14, 2)),
+            r"Layer '1' \(GELU\).*activation=relu or qcfs",
+        ),
+        (FunctionalReLU(), r"'relu'.*not a module"),
+        (
+            nn.Sequential(nn.Flatten(), nn.Linear(3 * 16 * 16, 2), nn.ReLU()),
+            "must end with an nn.Linear",
+        ),
+    ],
+)
+def test_unsupported_layers_raise_a_clear_error(model: nn.Module, match: str) -> None:
+    with pytest.raises(ConversionError, match=match):
+        convert(model, [torch.randn(2, *SHAPE)], ConversionConfig(input_shape=SHAPE))
+
+
+def test_shared_activation_module_is_rejected() -> None:
+    relu = nn.ReLU()
+    model = nn.Sequential(nn.Linear(4, 4), relu, nn.Linear(4, 4), relu, nn.Linear(4, 2))
+    with pytest.raises(ConversionError, match="more than once"):
+        convert(model, [torch.randn(2, 4)], ConversionConfig(input_shape=(4,)))
+
+
+def test_snn_accuracy_approaches_ann_as_t_grows(trained_relu: nn.Module) -> None:
+    config = ConversionConfig(input_shape=SHAPE, calibration_batches=2, per_channel=True)
+    snn = convert(trained_relu, synthetic_batches(2, seed=7), config)
+    result = evaluate_snn(
+        snn, synthetic_batches(4, seed=9), [1, 2, 4, 8, 16], ann=trained_relu, progress=False
+    )
+    assert result.ann_accuracy > 0.9, "the tiny ANN did not learn the synthetic task"
+    acc = result.accuracy
+    assert acc[1] < acc[16] and acc[2] <= acc[16]
+    assert result.ann_accuracy - acc[16] <= 0.05
+    assert result.images == 256
+    assert set(result.spike_rates) == {n for n in snn.neuron_layers()}
+    assert all(0 < r < 1 for r in result.spike_rates.values())
+    assert result.synops_per_image > 0 and result.input_ops_per_image > 0
+
+
+def test_qcfs_trains_and_converts_at_low_t(trained_qcfs: tuple[nn.Module, list[float]]) -> None:
+    model, losses = trained_qcfs
+    assert sum(losses[-10:]) / 10 < 0.5 * sum(losses[:10]) / 10
+    thresholds = [m.threshold for m in model.modules() if isinstance(m, QCFS)]
+    assert any(float(t) != 2.0 for t in thresholds), "QCFS thresholds were not learned"
+    snn = convert(model, None, ConversionConfig(input_shape=SHAPE))
+    neurons = list(snn.neuron_layers().values())
+    assert [float(n.threshold) for n in neurons] == [float(t.abs()) for t in thresholds]
+    result = evaluate_snn(snn, synthetic_batches(4, seed=9), [1, 4, 8], ann=model, progress=False)
+    assert result.ann_accuracy > 0.9
+    assert result.ann_accuracy - result.accuracy[8] <= 0.05
+
+
+def test_qcfs_thresholds_receive_gradients() -> None:
+    act = QCFS(levels=4, threshold=1.0)
+    x = torch.linspace(-1, 2, 50, requires_grad=True)
+    act(x).sum().backward()
+    assert act.threshold.grad is not None and float(act.threshold.grad) != 0.0
+    assert x.grad is not None and float(x.grad.abs().sum()) > 0
+    values = act(torch.tensor([-1.0, 0.1, 0.2, 0.5, 3.0])).tolist()
+    assert values == [0.0, 0.0, 0.25, 0.5, 1.0]  # floor(x*4 + 0.5)/4 clipped to [0, 1]
+
+
+def test_hard_reset_is_logged_as_lossy(
+    caplog: pytest.LogCaptureFixture, trained_relu: nn.Module
+) -> None:
+    with caplog.at_level(logging.WARNING):
+        snn = convert(
+            trained_relu, synthetic_batches(1), ConversionConfig(input_shape=SHAPE, reset="zero")
+        )
+    assert "loses accuracy" in caplog.text
+    assert all(n.reset == "zero" for n in snn.neuron_layers().values())
+
+
+def test_one_run_gives_the_same_accuracy_as_separate_runs(trained_relu: nn.Module) -> None:
+    snn = convert(trained_relu, synthetic_batches(1), ConversionConfig(input_shape=SHAPE))
+    data = synthetic_batches(1, batch=32, seed=11)
+    joint = evaluate_snn(snn, data, [2, 5], progress=False).accuracy
+    assert joint[2] == evaluate_snn(snn, data, [2], progress=False).accuracy[2]
+    assert joint[5] == evaluate_snn(snn, data, [5], progress=False).accuracy[5]
+
+
+def test_fan_out_counts_connections_exactly() -> None:
+    conv = nn.Conv2d(2, 5, 3, padding=1)
+    fan = fan_out(conv, (2, 4, 4))
+    assert fan[0, 0, 0] == 4 * 5 and fan[0, 1, 1] == 9 * 5 and fan[1, 0, 1] == 6 * 5
+    assert torch.equal(fan_out(nn.AvgPool2d(2), (3, 4, 4)), torch.ones(3, 4, 4))
+    assert torch.equal(fan_out(nn.Linear(6, 7), (6,)), torch.full((6,), 7.0))

@@ -1,0 +1,90 @@
+"""CIFAR10DataModule on a generated archive, on the shared archive, and with data missing."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from neurocuda.data import CIFAR10DataModule, DatasetNotFoundError
+from neurocuda.data.dataset import ImageArrayDataset, balanced_subset
+from tests.conftest import SHARED_ARCHIVE
+
+
+def test_tiny_archive_splits_and_batches(tiny_datamodule: CIFAR10DataModule) -> None:
+    sizes = {k: len(v) for k, v in tiny_datamodule.datasets.items()}
+    assert sizes == {"train": 200, "val": 40, "test": 80}
+    x, y = next(iter(tiny_datamodule.train_dataloader()))
+    assert x.shape == (32, 3, 32, 32) and x.dtype == torch.float32
+    assert y.dtype == torch.int64 and set(y.tolist()) <= set(range(10))
+    xv, _ = next(iter(tiny_datamodule.val_dataloader()))
+    assert abs(float(xv.mean())) < 1.5  # normalized, not raw 0..255
+
+
+def test_validation_split_is_seeded_and_disjoint(tiny_archive: Path, tmp_path: Path) -> None:
+    def val_images(seed: int) -> torch.Tensor:
+        dm = CIFAR10DataModule(source="jpeg", archive=str(tiny_archive),
+                               cache_dir=str(tmp_path), val_size=40, seed=seed)  # fmt: skip
+        dm.setup()
+        return dm.datasets["val"].images
+
+    assert torch.equal(val_images(0), val_images(0))
+    assert not torch.equal(val_images(0), val_images(1))
+
+
+def test_cache_makes_second_start_fast(tiny_archive: Path, tmp_path: Path) -> None:
+    kwargs = {"source": "jpeg", "archive": str(tiny_archive), "cache_dir": str(tmp_path),
+              "val_size": 40}  # fmt: skip
+    CIFAR10DataModule(**kwargs).setup()
+    assert len(list(tmp_path.glob("cifar10-jpeg-*.npz"))) == 1
+    start = time.perf_counter()
+    CIFAR10DataModule(**kwargs).setup()
+    assert time.perf_counter() - start < 1.0
+
+
+def test_augmentation_crops_and_flips_like_reference() -> None:
+    images = np.random.default_rng(0).integers(0, 255, (4, 32, 32, 3), dtype=np.uint8)
+    ds = ImageArrayDataset(images, np.zeros(4, dtype=np.int64), (0, 0, 0), (1 / 255,) * 3,
+                           augment=True)  # fmt: skip
+    torch.manual_seed(3)
+    out, _ = ds.__getitems__([0, 1, 2, 3])
+    torch.manual_seed(3)
+    dy, dx = torch.randint(0, 9, (4, 1)), torch.randint(0, 9, (4, 1))
+    flip = torch.rand(4, 1) < 0.5
+    padded = torch.nn.functional.pad(ds.images[:4], (4, 4, 4, 4))
+    for i in range(4):
+        ref = padded[i, :, dy[i] : dy[i] + 32, dx[i] : dx[i] + 32]
+        ref = ref.flip(-1) if flip[i] else ref
+        assert torch.equal(out[i], ref.float())
+
+
+def test_balanced_subset_draws_every_class() -> None:
+    labels = np.repeat(np.arange(10), 100)  # ordered by class, like the archive
+    idx = balanced_subset(labels, 50, seed=0)
+    assert len(idx) == 50 and np.bincount(labels[idx]).tolist() == [5] * 10
+
+
+def test_missing_dataset_names_the_ways_to_provide_it(tmp_path: Path) -> None:
+    for kwargs in ({"source": "jpeg", "archive": str(tmp_path / "nope.tar.gz")},
+                   {"source": "auto", "archive": str(tmp_path / "nope.tar.gz")},
+                   {"source": "torchvision"}):  # fmt: skip
+        dm = CIFAR10DataModule(root=str(tmp_path), **kwargs)
+        with pytest.raises(DatasetNotFoundError) as err:
+            dm.setup()
+        message = str(err.value)
+        assert "data.source=torchvision data.download=true" in message
+        assert "data.archive=PATH" in message
+
+
+@pytest.mark.skipif(not SHARED_ARCHIVE.exists(), reason="the shared CIFAR-10 archive is absent")
+def test_shared_archive_full_dataset(tmp_path: Path) -> None:
+    dm = CIFAR10DataModule(source="jpeg", archive=str(SHARED_ARCHIVE),
+                           cache_dir=str(Path("data/cache").resolve()), test_subset=1000)  # fmt: skip
+    dm.setup()
+    assert len(dm.datasets["train"]) == 45_000 and len(dm.datasets["val"]) == 5_000
+    assert np.bincount(dm.datasets["test"].labels.numpy()).tolist() == [100] * 10
+    train_mean = dm.datasets["train"].images.float().mean(dim=(0, 2, 3)) / 255
+    assert torch.allclose(train_mean, torch.tensor([0.4913, 0.4821, 0.4465]), atol=0.005)

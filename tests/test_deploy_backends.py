@@ -1,0 +1,180 @@
+"""Deployment targets on hand-built NIR graphs with the structure of docs/semantics.md."""
+
+from __future__ import annotations
+
+import json
+
+import nir
+import numpy as np
+import pytest
+import torch
+
+from neurocuda.deploy import GraphCompileError, build_backend, compile_graph, deploy
+from neurocuda.deploy.loihi2.resources import NEURONS_PER_CORE, map_resources
+from neurocuda.metrics.energy import FP32_MAC_PJ, LOIHI_NEURON_UPDATE_PJ, LOIHI_SYNOP_PJ
+from neurocuda.reporting.deployment_report import write_report
+
+T = 6
+
+
+def soft_if(shape, theta: np.ndarray, v_init: np.ndarray) -> nir.NIRGraph:
+    """I(r=1) -> Threshold(theta - v_init), recurrent Scale(-theta) into the I."""
+    full = lambda a: np.broadcast_to(a, shape).astype(np.float32).copy()  # noqa: E731
+    nodes = {
+        "input": nir.Input(input_type=np.array(shape)),
+        "integrator": nir.I(r=np.ones(shape, dtype=np.float32)),
+        "threshold": nir.Threshold(threshold=full(theta - v_init)),
+        "reset": nir.Scale(scale=full(-theta)),
+        "output": nir.Output(output_type=np.array(shape)),
+    }
+    edges = [("input", "integrator"), ("integrator", "threshold"), ("threshold", "reset"),
+             ("reset", "integrator"), ("threshold", "output")]  # fmt: skip
+    return nir.NIRGraph(nodes=nodes, edges=edges, type_check=False)
+
+
+def hand_graph(residual: bool = False, hard_reset: bool = False) -> nir.NIRGraph:
+    """conv -> IF -> Scale(theta) -> AvgPool -> conv (+ skip) -> IF -> Scale -> Flatten -> Affine.
+
+    Weights are multiples of 1/8 and thresholds powers of two, so 8-bit mantissas represent them
+    exactly and the loihi2 target must reproduce the float readout exactly.
+    """
+    g = np.random.default_rng(0)
+    w1 = (g.integers(-8, 9, (4, 2, 3, 3)) / 8).astype(np.float32)
+    b1 = (g.integers(-4, 5, 4) / 8).astype(np.float32)
+    w2 = (g.integers(-8, 9, (4, 4, 3, 3)) / 8).astype(np.float32)
+    w3 = (g.integers(-8, 9, (3, 4 * 2 * 2)) / 8).astype(np.float32)
+    b3 = (g.integers(-4, 5, 3) / 8).astype(np.float32)
+    theta1 = np.array([1.0, 2.0, 1.0, 0.5], dtype=np.float32).reshape(4, 1, 1)
+    theta2 = np.array([1.0, 1.0, 2.0, 1.0], dtype=np.float32).reshape(4, 1, 1)
+
+    def neuron(shape, theta):
+        if hard_reset:
+            v = np.broadcast_to(theta, shape).astype(np.float32)
+            return nir.IF(r=np.ones(shape, np.float32), v_threshold=v / 2, v_reset=-v / 2)
+        return soft_if(shape, theta, theta / 2)
+
+    nodes = {
+        "input": nir.Input(input_type=np.array([2, 4, 4])),
+        "conv1": nir.Conv2d(input_shape=(4, 4), weight=w1, stride=1, padding=1, dilation=1,
+                            groups=1, bias=b1),
+        "if1": neuron((4, 4, 4), theta1),
+        "scale1": nir.Scale(scale=np.broadcast_to(theta1, (4, 4, 4)).copy()),
+        "pool": nir.AvgPool2d(kernel_size=np.array([2, 2]), stride=np.array([2, 2]),
+                              padding=np.array([0, 0])),
+        "conv2": nir.Conv2d(input_shape=(2, 2), weight=w2, stride=1, padding=1, dilation=1,
+                            groups=1, bias=np.zeros(4, np.float32)),
+        "if2": neuron((4, 2, 2), theta2),
+        "scale2": nir.Scale(scale=np.broadcast_to(theta2, (4, 2, 2)).copy()),
+        "flat": nir.Flatten(input_type={"input": np.array([4, 2, 2])}, start_dim=0),
+        "fc": nir.Affine(weight=w3, bias=b3),
+        "readout": nir.I(r=np.ones(3, np.float32)),
+        "output": nir.Output(output_type=np.array([3])),
+    }  # fmt: skip
+    edges = [("input", "conv1"), ("conv1", "if1"), ("if1", "scale1"), ("scale1", "pool"),
+             ("pool", "conv2"), ("conv2", "if2"), ("if2", "scale2"), ("scale2", "flat"),
+             ("flat", "fc"), ("fc", "readout"), ("readout", "output")]  # fmt: skip
+    if residual:
+        edges.insert(5, ("pool", "if2"))  # identity shortcut summed at the receiving neurons
+    return nir.NIRGraph(nodes=nodes, edges=edges, type_check=False)
+
+
+def batches(n: int = 12, batch: int = 4):
+    g = torch.Generator().manual_seed(1)
+    # inputs on a 1/16 grid within [-2, 2]: exact as 8-bit payloads with input_scale 1/16
+    x = torch.randint(-32, 33, (n, 2, 4, 4), generator=g).float() / 16
+    y = torch.randint(0, 3, (n,), generator=g)
+    return [(x[i : i + batch], y[i : i + batch]) for i in range(0, n, batch)]
+
+
+def test_compiler_folds_scale_pool_and_residual() -> None:
+    net = compile_graph(hand_graph(residual=True))
+    assert [p.kind for p in net.populations] == ["subtract", "subtract", "readout"]
+    into_if2 = [p for p in net.projections if p.target == net.populations[1].name]
+    conv = next(p for p in into_if2 if p.weight.shape[-1] == 6)
+    assert conv.stride == (2, 2) and conv.padding == (2, 2)  # pool folded into the kernel
+    assert len(into_if2) == 2  # conv path + identity shortcut
+    assert net.macs["conv1"] == 4 * 4 * 4 * 2 * 9 and net.macs["fc"] == 3 * 16
+
+
+@pytest.mark.parametrize("residual", [False, True])
+def test_cpu_and_loihi2_agree_exactly_on_exactly_representable_graph(residual: bool) -> None:
+    graph = hand_graph(residual=residual)
+    cpu = build_backend("cpu")
+    cpu.prepare(graph)
+    # 10 bits of headroom: these inputs drive membranes to -200 thresholds without clipping
+    loihi = build_backend("loihi2", input_scale=1 / 16, headroom_bits=10)
+    loihi.prepare(graph)
+    for x, _ in batches():
+        float_out = cpu.run(x, T)
+        int_out = loihi.run(x, T)
+        assert torch.equal(float_out.logits, int_out.logits)
+        assert float_out.spikes == int_out.spikes and float_out.synops == int_out.synops
+    assert loihi.quantization.saturations() == 0
+    assert all(v == 0 for v in int_out.extra.values())
+
+
+def test_lava_mode_adds_pipeline_delay_and_hard_reset() -> None:
+    loihi = build_backend("loihi2", mode="lava", input_scale=1 / 16)
+    loihi.prepare(hand_graph(hard_reset=True))
+    out = loihi.run(batches()[0][0], T)
+    assert out.steps_run == T + 3  # three projections on the input -> readout path
+    pops = loihi.int_network.populations
+    assert all(p.reset == "zero" and p.vth_shift == 6 for p in pops)
+
+
+def test_float_backend_handles_portable_if_graph() -> None:
+    cpu = build_backend("cpu")
+    cpu.prepare(hand_graph(hard_reset=True))
+    out = cpu.run(batches()[0][0], T)
+    assert out.logits.shape == (4, 3) and sum(out.spikes.values()) > 0
+
+
+def test_gpu_target_without_cuda_says_what_to_do() -> None:
+    if torch.cuda.is_available():
+        backend = build_backend("gpu")
+        backend.prepare(hand_graph())
+        assert backend.run(batches()[0][0], T).logits.shape == (4, 3)
+        return
+    with pytest.raises(RuntimeError, match="deploy=cpu"):
+        build_backend("gpu")
+
+
+def test_unsupported_node_is_rejected_by_name() -> None:
+    graph = hand_graph()
+    graph.nodes["readout"] = nir.LIF(
+        tau=np.ones(3), r=np.ones(3), v_leak=np.zeros(3), v_threshold=np.ones(3)
+    )
+    with pytest.raises(GraphCompileError, match=r"readout.*LIF"):
+        compile_graph(graph)
+
+
+def test_report_holds_the_numbers(tmp_path) -> None:
+    backend = build_backend("loihi2", input_scale=1 / 16)
+    backend.prepare(hand_graph())
+    report = deploy(backend, batches(), T, num_classes=3, progress=False, source="hand")
+    paths = write_report(report, tmp_path)
+    data = json.loads(paths["json"].read_text())
+    assert data["images"] == 12 and 0.0 <= data["accuracy"] <= 1.0
+    assert data["latency_timesteps"] == T
+    first = data["layers"][0]
+    assert first["neurons"] == 64 and first["spikes_per_image"] > 0
+    energy = data["energy"]
+    expected = sum(
+        row["synops_per_image"] * LOIHI_SYNOP_PJ
+        + row["neuron_updates_per_image"] * LOIHI_NEURON_UPDATE_PJ
+        for row in data["layers"]
+    ) * 1e-6  # fmt: skip
+    assert energy["loihi_uj"] == pytest.approx(expected)
+    assert energy["ann_fp32_uj"] == pytest.approx(energy["ann_macs"] * FP32_MAC_PJ * 1e-6)
+    assert data["target_info"]["resources"]["cores"] >= 3
+    text = paths["markdown"].read_text()
+    assert f"{100 * report.accuracy:.2f}%" in text and "neuro-cores" in text
+    assert paths["plot"].stat().st_size > 1000
+
+
+def test_resource_map_splits_large_layers() -> None:
+    net = compile_graph(hand_graph())
+    big = net.populations[0]
+    big.shape = (4, 64, 64)  # 16384 neurons: two cores by the neuron limit
+    layer = map_resources(net).layers[0]
+    assert layer.cores == -(-16384 // NEURONS_PER_CORE) and layer.limited_by == "neurons"

@@ -1,0 +1,86 @@
+"""End to end: train.py with deploy=loihi2, scripts/deploy.py on a file, float vs quantized."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from neurocuda.deploy import build_backend
+from neurocuda.nir import load
+from train import train
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory: pytest.TempPathFactory, tiny_archive: Path) -> Path:
+    """One short quickstart run with deploy=loihi2; returns its output directory."""
+    from tests.conftest import compose_train_cfg, tiny_run_overrides
+
+    tmp = tmp_path_factory.mktemp("deploy_e2e")
+    overrides = [
+        *tiny_run_overrides(tiny_archive, tmp),
+        "experiment=quickstart",
+        "trainer.max_epochs=2",
+        "++trainer.limit_train_batches=3",
+        "trainer.precision=32",
+        "conversion.timesteps=[8]",
+        "conversion.eval_subset=40",
+        "deploy=loihi2",
+        "deploy.timesteps=8",
+        "deploy.max_images=40",
+    ]
+    train(compose_train_cfg(overrides, tmp / "run"))
+    return tmp / "run"
+
+
+def test_train_with_deploy_loihi2_writes_the_report(trained_run: Path) -> None:
+    report_dir = trained_run / "deploy"
+    data = json.loads((report_dir / "deploy_loihi2.json").read_text())
+    assert data["target"] == "loihi2" and data["images"] == 40 and data["timesteps"] == 8
+    assert data["source"].endswith(".nir")  # the NIR round trip's file, not a re-export
+    assert data["target_info"]["resources"]["cores"] >= 8
+    assert data["energy"]["synops"] > 0 and data["energy"]["ann_macs"] > 0
+    assert (report_dir / "deploy_loihi2.md").is_file() and (
+        report_dir / "deploy_loihi2.png"
+    ).is_file()
+
+
+def test_loihi2_accuracy_within_bound_of_float_snn(trained_run: Path, tiny_datamodule) -> None:
+    """Bound: the 8-bit quantized SNN's accuracy is within 2.5 points (2 of 80 images) of the float
+    SNN's, and at least 90% of the individual predictions agree."""
+    nir_file = json.loads((trained_run / "deploy" / "deploy_loihi2.json").read_text())["source"]
+    graph = load(nir_file)
+    batches = list(tiny_datamodule.test_dataloader())
+    float_backend = build_backend("cpu")
+    float_backend.prepare(graph)
+    loihi = build_backend("loihi2")
+    loihi.prepare(graph)
+    loihi.calibrate(max(float(x.abs().max()) for x, _ in batches) / 127)
+    labels, float_pred, int_pred = [], [], []
+    for x, y in batches:
+        labels.append(y)
+        float_pred.append(float_backend.run(x, 8).logits.argmax(1))
+        int_pred.append(loihi.run(x, 8).logits.argmax(1))
+    labels, float_pred, int_pred = torch.cat(labels), torch.cat(float_pred), torch.cat(int_pred)
+    assert labels.numel() == 80
+    float_acc = (float_pred == labels).float().mean().item()
+    int_acc = (int_pred == labels).float().mean().item()
+    assert abs(float_acc - int_acc) <= 0.025 + 1e-9, (float_acc, int_acc)
+    assert (float_pred == int_pred).float().mean().item() >= 0.9
+
+
+def test_deploy_script_on_a_nir_file(trained_run: Path, tiny_archive: Path, tmp_path: Path) -> None:
+    import scripts.deploy as deploy_script
+
+    nir_file = json.loads((trained_run / "deploy" / "deploy_loihi2.json").read_text())["source"]
+    deploy_script.main([
+        nir_file, "deploy=cpu", "deploy.timesteps=4", "deploy.max_images=16",
+        "data.source=jpeg", f"data.archive={tiny_archive}", f"data.cache_dir={tmp_path / 'c'}",
+        "data.val_size=40", "data.batch_size=8", "--out", str(tmp_path / "out"),
+    ])  # fmt: skip
+    data = json.loads((tmp_path / "out" / "deploy_cpu.json").read_text())
+    assert data["target"] == "cpu" and data["images"] == 16 and data["latency_timesteps"] == 4

@@ -1,0 +1,68 @@
+"""Model shapes, parameter counts, conversion-friendly structure and a few-step fit of each."""
+
+from __future__ import annotations
+
+import lightning as L
+import pytest
+import torch
+from torch import nn
+
+from neurocuda.data import CIFAR10DataModule
+from neurocuda.models import Add, build_model
+from neurocuda.training import ClassifierModule
+
+PARAMS = {"cifarnet": 1_166_506, "resnet18": 11_173_962, "resnet20": 272_474,
+          "vgg16": 14_724_042}  # fmt: skip
+
+
+@pytest.mark.parametrize("arch", sorted(PARAMS))
+def test_output_shape_and_parameter_count(arch: str) -> None:
+    model = build_model(arch, num_classes=10)
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+    assert sum(p.numel() for p in model.parameters()) == PARAMS[arch]
+
+
+@pytest.mark.parametrize("arch", sorted(PARAMS))
+def test_built_for_conversion(arch: str) -> None:
+    modules = list(build_model(arch).modules())
+    assert not any(isinstance(m, nn.MaxPool2d) for m in modules)
+    assert any(isinstance(m, nn.ReLU) for m in modules)
+    assert any(isinstance(m, nn.Flatten) for m in modules)
+    if arch.startswith("resnet"):
+        assert any(isinstance(m, Add) for m in modules)
+
+
+def test_unknown_names_are_clear_errors() -> None:
+    with pytest.raises(ValueError, match="Unknown model 'resnet99'"):
+        build_model("resnet99")
+    with pytest.raises(ValueError, match="model.activation"):
+        build_model("cifarnet", activation="swish")
+
+
+@pytest.mark.parametrize("arch", sorted(PARAMS))
+def test_few_step_fit(arch: str, tiny_datamodule: CIFAR10DataModule) -> None:
+    L.seed_everything(0)
+    model = ClassifierModule(arch=arch, optimizer={"lr": 0.02})
+    before = [p.detach().clone() for p in model.net.parameters()]
+    trainer = L.Trainer(max_steps=2, limit_val_batches=1, accelerator="cpu", logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False)  # fmt: skip
+    trainer.fit(model, datamodule=tiny_datamodule)
+    assert trainer.global_step == 2
+    assert torch.isfinite(trainer.callback_metrics["train/loss_step"])
+    changed = [not torch.equal(a, b) for a, b in zip(before, model.net.parameters(), strict=True)]
+    assert all(changed)
+
+
+def test_checkpoint_rebuilds_without_config(tmp_path, tiny_datamodule: CIFAR10DataModule) -> None:
+    model = ClassifierModule(arch="resnet20", arch_kwargs={}, optimizer={"name": "adamw",
+                                                                         "lr": 1e-3})  # fmt: skip
+    trainer = L.Trainer(max_steps=1, limit_val_batches=0, logger=False, enable_progress_bar=False,
+                        default_root_dir=tmp_path, enable_model_summary=False)  # fmt: skip
+    trainer.fit(model, datamodule=tiny_datamodule)
+    trainer.save_checkpoint(tmp_path / "m.ckpt")
+    restored = ClassifierModule.load_from_checkpoint(tmp_path / "m.ckpt")
+    x = torch.randn(2, 3, 32, 32)
+    model.eval()
+    restored.eval()
+    assert torch.equal(model(x), restored(x))

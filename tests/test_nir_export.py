@@ -1,0 +1,137 @@
+"""Export -> save -> load -> execute reproduces the native spiking model bit for bit."""
+
+from __future__ import annotations
+
+import nir
+import pytest
+import torch
+from torch import nn
+
+from neurocuda.conversion import ConversionConfig, convert
+from neurocuda.models import build_model
+from neurocuda.nir import Executor, export, load, save
+from neurocuda.nir.interop import run_with_nirtorch
+
+T = 4
+
+
+def with_bn_statistics(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Random BN statistics and affine parameters, so folding is not the identity."""
+    gen = torch.Generator().manual_seed(seed)
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            n = module.num_features
+            module.running_mean.copy_(torch.rand(n, generator=gen) - 0.5)
+            module.running_var.copy_(torch.rand(n, generator=gen) + 0.5)
+            module.weight.data.copy_(torch.rand(n, generator=gen) + 0.5)
+            module.bias.data.copy_(torch.rand(n, generator=gen) * 0.2)
+    return model.eval()
+
+
+def converted(arch: str, reset: str = "subtract", **kwargs) -> nn.Module:
+    torch.manual_seed(0)
+    ann = with_bn_statistics(build_model(arch, **kwargs))
+    data = [torch.randn(4, 3, 32, 32)]
+    return convert(ann, data, ConversionConfig(calibration_batches=1, reset=reset))
+
+
+def round_trip(snn: nn.Module, x: torch.Tensor, tmp_path, profile: str = "faithful"):
+    graph = export(snn, x, profile=profile, metadata={"encoding": "direct", "timesteps": T})
+    loaded = load(save(graph, tmp_path / "model.nir"))
+    with torch.no_grad():
+        native = snn(x, T)
+        executed = Executor(loaded)(x.expand(T, *x.shape))
+    return native, executed, loaded
+
+
+@pytest.mark.parametrize(
+    ("arch", "images"), [("cifarnet", 2), ("resnet20", 2), ("resnet18", 2), ("vgg16", 2)]
+)
+def test_round_trip_is_bit_exact(arch, images, tmp_path):
+    snn = converted(arch)
+    x = torch.randn(images, 3, 32, 32)
+    native, executed, _ = round_trip(snn, x, tmp_path)
+    assert native.shape == executed.shape == (T, images, 10)
+    assert (native - executed).abs().max().item() == 0.0
+    assert native.abs().sum() > 0  # the network is not silent
+
+
+def test_soft_reset_is_a_recurrent_subgraph(tmp_path):
+    snn = converted("cifarnet", widths=(8, 8, 8, 8))
+    _, _, graph = round_trip(snn, torch.randn(2, 3, 32, 32), tmp_path)
+    neurons = [n for n in graph.nodes.values() if isinstance(n, nir.NIRGraph)]
+    assert len(neurons) == len(snn.neuron_layers())
+    sub = neurons[0]
+    assert {type(n) for n in sub.nodes.values()} == {
+        nir.Input,
+        nir.I,
+        nir.Threshold,
+        nir.Scale,
+        nir.Output,
+    }
+    assert ("reset", "integrator") in sub.edges
+    assert (sub.nodes["integrator"].r == 1).all()
+    assert graph.metadata["reset"] == "subtract" and graph.metadata["timesteps"] == T
+
+
+def test_hard_reset_portable_profile_uses_nir_if(tmp_path):
+    snn = converted("resnet20", reset="zero")
+    x = torch.randn(3, 3, 32, 32)
+    native, executed, graph = round_trip(snn, x, tmp_path, profile="portable")
+    assert any(isinstance(n, nir.IF) for n in graph.nodes.values())
+    assert not any(isinstance(n, nir.NIRGraph) for n in graph.nodes.values())
+    assert (native - executed).abs().max().item() == 0.0
+
+
+def test_portable_profile_rejects_soft_reset():
+    snn = converted("cifarnet", widths=(8, 8, 8, 8))
+    with pytest.raises(ValueError, match=r"conversion\.reset=zero"):
+        export(snn, torch.randn(1, 3, 32, 32), profile="portable")
+
+
+def test_unsupported_module_is_named():
+    snn = converted("cifarnet", widths=(8, 8, 8, 8))
+    snn.network[0] = nn.Sequential(snn.network[0], nn.MaxPool2d(1))
+    with pytest.raises(ValueError, match=r"'0.1' \(MaxPool2d\) has no NIR mapping"):
+        export(snn, torch.randn(1, 3, 32, 32))
+
+
+def test_poisson_input_runs_every_step(tmp_path):
+    snn = converted("cifarnet", widths=(8, 8, 8, 8))
+    spikes = (torch.rand(T, 2, 3, 32, 32) > 0.5).float()
+    graph = export(snn, spikes[0])
+    with torch.no_grad():
+        assert torch.equal(snn(spikes, T), Executor(graph)(spikes))
+
+
+def test_nirtorch_interpreter_runs_faithful_graph_identically(tmp_path):
+    snn = converted("resnet20")
+    x = torch.randn(3, 3, 32, 32)
+    native, _, graph = round_trip(snn, x, tmp_path)
+    with torch.no_grad():
+        interpreted = run_with_nirtorch(graph, x.expand(T, *x.shape).contiguous())
+    assert (native - interpreted).abs().max().item() == 0.0
+
+
+def test_trained_model_round_trip(tmp_path):
+    """A small cifarnet trained a few steps on a learnable synthetic task."""
+    torch.manual_seed(1)
+    ann = build_model("cifarnet", widths=(8, 16, 16, 16))
+    x = torch.randn(64, 3, 32, 32)
+    y = (x[:, 0].mean((1, 2)) > 0).long()
+    opt = torch.optim.Adam(ann.parameters(), lr=0.01)
+    for _ in range(25):
+        opt.zero_grad()
+        nn.functional.cross_entropy(ann(x), y).backward()
+        opt.step()
+    for module in ann.modules():  # exact BN statistics of the training data
+        if isinstance(module, nn.BatchNorm2d):
+            module.reset_running_stats()
+            module.momentum = None
+    with torch.no_grad():
+        ann(x)
+    ann.eval()
+    assert (ann(x).argmax(1) == y).float().mean() > 0.7
+    snn = convert(ann, [x[:32]], ConversionConfig(calibration_batches=1))
+    native, executed, _ = round_trip(snn, x[:8], tmp_path)
+    assert (native - executed).abs().max().item() == 0.0

@@ -1,0 +1,98 @@
+"""The NIRRoundTrip callback in a real (tiny) fit: a .nir beside every converted checkpoint."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+from callbacks.nir_round_trip import NIRRoundTrip
+from callbacks.snn_conversion import SNNConversion
+from neurocuda.nir import Executor, load
+from neurocuda.training import ClassifierModule
+from tests.conftest import ROOT
+
+
+class Metrics(L.Callback):
+    """Collects the logged NIR metrics of every epoch."""
+
+    def __init__(self) -> None:
+        self.seen: list[dict[str, float]] = []
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        nir_metrics = {
+            k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("nir/")
+        }
+        self.seen.append(nir_metrics)
+
+
+def fit(datamodule, tmp_path: Path, round_trip: NIRRoundTrip, epochs: int = 2) -> Metrics:
+    metrics = Metrics()
+    trainer = L.Trainer(
+        max_epochs=epochs, limit_train_batches=2, limit_val_batches=1, logger=False,
+        enable_progress_bar=False, enable_model_summary=False,
+        callbacks=[
+            ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True),
+            SNNConversion(timesteps=[2, 3], calibration_batches=1, every_n_epochs=1, eval_subset=8),
+            round_trip,
+            metrics,
+        ],
+    )  # fmt: skip
+    module = ClassifierModule(arch_kwargs={"widths": [4, 8, 8, 8]}, scheduler={"name": "none"})
+    trainer.fit(module, datamodule=datamodule)
+    return metrics
+
+
+def test_every_checkpoint_gets_an_exact_nir_file(
+    tiny_datamodule, tiny_archive, tmp_path: Path
+) -> None:
+    round_trip = NIRRoundTrip(num_images=4)
+    metrics = fit(tiny_datamodule, tmp_path, round_trip)
+    assert [m["nir/max_abs_diff"] for m in metrics.seen] == [0.0, 0.0]
+    assert [m["nir/divergent_images"] for m in metrics.seen] == [0.0, 0.0]
+    path = round_trip.last_path
+    assert path == tmp_path / "ckpt" / "last.nir" and path.is_file()
+    graph = load(path)
+    assert graph.metadata["timesteps"] == "2,3" and graph.metadata["epoch"] == 1
+    assert Executor(graph)(torch.zeros(2, 1, 3, 32, 32)).shape == (2, 1, 10)
+    result = subprocess.run(
+        [sys.executable, "scripts/verify_nir.py", str(path), "--num-images", "8",
+         "--archive", str(tiny_archive), "--timesteps", "1", "3", "--val-size", "40"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "NIR acc" in result.stdout and "8 test images" in result.stdout
+
+
+def test_mismatch_fails_the_run(tiny_datamodule, tmp_path: Path, monkeypatch) -> None:
+    def off_by_one_ulp(self, x):
+        out = original(self, x)
+        return torch.nextafter(out, out + 1)
+
+    original = Executor.forward
+    monkeypatch.setattr(Executor, "forward", off_by_one_ulp)
+    with pytest.raises(RuntimeError, match=r"NIR round trip .* is not exact"):
+        fit(tiny_datamodule, tmp_path, NIRRoundTrip(num_images=2), epochs=1)
+    with pytest.warns(UserWarning, match="is not exact"):
+        fit(
+            tiny_datamodule,
+            tmp_path / "warn",
+            NIRRoundTrip(num_images=2, on_mismatch="warn"),
+            epochs=1,
+        )
+
+
+def test_needs_the_conversion_callback(tiny_datamodule, tmp_path: Path) -> None:
+    trainer = L.Trainer(
+        max_epochs=1, limit_train_batches=1, limit_val_batches=1, logger=False,
+        enable_progress_bar=False, enable_model_summary=False, callbacks=[NIRRoundTrip()],
+        default_root_dir=tmp_path,
+    )  # fmt: skip
+    module = ClassifierModule(arch_kwargs={"widths": [4, 8, 8, 8]}, scheduler={"name": "none"})
+    with pytest.raises(RuntimeError, match="needs the SNNConversion callback"):
+        trainer.fit(module, datamodule=tiny_datamodule)

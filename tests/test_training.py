@@ -1,0 +1,75 @@
+"""train.py end to end on tiny data: fit + test, loggers, resume, DDP on two CPU processes."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+from neurocuda.reporting.wandb_offline import last_values, read_offline_run
+from tests.conftest import ROOT, tiny_run_overrides
+from train import train
+
+
+def test_fit_and_test_write_checkpoints_and_metrics(train_cfg, tmp_path: Path) -> None:
+    metrics = train(train_cfg("~conversion"))
+    run = tmp_path / "run"
+    assert (run / "checkpoints" / "last.ckpt").is_file()
+    assert {"val/acc", "test/acc", "train/loss_epoch"} <= set(metrics)
+    csv_text = next(run.glob("csv/version_*/metrics.csv")).read_text()
+    assert "val/acc" in csv_text and "test/acc" in csv_text
+
+
+def test_wandb_offline_run_holds_the_metrics(train_cfg, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    train(train_cfg("~conversion", "logger=wandb"))
+    runs = list((tmp_path / "run" / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1
+    run = read_offline_run(runs[0])
+    logged = last_values(run["history"])
+    assert {"val/acc", "test/acc", "train/loss_epoch"} <= set(logged)
+    assert 0.0 <= logged["test/acc"] <= 1.0
+    assert run["config"]["model"]["arch"] == "cifarnet"
+
+
+def _run_train(overrides: list[str], env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "train.py", *overrides],
+        cwd=ROOT, capture_output=True, text=True, timeout=300, env={**os.environ, **(env or {})},
+    )  # fmt: skip
+
+
+def test_killed_run_resumes_and_finishes_all_epochs(tiny_archive: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    base = [*tiny_run_overrides(tiny_archive, tmp_path), "~conversion", "trainer.max_epochs=3",
+            f"hydra.run.dir={run}"]  # fmt: skip
+    killed = _run_train([*base, "+callbacks.kill._target_=tests.helpers.ExitAfterEpoch",
+                         "+callbacks.kill.epoch=0"])  # fmt: skip
+    assert killed.returncode == 17, killed.stderr[-2000:]
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["epoch"] == 0
+    resumed = _run_train([*base, "resume=true"])
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "Restoring states from the checkpoint" in resumed.stdout + resumed.stderr
+    final = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
+    assert final["epoch"] == 2  # epoch 0 before the kill; epochs 1 and 2 after resuming
+    assert final["global_step"] == 3 * 3  # 3 epochs of 3 batches, none repeated
+
+
+def test_resume_without_checkpoint_is_a_clear_error(tiny_archive: Path, tmp_path: Path) -> None:
+    result = _run_train([*tiny_run_overrides(tiny_archive, tmp_path), "~conversion",
+                         f"hydra.run.dir={tmp_path / 'fresh'}", "resume=true"])  # fmt: skip
+    assert result.returncode != 0
+    assert "resume=true but" in result.stderr
+
+
+def test_ddp_on_two_cpu_processes(tiny_archive: Path, tmp_path: Path) -> None:
+    run = tmp_path / "ddp"
+    result = _run_train([*tiny_run_overrides(tiny_archive, tmp_path), "~conversion",
+                         "trainer=ddp_cpu", f"hydra.run.dir={run}", "test=false"])  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    output = result.stdout + result.stderr
+    assert "Initializing distributed: GLOBAL_RANK: 1, MEMBER: 2/2" in output
+    assert (run / "checkpoints" / "last.ckpt").is_file()
