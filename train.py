@@ -13,6 +13,7 @@ import hydra
 import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
+import neurocuda.training.resolvers  # noqa: F401  (registers ${sweep_group:} and ${job_label:})
 from neurocuda.training.instantiate import (
     finish_loggers,
     instantiate_callbacks,

@@ -119,7 +119,7 @@ class Executor(nn.Module):
                 total = self._step_input(name, t, values, current, members, sums)
                 op = self.op(name)
                 if op.stateful:
-                    current[name], state[name] = op.step(total, state[name])
+                    current[name], state[name] = op.step_(total, state[name])
                     if name in kept:
                         self._row(traces, name, current[name], steps, t).copy_(current[name])
                 elif t == 0 and not op.elementwise:

@@ -74,6 +74,10 @@ class Stateful(nn.Module):
     def step(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         raise NotImplementedError
 
+    def step_(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        """A step that may reuse ``state``'s memory; its output is valid until the next step."""
+        return self.step(x, state)
+
 
 class Identity(Stateless):
     """Input/Output nodes (and the boundaries of inlined subgraphs)."""
@@ -201,7 +205,12 @@ class IntegratorOp(Stateful):
         self.register_buffer("gain", _factor(dt * np.asarray(node.r, np.float64), dtype))
 
     def step(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
-        """The membrane is updated in place (the caller reads it before the next step)."""
+        drive = _mul(self.gain, x)
+        v = drive if state is None else state + drive
+        return v, v
+
+    def step_(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        """As :meth:`step`, updating the membrane in place (the output is the state buffer)."""
         drive = _mul(self.gain, x)
         v = drive.clone() if state is None else state.add_(drive)
         return v, v

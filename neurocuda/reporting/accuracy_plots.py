@@ -3,24 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 from matplotlib.figure import Figure
 
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write via a temp file in the same folder and rename, so readers never see a partial file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+from neurocuda.files import atomic_write_text, save_figure
 
 
 def accuracy_table_markdown(ann_accuracy: float, accuracy: dict[int, float]) -> str:
@@ -49,12 +36,7 @@ def plot_accuracy_vs_t(
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    try:
-        fig.savefig(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    save_figure(fig, path)
 
 
 def save_accuracy_report(
@@ -62,11 +44,11 @@ def save_accuracy_report(
 ) -> list[Path]:
     """Write ``<prefix>.md``, ``<prefix>.json`` and ``<prefix>.png``; return their paths."""
     md, js, png = (prefix.with_name(prefix.name + ext) for ext in (".md", ".json", ".png"))
-    _atomic_write(md, accuracy_table_markdown(ann_accuracy, accuracy).encode())
+    atomic_write_text(md, accuracy_table_markdown(ann_accuracy, accuracy))
     record = {
         "ann_accuracy": ann_accuracy,
         "snn_accuracy": {str(t): a for t, a in accuracy.items()},
     }
-    _atomic_write(js, json.dumps(record | (extra or {}), indent=2).encode())
+    atomic_write_text(js, json.dumps(record | (extra or {}), indent=2))
     plot_accuracy_vs_t(png, ann_accuracy, accuracy, title=prefix.name)
     return [md, js, png]

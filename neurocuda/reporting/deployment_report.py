@@ -4,31 +4,12 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
+from matplotlib.figure import Figure
 
 from neurocuda.deploy.evaluate import DeploymentReport
-
-
-def _atomic_write(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _write_text(path: Path, text: str) -> None:
-    _atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+from neurocuda.files import atomic_write_text, save_figure
 
 
 def markdown(report: DeploymentReport) -> str:
@@ -87,7 +68,8 @@ def markdown(report: DeploymentReport) -> str:
 def plot(report: DeploymentReport, path: Path) -> None:
     """Per-layer spike rate and synaptic ops vs ANN MACs, one PNG."""
     names = [str(i) for i in range(len(report.layers))]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4))
+    fig = Figure(figsize=(12, 4))
+    ax1, ax2 = fig.subplots(1, 2)
     ax1.bar(names, [row.spike_rate for row in report.layers], color="tab:blue")
     ax1.set_xlabel("layer")
     ax1.set_ylabel("spikes / neuron / step")
@@ -101,8 +83,7 @@ def plot(report: DeploymentReport, path: Path) -> None:
     ax2.set_title("operations per image")
     ax2.legend()
     fig.tight_layout()
-    _atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
-    plt.close(fig)
+    save_figure(fig, path, dpi=100)
 
 
 def write_report(report: DeploymentReport, directory: str | os.PathLike) -> dict[str, Path]:
@@ -114,7 +95,7 @@ def write_report(report: DeploymentReport, directory: str | os.PathLike) -> dict
         "markdown": out / f"{stem}.md",
         "plot": out / f"{stem}.png",
     }
-    _write_text(paths["json"], json.dumps(report.as_dict(), indent=2))
-    _write_text(paths["markdown"], markdown(report))
+    atomic_write_text(paths["json"], json.dumps(report.as_dict(), indent=2))
+    atomic_write_text(paths["markdown"], markdown(report))
     plot(report, paths["plot"])
     return paths

@@ -102,8 +102,10 @@ class ClassifierModule(L.LightningModule):
         sched_name = sched_cfg.pop("name")
         total = int(self.trainer.estimated_stepping_batches)
         if sched_name == "onecycle":
+            # OneCycleLR divides by its warm-up length: keep at least 2 warm-up steps on short runs
+            pct_start = max(sched_cfg.pop("pct_start", 0.25), min(0.5, 2.0 / max(total, 1)))
             scheduler: Any = torch.optim.lr_scheduler.OneCycleLR(
-                optimizer, max_lr=opt_cfg["lr"], total_steps=total, **sched_cfg
+                optimizer, max_lr=opt_cfg["lr"], total_steps=total, pct_start=pct_start, **sched_cfg
             )
         elif sched_name == "cosine":
             scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)

@@ -13,8 +13,8 @@ from omegaconf import DictConfig
 log = logging.getLogger(__name__)
 
 # Config groups that may contribute Lightning callbacks under a ``callbacks:`` key, in run order:
-# conversion (convert, then NIR round trip) must run before deployment.
-CALLBACK_GROUPS = ("callbacks", "conversion", "deploy")
+# conversion (convert, then NIR round trip) before deployment, and the logger's dashboard last.
+CALLBACK_GROUPS = ("callbacks", "conversion", "deploy", "logger")
 
 
 def _targets(node: DictConfig | None, what: str) -> list[DictConfig]:
