@@ -1,7 +1,7 @@
 """Train an ANN, then convert, export, verify and deploy it, all as configured with Hydra.
 
-    python train.py experiment=quickstart
-    python train.py model=resnet18 trainer=gpu deploy=loihi2
+python train.py experiment=quickstart
+python train.py model=resnet18 trainer=gpu deploy=loihi2
 """
 
 from __future__ import annotations
@@ -41,7 +41,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             trainer.fit(model, datamodule=datamodule, ckpt_path=resolve_ckpt_path(cfg))
         metrics = dict(trainer.callback_metrics)
         if cfg.get("test", True):
-            best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+            best = (
+                trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+            )
             trainer.test(model, datamodule=datamodule, ckpt_path=best or None)
             metrics.update(trainer.callback_metrics)
     finally:

@@ -76,12 +76,15 @@ class NIRRoundTrip(L.Callback):
             self._batch = (torch.cat(xs)[: self.num_images], torch.cat(ys)[: self.num_images])
         return self._batch
 
-    def _path(self, result: ConversionResult, trainer: L.Trainer) -> Path:
-        if result.checkpoint_path:
-            return Path(result.checkpoint_path).with_suffix(".nir")
+    @staticmethod
+    def _paths(result: ConversionResult, trainer: L.Trainer) -> list[Path]:
+        """``<checkpoint>.nir`` beside every checkpoint written for the converted weights."""
+        if result.checkpoint_paths:
+            return [Path(p).with_suffix(".nir") for p in result.checkpoint_paths]
         path = Path(trainer.default_root_dir) / f"snn_epoch{result.epoch}.nir"
-        log.warning("No checkpoint path (is ModelCheckpoint enabled?); writing %s.", path)
-        return path
+        log.warning("No checkpoint saved at this step (is ModelCheckpoint enabled?); writing %s.",
+                    path)  # fmt: skip
+        return [path]
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         conversion = self._conversion(trainer)
@@ -96,14 +99,15 @@ class NIRRoundTrip(L.Callback):
             "encoding": conversion.encoding,
             "timesteps": ",".join(map(str, timesteps)),
             "epoch": int(result.epoch),
-            "checkpoint": Path(result.checkpoint_path).name if result.checkpoint_path else "",
+            "checkpoint": ",".join(Path(p).name for p in result.checkpoint_paths),
             "v_init": conversion.config.v_init,
             "calibration_batches": conversion.config.calibration_batches,
             "percentile": conversion.config.percentile,
             "per_channel": str(conversion.config.per_channel).lower(),
         }
-        path = save(export(result.snn, x[:1], self.profile, metadata), self._path(result, trainer))
-        self.last_path = path
+        graph = export(result.snn, x[:1], self.profile, metadata)
+        paths = [save(graph, p) for p in self._paths(result, trainer)]
+        path = self.last_path = paths[0]
         executor = Executor(load(path)).to(x.device)
         report = compare(executor, result.snn, [(x, y)], timesteps, conversion.encoding)
         diff, divergent = report.worst_diff, report.total_divergent

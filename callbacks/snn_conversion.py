@@ -80,11 +80,9 @@ class SNNConversion(L.Callback):
                 snn, val_loader, self.timesteps, ann=ann, encoding=self.encoding,
                 max_images=self.eval_subset, progress=False,
             )  # fmt: skip
-        ckpt = trainer.checkpoint_callback
-        path = (ckpt.last_model_path or ckpt.best_model_path or None) if ckpt else None
         self.latest = ConversionResult(
             snn=snn,
-            checkpoint_path=path,
+            checkpoint_paths=_saved_this_step(trainer),
             epoch=trainer.current_epoch,
             accuracy=evaluation.accuracy,
             ann_accuracy=float(evaluation.ann_accuracy),
@@ -101,6 +99,21 @@ class SNNConversion(L.Callback):
             "Epoch %d SNN accuracy on %d val images (ANN %.2f%%): %s",
             trainer.current_epoch, evaluation.images, 100 * evaluation.ann_accuracy, summary,
         )  # fmt: skip
+
+
+def _saved_this_step(trainer: L.Trainer) -> list[str]:
+    """Checkpoint files that ModelCheckpoint callbacks wrote at this global step (these weights).
+
+    With several ModelCheckpoint callbacks (best by val/acc, last), ``best_model_path`` is the file
+    each one wrote last; only those written at the current step hold the weights converted here.
+    """
+    return [
+        cb.best_model_path
+        for cb in trainer.checkpoint_callbacks
+        if isinstance(cb, ModelCheckpoint)
+        and cb.best_model_path
+        and cb._last_global_step_saved == trainer.global_step
+    ]
 
 
 def _first(loaders: object) -> object:

@@ -39,20 +39,24 @@ class WandbDashboard(L.Callback):
         png = Path(self.plots_dir or trainer.default_root_dir) / "plots"
         png = png / f"accuracy_vs_T_epoch{result.epoch:03d}.png"
         png.parent.mkdir(parents=True, exist_ok=True)
-        plot_accuracy_vs_t(png, result.ann_accuracy, result.accuracy,
-                           title=f"epoch {result.epoch}")  # fmt: skip
-        acc = wandb.Table(columns=["T", "SNN accuracy", "ANN accuracy"],
-                          data=[[t, a, result.ann_accuracy] for t, a in sorted(
-                              result.accuracy.items())])  # fmt: skip
-        rates = wandb.Table(columns=["layer", "spike rate"],
-                            data=[[n, r] for n, r in result.evaluation.spike_rates.items()])  # fmt: skip
+        plot_accuracy_vs_t(png, result.ann_accuracy, result.accuracy, title=f"epoch {result.epoch}")
+        acc = wandb.Table(
+            columns=["T", "SNN accuracy", "ANN accuracy"],
+            data=[[t, a, result.ann_accuracy] for t, a in sorted(result.accuracy.items())],
+        )
+        rates = wandb.Table(
+            columns=["layer", "spike rate"],
+            data=[[n, r] for n, r in result.evaluation.spike_rates.items()],
+        )
         logger.experiment.log(
             {
-                "snn/accuracy_vs_T": wandb.plot.line(acc, "T", "SNN accuracy",
-                                                     title="SNN accuracy per T"),  # fmt: skip
+                "snn/accuracy_vs_T": wandb.plot.line(
+                    acc, "T", "SNN accuracy", title="SNN accuracy per T"
+                ),
                 "snn/accuracy_vs_T_png": wandb.Image(str(png)),
-                "snn/spike_rates": wandb.plot.bar(rates, "layer", "spike rate",
-                                                  title="Spike rate per layer"),  # fmt: skip
+                "snn/spike_rates": wandb.plot.bar(
+                    rates, "layer", "spike rate", title="Spike rate per layer"
+                ),
                 "trainer/global_step": trainer.global_step,
             }
         )
@@ -73,8 +77,23 @@ class WandbDashboard(L.Callback):
         if deployment is None or deployment.report is None:
             return
         report = deployment.report
-        columns = ["layer", "neurons", "spikes/image", "spike rate", "synops/image",
-                   "neuron updates/image"]  # fmt: skip
-        rows = [[r.name, r.neurons, r.spikes_per_image, r.spike_rate, r.synops_per_image,
-                 r.neuron_updates_per_image] for r in report.layers]  # fmt: skip
+        columns = [
+            "layer",
+            "neurons",
+            "spikes/image",
+            "spike rate",
+            "synops/image",
+            "neuron updates/image",
+        ]
+        rows = [
+            [
+                r.name,
+                r.neurons,
+                r.spikes_per_image,
+                r.spike_rate,
+                r.synops_per_image,
+                r.neuron_updates_per_image,
+            ]
+            for r in report.layers
+        ]
         logger.experiment.log({f"deploy/{report.target}/layers": wandb.Table(columns, rows)})

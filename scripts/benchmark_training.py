@@ -50,11 +50,11 @@ def main() -> None:
     minutes = (time.perf_counter() - start) / 60
 
     metrics = _read_metrics(run_dir)
-    epochs = int(metrics.get("epoch", 0)) + 1
-    data = OmegaConf.load(run_dir / ".hydra" / "config.yaml").data
-    train_images = data.train_subset or 50_000 - data.val_size
+    cfg = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
+    epochs = cfg.trainer.max_epochs
+    train_images = cfg.data.train_subset or 50_000 - cfg.data.val_size
     table = Table(title="CifarNet training (" + ("quick" if args.quick else "full") + ")")
-    for column in ("test acc", "epochs", "minutes (wall, incl. test)", "train images/s"):
+    for column in ("test acc", "epochs", "minutes (wall, incl. test)", "images/s (epochs x images / wall)"):
         table.add_column(column)
     table.add_row(
         f"{metrics.get('test/acc', float('nan')):.4f}",

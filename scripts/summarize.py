@@ -1,7 +1,7 @@
 """Compare runs: a markdown table and PNG plots from local run directories (no W&B needed).
 
-    python scripts/summarize.py logs/train/multiruns/2026-11-25_10-00-00
-    python scripts/summarize.py logs/train/runs/RUN --out reports/
+python scripts/summarize.py logs/train/multiruns/2026-11-25_10-00-00
+python scripts/summarize.py logs/train/runs/RUN --out reports/
 """
 
 from __future__ import annotations

@@ -9,8 +9,17 @@ import pytest
 
 from tests.conftest import ROOT, compose_train_cfg
 
-GROUPS = ["data", "model", "trainer", "logger", "callbacks", "experiment", "conversion", "deploy",
-          "hparams_search"]  # fmt: skip
+GROUPS = [
+    "data",
+    "model",
+    "trainer",
+    "logger",
+    "callbacks",
+    "experiment",
+    "conversion",
+    "deploy",
+    "hparams_search",
+]
 
 
 def _options(group: str) -> list[str]:
@@ -37,5 +46,5 @@ def test_wrong_key_is_a_clear_error(tmp_path: Path) -> None:
 
     with pytest.raises(ConfigCompositionException, match="Could not find 'model/resnet99'"):
         compose_train_cfg(["model=resnet99"], tmp_path)
-    with pytest.raises(ConfigCompositionException, match="Could not override 'model.actvation'"):
+    with pytest.raises(ConfigCompositionException, match=r"Could not override 'model\.actvation'"):
         compose_train_cfg(["model.actvation=qcfs"], tmp_path)

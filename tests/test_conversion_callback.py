@@ -52,9 +52,10 @@ def test_callback_keeps_the_latest_result_with_its_checkpoint(
     result = callback.latest
     assert isinstance(result, ConversionResult) and isinstance(result.snn, SpikingModel)
     assert result.epoch == 1  # only the last epoch is due with every_n_epochs=5
-    assert result.checkpoint_path and Path(result.checkpoint_path).is_file()
-    # the checkpoint is this epoch's: it was saved before the conversion ran
-    assert torch.load(result.checkpoint_path, weights_only=False)["epoch"] == result.epoch
+    assert result.checkpoint_paths and all(Path(p).is_file() for p in result.checkpoint_paths)
+    # the checkpoints are this epoch's: they were saved before the conversion ran
+    for path in result.checkpoint_paths:
+        assert torch.load(path, weights_only=False)["epoch"] == result.epoch
     assert set(result.accuracy) == {1, 2} and 0.0 <= result.ann_accuracy <= 1.0
     assert module.net.training  # the ANN is untouched and still training-mode
 

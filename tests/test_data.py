@@ -26,8 +26,13 @@ def test_tiny_archive_splits_and_batches(tiny_datamodule: CIFAR10DataModule) -> 
 
 def test_validation_split_is_seeded_and_disjoint(tiny_archive: Path, tmp_path: Path) -> None:
     def val_images(seed: int) -> torch.Tensor:
-        dm = CIFAR10DataModule(source="jpeg", archive=str(tiny_archive),
-                               cache_dir=str(tmp_path), val_size=40, seed=seed)  # fmt: skip
+        dm = CIFAR10DataModule(
+            source="jpeg",
+            archive=str(tiny_archive),
+            cache_dir=str(tmp_path),
+            val_size=40,
+            seed=seed,
+        )
         dm.setup()
         return dm.datasets["val"].images
 
@@ -36,8 +41,12 @@ def test_validation_split_is_seeded_and_disjoint(tiny_archive: Path, tmp_path: P
 
 
 def test_cache_makes_second_start_fast(tiny_archive: Path, tmp_path: Path) -> None:
-    kwargs = {"source": "jpeg", "archive": str(tiny_archive), "cache_dir": str(tmp_path),
-              "val_size": 40}  # fmt: skip
+    kwargs = {
+        "source": "jpeg",
+        "archive": str(tiny_archive),
+        "cache_dir": str(tmp_path),
+        "val_size": 40,
+    }
     CIFAR10DataModule(**kwargs).setup()
     assert len(list(tmp_path.glob("cifar10-jpeg-*.npz"))) == 1
     start = time.perf_counter()
@@ -47,8 +56,9 @@ def test_cache_makes_second_start_fast(tiny_archive: Path, tmp_path: Path) -> No
 
 def test_augmentation_crops_and_flips_like_reference() -> None:
     images = np.random.default_rng(0).integers(0, 255, (4, 32, 32, 3), dtype=np.uint8)
-    ds = ImageArrayDataset(images, np.zeros(4, dtype=np.int64), (0, 0, 0), (1 / 255,) * 3,
-                           augment=True)  # fmt: skip
+    ds = ImageArrayDataset(
+        images, np.zeros(4, dtype=np.int64), (0, 0, 0), (1 / 255,) * 3, augment=True
+    )
     torch.manual_seed(3)
     out, _ = ds.__getitems__([0, 1, 2, 3])
     torch.manual_seed(3)
@@ -68,9 +78,11 @@ def test_balanced_subset_draws_every_class() -> None:
 
 
 def test_missing_dataset_names_the_ways_to_provide_it(tmp_path: Path) -> None:
-    for kwargs in ({"source": "jpeg", "archive": str(tmp_path / "nope.tar.gz")},
-                   {"source": "auto", "archive": str(tmp_path / "nope.tar.gz")},
-                   {"source": "torchvision"}):  # fmt: skip
+    for kwargs in (
+        {"source": "jpeg", "archive": str(tmp_path / "nope.tar.gz")},
+        {"source": "auto", "archive": str(tmp_path / "nope.tar.gz")},
+        {"source": "torchvision"},
+    ):
         dm = CIFAR10DataModule(root=str(tmp_path), **kwargs)
         with pytest.raises(DatasetNotFoundError) as err:
             dm.setup()
@@ -81,8 +93,12 @@ def test_missing_dataset_names_the_ways_to_provide_it(tmp_path: Path) -> None:
 
 @pytest.mark.skipif(not SHARED_ARCHIVE.exists(), reason="the shared CIFAR-10 archive is absent")
 def test_shared_archive_full_dataset(tmp_path: Path) -> None:
-    dm = CIFAR10DataModule(source="jpeg", archive=str(SHARED_ARCHIVE),
-                           cache_dir=str(Path("data/cache").resolve()), test_subset=1000)  # fmt: skip
+    dm = CIFAR10DataModule(
+        source="jpeg",
+        archive=str(SHARED_ARCHIVE),
+        cache_dir=str(Path("data/cache").resolve()),
+        test_subset=1000,
+    )
     dm.setup()
     assert len(dm.datasets["train"]) == 45_000 and len(dm.datasets["val"]) == 5_000
     assert np.bincount(dm.datasets["test"].labels.numpy()).tolist() == [100] * 10

@@ -11,8 +11,7 @@ from neurocuda.data import CIFAR10DataModule
 from neurocuda.models import Add, build_model
 from neurocuda.training import ClassifierModule
 
-PARAMS = {"cifarnet": 1_166_506, "resnet18": 11_173_962, "resnet20": 272_474,
-          "vgg16": 14_724_042}  # fmt: skip
+PARAMS = {"cifarnet": 1_166_506, "resnet18": 11_173_962, "resnet20": 272_474, "vgg16": 14_724_042}
 
 
 @pytest.mark.parametrize("arch", sorted(PARAMS))
@@ -35,7 +34,7 @@ def test_built_for_conversion(arch: str) -> None:
 def test_unknown_names_are_clear_errors() -> None:
     with pytest.raises(ValueError, match="Unknown model 'resnet99'"):
         build_model("resnet99")
-    with pytest.raises(ValueError, match="model.activation"):
+    with pytest.raises(ValueError, match=r"model\.activation"):
         build_model("cifarnet", activation="swish")
 
 
@@ -44,9 +43,15 @@ def test_few_step_fit(arch: str, tiny_datamodule: CIFAR10DataModule) -> None:
     L.seed_everything(0)
     model = ClassifierModule(arch=arch, optimizer={"lr": 0.02})
     before = [p.detach().clone() for p in model.net.parameters()]
-    trainer = L.Trainer(max_steps=2, limit_val_batches=1, accelerator="cpu", logger=False,
-                        enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False)  # fmt: skip
+    trainer = L.Trainer(
+        max_steps=2,
+        limit_val_batches=1,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
     trainer.fit(model, datamodule=tiny_datamodule)
     assert trainer.global_step == 2
     assert torch.isfinite(trainer.callback_metrics["train/loss_step"])
@@ -55,10 +60,17 @@ def test_few_step_fit(arch: str, tiny_datamodule: CIFAR10DataModule) -> None:
 
 
 def test_checkpoint_rebuilds_without_config(tmp_path, tiny_datamodule: CIFAR10DataModule) -> None:
-    model = ClassifierModule(arch="resnet20", arch_kwargs={}, optimizer={"name": "adamw",
-                                                                         "lr": 1e-3})  # fmt: skip
-    trainer = L.Trainer(max_steps=1, limit_val_batches=0, logger=False, enable_progress_bar=False,
-                        default_root_dir=tmp_path, enable_model_summary=False)  # fmt: skip
+    model = ClassifierModule(
+        arch="resnet20", arch_kwargs={}, optimizer={"name": "adamw", "lr": 1e-3}
+    )
+    trainer = L.Trainer(
+        max_steps=1,
+        limit_val_batches=0,
+        logger=False,
+        enable_progress_bar=False,
+        default_root_dir=tmp_path,
+        enable_model_summary=False,
+    )
     trainer.fit(model, datamodule=tiny_datamodule)
     trainer.save_checkpoint(tmp_path / "m.ckpt")
     restored = ClassifierModule.load_from_checkpoint(tmp_path / "m.ckpt")

@@ -15,32 +15,52 @@ from tests.conftest import ROOT, tiny_run_overrides
 
 def _sweep(overrides: list[str]) -> subprocess.CompletedProcess:
     env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
-    return subprocess.run([sys.executable, "train.py", "-m", *overrides], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "train.py", "-m", *overrides],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 def _tiny(archive: Path, tmp_path: Path) -> list[str]:
-    return [*tiny_run_overrides(archive, tmp_path), "conversion.timesteps=[1,2]",
-            "conversion.calibration.batches=1", "conversion.eval_subset=16",
-            "conversion.callbacks.nir_round_trip.num_images=4"]  # fmt: skip
+    return [
+        *tiny_run_overrides(archive, tmp_path),
+        "conversion.timesteps=[1,2]",
+        "conversion.calibration.batches=1",
+        "conversion.eval_subset=16",
+        "conversion.callbacks.nir_round_trip.num_images=4",
+    ]
 
 
 @pytest.fixture(scope="module")
 def sweep_dir(tiny_archive: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     tmp = tmp_path_factory.mktemp("sweep")
-    result = _sweep([*_tiny(tiny_archive, tmp), "logger=wandb", "model.optimizer.lr=0.05,0.1",
-                     f"hydra.sweep.dir={tmp / 'multirun'}"])  # fmt: skip
+    result = _sweep(
+        [
+            *_tiny(tiny_archive, tmp),
+            "logger=wandb",
+            "model.optimizer.lr=0.05,0.1",
+            f"hydra.sweep.dir={tmp / 'multirun'}",
+        ]
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return tmp / "multirun"
 
 
 def test_each_job_has_its_own_complete_offline_wandb_run(sweep_dir: Path) -> None:
-    runs = [read_offline_run(next((sweep_dir / job / "wandb").glob("offline-run-*")))
-            for job in ("0", "1")]  # fmt: skip
+    runs = [
+        read_offline_run(next((sweep_dir / job / "wandb").glob("offline-run-*")))
+        for job in ("0", "1")
+    ]
     groups = set()
     for run in runs:
         logged = last_values(run["history"])
-        assert {"val/acc", "test/acc", "snn/acc_T1", "snn/acc_T2", "nir/max_abs_diff"} <= set(logged)
+        assert {"val/acc", "test/acc", "snn/acc_T1", "snn/acc_T2", "nir/max_abs_diff"} <= set(
+            logged
+        )
         assert logged["nir/max_abs_diff"] == 0.0
         assert "snn/accuracy_vs_T_table/path" in logged  # the accuracy-vs-T line plot
         assert "snn/accuracy_vs_T_png/path" in logged  # and its PNG
@@ -52,8 +72,13 @@ def test_each_job_has_its_own_complete_offline_wandb_run(sweep_dir: Path) -> Non
 
 
 def test_summarize_turns_the_sweep_into_a_table_and_plots(sweep_dir: Path) -> None:
-    result = subprocess.run([sys.executable, "scripts/summarize.py", str(sweep_dir)], cwd=ROOT,
-                            capture_output=True, text=True, timeout=120)  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "scripts/summarize.py", str(sweep_dir)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     table = (sweep_dir / "summary.md").read_text()
     assert "model.optimizer.lr=0.05" in table and "model.optimizer.lr=0.1" in table
@@ -65,18 +90,31 @@ def test_summarize_turns_the_sweep_into_a_table_and_plots(sweep_dir: Path) -> No
 
 
 def test_summarize_without_runs_is_a_clear_error(tmp_path: Path) -> None:
-    result = subprocess.run([sys.executable, "scripts/summarize.py", str(tmp_path)], cwd=ROOT,
-                            capture_output=True, text=True, timeout=120)  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "scripts/summarize.py", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode != 0 and "No runs under" in result.stderr
 
 
 def test_optuna_sweep_of_two_trials(tiny_archive: Path, tmp_path: Path) -> None:
-    result = _sweep([*_tiny(tiny_archive, tmp_path), "hparams_search=optuna",
-                     "hydra.sweeper.n_trials=2", "hydra.sweeper.sampler.n_startup_trials=1",
-                     "optimized_metric=snn/acc_T2", "~conversion.callbacks.nir_round_trip",
-                     f"hydra.sweep.dir={tmp_path / 'optuna'}"])  # fmt: skip
+    result = _sweep(
+        [
+            *_tiny(tiny_archive, tmp_path),
+            "hparams_search=optuna",
+            "hydra.sweeper.n_trials=2",
+            "hydra.sweeper.sampler.n_startup_trials=1",
+            "optimized_metric=snn/acc_T2",
+            "~conversion.callbacks.nir_round_trip",
+            f"hydra.sweep.dir={tmp_path / 'optuna'}",
+        ]
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     best = (tmp_path / "optuna" / "optimization_results.yaml").read_text()
     assert "best_params" in best and "model.optimizer.lr" in best and "best_value" in best
-    assert all((tmp_path / "optuna" / str(i) / "checkpoints" / "last.ckpt").is_file()
-               for i in range(2))  # fmt: skip
+    assert all(
+        (tmp_path / "optuna" / str(i) / "checkpoints" / "last.ckpt").is_file() for i in range(2)
+    )

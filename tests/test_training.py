@@ -38,16 +38,25 @@ def test_wandb_offline_run_holds_the_metrics(train_cfg, tmp_path: Path, monkeypa
 def _run_train(overrides: list[str], env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "train.py", *overrides],
-        cwd=ROOT, capture_output=True, text=True, timeout=300, env={**os.environ, **(env or {})},
-    )  # fmt: skip
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, **(env or {})},
+    )
 
 
 def test_killed_run_resumes_and_finishes_all_epochs(tiny_archive: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
-    base = [*tiny_run_overrides(tiny_archive, tmp_path), "~conversion", "trainer.max_epochs=3",
-            f"hydra.run.dir={run}"]  # fmt: skip
-    killed = _run_train([*base, "+callbacks.kill._target_=tests.helpers.ExitAfterEpoch",
-                         "+callbacks.kill.epoch=0"])  # fmt: skip
+    base = [
+        *tiny_run_overrides(tiny_archive, tmp_path),
+        "~conversion",
+        "trainer.max_epochs=3",
+        f"hydra.run.dir={run}",
+    ]
+    killed = _run_train(
+        [*base, "+callbacks.kill._target_=tests.helpers.ExitAfterEpoch", "+callbacks.kill.epoch=0"]
+    )
     assert killed.returncode == 17, killed.stderr[-2000:]
     assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["epoch"] == 0
     resumed = _run_train([*base, "resume=true"])
@@ -59,16 +68,29 @@ def test_killed_run_resumes_and_finishes_all_epochs(tiny_archive: Path, tmp_path
 
 
 def test_resume_without_checkpoint_is_a_clear_error(tiny_archive: Path, tmp_path: Path) -> None:
-    result = _run_train([*tiny_run_overrides(tiny_archive, tmp_path), "~conversion",
-                         f"hydra.run.dir={tmp_path / 'fresh'}", "resume=true"])  # fmt: skip
+    result = _run_train(
+        [
+            *tiny_run_overrides(tiny_archive, tmp_path),
+            "~conversion",
+            f"hydra.run.dir={tmp_path / 'fresh'}",
+            "resume=true",
+        ]
+    )
     assert result.returncode != 0
     assert "resume=true but" in result.stderr
 
 
 def test_ddp_on_two_cpu_processes(tiny_archive: Path, tmp_path: Path) -> None:
     run = tmp_path / "ddp"
-    result = _run_train([*tiny_run_overrides(tiny_archive, tmp_path), "~conversion",
-                         "trainer=ddp_cpu", f"hydra.run.dir={run}", "test=false"])  # fmt: skip
+    result = _run_train(
+        [
+            *tiny_run_overrides(tiny_archive, tmp_path),
+            "~conversion",
+            "trainer=ddp_cpu",
+            f"hydra.run.dir={run}",
+            "test=false",
+        ]
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     output = result.stdout + result.stderr
     assert "Initializing distributed: GLOBAL_RANK: 1, MEMBER: 2/2" in output

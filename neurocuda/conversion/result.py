@@ -13,7 +13,7 @@ class ConversionResult:
     """A converted model with its accuracy per T (SNN) and the ANN's on the same images."""
 
     snn: SpikingModel
-    checkpoint_path: str | None
+    checkpoint_paths: list[str]  # the checkpoint files written for these weights (may be none)
     epoch: int
     accuracy: dict[int, float]
     ann_accuracy: float

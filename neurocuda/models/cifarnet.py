@@ -1,8 +1,9 @@
 """CifarNet: a CPU-scale, conversion-friendly CIFAR-10 network.
 
-Design (our own, tuned for 2 CPU cores): a 3x3 stem, then three stages that each run one conv at the
-incoming resolution, halve it with average pooling and run a second conv; global average pooling and a
-linear head. Average pooling and BN-folded convs map one-to-one onto spiking layers and NIR nodes.
+Design (our own, tuned for 2 CPU cores): a 3x3 stem, then three stages that each run one conv at
+the incoming resolution, halve it with average pooling and run a second conv; global average
+pooling and a linear head. Average pooling and BN-folded convs map one-to-one onto spiking layers
+and NIR nodes.
 """
 
 from __future__ import annotations

@@ -70,8 +70,13 @@ def _last_metrics(run: Path) -> dict[str, float]:
                 metrics.update({k: float(v) for k, v in row.items() if v not in ("", None)})
     for wandb_run in sorted(run.glob("wandb/offline-run-*")):
         logged = last_values(read_offline_run(wandb_run)["history"])
-        metrics.update({k: float(v) for k, v in logged.items()
-                        if isinstance(v, int | float) and not k.startswith("_")})  # fmt: skip
+        metrics.update(
+            {
+                k: float(v)
+                for k, v in logged.items()
+                if isinstance(v, int | float) and not k.startswith("_")
+            }
+        )
     return metrics
 
 
@@ -88,13 +93,15 @@ def load_runs(runs: list[Path]) -> list[RunSummary]:
     for run in runs:
         cfg = OmegaConf.load(run / ".hydra" / "config.yaml")
         label = " ".join(o for o in overrides[run] if o not in shared)
-        summaries.append(RunSummary(
-            path=run,
-            label=label or run.name,
-            arch=str(OmegaConf.select(cfg, "model.arch", default="?")),
-            activation=str(OmegaConf.select(cfg, "model.activation", default="?")),
-            metrics=_last_metrics(run),
-        ))  # fmt: skip
+        summaries.append(
+            RunSummary(
+                path=run,
+                label=label or run.name,
+                arch=str(OmegaConf.select(cfg, "model.arch", default="?")),
+                activation=str(OmegaConf.select(cfg, "model.activation", default="?")),
+                metrics=_last_metrics(run),
+            )
+        )
     return summaries
 
 
@@ -117,8 +124,11 @@ def markdown_table(runs: list[RunSummary]) -> str:
         row = [r.label, r.arch, r.activation, _fmt(ann, True), _fmt(r.get("test/acc"), True)]
         row += [_fmt(r.snn_accuracy.get(t, math.nan), True) for t in timesteps]
         row += [_fmt(100 * r.get(f"snn/gap_T{t}")) for t in timesteps]
-        row += [_fmt(r.mean_spike_rate), _fmt(r.get("nir/max_abs_diff")),
-                _fmt(r.get("nir/divergent_images"))]  # fmt: skip
+        row += [
+            _fmt(r.mean_spike_rate),
+            _fmt(r.get("nir/max_abs_diff")),
+            _fmt(r.get("nir/divergent_images")),
+        ]
         row += [_fmt(r.get(k)) for k in deploy_keys]
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines) + "\n"
@@ -147,8 +157,10 @@ def plot_accuracy_vs_t(runs: list[RunSummary], path: Path) -> None:
 
 def plot_spike_rates(runs: list[RunSummary], path: Path) -> None:
     """Per-layer spike rates of every run as grouped bars."""
-    layers = sorted({k for r in runs for k in r.metrics if k.startswith("snn/spike_rate/")},
-                    key=lambda k: [r.metrics.get(k) is None for r in runs])  # fmt: skip
+    layers = sorted(
+        {k for r in runs for k in r.metrics if k.startswith("snn/spike_rate/")},
+        key=lambda k: [r.metrics.get(k) is None for r in runs],
+    )
     fig = Figure(figsize=(max(6, 0.5 * len(layers) + 3), 4))
     ax = fig.subplots()
     width = 0.8 / max(1, len(runs))
@@ -156,8 +168,9 @@ def plot_spike_rates(runs: list[RunSummary], path: Path) -> None:
         xs = [j + i * width for j in range(len(layers))]
         ax.bar(xs, [r.get(k) for k in layers], width=width, label=r.label)
     ax.set_xticks([j + 0.4 - width / 2 for j in range(len(layers))])
-    ax.set_xticklabels([k.removeprefix("snn/spike_rate/") for k in layers], rotation=60,
-                       ha="right", fontsize=7)  # fmt: skip
+    ax.set_xticklabels(
+        [k.removeprefix("snn/spike_rate/") for k in layers], rotation=60, ha="right", fontsize=7
+    )
     ax.set_ylabel("spikes per neuron per step")
     ax.set_title("Spike rate per layer")
     ax.legend(fontsize=7)

@@ -12,8 +12,13 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from neurocuda.models import build_model
 
-_DEFAULT_OPTIMIZER = {"name": "sgd", "lr": 0.1, "momentum": 0.9, "nesterov": True,
-                      "weight_decay": 5e-4}  # fmt: skip
+_DEFAULT_OPTIMIZER = {
+    "name": "sgd",
+    "lr": 0.1,
+    "momentum": 0.9,
+    "nesterov": True,
+    "weight_decay": 5e-4,
+}
 _DEFAULT_SCHEDULER = {"name": "onecycle", "pct_start": 0.25}
 
 
