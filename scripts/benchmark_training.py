@@ -54,7 +54,12 @@ def main() -> None:
     epochs = cfg.trainer.max_epochs
     train_images = cfg.data.train_subset or 50_000 - cfg.data.val_size
     table = Table(title="CifarNet training (" + ("quick" if args.quick else "full") + ")")
-    for column in ("test acc", "epochs", "minutes (wall, incl. test)", "images/s (epochs x images / wall)"):
+    for column in (
+        "test acc",
+        "epochs",
+        "minutes (wall, incl. test)",
+        "images/s (epochs x images / wall)",
+    ):
         table.add_column(column)
     table.add_row(
         f"{metrics.get('test/acc', float('nan')):.4f}",
