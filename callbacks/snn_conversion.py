@@ -104,16 +104,14 @@ class SNNConversion(L.Callback):
 def _saved_this_step(trainer: L.Trainer) -> list[str]:
     """Checkpoint files that ModelCheckpoint callbacks wrote at this global step (these weights).
 
-    With several ModelCheckpoint callbacks (best by val/acc, last), ``best_model_path`` is the file
-    each one wrote last; only those written at the current step hold the weights converted here.
+    Each callback's ``best_model_path`` (and ``last_model_path``, for ``save_last``) is the file it
+    wrote last; only callbacks that saved at the current step wrote the weights converted here.
     """
-    return [
-        cb.best_model_path
-        for cb in trainer.checkpoint_callbacks
-        if isinstance(cb, ModelCheckpoint)
-        and cb.best_model_path
-        and cb._last_global_step_saved == trainer.global_step
-    ]
+    paths: list[str] = []
+    for cb in trainer.checkpoint_callbacks:
+        if isinstance(cb, ModelCheckpoint) and cb._last_global_step_saved == trainer.global_step:
+            paths += [p for p in (cb.best_model_path, cb.last_model_path) if p and p not in paths]
+    return paths
 
 
 def _first(loaders: object) -> object:

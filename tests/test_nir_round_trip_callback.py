@@ -55,8 +55,11 @@ def test_every_checkpoint_gets_an_exact_nir_file(
     metrics = fit(tiny_datamodule, tmp_path, round_trip)
     assert [m["nir/max_abs_diff"] for m in metrics.seen] == [0.0, 0.0]
     assert [m["nir/divergent_images"] for m in metrics.seen] == [0.0, 0.0]
+    checkpoints = sorted((tmp_path / "ckpt").glob("*.ckpt"))
+    assert {p.name for p in checkpoints} == {"epoch=1-step=4.ckpt", "last.ckpt"}
+    assert all(p.with_suffix(".nir").is_file() for p in checkpoints)
     path = round_trip.last_path
-    assert path == tmp_path / "ckpt" / "last.nir" and path.is_file()
+    assert path in {p.with_suffix(".nir") for p in checkpoints}
     graph = load(path)
     assert graph.metadata["timesteps"] == "2,3" and graph.metadata["epoch"] == 1
     assert Executor(graph)(torch.zeros(2, 1, 3, 32, 32)).shape == (2, 1, 10)

@@ -62,6 +62,10 @@ def convert(
     thresholds = _thresholds(net, plan, calibration_data, config)
     _replace_activations(net, plan, thresholds, config)
     _finalize(net, plan)
+    # Standard (NCHW) weight layout, whatever the ANN trained with (channels_last): NIR files store
+    # plain arrays, and a conv with channels_last weights rounds differently on CPU, so the native
+    # SNN must use the layout every executor of the file will use.
+    net = net.to(memory_format=torch.contiguous_format)
     snn = SpikingModel(net, config.input_shape).to(device).eval()
     return snn.requires_grad_(False)
 

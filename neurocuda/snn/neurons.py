@@ -83,9 +83,13 @@ class IFNeuron(MultiStepModule):
         contract's ``u = u + (x + (-theta) * s)``.
         """
         x = x.detach()  # spikes are a step function of x: no gradient flows through them anyway
-        u = torch.zeros_like(x[0])
-        spikes = torch.empty_like(x)
-        s = torch.zeros_like(x[0])
+        # Dense standard layout whatever x's strides (a conv may return channels_last): the layers
+        # after this neuron then see the same memory layout as in the NIR executor, and convs
+        # round differently on CPU for different layouts.
+        dense = {"dtype": x.dtype, "device": x.device, "memory_format": torch.contiguous_format}
+        u = torch.zeros_like(x[0], **dense)
+        spikes = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+        s = torch.zeros_like(x[0], **dense)
         if self.reset == "subtract":
             neg_threshold = -self.threshold
             recurrent = torch.empty_like(x[0])
