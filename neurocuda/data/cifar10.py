@@ -1,0 +1,97 @@
+"""CIFAR-10 LightningDataModule: offline JPEG archive, torchvision batches, or download."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+from torch.utils.data import DataLoader
+
+from neurocuda.data.dataset import ImageArrayDataset, balanced_subset, collate_batch
+from neurocuda.data.sources import load_cifar10
+
+CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR10_STD = (0.2470, 0.2435, 0.2616)
+
+
+class CIFAR10DataModule(L.LightningDataModule):
+    """CIFAR-10 with a seeded validation split carved from train and optional subsets."""
+
+    num_classes = 10
+
+    def __init__(
+        self,
+        source: str = "auto",
+        root: str = "data",
+        archive: str | None = None,
+        download: bool = False,
+        cache_dir: str | None = None,
+        val_size: int = 5000,
+        train_subset: int | None = None,
+        val_subset: int | None = None,
+        test_subset: int | None = None,
+        batch_size: int = 256,
+        eval_batch_size: int | None = None,
+        num_workers: int = 0,
+        augment: bool = True,
+        mean: tuple[float, ...] = CIFAR10_MEAN,
+        std: tuple[float, ...] = CIFAR10_STD,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(logger=False)
+        self.datasets: dict[str, ImageArrayDataset] = {}
+
+    def prepare_data(self) -> None:
+        """Download or decode once (rank 0); the cache makes ``setup`` fast on every rank."""
+        self._load()
+
+    def _load(self) -> dict:
+        hp = self.hparams
+        cache_dir = hp.cache_dir or str(Path(hp.root) / "cache")
+        return load_cifar10(hp.source, hp.root, hp.archive, hp.download, cache_dir)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.datasets:
+            return
+        hp = self.hparams
+        splits = self._load()
+        train, test = splits["train"], splits["test"]
+        if not 0 <= hp.val_size < len(train.labels):
+            raise ValueError(f"data.val_size={hp.val_size} must be in [0, {len(train.labels)}).")
+        order = np.random.default_rng(hp.seed).permutation(len(train.labels))
+        val_idx, train_idx = order[: hp.val_size], order[hp.val_size :]
+        train_idx = train_idx[balanced_subset(train.labels[train_idx], hp.train_subset, hp.seed)]
+        val_idx = val_idx[balanced_subset(train.labels[val_idx], hp.val_subset, hp.seed + 1)]
+        test_idx = balanced_subset(test.labels, hp.test_subset, hp.seed + 2)
+        norm = {"mean": hp.mean, "std": hp.std}
+        self.datasets = {
+            "train": ImageArrayDataset(
+                train.images[train_idx], train.labels[train_idx], augment=hp.augment, **norm
+            ),
+            "val": ImageArrayDataset(train.images[val_idx], train.labels[val_idx], **norm),
+            "test": ImageArrayDataset(test.images[test_idx], test.labels[test_idx], **norm),
+        }
+
+    def _loader(self, split: str, shuffle: bool, batch_size: int) -> DataLoader:
+        if not self.datasets:
+            self.setup()
+        return DataLoader(
+            self.datasets[split],
+            batch_size=batch_size,
+            shuffle=shuffle,
+            drop_last=shuffle and len(self.datasets[split]) > batch_size,
+            num_workers=self.hparams.num_workers,
+            persistent_workers=self.hparams.num_workers > 0,
+            collate_fn=collate_batch,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", True, self.hparams.batch_size)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", False, self.hparams.eval_batch_size or self.hparams.batch_size)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", False, self.hparams.eval_batch_size or self.hparams.batch_size)

@@ -1,0 +1,79 @@
+"""An in-memory CIFAR dataset that augments and normalizes whole batches at once."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+
+class ImageArrayDataset(Dataset):
+    """uint8 HWC images in memory; batches come out normalized float ``[B, 3, H, W]``.
+
+    Written by hand instead of torchvision transforms: on a 2-core machine per-image PIL transforms
+    cost as much as training a small net, while one batched gather does pad-crop and flip for the
+    whole batch (the DataLoader calls ``__getitems__`` with a batch of indices).
+    """
+
+    def __init__(
+        self,
+        images: np.ndarray,
+        labels: np.ndarray,
+        mean: Sequence[float],
+        std: Sequence[float],
+        augment: bool = False,
+        pad: int = 4,
+    ) -> None:
+        self.images = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()  # NCHW
+        self.labels = torch.from_numpy(labels)
+        self.mean = torch.tensor(mean).view(1, 3, 1, 1) * 255
+        self.std = torch.tensor(std).view(1, 3, 1, 1) * 255
+        self.augment = augment
+        self.pad = pad
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        x, y = self.__getitems__([index])
+        return x[0], y[0]
+
+    def __getitems__(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        index = torch.as_tensor(indices)
+        x = self.images[index]
+        if self.augment:
+            x = self._crop_and_flip(x)
+        return (x.float() - self.mean) / self.std, self.labels[index]
+
+    def _crop_and_flip(self, x: torch.Tensor) -> torch.Tensor:
+        """Random crop after zero padding by ``pad``, and random horizontal flip, per image."""
+        b, c, h, w = x.shape
+        padded = torch.nn.functional.pad(x, (self.pad,) * 4)
+        dy = torch.randint(0, 2 * self.pad + 1, (b, 1))
+        dx = torch.randint(0, 2 * self.pad + 1, (b, 1))
+        rows = dy + torch.arange(h)
+        cols = dx + torch.arange(w)
+        flip = torch.rand(b, 1) < 0.5
+        cols = torch.where(flip, cols.flip(1), cols)
+        batch = torch.arange(b).view(b, 1, 1, 1)
+        chan = torch.arange(c).view(1, c, 1, 1)
+        return padded[batch, chan, rows.view(b, 1, h, 1), cols.view(b, 1, 1, w)]
+
+
+def collate_batch(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The dataset already returns a collated batch."""
+    return batch
+
+
+def balanced_subset(labels: np.ndarray, size: int | None, seed: int) -> np.ndarray:
+    """Indices of ``size`` samples drawn at random with classes as equal as possible."""
+    if size is None or size >= len(labels):
+        return np.arange(len(labels))
+    rng = np.random.default_rng(seed)
+    classes = np.unique(labels)
+    per_class = [rng.permutation(np.flatnonzero(labels == c)) for c in classes]
+    # round-robin over classes keeps the subset balanced for any size
+    order = [idx[i] for i in range(max(map(len, per_class))) for idx in per_class if i < len(idx)]
+    return np.sort(np.asarray(order[:size]))

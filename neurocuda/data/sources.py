@@ -1,0 +1,165 @@
+"""Load CIFAR-10 as uint8 arrays from a JPEG ImageFolder archive/folder or torchvision's batches."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import os
+import tarfile
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from rich.progress import Progress
+
+from neurocuda.data.errors import DatasetNotFoundError
+from neurocuda.files import atomic_write
+
+log = logging.getLogger(__name__)
+
+CLASSES = (
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
+)
+
+
+@dataclass(frozen=True)
+class Split:
+    """Images as uint8 ``[N, 32, 32, 3]`` (HWC) and labels as int64 ``[N]``."""
+
+    images: np.ndarray
+    labels: np.ndarray
+
+
+def _member_split_and_label(name: str) -> tuple[str, int] | None:
+    """Map ``.../{train,test}/<class>/<file>.jpg`` to (split, label); None for other members."""
+    parts = Path(name).parts
+    if len(parts) < 3 or not parts[-1].lower().endswith((".jpg", ".jpeg", ".png")):
+        return None
+    split, cls = parts[-3], parts[-2]
+    if split not in ("train", "test") or cls not in CLASSES:
+        return None
+    return split, CLASSES.index(cls)
+
+
+def _iter_archive(path: Path) -> Iterator[tuple[str, bytes]]:
+    with tarfile.open(path, "r:*") as tar:
+        for member in tar:
+            if member.isfile():
+                handle = tar.extractfile(member)
+                if handle is not None:
+                    yield member.name, handle.read()
+
+
+def _iter_folder(path: Path) -> Iterator[tuple[str, bytes]]:
+    for file in sorted(path.rglob("*")):
+        if file.is_file():
+            yield str(file.relative_to(path)), file.read_bytes()
+
+
+def _decode(path: Path) -> dict[str, Split]:
+    images: dict[str, list[np.ndarray]] = {"train": [], "test": []}
+    labels: dict[str, list[int]] = {"train": [], "test": []}
+    members = _iter_archive(path) if path.is_file() else _iter_folder(path)
+    with Progress(transient=True) as progress:
+        task = progress.add_task(f"Decoding {path.name} (once; cached afterwards)", total=60_000)
+        for name, payload in members:
+            key = _member_split_and_label(name)
+            if key is None:
+                continue
+            image = np.asarray(Image.open(io.BytesIO(payload)).convert("RGB"), dtype=np.uint8)
+            if image.shape != (32, 32, 3):
+                raise ValueError(f"{path}:{name} is {image.shape}, expected 32x32 RGB.")
+            images[key[0]].append(image)
+            labels[key[0]].append(key[1])
+            progress.advance(task)
+    if not images["train"] or not images["test"]:
+        raise DatasetNotFoundError(
+            f"{path} holds no images in the layout cifar10-jpeg/{{train,test}}/<class>/*.jpg "
+            f"(found {len(images['train'])} train, {len(images['test'])} test)."
+        )
+    return {
+        split: Split(np.stack(images[split]), np.asarray(labels[split], dtype=np.int64))
+        for split in images
+    }
+
+
+def _cache_key(path: Path) -> str:
+    stat = path.stat()
+    text = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
+    return hashlib.sha1(text.encode()).hexdigest()[:16]
+
+
+def load_jpeg(path: str | Path, cache_dir: str | Path) -> dict[str, Split]:
+    """Decode a JPEG archive (``.tar.gz``) or folder once; later calls read the ``.npz`` cache."""
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise DatasetNotFoundError(f"no JPEG archive or folder at {path}.")
+    cache = Path(cache_dir).expanduser() / f"cifar10-jpeg-{_cache_key(path)}.npz"
+    if cache.exists():
+        with np.load(cache) as z:
+            return {s: Split(z[f"{s}_x"], z[f"{s}_y"]) for s in ("train", "test")}
+    splits = _decode(path)
+    arrays = {
+        f"{s}_{k}": getattr(v, a)
+        for s, v in splits.items()
+        for k, a in (("x", "images"), ("y", "labels"))
+    }
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as handle:  # a file object: np.savez would add ".npz" to a name
+            np.savez(handle, **arrays)
+
+    atomic_write(cache, write)
+    log.info("Cached decoded CIFAR-10 at %s", cache)
+    return splits
+
+
+def load_torchvision(root: str | Path, download: bool) -> dict[str, Split]:
+    """Read torchvision's official CIFAR-10 (``cifar-10-batches-py``), downloading if asked."""
+    from torchvision.datasets import CIFAR10
+
+    root = Path(root).expanduser()
+    splits = {}
+    for split in ("train", "test"):
+        try:
+            ds = CIFAR10(str(root), train=split == "train", download=download)
+        except RuntimeError as err:  # torchvision: "Dataset not found or corrupted"
+            raise DatasetNotFoundError(f"no cifar-10-batches-py under {root} ({err}).") from err
+        except OSError as err:  # URLError and socket errors when there is no network
+            raise DatasetNotFoundError(f"download into {root} failed ({err}).") from err
+        splits[split] = Split(np.asarray(ds.data), np.asarray(ds.targets, dtype=np.int64))
+    return splits
+
+
+def load_cifar10(
+    source: str, root: str | Path, archive: str | Path | None, download: bool, cache_dir: str | Path
+) -> dict[str, Split]:
+    """Load CIFAR-10 from ``source`` = ``jpeg``, ``torchvision`` or ``auto`` (jpeg, then batches)."""
+    if source == "jpeg":
+        if archive is None:
+            raise DatasetNotFoundError("data.source=jpeg needs data.archive.")
+        return load_jpeg(archive, cache_dir)
+    if source == "torchvision":
+        return load_torchvision(root, download)
+    if source == "auto":
+        if archive is not None and Path(archive).expanduser().exists():
+            return load_jpeg(archive, cache_dir)
+        if (Path(root).expanduser() / "cifar-10-batches-py").exists() or download:
+            return load_torchvision(root, download)
+        raise DatasetNotFoundError(
+            f"no JPEG archive at {archive} and no cifar-10-batches-py under {root}."
+        )
+    raise ValueError(f"Unknown data.source={source!r}; use auto, jpeg or torchvision.")
