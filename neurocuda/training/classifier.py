@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import lightning as L
@@ -11,6 +12,8 @@ from torchmetrics import MaxMetric, MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from neurocuda.models import build_model
+
+log = logging.getLogger(__name__)
 
 _DEFAULT_OPTIMIZER = {
     "name": "sgd",
@@ -106,9 +109,12 @@ class ClassifierModule(L.LightningModule):
         sched_cfg = {**_DEFAULT_SCHEDULER, **(self.hparams.scheduler or {})}
         sched_name = sched_cfg.pop("name")
         total = int(self.trainer.estimated_stepping_batches)
+        if sched_name == "onecycle" and total < 4:  # OneCycleLR needs >= 2 steps per phase
+            log.warning("Only %d optimizer steps: constant learning rate, no one-cycle.", total)
+            return {"optimizer": optimizer}
         if sched_name == "onecycle":
             # OneCycleLR divides by its warm-up length: keep at least 2 warm-up steps on short runs
-            pct_start = max(sched_cfg.pop("pct_start", 0.25), min(0.5, 2.0 / max(total, 1)))
+            pct_start = max(sched_cfg.pop("pct_start", 0.25), 2.0 / total)
             scheduler: Any = torch.optim.lr_scheduler.OneCycleLR(
                 optimizer, max_lr=opt_cfg["lr"], total_steps=total, pct_start=pct_start, **sched_cfg
             )
