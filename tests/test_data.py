@@ -71,10 +71,14 @@ def test_augmentation_crops_and_flips_like_reference() -> None:
         assert torch.equal(out[i], ref.float())
 
 
-def test_balanced_subset_draws_every_class() -> None:
+def test_every_prefix_of_a_split_is_class_balanced(tiny_datamodule) -> None:
     labels = np.repeat(np.arange(10), 100)  # ordered by class, like the archive
     idx = balanced_subset(labels, 50, seed=0)
     assert len(idx) == 50 and np.bincount(labels[idx]).tolist() == [5] * 10
+    assert sorted(balanced_subset(labels, None, seed=0).tolist()) == list(range(1000))
+    # the "first N images" of the test loader are not one class
+    _, y = next(iter(tiny_datamodule.test_dataloader()))
+    assert set(y[:10].tolist()) == set(range(10))
 
 
 def test_missing_dataset_names_the_ways_to_provide_it(tmp_path: Path) -> None:

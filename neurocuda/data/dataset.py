@@ -68,12 +68,12 @@ def collate_batch(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tenso
 
 
 def balanced_subset(labels: np.ndarray, size: int | None, seed: int) -> np.ndarray:
-    """Indices of ``size`` samples drawn at random with classes as equal as possible."""
-    if size is None or size >= len(labels):
-        return np.arange(len(labels))
+    """A seeded order of the samples that interleaves the classes, cut to ``size`` if given.
+
+    The JPEG archive is sorted by class, so every prefix of a split must be balanced: evaluating
+    the "first N images" of a class-sorted test set would measure one class only.
+    """
     rng = np.random.default_rng(seed)
-    classes = np.unique(labels)
-    per_class = [rng.permutation(np.flatnonzero(labels == c)) for c in classes]
-    # round-robin over classes keeps the subset balanced for any size
+    per_class = [rng.permutation(np.flatnonzero(labels == c)) for c in np.unique(labels)]
     order = [idx[i] for i in range(max(map(len, per_class))) for idx in per_class if i < len(idx)]
-    return np.sort(np.asarray(order[:size]))
+    return np.asarray(order[:size] if size is not None else order, dtype=np.int64)
