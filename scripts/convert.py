@@ -24,6 +24,7 @@ from rich.console import Console
 from rich.table import Table
 
 from neurocuda.conversion import ConversionConfig, SNNEvaluation, convert, evaluate_snn
+from neurocuda.nir import export, save
 from neurocuda.reporting.accuracy_plots import save_accuracy_report
 from neurocuda.training import ClassifierModule
 
@@ -77,6 +78,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="output folder (default: beside the checkpoint)")
     parser.add_argument("--split", choices=("test", "val"), default="test")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument(
+        "--nir", action="store_true", help="also export the SNN as <checkpoint>.nir (faithful)"
+    )
     args = parser.parse_args()
     if not args.checkpoint.is_file():
         parser.error(f"checkpoint {args.checkpoint} does not exist.")
@@ -112,6 +116,19 @@ def main() -> None:
     }
     prefix = out_dir / f"{args.checkpoint.name}.snn"
     paths = save_accuracy_report(prefix, evaluation.ann_accuracy, evaluation.accuracy, extra)
+    if args.nir:
+        sample = next(iter(loader))[0][:1].to(args.device)
+        metadata = {  # the keys the NIR round-trip callback records, for scripts/verify_nir.py
+            "encoding": conv.encoding,
+            "timesteps": ",".join(map(str, conv.timesteps)),
+            "checkpoint": args.checkpoint.name,
+            "v_init": conv.v_init,
+            "calibration_batches": conv.calibration.batches,
+            "percentile": conv.calibration.percentile,
+            "per_channel": str(conv.calibration.per_channel).lower(),
+        }
+        graph = export(snn, sample, metadata=metadata)
+        paths.append(save(graph, out_dir / f"{args.checkpoint.stem}.nir"))
     Console().print("Wrote " + ", ".join(str(p) for p in paths))
 
 
