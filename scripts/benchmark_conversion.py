@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 
 from neurocuda.conversion import ConversionConfig, convert, evaluate_snn  # noqa: E402
 from neurocuda.training import ClassifierModule  # noqa: E402
-from scripts.convert import compose_config  # noqa: E402
+from neurocuda.training.compose import compose_train_config  # noqa: E402
 from train import train  # noqa: E402
 
 TIMESTEPS = [1, 2, 4, 8, 16, 32]
@@ -56,7 +56,7 @@ def train_checkpoint(activation: str, out: Path, quick: bool, extra: list[str]) 
         overrides += ["data=cifar10_subset", "data.train_subset=2000", "data.val_subset=200",
                       "trainer.max_epochs=2",
                       "+model.arch_kwargs.widths=[16,32,32,64]"]  # fmt: skip
-    cfg = compose_config([*overrides, *extra], run)
+    cfg = compose_train_config([*overrides, *extra], run)
     train(cfg)
     return run / "checkpoints" / "last.ckpt"
 

@@ -42,9 +42,9 @@ LAVA_PYTHON = ROOT / ".cache" / "lava-venv" / "bin" / "python"
 def test_loader(overrides: list[str], output_dir: Path):
     import hydra
 
-    from scripts.deploy import compose_config
+    from neurocuda.training.compose import compose_train_config
 
-    cfg = compose_config(overrides, output_dir)
+    cfg = compose_train_config(overrides, output_dir)
     datamodule = hydra.utils.instantiate(cfg.data)
     datamodule.setup("fit")
     datamodule.setup("test")

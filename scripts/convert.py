@@ -16,10 +16,8 @@ import os
 from pathlib import Path
 
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
 
@@ -27,20 +25,9 @@ from neurocuda.conversion import ConversionConfig, SNNEvaluation, convert, evalu
 from neurocuda.nir import export, save
 from neurocuda.reporting.accuracy_plots import save_accuracy_report
 from neurocuda.training import ClassifierModule
+from neurocuda.training.compose import compose_train_config
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def compose_config(overrides: list[str], output_dir: Path) -> DictConfig:
-    """configs/train.yaml with ``overrides``, resolvable outside a Hydra app."""
-    with initialize_config_dir(str(ROOT / "configs"), version_base="1.3"):
-        cfg = compose("train.yaml", overrides=overrides, return_hydra_config=True)
-    with open_dict(cfg):
-        cfg.hydra.runtime.output_dir = str(output_dir)
-        cfg.hydra.runtime.cwd = str(ROOT)
-        cfg.hydra.job.num = 0
-    HydraConfig.instance().set_config(cfg)
-    return cfg
 
 
 def data_config(cfg: DictConfig, checkpoint: dict, overrides: list[str]) -> DictConfig:
@@ -85,7 +72,7 @@ def main() -> None:
     if not args.checkpoint.is_file():
         parser.error(f"checkpoint {args.checkpoint} does not exist.")
     out_dir = args.out or args.checkpoint.parent
-    cfg = compose_config(args.overrides, out_dir)
+    cfg = compose_train_config(args.overrides, out_dir)
     checkpoint = torch.load(args.checkpoint, map_location="cpu", weights_only=False)
     module = ClassifierModule.load_from_checkpoint(args.checkpoint, map_location=args.device)
     datamodule = instantiate(data_config(cfg, checkpoint, args.overrides))

@@ -16,28 +16,13 @@ import sys
 from pathlib import Path
 
 import hydra
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import OmegaConf
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from neurocuda.deploy.run import run_deployment  # noqa: E402
-
-
-def compose_config(overrides: list[str], output_dir: Path) -> DictConfig:
-    """Compose ``configs/train.yaml`` outside a Hydra app, with ``hydra:runtime`` resolvable."""
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
-        cfg = compose(config_name="train.yaml", overrides=overrides, return_hydra_config=True)
-    with open_dict(cfg):
-        cfg.hydra.runtime.output_dir = str(output_dir)
-        cfg.hydra.runtime.cwd = str(ROOT)
-        cfg.hydra.job.num = 0
-    HydraConfig.instance().set_config(cfg)
-    return cfg
+from neurocuda.training.compose import compose_train_config  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -53,7 +38,7 @@ def main(argv: list[str] | None = None) -> None:
     overrides = list(args.overrides)
     if not any(o.startswith("deploy=") for o in overrides):
         overrides.append("deploy=loihi2")
-    cfg = compose_config(overrides, args.nir_file.parent)
+    cfg = compose_train_config(overrides, args.nir_file.parent)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     deploy_cfg = cfg.deploy
     datamodule = hydra.utils.instantiate(cfg.data)

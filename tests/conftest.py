@@ -10,14 +10,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig
 from PIL import Image
 
 from neurocuda.data import CIFAR10DataModule
 from neurocuda.data.sources import CLASSES
+from neurocuda.training.compose import compose_train_config
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_ARCHIVE = ROOT.parent / "shared" / "datasets" / "cifar10-jpeg.tar.gz"
@@ -70,20 +69,6 @@ def tiny_datamodule(tiny_archive: Path, tmp_path: Path) -> CIFAR10DataModule:
     return dm
 
 
-def compose_train_cfg(overrides: list[str], output_dir: Path) -> DictConfig:
-    """Compose ``configs/train.yaml`` like ``train.py`` does, with Hydra's runtime set."""
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(str(ROOT / "configs"), version_base="1.3"):
-        cfg = compose("train.yaml", overrides=overrides, return_hydra_config=True)
-    with open_dict(cfg):
-        cfg.hydra.runtime.output_dir = str(output_dir)
-        cfg.hydra.runtime.cwd = str(ROOT)
-        cfg.hydra.job.num = 0
-    HydraConfig.instance().set_config(cfg)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    return cfg
-
-
 def tiny_run_overrides(archive: Path, tmp_path: Path) -> list[str]:
     """Overrides that make any experiment run in seconds on the tiny archive."""
     return [
@@ -106,7 +91,7 @@ def train_cfg(tiny_archive: Path, tmp_path: Path) -> Iterator[callable]:
     """``train_cfg(*extra_overrides)`` -> a composed config writing under ``tmp_path/run``."""
 
     def build(*extra: str) -> DictConfig:
-        return compose_train_cfg(
+        return compose_train_config(
             [*tiny_run_overrides(tiny_archive, tmp_path), *extra], tmp_path / "run"
         )
 

@@ -7,7 +7,8 @@ from pathlib import Path
 import hydra
 import pytest
 
-from tests.conftest import ROOT, compose_train_cfg
+from neurocuda.training.compose import compose_train_config
+from tests.conftest import ROOT
 
 GROUPS = [
     "data",
@@ -31,7 +32,7 @@ CASES = [(group, option) for group in GROUPS for option in _options(group)]
 
 @pytest.mark.parametrize(("group", "option"), CASES, ids=[f"{g}={o}" for g, o in CASES])
 def test_option_composes(group: str, option: str, tmp_path: Path) -> None:
-    cfg = compose_train_cfg([f"{group}={option}"], tmp_path)
+    cfg = compose_train_config([f"{group}={option}"], tmp_path)
     assert cfg.data._target_ and cfg.model._target_ and cfg.trainer._target_
     if group == "model":
         model = hydra.utils.instantiate(cfg.model)
@@ -45,6 +46,6 @@ def test_wrong_key_is_a_clear_error(tmp_path: Path) -> None:
     from hydra.errors import ConfigCompositionException
 
     with pytest.raises(ConfigCompositionException, match="Could not find 'model/resnet99'"):
-        compose_train_cfg(["model=resnet99"], tmp_path)
+        compose_train_config(["model=resnet99"], tmp_path)
     with pytest.raises(ConfigCompositionException, match=r"Could not override 'model\.actvation'"):
-        compose_train_cfg(["model.actvation=qcfs"], tmp_path)
+        compose_train_config(["model.actvation=qcfs"], tmp_path)

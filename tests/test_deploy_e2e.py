@@ -18,7 +18,8 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory: pytest.TempPathFactory, tiny_archive: Path) -> Path:
     """One short quickstart run with deploy=loihi2; returns its output directory."""
-    from tests.conftest import compose_train_cfg, tiny_run_overrides
+    from neurocuda.training.compose import compose_train_config
+    from tests.conftest import tiny_run_overrides
 
     tmp = tmp_path_factory.mktemp("deploy_e2e")
     overrides = [
@@ -33,7 +34,7 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory, tiny_archive: Path) ->
         "deploy.timesteps=8",
         "deploy.max_images=40",
     ]
-    train(compose_train_cfg(overrides, tmp / "run"))
+    train(compose_train_config(overrides, tmp / "run"))
     return tmp / "run"
 
 

@@ -1,0 +1,33 @@
+"""Compose the project's Hydra config outside ``train.py`` (scripts, tests, benchmarks)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, open_dict
+
+import neurocuda.training.resolvers  # noqa: F401  (the configs use ${sweep_group:} etc.)
+
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+
+
+def compose_train_config(overrides: list[str], output_dir: str | Path) -> DictConfig:
+    """``configs/train.yaml`` with ``overrides``, as ``train.py`` would see it in a single run.
+
+    Sets Hydra's runtime (output dir, cwd) so that ``${hydra:...}`` interpolations resolve, and
+    creates ``output_dir``.
+    """
+    output_dir = Path(output_dir)
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose("train.yaml", overrides=overrides, return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = str(output_dir)
+        cfg.hydra.runtime.cwd = str(CONFIG_DIR.parent)
+        cfg.hydra.job.num = 0
+    HydraConfig.instance().set_config(cfg)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    return cfg
