@@ -11,7 +11,6 @@ the timing is of ANN training alone, then reads the CSV logger's metrics.
 from __future__ import annotations
 
 import argparse
-import csv
 import subprocess
 import sys
 import time
@@ -21,16 +20,9 @@ from omegaconf import OmegaConf
 from rich.console import Console
 from rich.table import Table
 
+from neurocuda.reporting.sweep_summary import csv_metrics
+
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _read_metrics(run_dir: Path) -> dict[str, float]:
-    metrics: dict[str, float] = {}
-    for path in sorted(run_dir.glob("csv/version_*/metrics.csv")):
-        with path.open() as handle:
-            for row in csv.DictReader(handle):
-                metrics.update({k: float(v) for k, v in row.items() if v not in ("", None)})
-    return metrics
 
 
 def main() -> None:
@@ -49,7 +41,7 @@ def main() -> None:
     subprocess.run([sys.executable, str(ROOT / "train.py"), *overrides], check=True, cwd=ROOT)
     minutes = (time.perf_counter() - start) / 60
 
-    metrics = _read_metrics(run_dir)
+    metrics = csv_metrics(run_dir)
     cfg = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
     epochs = cfg.trainer.max_epochs
     train_images = cfg.data.train_subset or 50_000 - cfg.data.val_size

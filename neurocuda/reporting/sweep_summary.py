@@ -61,13 +61,19 @@ def find_runs(directory: str | Path) -> list[Path]:
     return runs
 
 
-def _last_metrics(run: Path) -> dict[str, float]:
-    """Last value of every metric from the CSV logger and from offline W&B runs, if any."""
+def csv_metrics(run: Path) -> dict[str, float]:
+    """Last value of every metric the CSV logger wrote in run directory ``run``."""
     metrics: dict[str, float] = {}
     for path in sorted(run.glob("csv/version_*/metrics.csv")):
         with path.open() as handle:
             for row in csv.DictReader(handle):
                 metrics.update({k: float(v) for k, v in row.items() if v not in ("", None)})
+    return metrics
+
+
+def _last_metrics(run: Path) -> dict[str, float]:
+    """Last value of every metric from the CSV logger and from offline W&B runs, if any."""
+    metrics = csv_metrics(run)
     for wandb_run in sorted(run.glob("wandb/offline-run-*")):
         logged = last_values(read_offline_run(wandb_run)["history"])
         metrics.update(
