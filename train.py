@@ -7,6 +7,8 @@ python train.py model=resnet18 trainer=gpu deploy=loihi2
 from __future__ import annotations
 
 import logging
+import os
+from pathlib import Path
 from typing import Any
 
 import hydra
@@ -22,6 +24,7 @@ from neurocuda.training.instantiate import (
 )
 
 log = logging.getLogger(__name__)
+os.environ.setdefault("PROJECT_ROOT", str(Path(__file__).resolve().parent))  # paths.root_dir
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:

@@ -13,8 +13,10 @@ from neurocuda.reporting.wandb_offline import last_values, read_offline_run
 from tests.conftest import ROOT, tiny_run_overrides
 
 
-def _sweep(overrides: list[str]) -> subprocess.CompletedProcess:
+def _sweep(overrides: list[str], project_root: Path | None = None) -> subprocess.CompletedProcess:
     env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
+    if project_root is not None:  # paths.root_dir: logs/ (and the sweep dir) go under it
+        env["PROJECT_ROOT"] = str(project_root)
     return subprocess.run(
         [sys.executable, "train.py", "-m", *overrides],
         cwd=ROOT,
@@ -43,11 +45,14 @@ def sweep_dir(tiny_archive: Path, tmp_path_factory: pytest.TempPathFactory) -> P
             *_tiny(tiny_archive, tmp),
             "logger=wandb",
             "model.optimizer.lr=0.05,0.1",
-            f"hydra.sweep.dir={tmp / 'multirun'}",
-        ]
+        ],
+        # no hydra.sweep.dir / paths override: the sweep directory is resolved from the configs
+        # exactly as in the README's command (which once failed on it)
+        project_root=tmp,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    return tmp / "multirun"
+    (sweep,) = (tmp / "logs" / "train" / "multiruns").iterdir()
+    return sweep
 
 
 def test_each_job_has_its_own_complete_offline_wandb_run(sweep_dir: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
@@ -21,6 +22,7 @@ def compose_train_config(overrides: list[str], output_dir: str | Path) -> DictCo
     creates ``output_dir``.
     """
     output_dir = Path(output_dir)
+    os.environ.setdefault("PROJECT_ROOT", str(CONFIG_DIR.parent))  # paths.root_dir
     GlobalHydra.instance().clear()
     with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
         cfg = compose("train.yaml", overrides=overrides, return_hydra_config=True)
