@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import h5py
 import nir
 import numpy as np
@@ -22,6 +24,9 @@ def test_save_is_atomic_and_reload_runs(tmp_path):
     path = save(small_graph(), tmp_path / "sub" / "g.nir")
     assert path.is_file()
     assert [p.name for p in path.parent.iterdir()] == ["g.nir"]  # no temporary left behind
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask  # not the temp file's 0600
     x = torch.randn(4, 2, 3)
     assert torch.equal(Executor(load(path))(x), Executor(small_graph())(x))
 

@@ -4,26 +4,17 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import tempfile
 from pathlib import Path
 
 import h5py
 import nir
 
+from neurocuda.files import atomic_write
+
 
 def save(graph: nir.NIRGraph, path: str | os.PathLike[str]) -> Path:
     """Write ``graph`` to ``path`` atomically (temporary file in the same folder, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        nir.write(tmp, graph)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write(path, lambda tmp: nir.write(tmp, graph))
 
 
 def _fields(kind: type) -> tuple[set[str], set[str]]:
