@@ -59,7 +59,7 @@ def trained_relu() -> nn.Module:
 @pytest.fixture(scope="module")
 def trained_qcfs() -> tuple[nn.Module, list[float]]:
     torch.manual_seed(0)
-    model = build_model("cifarnet", 4, "qcfs", {"levels": 4, "threshold": 2.0}, widths=WIDTHS)
+    model = build_model("cifarnet", 4, "qcfs", {"levels": 4}, widths=WIDTHS)  # data-initialized
     losses = train(model, 60)
     return model, losses
 
@@ -173,7 +173,7 @@ def test_qcfs_trains_and_converts_at_low_t(trained_qcfs: tuple[nn.Module, list[f
     model, losses = trained_qcfs
     assert sum(losses[-10:]) / 10 < 0.5 * sum(losses[:10]) / 10
     thresholds = [m.threshold for m in model.modules() if isinstance(m, QCFS)]
-    assert any(float(t) != 2.0 for t in thresholds), "QCFS thresholds were not learned"
+    assert all(bool(m.initialized) for m in model.modules() if isinstance(m, QCFS))
     snn = convert(model, None, ConversionConfig(input_shape=SHAPE))
     neurons = list(snn.neuron_layers().values())
     assert [float(n.threshold) for n in neurons] == [float(t.abs()) for t in thresholds]
@@ -190,6 +190,31 @@ def test_qcfs_thresholds_receive_gradients() -> None:
     assert x.grad is not None and float(x.grad.abs().sum()) > 0
     values = act(torch.tensor([-1.0, 0.1, 0.2, 0.5, 3.0])).tolist()
     assert values == [0.0, 0.0, 0.25, 0.5, 1.0]  # floor(x*4 + 0.5)/4 clipped to [0, 1]
+
+
+def test_qcfs_threshold_starts_at_the_first_batch_percentile() -> None:
+    act = QCFS(levels=4, init_percentile=90.0)
+    x = torch.arange(1000, dtype=torch.float32) / 100  # 0.00 .. 9.99
+    act.eval()(x)
+    assert not bool(act.initialized)  # evaluation never initializes
+    act.train()(x)
+    assert bool(act.initialized) and float(act.threshold) == pytest.approx(9.0, abs=0.011)
+    act(x * 10)
+    assert float(act.threshold) == pytest.approx(9.0, abs=0.011)  # only the first batch
+    state = act.state_dict()
+    restored = QCFS(levels=4)
+    restored.load_state_dict(state)
+    assert bool(restored.initialized) and float(restored.threshold) == float(act.threshold)
+    del state["initialized"]  # a checkpoint from before the flag existed holds trained values
+    restored = QCFS(levels=4)
+    restored.load_state_dict(state)
+    assert bool(restored.initialized)
+
+
+def test_untrained_qcfs_model_is_refused() -> None:
+    model = build_model("cifarnet", 4, "qcfs", {"levels": 4}, widths=WIDTHS)
+    with pytest.raises(ConversionError, match="never trained"):
+        convert(model, None, ConversionConfig(input_shape=SHAPE))
 
 
 def test_hard_reset_is_logged_as_lossy(

@@ -91,7 +91,13 @@ def qcfs_thresholds(model: nn.Module, names: list[str]) -> dict[str, torch.Tenso
     """The learned QCFS thresholds (absolute value; a learned negative clip is meaningless)."""
     result = {}
     for name in names:
-        theta = model.get_submodule(name).threshold.detach().abs().clone()
+        layer = model.get_submodule(name)
+        if not bool(layer.initialized):
+            raise ConversionError(
+                f"QCFS layer {name!r} was never trained: its threshold is still a placeholder, "
+                "set from the first training batch. Train the model (or pass threshold=...)."
+            )
+        theta = layer.threshold.detach().abs().clone()
         if float(theta) == 0:
             raise ConversionError(f"QCFS layer {name!r} learned threshold 0; retrain it.")
         result[name] = theta

@@ -4,11 +4,20 @@
 layer and ``L`` levels; the floor passes gradients straight through. An IF neuron with threshold
 ``theta`` and initial membrane ``theta / 2`` reproduces it in expectation, so conversion uses the
 learned ``theta`` as the IF threshold.
+
+The paper starts every ``theta`` at a fixed 8.0. Behind BatchNorm the pre-activations are O(1), so
+with 8.0 most activations sit on the lowest one or two of the L levels, where one spike too many or
+too few at conversion is a 50-100% error (docs/results.md measures it). By default ``theta`` is
+therefore initialized from data: the ``init_percentile``-th percentile of the layer's input on the
+first training batch (the robust maximum ReLU calibration uses), averaged over DDP processes.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from neurocuda.models.layers import register_activation
@@ -20,24 +29,56 @@ def floor_ste(x: torch.Tensor) -> torch.Tensor:
 
 
 class QCFS(nn.Module):
-    """Trainable quantized clip activation with ``levels`` steps up to a learned ``threshold``."""
+    """Trainable quantized clip activation with ``levels`` steps up to a learned ``threshold``.
 
-    def __init__(self, levels: int = 8, threshold: float = 8.0) -> None:
+    ``threshold=None`` (default): set from the first training batch (see the module docstring).
+    """
+
+    def __init__(
+        self, levels: int = 8, threshold: float | None = None, init_percentile: float = 99.9
+    ) -> None:
         super().__init__()
         if levels < 1:
             raise ValueError(f"QCFS levels must be >= 1, got {levels}.")
-        if threshold <= 0:
+        if threshold is not None and threshold <= 0:
             raise ValueError(f"QCFS threshold must be > 0, got {threshold}.")
+        if not 0 < init_percentile <= 100:
+            raise ValueError(f"QCFS init_percentile must be in (0, 100], got {init_percentile}.")
         self.levels = levels
-        self.threshold = nn.Parameter(torch.tensor(float(threshold)))
+        self.init_percentile = init_percentile
+        self.threshold = nn.Parameter(torch.tensor(1.0 if threshold is None else float(threshold)))
+        self.register_buffer("initialized", torch.tensor(threshold is not None))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # fp32 even under bf16 autocast: the floor's level boundaries must be where the converted
+        # SNN (fp32) puts them
+        x = x.float()
+        if self.training and not bool(self.initialized):
+            self._initialize_from(x)
         theta = self.threshold
         steps = floor_ste(x / theta * self.levels + 0.5) / self.levels
         return torch.clamp(steps, 0.0, 1.0) * theta
 
+    @torch.no_grad()
+    def _initialize_from(self, x: torch.Tensor) -> None:
+        flat = x.detach().flatten()
+        k = max(1, min(flat.numel(), round(self.init_percentile / 100 * flat.numel())))
+        theta = flat.kthvalue(k).values.clamp_min(1e-3)
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(theta)
+            theta /= dist.get_world_size()
+        self.threshold.fill_(float(theta))
+        self.initialized.fill_(True)
+
+    def _load_from_state_dict(
+        self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any
+    ) -> None:
+        # checkpoints written before ``initialized`` existed hold trained thresholds
+        state_dict.setdefault(prefix + "initialized", torch.tensor(True))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     def extra_repr(self) -> str:
-        return f"levels={self.levels}"
+        return f"levels={self.levels}, initialized={bool(self.initialized)}"
 
 
 register_activation("qcfs", QCFS)
