@@ -100,10 +100,7 @@ class NIRRoundTrip(L.Callback):
             "timesteps": ",".join(map(str, timesteps)),
             "epoch": int(result.epoch),
             "checkpoint": ",".join(Path(p).name for p in result.checkpoint_paths),
-            "v_init": conversion.config.v_init,
-            "calibration_batches": conversion.config.calibration_batches,
-            "percentile": conversion.config.percentile,
-            "per_channel": str(conversion.config.per_channel).lower(),
+            **conversion.config.as_metadata(),
         }
         graph = export(result.snn, x[:1], self.profile, metadata)
         paths = [save(graph, p) for p in self._paths(result, trainer)]

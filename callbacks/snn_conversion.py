@@ -31,6 +31,8 @@ class SNNConversion(L.Callback):
         per_channel: bool = True,
         reset: ResetMode = "subtract",
         v_init: float = 0.5,
+        correction_timesteps: int = 4,
+        correction_batches: int = 1,
         encoding: Encoding = "direct",
         every_n_epochs: int = 1,
         eval_subset: int | None = None,
@@ -44,6 +46,8 @@ class SNNConversion(L.Callback):
             per_channel=per_channel,
             reset=reset,
             v_init=v_init,
+            correction_timesteps=correction_timesteps,
+            correction_batches=correction_batches,
         )
         self.encoding: Encoding = encoding
         self.every_n_epochs = every_n_epochs
@@ -75,7 +79,7 @@ class SNNConversion(L.Callback):
         ann = pl_module.net
         self.config.input_shape = tuple(next(iter(val_loader))[0].shape[1:])
         with torch.autocast(pl_module.device.type, enabled=False):
-            snn = convert(ann, trainer.train_dataloader, self.config)
+            snn = convert(ann, _calibration_data(trainer), self.config)
             evaluation = evaluate_snn(
                 snn, val_loader, self.timesteps, ann=ann, encoding=self.encoding,
                 max_images=self.eval_subset, progress=False,
@@ -99,6 +103,14 @@ class SNNConversion(L.Callback):
             "Epoch %d SNN accuracy on %d val images (ANN %.2f%%): %s",
             trainer.current_epoch, evaluation.images, 100 * evaluation.ann_accuracy, summary,
         )  # fmt: skip
+
+
+def _calibration_data(trainer: L.Trainer) -> object:
+    """Un-augmented training images in a fixed order when the datamodule offers them."""
+    datamodule = trainer.datamodule
+    if datamodule is not None and hasattr(datamodule, "calibration_dataloader"):
+        return datamodule.calibration_dataloader()
+    return trainer.train_dataloader
 
 
 def _saved_this_step(trainer: L.Trainer) -> list[str]:

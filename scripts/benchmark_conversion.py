@@ -5,8 +5,9 @@
     python scripts/benchmark_conversion.py --quick             # ~minutes: small net, data subset
 
 Trains through train.py's own ``train`` (Hydra config), converts with several choices (thresholds
-per layer / per channel, initial membrane 0 / theta/2, soft / hard reset) and evaluates each on the
-test set (or a subset), printing a table and writing it as JSON into --out.
+per layer / per channel, initial membrane 0 / theta/2, soft / hard reset, initial-membrane
+correction off / at T=4 / at T=8) and evaluates each on the test set (or a subset), printing a
+table and writing it as JSON into --out.
 """
 
 from __future__ import annotations
@@ -32,17 +33,22 @@ from neurocuda.training.compose import compose_train_config  # noqa: E402
 from train import train  # noqa: E402
 
 TIMESTEPS = [1, 2, 4, 8, 16, 32]
+OFF = {"correction_timesteps": 0}
 VARIANTS = {
     "relu": [
-        ("layer, v0=theta/2", {"per_channel": False}),
-        ("channel, v0=theta/2", {"per_channel": True}),
-        ("channel, v0=0", {"per_channel": True, "v_init": 0.0}),
-        ("channel, hard reset", {"per_channel": True, "reset": "zero"}),
+        ("layer, v0=theta/2", {"per_channel": False, **OFF}),
+        ("channel, v0=theta/2", {"per_channel": True, **OFF}),
+        ("channel, v0=0", {"per_channel": True, "v_init": 0.0, **OFF}),
+        ("channel, hard reset", {"per_channel": True, "reset": "zero", **OFF}),
+        ("channel, corrected at T=4 (default)", {"per_channel": True}),
+        ("channel, corrected at T=8", {"per_channel": True, "correction_timesteps": 8}),
     ],
     "qcfs": [
-        ("learned, v0=theta/2", {}),
-        ("learned, v0=0", {"v_init": 0.0}),
-        ("learned, hard reset", {"reset": "zero"}),
+        ("learned, v0=theta/2", {**OFF}),
+        ("learned, v0=0", {"v_init": 0.0, **OFF}),
+        ("learned, hard reset", {"reset": "zero", **OFF}),
+        ("learned, corrected at T=4 (default)", {}),
+        ("learned, corrected at T=8", {"correction_timesteps": 8}),
     ],
 }
 
@@ -75,7 +81,7 @@ def benchmark(ckpt: Path, activation: str, images: int, device: str) -> list[dic
     rows = []
     for name, options in VARIANTS[activation]:
         start = time.perf_counter()
-        snn = convert(module.net, datamodule.train_dataloader(), ConversionConfig(**options))
+        snn = convert(module.net, datamodule.calibration_dataloader(), ConversionConfig(**options))
         ev = evaluate_snn(snn, datamodule.test_dataloader(), TIMESTEPS, ann=module.net,
                           max_images=images)  # fmt: skip
         rows.append({"activation": activation, "variant": name, "ann": ev.ann_accuracy,

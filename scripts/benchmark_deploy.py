@@ -57,7 +57,7 @@ def graph_from_checkpoint(path: Path, datamodule):
     from neurocuda.training import ClassifierModule
 
     module = ClassifierModule.load_from_checkpoint(path, map_location="cpu")
-    snn = convert(module.net, datamodule.train_dataloader(), ConversionConfig())
+    snn = convert(module.net, datamodule.calibration_dataloader(), ConversionConfig())
     return export(snn, next(iter(datamodule.test_dataloader()))[0][:1])
 
 

@@ -73,7 +73,7 @@ def round_trip(args: argparse.Namespace, console: Console) -> None:
     dm.prepare_data()
     dm.setup("fit")
     dm.setup("test")
-    snn = convert(module.net.eval(), dm.train_dataloader(), ConversionConfig())
+    snn = convert(module.net.eval(), dm.calibration_dataloader(), ConversionConfig())
     x, _ = next(iter(dm.test_dataloader()))
     executor = Executor(export(snn, x[:1]))
     loader = dm.test_dataloader()

@@ -78,14 +78,8 @@ def main() -> None:
     datamodule = instantiate(data_config(cfg, checkpoint, args.overrides))
     datamodule.setup("test" if args.split == "test" else "validate")
     conv = cfg.conversion
-    config = ConversionConfig(
-        calibration_batches=conv.calibration.batches,
-        percentile=conv.calibration.percentile,
-        per_channel=conv.calibration.per_channel,
-        reset=conv.reset,
-        v_init=conv.v_init,
-    )
-    snn = convert(module.net, datamodule.train_dataloader(), config)
+    config = ConversionConfig.from_group(conv)
+    snn = convert(module.net, datamodule.calibration_dataloader(), config)
     loader = datamodule.test_dataloader() if args.split == "test" else datamodule.val_dataloader()
     evaluation = evaluate_snn(
         snn, loader, list(conv.timesteps), ann=module.net, encoding=conv.encoding
@@ -109,10 +103,7 @@ def main() -> None:
             "encoding": conv.encoding,
             "timesteps": ",".join(map(str, conv.timesteps)),
             "checkpoint": args.checkpoint.name,
-            "v_init": conv.v_init,
-            "calibration_batches": conv.calibration.batches,
-            "percentile": conv.calibration.percentile,
-            "per_channel": str(conv.calibration.per_channel).lower(),
+            **config.as_metadata(),
         }
         graph = export(snn, sample, metadata=metadata)
         paths.append(save(graph, out_dir / f"{args.checkpoint.stem}.nir"))

@@ -3,10 +3,10 @@
     python scripts/verify_nir.py FILE.nir [--timesteps 1 4 8] [--num-images N]
     python scripts/verify_nir.py logs/.../checkpoints/last.nir --checkpoint logs/.../last.ckpt
 
-Prints the graph's accuracy per T. With ``--checkpoint`` the checkpoint is converted again (reset,
-v_init and calibration settings from the file's metadata unless given here; ReLU calibration must
-see the same images to give the same thresholds, QCFS thresholds are learned) and the native SNN's
-accuracy, the max abs diff and the number of divergent images are printed too.
+Prints the graph's accuracy per T. With ``--checkpoint`` the checkpoint is converted again
+(conversion settings from the file's metadata unless given here; calibration reads the fixed,
+un-augmented calibration images, so it gives the same thresholds and membranes) and the native
+SNN's accuracy, the max abs diff and the number of divergent images are printed too.
 """
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--calibration-batches", type=int, help="default: metadata or 8")
     parser.add_argument("--percentile", type=float, help="default: metadata or 99.9")
     parser.add_argument("--per-channel", choices=["true", "false"], help="default: metadata")
+    parser.add_argument("--correction-timesteps", type=int, help="0 = off (default: metadata)")
     parser.add_argument("--device", default="cpu")
     return parser.parse_args(argv)
 
@@ -75,17 +76,16 @@ def datamodule(args: argparse.Namespace) -> CIFAR10DataModule:
 
 def native_model(args: argparse.Namespace, metadata: dict, dm: CIFAR10DataModule):
     module = ClassifierModule.load_from_checkpoint(args.checkpoint, map_location="cpu")
-    per_channel = setting(args.per_channel, metadata, "per_channel", "true")
-    config = ConversionConfig(
-        calibration_batches=int(
-            setting(args.calibration_batches, metadata, "calibration_batches", 8)
-        ),
-        percentile=float(setting(args.percentile, metadata, "percentile", 99.9)),
-        per_channel=str(per_channel).lower() == "true",
-        reset=str(setting(args.reset, metadata, "reset", "subtract")),
-        v_init=float(setting(args.v_init, metadata, "v_init", 0.5)),
+    config = ConversionConfig.from_metadata(
+        metadata,
+        calibration_batches=args.calibration_batches,
+        percentile=args.percentile,
+        per_channel=args.per_channel,
+        reset=args.reset,
+        v_init=args.v_init,
+        correction_timesteps=args.correction_timesteps,
     )
-    return convert(module.net.eval(), dm.train_dataloader(), config).to(args.device)
+    return convert(module.net.eval(), dm.calibration_dataloader(), config).to(args.device)
 
 
 def print_report(console: Console, report: RoundTripReport, with_native: bool) -> None:

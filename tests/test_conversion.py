@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from neurocuda.conversion import ConversionConfig, ConversionError, convert, evaluate_snn
+from neurocuda.conversion.correct import activation_channel_means, correct_initial_membranes
 from neurocuda.conversion.fold import fold_batchnorms
 from neurocuda.conversion.validate import plan_conversion
 from neurocuda.metrics.spikes import fan_out
@@ -91,7 +92,7 @@ def test_batchnorm_folding_is_exact(arch: str) -> None:
 def test_convert_leaves_the_ann_untouched_and_builds_the_documented_tree() -> None:
     ann = build_model("resnet20").train()
     before = copy.deepcopy(ann.state_dict())
-    snn = convert(ann, [torch.randn(4, 3, 32, 32)])
+    snn = convert(ann, [torch.randn(4, 3, 32, 32)], ConversionConfig(correction_timesteps=0))
     assert ann.training
     assert all(torch.equal(before[k], v) for k, v in ann.state_dict().items())
     block = snn.network.layers[0]
@@ -174,12 +175,48 @@ def test_qcfs_trains_and_converts_at_low_t(trained_qcfs: tuple[nn.Module, list[f
     assert sum(losses[-10:]) / 10 < 0.5 * sum(losses[:10]) / 10
     thresholds = [m.threshold for m in model.modules() if isinstance(m, QCFS)]
     assert all(bool(m.initialized) for m in model.modules() if isinstance(m, QCFS))
-    snn = convert(model, None, ConversionConfig(input_shape=SHAPE))
+    with pytest.raises(ConversionError, match="correction needs calibration data"):
+        convert(model, None, ConversionConfig(input_shape=SHAPE))
+    snn = convert(model, synthetic_batches(1, seed=7), ConversionConfig(input_shape=SHAPE))
     neurons = list(snn.neuron_layers().values())
-    assert [float(n.threshold) for n in neurons] == [float(t.abs()) for t in thresholds]
+    assert [float(n.threshold) for n in neurons] == [float(t.detach().abs()) for t in thresholds]
     result = evaluate_snn(snn, synthetic_batches(4, seed=9), [1, 4, 8], ann=model, progress=False)
     assert result.ann_accuracy > 0.9
     assert result.ann_accuracy - result.accuracy[8] <= 0.05
+
+
+def test_membrane_correction_removes_the_mean_output_error(trained_relu: nn.Module) -> None:
+    config = ConversionConfig(input_shape=SHAPE, correction_timesteps=0)
+    calibration = synthetic_batches(2, seed=7)
+    snn = convert(trained_relu, calibration, config)
+    images = calibration[0][0]
+    names = list(plan_conversion(copy.deepcopy(trained_relu), SHAPE).activations)
+    targets = activation_channel_means(trained_relu.eval(), names, images)
+    neurons = {name: f"{name}.0" for name in names}
+    v_init = [n.v_init.clone() for n in snn.neuron_layers().values()]
+    before = correct_initial_membranes(snn, neurons, targets, images, timesteps=4)
+    after = correct_initial_membranes(snn, neurons, targets, images, timesteps=4)
+    # spike counts are integers, so the error cannot vanish; it must shrink in every layer
+    assert all(after[name] < 0.7 * before[name] for name in names), (before, after)
+    assert sum(after.values()) < 0.5 * sum(before.values()), (before, after)
+    shifted = [n.v_init for n in snn.neuron_layers().values()]
+    pairs = zip(shifted, v_init, strict=True)
+    assert all(s.shape[0] > 1 and not torch.equal(s, v) for s, v in pairs)  # per channel, moved
+    for neuron in snn.neuron_layers().values():  # the firing rule follows the shifted membrane
+        torch.testing.assert_close(neuron.fire_level, neuron.threshold - neuron.v_init)
+
+
+def test_conversion_config_round_trips_through_nir_metadata() -> None:
+    config = ConversionConfig(per_channel=False, percentile=99.5, reset="zero", v_init=0.25,
+                              correction_timesteps=8, correction_batches=2)  # fmt: skip
+    metadata = config.as_metadata()
+    assert metadata["per_channel"] == "false"  # HDF5 attributes hold no Python bools
+    assert ConversionConfig.from_metadata(metadata) == config
+    overridden = ConversionConfig.from_metadata(metadata, correction_timesteps=0, reset=None)
+    assert overridden.correction_timesteps == 0 and overridden.reset == "zero"
+    assert ConversionConfig.from_metadata({}) == ConversionConfig()
+    with pytest.raises(ConversionError, match="timesteps=-1 must be >= 0"):
+        convert(nn.Sequential(nn.Linear(4, 2)), None, ConversionConfig(correction_timesteps=-1))
 
 
 def test_qcfs_thresholds_receive_gradients() -> None:

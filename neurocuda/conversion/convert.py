@@ -1,11 +1,13 @@
-"""The staged ANN -> SNN recipe: validate -> fold BatchNorm -> calibrate -> replace -> finalize."""
+"""The staged ANN -> SNN recipe: validate -> fold BatchNorm -> calibrate -> replace -> finalize ->
+correct initial membranes."""
 
 from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, fields
+from typing import Any
 
 import torch
 from torch import nn
@@ -15,6 +17,7 @@ from neurocuda.conversion.calibrate import (
     qcfs_thresholds,
     split_by_kind,
 )
+from neurocuda.conversion.correct import activation_channel_means, correct_initial_membranes
 from neurocuda.conversion.errors import ConversionError
 from neurocuda.conversion.fold import fold_batchnorms
 from neurocuda.conversion.validate import NetworkPlan, plan_conversion
@@ -33,7 +36,44 @@ class ConversionConfig:
     reset: ResetMode = "subtract"
     v_init: float = 0.5
     """Initial membrane as a fraction of the threshold (0.5 = theta/2, the low-T default)."""
+    correction_timesteps: int = 4
+    """T at which initial membranes are corrected per channel (0: off); see correct.py."""
+    correction_batches: int = 1
+    """Calibration batches the correction runs the SNN on."""
     input_shape: tuple[int, ...] = (3, 32, 32)
+
+    @classmethod
+    def from_group(cls, group: Mapping[str, Any]) -> ConversionConfig:
+        """From the ``conversion`` config group (``cfg.conversion``)."""
+        return cls(
+            calibration_batches=group["calibration"]["batches"],
+            percentile=group["calibration"]["percentile"],
+            per_channel=group["calibration"]["per_channel"],
+            reset=group["reset"],
+            v_init=group["v_init"],
+            correction_timesteps=group["correction"]["timesteps"],
+            correction_batches=group["correction"]["batches"],
+        )
+
+    def as_metadata(self) -> dict[str, str | int | float]:
+        """The settings as NIR metadata (HDF5 attributes: booleans as "true"/"false")."""
+        values = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "input_shape"}
+        return {k: str(v).lower() if isinstance(v, bool) else v for k, v in values.items()}
+
+    @classmethod
+    def from_metadata(cls, metadata: Mapping[str, Any], **overrides: Any) -> ConversionConfig:
+        """Inverse of :meth:`as_metadata`; ``overrides`` that are not None win, absent keys keep
+        their defaults."""
+        config = cls()
+        for f in fields(cls):
+            value = overrides.get(f.name)
+            value = metadata.get(f.name) if value is None else value
+            if value is None or f.name == "input_shape":
+                continue
+            kind = type(getattr(config, f.name))
+            parsed = str(value).lower() == "true" if kind is bool else kind(value)
+            setattr(config, f.name, parsed)
+        return config
 
 
 def convert(
@@ -44,11 +84,16 @@ def convert(
     """Return a new :class:`SpikingModel` equivalent to ``ann``; ``ann`` itself is not modified.
 
     ``calibration_data`` yields ``(x, y)`` or ``x`` batches; it is needed when the ANN has ReLU
-    activations (QCFS layers carry learned thresholds).
+    activations (QCFS layers carry learned thresholds) or ``correction_timesteps > 0``.
     """
     config = config or ConversionConfig()
     if config.reset not in ("subtract", "zero"):
         raise ConversionError(f"conversion.reset={config.reset!r}: use subtract or zero.")
+    if config.correction_timesteps < 0 or config.correction_batches < 1:
+        raise ConversionError(
+            f"conversion.correction: timesteps={config.correction_timesteps} must be >= 0 "
+            f"(0 = off) and batches={config.correction_batches} >= 1."
+        )
     if config.reset == "zero":
         log.warning(
             "conversion.reset=zero (hard reset) discards the membrane surplus at every spike and "
@@ -60,14 +105,42 @@ def convert(
     plan = plan_conversion(net, config.input_shape)
     fold_batchnorms(net, plan.batchnorm_of)
     thresholds = _thresholds(net, plan, calibration_data, config)
+    correction_images, targets = None, {}
+    if config.correction_timesteps:
+        correction_images = _first_images(calibration_data, config.correction_batches, device)
+        targets = activation_channel_means(net, list(plan.activations), correction_images)
     _replace_activations(net, plan, thresholds, config)
     _finalize(net, plan)
     # Standard (NCHW) weight layout, whatever the ANN trained with (channels_last): NIR files store
     # plain arrays, and a conv with channels_last weights rounds differently on CPU, so the native
     # SNN must use the layout every executor of the file will use.
     net = net.to(memory_format=torch.contiguous_format)
-    snn = SpikingModel(net, config.input_shape).to(device).eval()
-    return snn.requires_grad_(False)
+    snn = SpikingModel(net, config.input_shape).to(device).eval().requires_grad_(False)
+    if correction_images is not None:
+        neurons = {name: f"{name}.0" for name in plan.activations}  # see _replace_activations
+        errors = correct_initial_membranes(
+            snn, neurons, targets, correction_images, config.correction_timesteps
+        )
+        before = {name: round(error, 4) for name, error in errors.items()}
+        log.info("Initial membranes corrected at T=%d; mean output error before: %s",
+                 config.correction_timesteps, before)  # fmt: skip
+    return snn
+
+
+def _first_images(data: Iterable | None, batches: int, device: torch.device) -> torch.Tensor:
+    if data is None:
+        raise ConversionError(
+            "conversion.correction needs calibration data (images): pass a data loader, or turn "
+            "it off with conversion.correction.timesteps=0."
+        )
+    images = []
+    for batch in data:
+        if len(images) == batches:
+            break
+        images.append(batch[0] if isinstance(batch, (tuple, list)) else batch)
+    if not images:
+        raise ConversionError("conversion.correction got an empty data loader.")
+    return torch.cat(images).to(device).contiguous()
 
 
 def _thresholds(

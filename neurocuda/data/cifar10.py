@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import lightning as L
@@ -89,6 +90,19 @@ class CIFAR10DataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", True, self.hparams.batch_size)
+
+    def calibration_dataloader(self) -> DataLoader:
+        """Training images without augmentation in a fixed (class-interleaved) order.
+
+        Conversion calibrates on these, so converting a checkpoint twice (the training callback,
+        then ``scripts/verify_nir.py``) gives the same SNN bit for bit.
+        """
+        if not self.datasets:
+            self.setup()
+        calibration = copy.copy(self.datasets["train"])  # shares the image tensors
+        calibration.augment = False
+        self.datasets["calibration"] = calibration
+        return self._loader("calibration", False, self.hparams.batch_size)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("val", False, self.hparams.eval_batch_size or self.hparams.batch_size)

@@ -71,6 +71,12 @@ class IFNeuron(MultiStepModule):
         self.last_spike_count = torch.zeros(())
         self.last_neurons_per_sample = 0
 
+    def shift_initial_membrane(self, delta: torch.Tensor) -> None:
+        """Add ``delta`` (e.g. per channel ``[C, 1, 1]``) to ``v_init``; the threshold is kept."""
+        v_init = self.v_init + delta.to(self.v_init)
+        self.v_init = v_init
+        self.fire_level = self.threshold - v_init
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         spikes = self.run_sequence(self.as_sequence(x))
         return spikes.reshape(-1, *spikes.shape[2:])
