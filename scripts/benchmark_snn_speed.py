@@ -87,7 +87,9 @@ def main() -> None:
         ann = build_model(args.arch)
     ann = ann.to(args.device).eval()
     calib = [torch.randn(args.batch, 3, 32, 32, device=args.device) for _ in range(2)]
-    snn = convert(ann, calib, ConversionConfig(per_channel=False, v_init=0.0))
+    # spikingjelly's IFNode has one scalar initial membrane: no per-channel correction
+    config = ConversionConfig(per_channel=False, v_init=0.0, correction_timesteps=0)
+    snn = convert(ann, calib, config)
     sj = spikingjelly_network(snn).to(args.device).eval()
     x = torch.randn(args.batch, 3, 32, 32, device=args.device)
     steps = args.timesteps

@@ -282,7 +282,11 @@ def build_cases(args: argparse.Namespace) -> tuple[np.ndarray, dict[str, Case], 
     cases: dict[str, Case] = {}
     rows: list[Row] = []
     for profile, reset in (("faithful", "subtract"), ("portable", "zero")):
-        config = ConversionConfig(reset=reset, calibration_batches=1, v_init=args.v_init)
+        # one initial membrane for all neurons (--v-init): importers whose neurons start from a
+        # scalar state can then be compared; the per-channel correction would rule them out
+        config = ConversionConfig(
+            reset=reset, calibration_batches=1, v_init=args.v_init, correction_timesteps=0
+        )
         snn = convert(ann, [images], config)
         with torch.no_grad():
             native = snn(images, args.timesteps)
