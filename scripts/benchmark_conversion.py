@@ -1,7 +1,7 @@
 """Benchmark ANN -> SNN conversion: ANN accuracy and SNN accuracy at T = 1..32, relu and qcfs.
 
     python scripts/benchmark_conversion.py                     # trains with experiment=cifarnet_cpu
-    python scripts/benchmark_conversion.py --relu-ckpt A.ckpt --qcfs-ckpt B.ckpt
+    python scripts/benchmark_conversion.py --relu-ckpt A.ckpt --qcfs-ckpt B.ckpt   # either or both
     python scripts/benchmark_conversion.py --quick             # ~minutes: small net, data subset
 
 Trains through train.py's own ``train`` (Hydra config), converts with several choices (thresholds
@@ -116,8 +116,12 @@ def main() -> None:
     args = parser.parse_args()
     images = args.images or (500 if args.quick else None)
     rows = []
-    for activation, given in (("relu", args.relu_ckpt), ("qcfs", args.qcfs_ckpt)):
-        ckpt = given or train_checkpoint(activation, args.out, args.quick, args.overrides)
+    given = {"relu": args.relu_ckpt, "qcfs": args.qcfs_ckpt}
+    train_both = not any(given.values())  # with one checkpoint given, only that one is measured
+    for activation, ckpt in given.items():
+        if ckpt is None and not train_both:
+            continue
+        ckpt = ckpt or train_checkpoint(activation, args.out, args.quick, args.overrides)
         rows += benchmark(ckpt, activation, images, args.device)
         print_rows(rows)
     args.out.mkdir(parents=True, exist_ok=True)

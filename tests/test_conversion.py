@@ -229,6 +229,32 @@ def test_qcfs_thresholds_receive_gradients() -> None:
     assert values == [0.0, 0.0, 0.25, 0.5, 1.0]  # floor(x*4 + 0.5)/4 clipped to [0, 1]
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_qcfs_matches_its_plain_autograd_form(dtype: torch.dtype) -> None:
+    """The hand-written quantizer against the textbook form: floor with a straight-through
+    gradient, clamp and scale as separate autograd ops."""
+    g = torch.Generator().manual_seed(0)
+    x0 = (1.5 * torch.randn(4, 8, 6, 6, generator=g)).to(dtype)
+    grad = torch.randn(4, 8, 6, 6, generator=g)
+    results = []
+    for hand_written in (True, False):
+        act = QCFS(levels=4, threshold=2.3)
+        x = x0.clone().requires_grad_(True)
+        if hand_written:
+            y = act(x)
+        else:
+            z = x.float() / act.threshold * 4 + 0.5
+            y = torch.clamp((z + (torch.floor(z) - z).detach()) / 4, 0.0, 1.0) * act.threshold
+        (y * grad).sum().backward()
+        results.append((y.detach(), x.grad, act.threshold.grad))
+    (y1, gx1, gt1), (y2, gx2, gt2) = results
+    assert torch.equal(y1, y2) and gx1.dtype == dtype
+    # the textbook chain scales the gradient by theta / L, then L / theta: equal to rounding
+    torch.testing.assert_close(gx1, gx2, rtol=1e-6, atol=1e-6)
+    assert torch.equal(gx1 != 0, gx2 != 0)  # the same straight-through mask
+    torch.testing.assert_close(gt1, gt2, rtol=1e-5, atol=1e-4)  # sums in another order
+
+
 def test_qcfs_threshold_starts_at_the_first_batch_percentile() -> None:
     act = QCFS(levels=4, init_percentile=90.0)
     x = torch.arange(1000, dtype=torch.float32) / 100  # 0.00 .. 9.99

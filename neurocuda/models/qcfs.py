@@ -23,9 +23,40 @@ from torch import nn
 from neurocuda.models.layers import register_activation
 
 
-def floor_ste(x: torch.Tensor) -> torch.Tensor:
-    """``floor(x)`` forward, identity gradient (straight-through estimator)."""
-    return x + (torch.floor(x) - x).detach()
+class _Quantize(torch.autograd.Function):
+    """``theta * clip(floor(x / theta * L + 1/2) / L, 0, 1)`` with a straight-through floor.
+
+    Written by hand (not as autograd over ~10 elementwise ops) because those ops are memory-bound
+    and made QCFS training 2.7x slower than ReLU on CPU: this runs the forward in place, saves only
+    the input (in its own, e.g. bf16, dtype) and recomputes the levels in backward. Values equal
+    the plain autograd form exactly, gradients to rounding (the clamp passes gradient strictly
+    inside (0, 1), as ``torch.clamp``'s backward does).
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, theta: torch.Tensor, levels: int) -> torch.Tensor:
+        ctx.save_for_backward(x, theta)
+        ctx.levels = levels
+        # fp32 even under bf16 autocast: the level boundaries must be where the fp32 SNN puts them
+        return _levels(x.float(), theta, levels).div_(levels).clamp_(0.0, 1.0).mul_(theta)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, None]:
+        saved, theta = ctx.saved_tensors
+        levels = ctx.levels
+        x = saved.float()
+        q = _levels(x, theta, levels)
+        grad_x = torch.where((q > 0) & (q < levels), grad, 0.0)
+        # y = theta * clip(q / L): d/dtheta = clip(q / L) + [inside] * theta * d(q / L)/dtheta,
+        # and the straight-through d(q / L)/dtheta = -x / theta**2
+        level = q.div_(levels).clamp_(0.0, 1.0)
+        grad_theta = (grad * level).sum() - (grad_x * x).sum() / theta
+        return grad_x.to(saved.dtype), grad_theta.reshape(theta.shape), None
+
+
+def _levels(x: torch.Tensor, theta: torch.Tensor, levels: int) -> torch.Tensor:
+    """``floor(x / theta * L + 1/2)``: the quantization level, in that order of operations."""
+    return torch.div(x, theta).mul_(levels).add_(0.5).floor_()
 
 
 class QCFS(nn.Module):
@@ -50,14 +81,9 @@ class QCFS(nn.Module):
         self.register_buffer("initialized", torch.tensor(threshold is not None))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # fp32 even under bf16 autocast: the floor's level boundaries must be where the converted
-        # SNN (fp32) puts them
-        x = x.float()
         if self.training and not bool(self.initialized):
-            self._initialize_from(x)
-        theta = self.threshold
-        steps = floor_ste(x / theta * self.levels + 0.5) / self.levels
-        return torch.clamp(steps, 0.0, 1.0) * theta
+            self._initialize_from(x.float())
+        return _Quantize.apply(x, self.threshold, self.levels)
 
     @torch.no_grad()
     def _initialize_from(self, x: torch.Tensor) -> None:
