@@ -45,8 +45,6 @@ VARIANTS = {
     ],
     "qcfs": [
         ("learned, v0=theta/2", {**OFF}),
-        ("learned, v0=0", {"v_init": 0.0, **OFF}),
-        ("learned, hard reset", {"reset": "zero", **OFF}),
         ("learned, corrected at T=4 (default)", {}),
         ("learned, corrected at T=8", {"correction_timesteps": 8}),
     ],

@@ -3,6 +3,7 @@
     python scripts/benchmark_deploy.py --nir CIFARNET.nir              # full test set, T=8,32
     python scripts/benchmark_deploy.py --checkpoint last.ckpt --quick  # 500 images, short
     python scripts/benchmark_deploy.py --quick --skip-accuracy         # speed + resources only
+    python scripts/benchmark_deploy.py --checkpoint last.ckpt --images 1000 --timesteps 8 32
 
 Sections (each printed as a markdown table and saved in ``--out`` as JSON):
 
@@ -194,6 +195,8 @@ def main() -> None:
     parser.add_argument("--checkpoint", type=Path, help="trained cifarnet checkpoint")
     parser.add_argument("--quick", action="store_true", help="500 test images, T=8 only")
     parser.add_argument("--skip-accuracy", action="store_true")
+    parser.add_argument("--images", type=int, help="test images (default: all; --quick: 500)")
+    parser.add_argument("--timesteps", type=int, nargs="+", help="default: 8 32 (--quick: 8)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", type=Path, default=ROOT / "outputs" / "benchmark_deploy.json")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for the data")
@@ -208,8 +211,8 @@ def main() -> None:
 
         graph = load(args.nir) if args.nir else graph_from_checkpoint(args.checkpoint, datamodule)
         trained["cifarnet"] = (graph, "trained")
-        timesteps = [8] if args.quick else [8, 32]
-        max_images = 500 if args.quick else None
+        timesteps = args.timesteps or ([8] if args.quick else [8, 32])
+        max_images = args.images or (500 if args.quick else None)
         results["accuracy"] = accuracy_section(
             graph, datamodule, timesteps, max_images, args.device
         )
