@@ -15,9 +15,11 @@ import argparse
 import sys
 from pathlib import Path
 
+import torch
 from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
+from torch.utils.data import DataLoader
 
 from neurocuda.conversion import ConversionConfig, convert
 from neurocuda.data import CIFAR10DataModule
@@ -39,7 +41,6 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--encoding", choices=["direct", "poisson"], help="default: metadata")
     parser.add_argument("--archive", type=Path, help=f"JPEG archive (default {DEFAULT_ARCHIVE})")
     parser.add_argument("--root", default="data", help="torchvision CIFAR-10 folder")
-    parser.add_argument("--val-size", type=int, default=5000, help="as in training (data.val_size)")
     parser.add_argument("--reset", choices=["subtract", "zero"], help="default: metadata")
     parser.add_argument("--v-init", type=float, help="fraction of theta (default: metadata)")
     parser.add_argument("--calibration-batches", type=int, help="default: metadata or 8")
@@ -63,18 +64,36 @@ def datamodule(args: argparse.Namespace) -> CIFAR10DataModule:
     dm = CIFAR10DataModule(
         archive=str(archive) if archive else None,
         root=args.root,
-        val_size=args.val_size,
+        val_size=0,  # only the test split is read here
         test_subset=args.num_images or None,
         batch_size=args.batch_size,
         augment=False,
     )
     dm.prepare_data()
-    dm.setup("fit" if args.checkpoint else "test")
     dm.setup("test")
     return dm
 
 
-def native_model(args: argparse.Namespace, metadata: dict, dm: CIFAR10DataModule):
+def calibration_data(args: argparse.Namespace) -> DataLoader:
+    """The checkpoint's own training data settings (batch size, validation split, seed): the
+    calibration images, and so the thresholds and membranes, then equal the conversion's at
+    training time, whatever ``--batch-size`` the test images are run with."""
+    saved = torch.load(args.checkpoint, map_location="cpu", weights_only=False).get(
+        "datamodule_hyper_parameters"
+    )
+    if not saved:
+        raise SystemExit(
+            f"{args.checkpoint} holds no datamodule settings (not written by train.py?), so the "
+            "calibration images of its conversion cannot be reproduced."
+        )
+    settings = {**saved, **({"archive": str(args.archive)} if args.archive else {})}
+    dm = CIFAR10DataModule(**settings)
+    dm.prepare_data()
+    dm.setup("fit")
+    return dm.calibration_dataloader()
+
+
+def native_model(args: argparse.Namespace, metadata: dict):
     module = ClassifierModule.load_from_checkpoint(args.checkpoint, map_location="cpu")
     config = ConversionConfig.from_metadata(
         metadata,
@@ -85,7 +104,7 @@ def native_model(args: argparse.Namespace, metadata: dict, dm: CIFAR10DataModule
         v_init=args.v_init,
         correction_timesteps=args.correction_timesteps,
     )
-    return convert(module.net.eval(), dm.calibration_dataloader(), config).to(args.device)
+    return convert(module.net.eval(), calibration_data(args), config).to(args.device)
 
 
 def print_report(console: Console, report: RoundTripReport, with_native: bool) -> None:
@@ -117,7 +136,7 @@ def main(argv: list[str]) -> int:
     timesteps = args.timesteps or [int(t) for t in recorded.split(",")]
     encoding = str(setting(args.encoding, metadata, "encoding", "direct"))
     dm = datamodule(args)
-    snn = native_model(args, metadata, dm) if args.checkpoint else None
+    snn = native_model(args, metadata) if args.checkpoint else None
     executor = Executor(graph).to(args.device)
     loader = dm.test_dataloader()
     with Progress(console=console, transient=True) as progress:

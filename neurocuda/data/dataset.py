@@ -75,5 +75,6 @@ def balanced_subset(labels: np.ndarray, size: int | None, seed: int) -> np.ndarr
     """
     rng = np.random.default_rng(seed)
     per_class = [rng.permutation(np.flatnonzero(labels == c)) for c in np.unique(labels)]
-    order = [idx[i] for i in range(max(map(len, per_class))) for idx in per_class if i < len(idx)]
+    longest = max(map(len, per_class), default=0)  # 0 for an empty split (data.val_size=0)
+    order = [idx[i] for i in range(longest) for idx in per_class if i < len(idx)]
     return np.asarray(order[:size] if size is not None else order, dtype=np.int64)
