@@ -172,6 +172,20 @@ def test_report_holds_the_numbers(tmp_path) -> None:
     assert paths["plot"].stat().st_size > 1000
 
 
+def test_large_batches_run_in_pieces_with_the_same_report(monkeypatch) -> None:
+    backend = build_backend("loihi2", input_scale=1 / 16)
+    backend.prepare(hand_graph())
+    whole = deploy(backend, batches(batch=12), T, num_classes=3, progress=False)
+    runs = []
+    original = backend.run
+    monkeypatch.setattr(backend, "run", lambda x, t: runs.append(len(x)) or original(x, t))
+    monkeypatch.setattr("neurocuda.deploy.evaluate.MAX_SAMPLE_STEPS", 5 * T)
+    pieces = deploy(backend, batches(batch=12), T, num_classes=3, progress=False)
+    assert runs == [5, 5, 2]  # at most 5 images x T steps per run
+    assert pieces.images == whole.images == 12 and pieces.accuracy == whole.accuracy
+    assert [r.synops_per_image for r in pieces.layers] == [r.synops_per_image for r in whole.layers]
+
+
 def test_resource_map_splits_large_layers() -> None:
     net = compile_graph(hand_graph())
     big = net.populations[0]

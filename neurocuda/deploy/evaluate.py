@@ -57,6 +57,11 @@ def _ann_macs_by_layer(backend: Backend) -> dict[str, int]:
     return macs
 
 
+MAX_SAMPLE_STEPS = 2048
+"""At most this many images x timesteps per backend run: the float executor holds every layer's
+``[T * B, ...]`` output, so a test batch of 256 at T=32 took 18 GB (and was killed) on CIFAR-10."""
+
+
 def deploy(
     backend: Backend,
     batches: Iterable,
@@ -82,6 +87,7 @@ def deploy(
         TimeElapsedColumn(),
     )
     total = max_images
+    per_run = max(1, MAX_SAMPLE_STEPS // timesteps)
     with Progress(*columns, disable=not progress, transient=True) as bar:
         task = bar.add_task("deploy", total=total)
         for x, y in batches:
@@ -89,21 +95,22 @@ def deploy(
                 break
             if max_images is not None:
                 x, y = x[: max_images - images], y[: max_images - images]
-            start = time.perf_counter()
-            out = backend.run(x, timesteps)
-            seconds += time.perf_counter() - start
-            accuracy.update(out.logits.argmax(dim=1), y.cpu())
-            for target, source_counts in (
-                (spikes, out.spikes),
-                (synops, out.synops),
-                (updates, out.neuron_updates),
-                (extra, out.extra),
-            ):
-                for k, v in source_counts.items():
-                    target[k] = target.get(k, 0) + v
-            images += x.shape[0]
-            steps_run = out.steps_run
-            bar.update(task, advance=x.shape[0])
+            for x_part, y_part in zip(x.split(per_run), y.split(per_run), strict=True):
+                start = time.perf_counter()
+                out = backend.run(x_part, timesteps)
+                seconds += time.perf_counter() - start
+                accuracy.update(out.logits.argmax(dim=1), y_part.cpu())
+                for target, source_counts in (
+                    (spikes, out.spikes),
+                    (synops, out.synops),
+                    (updates, out.neuron_updates),
+                    (extra, out.extra),
+                ):
+                    for k, v in source_counts.items():
+                        target[k] = target.get(k, 0) + v
+                images += x_part.shape[0]
+                steps_run = out.steps_run
+                bar.update(task, advance=x_part.shape[0])
     if images == 0:
         raise ValueError("deploy got no images; check the data loader / deploy.max_images.")
     layers = []
