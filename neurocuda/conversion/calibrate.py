@@ -6,9 +6,10 @@ al. 2017), per layer or per channel, averaged over batches. QCFS layers: the lea
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 import torch
 from torch import nn
@@ -58,10 +59,7 @@ def calibrate_relu_thresholds(
     device = next(model.parameters()).device
     seen = 0
     try:
-        for batch in batches:
-            if seen >= num_batches:
-                break
-            x = batch[0] if isinstance(batch, (tuple, list)) else batch
+        for x in first_images(batches, num_batches):
             model(x.to(device))
             seen += 1
     finally:
@@ -70,6 +68,12 @@ def calibrate_relu_thresholds(
     if seen == 0:
         raise ConversionError("Calibration needs at least one batch; the data loader was empty.")
     return {name: _positive(name, total / seen) for name, total in sums.items()}
+
+
+def first_images(batches: Iterable, count: int) -> Iterator[torch.Tensor]:
+    """The image tensors of the first ``count`` batches, which are ``(x, y)`` or ``x``."""
+    for batch in itertools.islice(batches, count):
+        yield batch[0] if isinstance(batch, (tuple, list)) else batch
 
 
 def _positive(name: str, threshold: torch.Tensor) -> torch.Tensor:

@@ -14,6 +14,7 @@ from torch import nn
 
 from neurocuda.conversion.calibrate import (
     calibrate_relu_thresholds,
+    first_images,
     qcfs_thresholds,
     split_by_kind,
 )
@@ -133,11 +134,7 @@ def _first_images(data: Iterable | None, batches: int, device: torch.device) -> 
             "conversion.correction needs calibration data (images): pass a data loader, or turn "
             "it off with conversion.correction.timesteps=0."
         )
-    images = []
-    for batch in data:
-        if len(images) == batches:
-            break
-        images.append(batch[0] if isinstance(batch, (tuple, list)) else batch)
+    images = list(first_images(data, batches))
     if not images:
         raise ConversionError("conversion.correction got an empty data loader.")
     return torch.cat(images).to(device).contiguous()
