@@ -33,9 +33,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from neurocuda.deploy import build_backend, deploy  # noqa: E402
+from neurocuda.deploy.loihi2.encoding import InputEncoding  # noqa: E402
 from neurocuda.deploy.loihi2.network import IntNetwork, Population, Projection, to_json  # noqa: E402
 from neurocuda.deploy.loihi2.simulator import simulate  # noqa: E402
-from neurocuda.deploy.run import input_scale_from  # noqa: E402
 
 LAVA_PYTHON = ROOT / ".cache" / "lava-venv" / "bin" / "python"
 
@@ -65,14 +65,14 @@ def graph_from_checkpoint(path: Path, datamodule):
 def accuracy_section(graph, datamodule, timesteps, max_images, device) -> list[dict]:
     rows = []
     batches = datamodule.test_dataloader()
-    scale = input_scale_from(batches, 4)
+    encoding = InputEncoding.from_batches(batches, 4)
     for t in timesteps:
         row = {"T": t}
         for target in ("float", "loihi2"):
             if target == "float":
                 backend = build_backend(device)
             else:
-                backend = build_backend("loihi2", input_scale=scale, device=device)
+                backend = build_backend("loihi2", input_encoding=encoding, device=device)
             backend.prepare(graph)
             report = deploy(backend, batches, t, max_images=max_images)
             row[f"{target}_acc"] = report.accuracy
@@ -167,7 +167,7 @@ def mapping_section(datamodule, images: int, trained: dict) -> list[dict]:
                 build_model(arch).eval(), [(x, None)], ConversionConfig(calibration_batches=1)
             )
             graph = export(snn, x[:1])
-        backend = build_backend("loihi2", input_scale=input_scale_from([(x, None)], 1))
+        backend = build_backend("loihi2", input_encoding=InputEncoding.from_batches([(x, None)], 1))
         backend.prepare(graph)
         report = deploy(backend, [(x[:images], torch.zeros(images, dtype=torch.long))], 8)
         r = report.target_info["resources"]

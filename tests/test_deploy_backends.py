@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from neurocuda.deploy import GraphCompileError, build_backend, compile_graph, deploy
+from neurocuda.deploy.loihi2.encoding import InputEncoding
 from neurocuda.deploy.loihi2.resources import NEURONS_PER_CORE, map_resources
 from neurocuda.metrics.energy import FP32_MAC_PJ, LOIHI_NEURON_UPDATE_PJ, LOIHI_SYNOP_PJ
 from neurocuda.reporting.deployment_report import write_report
@@ -80,7 +81,7 @@ def hand_graph(residual: bool = False, hard_reset: bool = False) -> nir.NIRGraph
 
 def batches(n: int = 12, batch: int = 4):
     g = torch.Generator().manual_seed(1)
-    # inputs on a 1/16 grid within [-2, 2]: exact as 8-bit payloads with input_scale 1/16
+    # inputs on a 1/16 grid within [-2, 2]: exact as 8-bit payloads with scale 1/16
     x = torch.randint(-32, 33, (n, 2, 4, 4), generator=g).float() / 16
     y = torch.randint(0, 3, (n,), generator=g)
     return [(x[i : i + batch], y[i : i + batch]) for i in range(0, n, batch)]
@@ -102,7 +103,7 @@ def test_cpu_and_loihi2_agree_exactly_on_exactly_representable_graph(residual: b
     cpu = build_backend("cpu")
     cpu.prepare(graph)
     # 10 bits of headroom: these inputs drive membranes to -200 thresholds without clipping
-    loihi = build_backend("loihi2", input_scale=1 / 16, headroom_bits=10)
+    loihi = build_backend("loihi2", input_encoding=InputEncoding.uniform(1 / 16), headroom_bits=10)
     loihi.prepare(graph)
     for x, _ in batches():
         float_out = cpu.run(x, T)
@@ -114,7 +115,7 @@ def test_cpu_and_loihi2_agree_exactly_on_exactly_representable_graph(residual: b
 
 
 def test_lava_mode_adds_pipeline_delay_and_hard_reset() -> None:
-    loihi = build_backend("loihi2", mode="lava", input_scale=1 / 16)
+    loihi = build_backend("loihi2", mode="lava", input_encoding=InputEncoding.uniform(1 / 16))
     loihi.prepare(hand_graph(hard_reset=True))
     out = loihi.run(batches()[0][0], T)
     assert out.steps_run == T + 3  # three projections on the input -> readout path
@@ -149,7 +150,7 @@ def test_unsupported_node_is_rejected_by_name() -> None:
 
 
 def test_report_holds_the_numbers(tmp_path) -> None:
-    backend = build_backend("loihi2", input_scale=1 / 16)
+    backend = build_backend("loihi2", input_encoding=InputEncoding.uniform(1 / 16))
     backend.prepare(hand_graph())
     report = deploy(backend, batches(), T, num_classes=3, progress=False, source="hand")
     paths = write_report(report, tmp_path)
@@ -173,7 +174,7 @@ def test_report_holds_the_numbers(tmp_path) -> None:
 
 
 def test_large_batches_run_in_pieces_with_the_same_report(monkeypatch) -> None:
-    backend = build_backend("loihi2", input_scale=1 / 16)
+    backend = build_backend("loihi2", input_encoding=InputEncoding.uniform(1 / 16))
     backend.prepare(hand_graph())
     whole = deploy(backend, batches(batch=12), T, num_classes=3, progress=False)
     runs = []

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterable, Mapping
-from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -13,20 +12,10 @@ from neurocuda.deploy import build_backend, deploy
 from neurocuda.deploy.base import GraphLike
 from neurocuda.deploy.evaluate import DeploymentReport
 from neurocuda.deploy.loihi2.backend import Loihi2Backend
-from neurocuda.deploy.loihi2.quantize import INPUT_MAX
+from neurocuda.deploy.loihi2.encoding import InputEncoding
 from neurocuda.reporting.deployment_report import write_report
 
 log = logging.getLogger(__name__)
-
-
-def input_scale_from(batches: Iterable, num_batches: int) -> float:
-    """Graded-input LSB from the largest ``|x|`` in the first ``num_batches`` batches."""
-    peak = 0.0
-    for x, _ in islice(batches, num_batches):
-        peak = max(peak, float(x.abs().max()))
-    if peak == 0.0:
-        raise ValueError("Input calibration saw no data (or only zeros); check the data loader.")
-    return peak / INPUT_MAX
 
 
 def run_deployment(
@@ -45,8 +34,8 @@ def run_deployment(
     """Prepare ``target`` on ``graph``, run it on ``batches``, write JSON/markdown/PNG reports."""
     backend = build_backend(target, **(dict(options or {}) if target == "loihi2" else {}))
     backend.prepare(graph)
-    if isinstance(backend, Loihi2Backend) and backend.input_scale is None:
-        backend.calibrate(input_scale_from(batches, calibration_batches))
+    if isinstance(backend, Loihi2Backend) and backend.input_encoding is None:
+        backend.calibrate(InputEncoding.from_batches(batches, calibration_batches))
     report = deploy(
         backend, batches, timesteps, num_classes, max_images, progress=progress, source=source
     )

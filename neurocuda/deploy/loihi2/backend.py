@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 
 from neurocuda.deploy.base import Backend, BatchOutput
-from neurocuda.deploy.loihi2.quantize import INPUT_MAX, QuantizationReport, quantize
+from neurocuda.deploy.loihi2.encoding import InputEncoding
+from neurocuda.deploy.loihi2.quantize import QuantizationReport, quantize
 from neurocuda.deploy.loihi2.resources import map_resources
 from neurocuda.deploy.loihi2.simulator import SimMode, simulate
 from neurocuda.deploy.torch_backend import resolve_device
@@ -16,17 +17,20 @@ class Loihi2Backend(Backend):
 
     ``mode``: ``loihi2`` (default; reset by subtraction, same-step delivery) or ``lava`` (Lava's
     LIF/Dense/Conv semantics, one step of delay per layer: the run is ``T + depth`` steps so the
-    readout integrates T layer outputs). ``input_scale``: the graded-input LSB; ``None`` calibrates
-    it once, from the first batch (``max |x| / 127``), and keeps it.
+    readout integrates T layer outputs). ``input_encoding``: how inputs become 8-bit graded
+    payloads; ``None`` calibrates it once, from the first batch, and keeps it.
+    ``channel_gains``: per-channel weight gains in the quantizer (see
+    :mod:`neurocuda.deploy.loihi2.quantize`).
     """
 
     def __init__(
         self,
         mode: SimMode = "loihi2",
         device: str = "cpu",
-        input_scale: float | None = None,
+        input_encoding: InputEncoding | None = None,
         headroom_bits: int = 6,
         readout_headroom_bits: int = 8,
+        channel_gains: bool = True,
     ) -> None:
         super().__init__()
         if mode not in ("loihi2", "lava"):
@@ -34,42 +38,43 @@ class Loihi2Backend(Backend):
         self.mode: SimMode = mode
         self.device = resolve_device(device)
         self.name = "loihi2" if mode == "loihi2" else "loihi2-lava"
-        self.input_scale = input_scale
+        self.input_encoding = input_encoding
         self.headroom_bits = headroom_bits
         self.readout_headroom_bits = readout_headroom_bits
+        self.channel_gains = channel_gains
         self.quantization: QuantizationReport | None = None
         self.int_network = None
 
     def _prepare(self) -> None:
         self.resources = map_resources(self.network)
         self.int_network = None
-        if self.input_scale is not None:
-            self.calibrate(self.input_scale)
+        if self.input_encoding is not None:
+            self.calibrate(self.input_encoding)
 
-    def calibrate(self, input_scale: float) -> None:
-        """Fix the graded-input LSB and quantize the network for it."""
-        self.input_scale = input_scale
+    def calibrate(self, encoding: InputEncoding) -> None:
+        """Fix the graded-input encoding and quantize the network for it."""
+        self.input_encoding = encoding
         self.int_network, self.quantization = quantize(
-            self.network, input_scale, self.mode, self.headroom_bits, self.readout_headroom_bits
+            self.network,
+            encoding,
+            self.mode,
+            self.headroom_bits,
+            self.readout_headroom_bits,
+            self.channel_gains,
         )
-
-    def encode(self, inputs: torch.Tensor) -> tuple[torch.Tensor, int]:
-        """Graded 8-bit payloads for ``inputs`` and how many values were clipped."""
-        scaled = torch.round(inputs / self.input_scale)
-        clipped = int((scaled.abs() > INPUT_MAX).sum())
-        return scaled.clamp(-INPUT_MAX, INPUT_MAX).to(torch.int64), clipped
 
     def run(self, inputs: torch.Tensor, timesteps: int) -> BatchOutput:
         if self.network is None:
             raise RuntimeError("loihi2: call prepare(graph) before run().")
         if self.int_network is None:
-            peak = float(inputs.abs().max())
-            self.calibrate(peak / INPUT_MAX if peak > 0 else 1.0)
-        payload, clipped = self.encode(inputs.to(self.device))
+            self.calibrate(InputEncoding.from_batches([(inputs, None)], 1))
+        payload, clipped = self.input_encoding.encode(inputs.to(self.device))
         steps = timesteps + (self.int_network.depth() if self.mode == "lava" else 0)
         name = next(iter(self.int_network.inputs))
         result = simulate(self.int_network, {name: payload}, steps, self.mode)
-        logits = result.readout[-1].to(torch.float64) * self.quantization.layers[-1].membrane_lsb
+        readout = result.readout[-1].to(torch.float64)
+        scale = self.quantization.output_scale().to(self.device)
+        logits = readout * scale.reshape(-1, *([1] * (readout.dim() - 2)))
         counters = result.counters
         extra = {
             "input_clips": clipped,

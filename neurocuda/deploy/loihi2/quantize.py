@@ -4,6 +4,12 @@ Units: population ``l`` has a membrane LSB of ``q_l`` (float per integer unit); 
 mantissa unit of a projection with exponent ``e`` is worth ``2**(6 + e) * q_l`` (Loihi's effective
 weight ``m * 2**(6 + e)``). Per population:
 
+0. Channel gains: an IF neuron's spikes do not change when its incoming weights, threshold, bias
+   and initial membrane are all multiplied by the same factor. Each output channel gets the
+   power-of-two gain ``g_k`` that brings its largest weight closest to (not above) the
+   projection's largest, so every channel uses the whole 8-bit mantissa range instead of only the
+   channel with the largest weights (BN folding spreads channel scales by 10x and more). Readout
+   voltages are divided by their gains again (:attr:`LayerQuantization.output_scale`).
 1. ``q_l``, a power of two, puts the largest threshold at most at ``2**(23 - headroom_bits)``
    membrane units (readouts: the largest possible per-step input at
    ``2**(23 - readout_headroom_bits)``), and no lower than needed for the largest bias to fit
@@ -16,18 +22,21 @@ weight ``m * 2**(6 + e)``). Per population:
 ``mode="lava"``: thresholds are 17-bit and shifted by 6, reset is to zero, Conv has no exponent
 (``e = 0`` forces ``q_l``), Dense stores ``2 * m`` (Lava truncates mixed-sign weights to even
 values) with exponent ``e - 1``. ``mode="loihi2"``: 24-bit thresholds, reset by subtraction where
-the graph says so. Graded input (the image) is sent as signed 8-bit payloads
-``round(x / input_scale)``.
+the graph says so. Graded input (the image) is sent as signed 8-bit payloads of an
+:class:`~neurocuda.deploy.loihi2.encoding.InputEncoding`: its per-channel scale is folded into
+the weights of the projections leaving the input, its offset into the receiving neurons' biases.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import torch
+import torch.nn.functional as F
 
 from neurocuda.deploy.loihi2.compiler import FloatNetwork, FloatPopulation, FloatProjection
+from neurocuda.deploy.loihi2.encoding import PAYLOAD_MIN, InputEncoding
 from neurocuda.deploy.loihi2.network import IntNetwork, Population, Projection
 from neurocuda.deploy.loihi2.simulator import SimMode
 
@@ -37,7 +46,6 @@ BIAS_MANT_MAX = 4095  # 13-bit signed bias mantissa (lava LIF ``bias_mant``, pre
 BIAS_EXP_MAX = 7  # 3-bit bias exponent (lava LIF ``bias_exp``, precision 3)
 VTH_MAX_LAVA = 2**17 - 1  # 17-bit threshold mantissa (lava PyLifModelBitAcc ``vth``)
 V_MAX = 2**23 - 1  # 24-bit signed membrane
-INPUT_MAX = 127  # signed 8-bit graded input payload
 
 
 @dataclass
@@ -48,6 +56,7 @@ class LayerQuantization:
     membrane_lsb: float
     weight_exps: list[int]
     weight_rel_error: float
+    channel_gains: list[float] = field(default_factory=list)
     clipped_weights: int = 0
     clipped_biases: int = 0
     clipped_thresholds: int = 0
@@ -57,7 +66,7 @@ class LayerQuantization:
 class QuantizationReport:
     """Per-layer quantization summary plus the input payload scale."""
 
-    input_scale: float
+    input_encoding: dict
     layers: list[LayerQuantization] = field(default_factory=list)
 
     def saturations(self) -> int:
@@ -66,6 +75,63 @@ class QuantizationReport:
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+    def output_scale(self) -> torch.Tensor:
+        """Float value of one integer membrane unit of the readout, per output channel."""
+        readout = self.layers[-1]
+        return readout.membrane_lsb / torch.tensor(readout.channel_gains, dtype=torch.float64)
+
+
+def _fold_encoding(
+    proj: FloatProjection, input_shape: tuple[int, ...], encoding: InputEncoding
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weights on payloads (``w * scale``) and the offset's input to every target neuron."""
+    w = proj.weight.to(torch.float64)
+    dims = len(input_shape)
+    offset = encoding.per_channel(encoding.offset, dims).expand(input_shape)
+    if proj.kind == "dense":
+        scale = encoding.per_channel(encoding.scale, dims).expand(input_shape)
+        return w * scale.reshape(1, -1), w @ offset.reshape(-1)
+    # conv: output channel o of group g reads input channels g * Ci_g ... (g + 1) * Ci_g - 1
+    out_channels, in_per_group = w.shape[:2]
+    group = torch.arange(out_channels) // (out_channels // proj.groups)
+    channel = group[:, None] * in_per_group + torch.arange(in_per_group)[None, :]
+    scale = encoding.scale.to(torch.float64).expand(input_shape[0])[channel]
+    # the offset goes through the same convolution, zero padding included: border neurons get
+    # their own (smaller) offset input, which Loihi's per-neuron biases hold exactly
+    through = F.conv2d(offset[None], w, None, proj.stride, proj.padding, proj.dilation, proj.groups)
+    return w * scale[:, :, None, None], through[0]
+
+
+def _channel_gains(weights: list[torch.Tensor]) -> torch.Tensor:
+    """Per output channel, the largest power of two keeping every projection's channel maximum
+    at or below that projection's overall maximum (1 for channels without weights)."""
+    channels = weights[0].shape[0]
+    fill = torch.zeros(channels, dtype=torch.float64)
+    for w in weights:
+        per_channel = w.abs().reshape(channels, -1).amax(dim=1).to(torch.float64)
+        peak = per_channel.max()
+        if peak > 0:
+            fill = torch.maximum(fill, per_channel / peak)
+    gains = torch.ones(channels, dtype=torch.float64)
+    used = fill > 0
+    gains[used] = 2.0 ** torch.floor(-torch.log2(fill[used]))
+    return gains
+
+
+def _apply_gains(
+    pop: FloatPopulation, weights: list[torch.Tensor], gains: torch.Tensor
+) -> tuple[FloatPopulation, list[torch.Tensor]]:
+    """``pop`` and its incoming ``weights`` with output channel ``k`` multiplied by ``gains[k]``."""
+    per_neuron = gains.reshape(-1, *([1] * (len(pop.shape) - 1))).to(pop.theta.dtype)
+    scaled_pop = replace(
+        pop,
+        theta=pop.theta * per_neuron,
+        v_init=pop.v_init * per_neuron,
+        bias=pop.bias * per_neuron,
+    )
+    scaled = [w * gains.reshape(-1, *([1] * (w.dim() - 1))).to(w.dtype) for w in weights]
+    return scaled_pop, scaled
 
 
 def _quantize_weights(w: torch.Tensor, unit: float, exp_hint: int) -> tuple[torch.Tensor, int, int]:
@@ -112,7 +178,7 @@ def _per_step_bound(
     total = pop.bias.abs().reshape(-1).clone()
     for p, scaled, graded in weights:
         w = scaled.abs()
-        zmax = INPUT_MAX if graded else 1.0
+        zmax = -PAYLOAD_MIN if graded else 1.0
         if p.kind == "dense":
             total = total + (w.sum(dim=1) * zmax).reshape(-1)[: total.numel()]
         else:
@@ -123,22 +189,26 @@ def _per_step_bound(
 
 def quantize(
     network: FloatNetwork,
-    input_scale: float,
+    encoding: InputEncoding,
     mode: SimMode = "loihi2",
     headroom_bits: int = 6,
     readout_headroom_bits: int = 8,
+    channel_gains: bool = True,
 ) -> tuple[IntNetwork, QuantizationReport]:
-    """Quantize ``network``; graded inputs are ``round(x / input_scale)`` in ``[-127, 127]``."""
-    if input_scale <= 0:
-        raise ValueError(f"input_scale must be > 0, got {input_scale}.")
-    report = QuantizationReport(input_scale=input_scale)
+    """Quantize ``network`` for graded inputs sent as ``encoding``'s payloads."""
+    report = QuantizationReport(input_encoding=encoding.as_dict())
     populations, projections = [], []
     for pop in network.populations:
         incoming = [p for p in network.projections if p.target == pop.name]
         graded = [p.source in network.inputs for p in incoming]
-        weights = [
-            p.weight * (input_scale if g else 1.0) for p, g in zip(incoming, graded, strict=True)
-        ]
+        weights = [p.weight for p in incoming]
+        for i, p in enumerate(incoming):
+            if graded[i]:
+                weights[i], offset_input = _fold_encoding(p, network.inputs[p.source], encoding)
+                pop = replace(pop, bias=pop.bias + offset_input.reshape(pop.shape))
+        gains = _channel_gains(weights) if channel_gains and weights else None
+        if gains is not None:
+            pop, weights = _apply_gains(pop, weights, gains)
         if pop.kind == "readout":
             ref = _per_step_bound(pop, list(zip(incoming, weights, graded, strict=True))) / 2.0 ** (
                 23 - readout_headroom_bits
@@ -159,6 +229,7 @@ def quantize(
             lsb = max(lsb, float(pop.theta.max()) / (64 * VTH_MAX_LAVA))
         lsb = _power_of_two(lsb)
         layer = LayerQuantization(pop.name, lsb, [], 0.0)
+        layer.channel_gains = gains.tolist() if gains is not None else [1.0] * pop.shape[0]
         err_num = err_den = 0.0
         for p, w, g in zip(incoming, weights, graded, strict=True):
             hint = _exp_needed(float(w.abs().max()), lsb * 64)
