@@ -97,15 +97,27 @@ def test_compiler_folds_scale_pool_and_residual() -> None:
     assert net.macs["conv1"] == 4 * 4 * 4 * 2 * 9 and net.macs["fc"] == 3 * 16
 
 
-@pytest.mark.parametrize("residual", [False, True])
-def test_cpu_and_loihi2_agree_exactly_on_exactly_representable_graph(residual: bool) -> None:
+# per-channel dyadic scale and offset: the offsets reach border neurons through zero padding
+SHIFTED = InputEncoding(torch.tensor([1 / 16, 1 / 8]), torch.tensor([0.5, -0.25]))
+
+
+@pytest.mark.parametrize(
+    ("residual", "encoding"),
+    [(False, InputEncoding.uniform(1 / 16)), (True, InputEncoding.uniform(1 / 16)),
+     (False, SHIFTED)],
+)  # fmt: skip
+def test_cpu_and_loihi2_agree_exactly_on_exactly_representable_graph(
+    residual: bool, encoding: InputEncoding
+) -> None:
     graph = hand_graph(residual=residual)
     cpu = build_backend("cpu")
     cpu.prepare(graph)
     # 10 bits of headroom: these inputs drive membranes to -200 thresholds without clipping
-    loihi = build_backend("loihi2", input_encoding=InputEncoding.uniform(1 / 16), headroom_bits=10)
+    loihi = build_backend("loihi2", input_encoding=encoding, headroom_bits=10)
     loihi.prepare(graph)
-    for x, _ in batches():
+    for payload, _ in batches():
+        x = payload * 16 * encoding.scale.reshape(-1, 1, 1) + encoding.offset.reshape(-1, 1, 1)
+        x = x.float()
         float_out = cpu.run(x, T)
         int_out = loihi.run(x, T)
         assert torch.equal(float_out.logits, int_out.logits)

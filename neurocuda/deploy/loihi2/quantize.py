@@ -88,9 +88,9 @@ def _fold_encoding(
     """Weights on payloads (``w * scale``) and the offset's input to every target neuron."""
     w = proj.weight.to(torch.float64)
     dims = len(input_shape)
-    offset = encoding.per_channel(encoding.offset, dims).expand(input_shape)
+    offset = encoding.per_channel(encoding.offset, dims).to(torch.float64).expand(input_shape)
     if proj.kind == "dense":
-        scale = encoding.per_channel(encoding.scale, dims).expand(input_shape)
+        scale = encoding.per_channel(encoding.scale, dims).to(torch.float64).expand(input_shape)
         return w * scale.reshape(1, -1), w @ offset.reshape(-1)
     # conv: output channel o of group g reads input channels g * Ci_g ... (g + 1) * Ci_g - 1
     out_channels, in_per_group = w.shape[:2]
