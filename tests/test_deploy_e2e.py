@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from neurocuda.deploy import build_backend
+from neurocuda.deploy.loihi2.encoding import InputEncoding
 from neurocuda.nir import load
 from train import train
 
@@ -60,7 +61,7 @@ def test_loihi2_accuracy_within_bound_of_float_snn(trained_run: Path, tiny_datam
     float_backend.prepare(graph)
     loihi = build_backend("loihi2")
     loihi.prepare(graph)
-    loihi.calibrate(max(float(x.abs().max()) for x, _ in batches) / 127)
+    loihi.calibrate(InputEncoding.from_batches(batches, len(batches)))
     labels, float_pred, int_pred = [], [], []
     for x, y in batches:
         labels.append(y)
