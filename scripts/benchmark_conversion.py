@@ -19,8 +19,6 @@ import time
 from pathlib import Path
 
 import torch
-from hydra.utils import instantiate
-from omegaconf import OmegaConf
 from rich.console import Console
 from rich.table import Table
 
@@ -28,6 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from neurocuda.conversion import ConversionConfig, convert, evaluate_snn  # noqa: E402
+from neurocuda.data import datamodule_from_checkpoint  # noqa: E402
 from neurocuda.training import ClassifierModule  # noqa: E402
 from neurocuda.training.compose import compose_train_config  # noqa: E402
 from train import train  # noqa: E402
@@ -67,14 +66,7 @@ def train_checkpoint(activation: str, out: Path, quick: bool, extra: list[str]) 
 
 def benchmark(ckpt: Path, activation: str, images: int, device: str) -> list[dict]:
     module = ClassifierModule.load_from_checkpoint(ckpt, map_location=device)
-    checkpoint = torch.load(ckpt, map_location="cpu", weights_only=False)
-    data_cfg = OmegaConf.create(
-        {
-            "_target_": "neurocuda.data.CIFAR10DataModule",
-            **checkpoint["datamodule_hyper_parameters"],
-        }
-    )
-    datamodule = instantiate(data_cfg)
+    datamodule = datamodule_from_checkpoint(ckpt)
     datamodule.setup("test")
     rows = []
     for name, options in VARIANTS[activation]:

@@ -22,6 +22,7 @@ from rich.console import Console
 from rich.table import Table
 
 from neurocuda.conversion import ConversionConfig, SNNEvaluation, convert, evaluate_snn
+from neurocuda.data import CheckpointDataError, datamodule_from_checkpoint
 from neurocuda.nir import export, save
 from neurocuda.reporting.accuracy_plots import save_accuracy_report
 from neurocuda.training import ClassifierModule
@@ -30,17 +31,10 @@ from neurocuda.training.compose import compose_train_config
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def data_config(cfg: DictConfig, checkpoint: dict, overrides: list[str]) -> DictConfig:
-    """The checkpoint's datamodule settings, with the command line's ``data.*`` overrides."""
-    saved = checkpoint.get("datamodule_hyper_parameters")
-    if not saved:
-        return cfg.data
-    data = OmegaConf.create({"_target_": cfg.data._target_, **saved})
-    for item in overrides:
-        key = item.lstrip("+~").split("=", 1)[0]
-        if key.startswith("data."):
-            OmegaConf.update(data, key[5:], OmegaConf.select(cfg, key), force_add=True)
-    return data
+def data_overrides(cfg: DictConfig, overrides: list[str]) -> dict:
+    """The command line's ``data.*`` overrides, as resolved by Hydra (keys without ``data.``)."""
+    keys = {item.lstrip("+~").split("=", 1)[0] for item in overrides}
+    return {key[5:]: OmegaConf.select(cfg, key) for key in keys if key.startswith("data.")}
 
 
 def print_table(console: Console, ckpt: Path, evaluation: SNNEvaluation) -> None:
@@ -73,9 +67,14 @@ def main() -> None:
         parser.error(f"checkpoint {args.checkpoint} does not exist.")
     out_dir = args.out or args.checkpoint.parent
     cfg = compose_train_config(args.overrides, out_dir)
-    checkpoint = torch.load(args.checkpoint, map_location="cpu", weights_only=False)
     module = ClassifierModule.load_from_checkpoint(args.checkpoint, map_location=args.device)
-    datamodule = instantiate(data_config(cfg, checkpoint, args.overrides))
+    try:
+        datamodule = datamodule_from_checkpoint(
+            args.checkpoint, **data_overrides(cfg, args.overrides)
+        )
+    except CheckpointDataError as error:
+        Console().print(f"[yellow]{error} Using the configured data settings.")
+        datamodule = instantiate(cfg.data)
     datamodule.setup("test" if args.split == "test" else "validate")
     conv = cfg.conversion
     config = ConversionConfig.from_group(conv)

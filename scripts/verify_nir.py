@@ -15,14 +15,13 @@ import argparse
 import sys
 from pathlib import Path
 
-import torch
 from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 from torch.utils.data import DataLoader
 
 from neurocuda.conversion import ConversionConfig, convert
-from neurocuda.data import CIFAR10DataModule
+from neurocuda.data import CheckpointDataError, CIFAR10DataModule, datamodule_from_checkpoint
 from neurocuda.nir import Executor, load
 from neurocuda.nir.verify import RoundTripReport, compare
 from neurocuda.training import ClassifierModule
@@ -78,16 +77,12 @@ def calibration_data(args: argparse.Namespace) -> DataLoader:
     """The checkpoint's own training data settings (batch size, validation split, seed): the
     calibration images, and so the thresholds and membranes, then equal the conversion's at
     training time, whatever ``--batch-size`` the test images are run with."""
-    saved = torch.load(args.checkpoint, map_location="cpu", weights_only=False).get(
-        "datamodule_hyper_parameters"
-    )
-    if not saved:
-        raise SystemExit(
-            f"{args.checkpoint} holds no datamodule settings (not written by train.py?), so the "
-            "calibration images of its conversion cannot be reproduced."
+    try:
+        dm = datamodule_from_checkpoint(
+            args.checkpoint, **({"archive": str(args.archive)} if args.archive else {})
         )
-    settings = {**saved, **({"archive": str(args.archive)} if args.archive else {})}
-    dm = CIFAR10DataModule(**settings)
+    except CheckpointDataError as error:
+        raise SystemExit(str(error)) from error
     dm.prepare_data()
     dm.setup("fit")
     return dm.calibration_dataloader()

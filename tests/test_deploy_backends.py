@@ -182,6 +182,8 @@ def test_report_holds_the_numbers(tmp_path) -> None:
     assert data["target_info"]["resources"]["cores"] >= 3
     text = paths["markdown"].read_text()
     assert f"{100 * report.accuracy:.2f}%" in text and "neuro-cores" in text
+    first_layer = data["target_info"]["quantization"]["layers"][0]
+    assert f"| {first_layer['name']} | " in text and "weight rel. error" in text
     assert paths["plot"].stat().st_size > 1000
 
 

@@ -2,5 +2,11 @@
 
 from neurocuda.data.cifar10 import CIFAR10DataModule
 from neurocuda.data.errors import DatasetNotFoundError
+from neurocuda.data.from_checkpoint import CheckpointDataError, datamodule_from_checkpoint
 
-__all__ = ["CIFAR10DataModule", "DatasetNotFoundError"]
+__all__ = [
+    "CIFAR10DataModule",
+    "CheckpointDataError",
+    "DatasetNotFoundError",
+    "datamodule_from_checkpoint",
+]

@@ -46,6 +46,8 @@ def markdown(report: DeploymentReport) -> str:
             f"| {row.name} | {row.neurons} | {row.spikes_per_image:.1f} | {row.spike_rate:.4f} | "
             f"{row.synops_per_image:.4g} | {row.neuron_updates_per_image:.4g} |"
         )
+    if "quantization" in info:
+        lines += _quantization_table(info["quantization"])
     if "resources" in info:
         r = info["resources"]
         lines += [
@@ -63,6 +65,35 @@ def markdown(report: DeploymentReport) -> str:
             )
     lines += ["", "Energy figures: " + "; ".join(f"{k}: {v}" for k, v in e["sources"].items()), ""]
     return "\n".join(line for line in lines if line is not None)
+
+
+def _quantization_table(quantization: dict) -> list[str]:
+    """Per-layer weight exponents, relative weight error, channel gains and clipped values."""
+    encoding = quantization["input_encoding"]
+    lines = [
+        "",
+        "## Quantization (8-bit weight mantissas, 24-bit membranes)",
+        "",
+        f"Graded input: signed 8-bit payloads, per-channel scale {_values(encoding['scale'])}, "
+        f"offset {_values(encoding['offset'])}.",
+        "",
+        "| layer | membrane LSB | weight exponents | weight rel. error | channel gains | "
+        "clipped weights / biases / thresholds |",
+        "|---|---:|---|---:|---:|---:|",
+    ]
+    for q in quantization["layers"]:
+        gains = q["channel_gains"]
+        lines.append(
+            f"| {q['name']} | {q['membrane_lsb']:.3g} | {q['weight_exps']} | "
+            f"{100 * q['weight_rel_error']:.2f}% | {min(gains):g}-{max(gains):g} | "
+            f"{q['clipped_weights']} / {q['clipped_biases']} / {q['clipped_thresholds']} |"
+        )
+    return lines
+
+
+def _values(value: float | list[float]) -> str:
+    items = value if isinstance(value, list) else [value]
+    return "[" + ", ".join(f"{v:.4g}" for v in items) + "]"
 
 
 def plot(report: DeploymentReport, path: Path) -> None:
