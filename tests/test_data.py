@@ -9,7 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from neurocuda.data import CIFAR10DataModule, DatasetNotFoundError
+from neurocuda.data import (
+    CheckpointDataError,
+    CIFAR10DataModule,
+    DatasetNotFoundError,
+    datamodule_from_checkpoint,
+)
 from neurocuda.data.dataset import ImageArrayDataset, balanced_subset
 from tests.conftest import SHARED_ARCHIVE
 
@@ -108,3 +113,17 @@ def test_shared_archive_full_dataset(tmp_path: Path) -> None:
     assert np.bincount(dm.datasets["test"].labels.numpy()).tolist() == [100] * 10
     train_mean = dm.datasets["train"].images.float().mean(dim=(0, 2, 3)) / 255
     assert torch.allclose(train_mean, torch.tensor([0.4913, 0.4821, 0.4465]), atol=0.005)
+
+
+def test_datamodule_from_checkpoint_restores_settings_and_applies_overrides(
+    tmp_path: Path,
+) -> None:
+    saved = CIFAR10DataModule(source="jpeg", val_size=40, batch_size=16, seed=3)
+    ckpt = tmp_path / "m.ckpt"
+    torch.save({"datamodule_hyper_parameters": dict(saved.hparams)}, ckpt)
+    dm = datamodule_from_checkpoint(ckpt, batch_size=64)
+    assert (dm.hparams.val_size, dm.hparams.seed, dm.hparams.source) == (40, 3, "jpeg")
+    assert dm.hparams.batch_size == 64
+    torch.save({"state_dict": {}}, ckpt)
+    with pytest.raises(CheckpointDataError, match="holds no datamodule settings"):
+        datamodule_from_checkpoint(ckpt)
