@@ -77,11 +77,11 @@ def correct_initial_membranes(
 def _spikes_of(
     snn: SpikingModel, neuron: IFNeuron, images: torch.Tensor, timesteps: int
 ) -> torch.Tensor:
-    """The spikes ``[T*B, ...]`` ``neuron`` emits when ``snn`` runs ``images``."""
+    """The spikes ``[T*B, ...]`` ``neuron`` emits when ``snn`` runs ``images`` (pass by pass)."""
     captured: list[torch.Tensor] = []
     hook = neuron.register_forward_hook(lambda _m, _i, out: captured.append(out))
     try:
         snn(images, timesteps)
     finally:
         hook.remove()
-    return captured[0]
+    return torch.cat(captured)

@@ -70,7 +70,8 @@ class SpikeMonitor:
     _hooks: list = field(default_factory=list)
 
     def __enter__(self) -> SpikeMonitor:
-        self._hooks.append(self.snn.register_forward_pre_hook(self._start))
+        # per pass: SpikingModel may run a batch in several passes (neurocuda.snn.chunking)
+        self._hooks.append(self.snn.network.register_forward_pre_hook(self._start))
         self._hooks.append(self.snn.register_forward_hook(self._finish))
         for module in self.snn.network.modules():
             if isinstance(module, IFNeuron):

@@ -21,6 +21,7 @@ from torch import nn
 
 from neurocuda.nir.primitives import make_op
 from neurocuda.nir.schedule import Schedule, Stage, build_schedule
+from neurocuda.snn.chunking import sub_batch_size
 
 # A value is [T, B, ...] (varying) or [B, ...] (the same at every step).
 Value = tuple[torch.Tensor, bool]
@@ -54,7 +55,14 @@ class Executor(nn.Module):
         return self.ops[self._index[name]]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Run ``x`` in passes of the native runtime's sub-batch size (the same split, so that
+        both run every convolution on the same batch: bit-identical on CPU too)."""
         self._check_input(x)
+        size = sub_batch_size(x.shape[1], x.shape[0], x.device)
+        outputs = [self._run(part) for part in x.split(size, dim=1)]
+        return outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=1)
+
+    def _run(self, x: torch.Tensor) -> torch.Tensor:
         steps, batch = x.shape[:2]
         constant = steps == 1 or torch.equal(x, x[:1].expand_as(x))
         graph = self.schedule.graph

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from neurocuda.snn.chunking import sub_batch_size
 from neurocuda.snn.neurons import IFNeuron, MultiStepModule
 
 
@@ -46,21 +47,40 @@ class SpikingModel(nn.Module):
         self._last_shape: tuple[int, int] | None = None
 
     def forward(self, x: torch.Tensor, timesteps: int) -> torch.Tensor:
-        """Run ``x`` (``[B, *input_shape]`` constant current or ``[T, B, *input_shape]``)."""
+        """Run ``x`` (``[B, *input_shape]`` constant current or ``[T, B, *input_shape]``).
+
+        The batch runs in passes of :func:`~neurocuda.snn.chunking.sub_batch_size` images (all at
+        once except on CPU); spike counts cover the whole batch.
+        """
         if timesteps < 1:
             raise ValueError(f"timesteps must be >= 1, got {timesteps}.")
         if x.dim() == len(self.input_shape) + 2:
             if x.shape[0] != timesteps:
                 raise ValueError(f"Input has {x.shape[0]} steps but timesteps={timesteps}.")
-            batch = x.shape[1]
-            x = x.reshape(-1, *x.shape[2:])
+            batch_dim = 1
         elif x.dim() == len(self.input_shape) + 1:
-            batch = x.shape[0]
+            batch_dim = 0
         else:
             raise ValueError(
                 f"Input of shape {tuple(x.shape)} does not match [B, *{self.input_shape}] or "
                 f"[T, B, *{self.input_shape}]."
             )
+        batch = x.shape[batch_dim]
+        neurons = list(self.neuron_layers().values())
+        counts = [torch.zeros((), device=x.device) for _ in neurons]
+        outputs = []
+        for part in x.split(sub_batch_size(batch, timesteps, x.device), dim=batch_dim):
+            outputs.append(self._run(part, timesteps, part.shape[batch_dim]))
+            counts = [c + n.last_spike_count for c, n in zip(counts, neurons, strict=True)]
+        for neuron, count in zip(neurons, counts, strict=True):
+            neuron.last_spike_count = count
+        self._last_shape = (timesteps, batch)
+        return outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=1)
+
+    def _run(self, x: torch.Tensor, timesteps: int, batch: int) -> torch.Tensor:
+        """One pass over ``batch`` images; returns ``[T, batch, ...]``."""
+        if x.dim() == len(self.input_shape) + 2:
+            x = x.reshape(-1, *x.shape[2:])
         for module in self.network.modules():
             if isinstance(module, MultiStepModule):
                 module.begin_run(timesteps, batch)
@@ -70,7 +90,6 @@ class SpikingModel(nn.Module):
                 f"The network returned {out.shape[0]} samples, expected T*B={timesteps * batch}: "
                 "its final Linear must be followed by an OutputIntegrator (use the converter)."
             )
-        self._last_shape = (timesteps, batch)
         return out.reshape(timesteps, batch, *out.shape[1:])
 
     @property

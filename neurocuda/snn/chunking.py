@@ -1,0 +1,23 @@
+"""How many images one pass of the multi-step runtime takes; shared with the NIR executor.
+
+Stateless layers run on ``T * b`` samples at once. On a GPU the largest batch is fastest; on a CPU
+a convolution over many samples leaves the cache, and on the 2-core test machine CifarNet at T=8
+ran 1.6x faster in sub-batches of 8 images (``T * b = 64``) than on 32 images at once
+(docs/results.md). A convolution's result can depend on its batch size on CPU, so the native
+runtime and the NIR executor must split a batch at the same places to stay bit-identical: both
+call :func:`sub_batch_size`.
+"""
+
+from __future__ import annotations
+
+import torch
+
+CPU_SAMPLES_PER_PASS = 64
+"""On CPU, at most this many samples (timesteps x images, at least one image) per pass."""
+
+
+def sub_batch_size(batch: int, timesteps: int, device: torch.device) -> int:
+    """Images per pass for a ``batch`` run for ``timesteps`` steps on ``device``."""
+    if device.type != "cpu":
+        return batch
+    return max(1, min(batch, CPU_SAMPLES_PER_PASS // timesteps))
