@@ -46,9 +46,29 @@ class Executor(nn.Module):
         self.ops = nn.ModuleList(
             make_op(name, node, dt, dtype) for name, node in self.schedule.graph.nodes.items()
         )
+        self._release = self._release_plan()
         input_node = self.schedule.graph.nodes[self.schedule.graph.input]
         shape = input_node.input_type["input"]
         self.input_shape = None if shape is None else tuple(int(s) for s in np.atleast_1d(shape))
+
+    def _release_plan(self) -> list[list[str]]:
+        """Per stage, the values no later stage reads: dropped as soon as that stage has run.
+
+        Holding every layer's ``[T, B, ...]`` output to the end of a run used T times the memory
+        of the native runtime and, on CPU, kept the allocator from reusing warm buffers (each
+        layer then wrote fresh pages: convolutions ran 1.4x slower than the native runtime's).
+        """
+        last_read: dict[str, int] = {}
+        for index, stage in enumerate(self.schedule.stages):
+            for member in stage.members:
+                for src, _ in self.schedule.inputs[member]:
+                    if src not in stage.members:
+                        last_read[src] = index
+        plan: list[list[str]] = [[] for _ in self.schedule.stages]
+        for name, index in last_read.items():
+            if name != self.schedule.graph.output:
+                plan[index].append(name)
+        return plan
 
     def op(self, name: str) -> nn.Module:
         """The torch op of node ``name`` (qualified ``sub.node`` inside nested graphs)."""
@@ -67,13 +87,15 @@ class Executor(nn.Module):
         constant = steps == 1 or torch.equal(x, x[:1].expand_as(x))
         graph = self.schedule.graph
         values: dict[str, Value] = {graph.input: (x[0], True) if constant else (x, False)}
-        for stage in self.schedule.stages:
+        for stage, released in zip(self.schedule.stages, self._release, strict=True):
             if stage.members == [graph.input]:
                 continue
             if stage.kind == "stateless":
                 values[stage.members[0]] = self._stateless(stage.members[0], values, steps, batch)
             else:
                 values.update(self._stepped(stage, values, steps))
+            for name in released:
+                values.pop(name, None)
         out, is_constant = values[graph.output]
         return out.expand(steps, *out.shape).contiguous() if is_constant else out
 
