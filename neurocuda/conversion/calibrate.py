@@ -6,15 +6,15 @@ al. 2017), per layer or per channel, averaged over batches. QCFS layers: the lea
 
 from __future__ import annotations
 
-import itertools
 import logging
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 
 import torch
 from torch import nn
 
 from neurocuda.conversion.errors import ConversionError
+from neurocuda.data.dataset import first_images
 from neurocuda.models.qcfs import QCFS
 
 log = logging.getLogger(__name__)
@@ -68,12 +68,6 @@ def calibrate_relu_thresholds(
     if seen == 0:
         raise ConversionError("Calibration needs at least one batch; the data loader was empty.")
     return {name: _positive(name, total / seen) for name, total in sums.items()}
-
-
-def first_images(batches: Iterable, count: int) -> Iterator[torch.Tensor]:
-    """The image tensors of the first ``count`` batches, which are ``(x, y)`` or ``x``."""
-    for batch in itertools.islice(batches, count):
-        yield batch[0] if isinstance(batch, (tuple, list)) else batch
 
 
 def _positive(name: str, threshold: torch.Tensor) -> torch.Tensor:

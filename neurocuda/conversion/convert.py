@@ -14,7 +14,6 @@ from torch import nn
 
 from neurocuda.conversion.calibrate import (
     calibrate_relu_thresholds,
-    first_images,
     qcfs_thresholds,
     split_by_kind,
 )
@@ -22,6 +21,7 @@ from neurocuda.conversion.correct import activation_channel_means, correct_initi
 from neurocuda.conversion.errors import ConversionError
 from neurocuda.conversion.fold import fold_batchnorms
 from neurocuda.conversion.validate import NetworkPlan, plan_conversion
+from neurocuda.data.dataset import first_images
 from neurocuda.snn import IFNeuron, OutputIntegrator, ResetMode, Scale, SpikingModel
 
 log = logging.getLogger(__name__)

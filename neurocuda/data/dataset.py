@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import itertools
+from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -78,3 +79,9 @@ def balanced_subset(labels: np.ndarray, size: int | None, seed: int) -> np.ndarr
     longest = max(map(len, per_class), default=0)  # 0 for an empty split (data.val_size=0)
     order = [idx[i] for i in range(longest) for idx in per_class if i < len(idx)]
     return np.asarray(order[:size] if size is not None else order, dtype=np.int64)
+
+
+def first_images(batches: Iterable, count: int) -> Iterator[torch.Tensor]:
+    """The image tensors of the first ``count`` batches, which are ``(x, y)`` or ``x``."""
+    for batch in itertools.islice(batches, count):
+        yield batch[0] if isinstance(batch, (tuple, list)) else batch

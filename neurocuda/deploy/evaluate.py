@@ -58,8 +58,9 @@ def _ann_macs_by_layer(backend: Backend) -> dict[str, int]:
 
 
 MAX_SAMPLE_STEPS = 2048
-"""At most this many images x timesteps per backend run: the float executor holds every layer's
-``[T * B, ...]`` output, so a test batch of 256 at T=32 took 18 GB (and was killed) on CIFAR-10."""
+"""At most this many images x timesteps per backend run, whatever the loader's batch size: bounds
+every backend's memory (a 256-image batch at T=32 once took 18 GB in the float executor) and keeps
+the progress bar moving."""
 
 
 def deploy(

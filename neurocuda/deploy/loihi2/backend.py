@@ -62,6 +62,7 @@ class Loihi2Backend(Backend):
             self.readout_headroom_bits,
             self.channel_gains,
         )
+        self._output_scale = self.quantization.output_scale().to(self.device)
 
     def run(self, inputs: torch.Tensor, timesteps: int) -> BatchOutput:
         if self.network is None:
@@ -73,8 +74,7 @@ class Loihi2Backend(Backend):
         name = next(iter(self.int_network.inputs))
         result = simulate(self.int_network, {name: payload}, steps, self.mode)
         readout = result.readout[-1].to(torch.float64)
-        scale = self.quantization.output_scale().to(self.device)
-        logits = readout * scale.reshape(-1, *([1] * (readout.dim() - 2)))
+        logits = readout * self._output_scale.reshape(-1, *([1] * (readout.dim() - 2)))
         counters = result.counters
         extra = {
             "input_clips": clipped,

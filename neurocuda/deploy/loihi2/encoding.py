@@ -14,9 +14,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from itertools import islice
 
 import torch
+
+from neurocuda.data.dataset import first_images
 
 PAYLOAD_MIN, PAYLOAD_MAX = -128, 127  # signed 8-bit graded spike payload
 PAYLOAD_STEPS = PAYLOAD_MAX - PAYLOAD_MIN
@@ -41,9 +42,9 @@ class InputEncoding:
 
     @classmethod
     def from_batches(cls, batches: Iterable, num_batches: int) -> InputEncoding:
-        """Each channel's min..max in the first ``num_batches`` ``(x, y)`` batches, in 255 steps."""
+        """Each channel's min..max in the first ``num_batches`` batches, in 255 steps."""
         low = high = None
-        for x, _ in islice(batches, num_batches):
+        for x in first_images(batches, num_batches):
             per_channel = x.detach().to(torch.float64).transpose(0, 1).reshape(x.shape[1], -1)
             lo, hi = per_channel.amin(dim=1).cpu(), per_channel.amax(dim=1).cpu()
             low = lo if low is None else torch.minimum(low, lo)
@@ -54,7 +55,8 @@ class InputEncoding:
         scale = torch.where(span > 0, span / PAYLOAD_STEPS, torch.ones_like(span))
         return cls(scale, low - PAYLOAD_MIN * scale)
 
-    def per_channel(self, tensor: torch.Tensor, dims: int) -> torch.Tensor:
+    @staticmethod
+    def per_channel(tensor: torch.Tensor, dims: int) -> torch.Tensor:
         """``tensor`` (``scale`` or ``offset``) shaped to broadcast over ``[C, *spatial]``."""
         return tensor.reshape(-1, *([1] * (dims - 1))) if tensor.dim() else tensor
 
