@@ -14,31 +14,23 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import nir
 import torch
 
+from callbacks.lookup import find_callback
+from callbacks.snn_conversion import SNNConversion
+from neurocuda.checkpoint import export_snn, snn_from_checkpoint
+from neurocuda.conversion import ConversionConfig
 from neurocuda.deploy.run import report_metrics, run_deployment
 
 log = logging.getLogger(__name__)
 
 
-def _nir_candidates(trainer: L.Trainer) -> list[Path]:
-    """The NIR round-trip callback's last file first, then ``.nir`` files beside checkpoints."""
-    found = [Path(c.last_path) for c in trainer.callbacks if getattr(c, "last_path", None)]
-    ckpt = trainer.checkpoint_callback
-    if ckpt is None:
-        return [p for p in found if p.is_file()]
-    paths = [p for p in (ckpt.last_model_path, ckpt.best_model_path) if p]
-    found += [Path(p).with_suffix(".nir") for p in paths] + [Path(p + ".nir") for p in paths]
-    if ckpt.dirpath and Path(ckpt.dirpath).is_dir():
-        found += sorted(Path(ckpt.dirpath).glob("*.nir"), key=lambda p: p.stat().st_mtime)[::-1]
-    return [p for p in found if p.is_file()]
-
-
 class Deployment(L.Callback):
     """Deploy on ``target`` (gpu | cpu | loihi2) at the end of fit; write the report.
 
-    The graph is the newest ``<checkpoint>.nir``; without one, the trained module is converted
-    (reusing the SNNConversion callback's latest SNN when there is one) and exported here.
+    The graph is the ``.nir`` file the NIR round-trip callback verified for the last conversion
+    (handed over on the :class:`~neurocuda.conversion.ConversionResult`); see :meth:`_graph`.
     """
 
     def __init__(
@@ -58,23 +50,30 @@ class Deployment(L.Callback):
         self.output_dir = output_dir
         self.report = None
 
-    def _graph(self, trainer: L.Trainer, pl_module: L.LightningModule, sample: torch.Tensor):
-        candidates = _nir_candidates(trainer)
-        if candidates:
-            log.info("Deploying %s", candidates[0])
-            return candidates[0], str(candidates[0])
-        from neurocuda.conversion import ConversionConfig, convert
-        from neurocuda.nir import export
-
-        conversion = next((c for c in trainer.callbacks if hasattr(c, "latest")), None)
-        snn = conversion.latest.snn if conversion is not None and conversion.latest else None
-        if snn is None:
-            config = ConversionConfig(input_shape=tuple(sample.shape[1:]))
-            if conversion is not None:
-                config = conversion.config
-            snn = convert(pl_module.net, trainer.train_dataloader, config)
-        log.info("No <checkpoint>.nir found; exported the trained model for deployment.")
-        return export(snn, sample[:2].to(next(snn.parameters(), sample).device)), "trained module"
+    @staticmethod
+    def _graph(trainer: L.Trainer, sample: torch.Tensor) -> tuple[nir.NIRGraph | Path, str]:
+        """The last conversion's verified ``.nir`` file; without one, its SNN (or, without the
+        conversion callback, the last checkpoint converted with the default settings) exported."""
+        conversion = find_callback(trainer, SNNConversion)
+        result = conversion.latest if conversion is not None else None
+        if result is not None and result.nir_paths:
+            log.info("Deploying %s", result.nir_paths[0])
+            return result.nir_paths[0], str(result.nir_paths[0])
+        if result is not None:
+            snn, settings = result.snn, result.settings
+        else:
+            ckpt = trainer.checkpoint_callback
+            path = ckpt.last_model_path or ckpt.best_model_path if ckpt is not None else ""
+            if not path:
+                raise RuntimeError(
+                    "deploy needs a converted model: enable the conversion config group or a "
+                    "ModelCheckpoint callback (callbacks=default)."
+                )
+            settings = conversion.settings if conversion is not None else ConversionConfig()
+            converted = snn_from_checkpoint(path, settings, trainer.datamodule)
+            snn, settings = converted.snn, converted.settings
+        log.info("No verified .nir file from this run; exported the converted model to deploy.")
+        return export_snn(snn, settings, sample), "trained module"
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         datamodule = trainer.datamodule
@@ -84,7 +83,7 @@ class Deployment(L.Callback):
         loader = datamodule.test_dataloader()
         sample = next(iter(loader))[0]
         with torch.autocast(pl_module.device.type, enabled=False):
-            graph, source = self._graph(trainer, pl_module, sample)
+            graph, source = self._graph(trainer, sample)
             out_dir = Path(self.output_dir or trainer.default_root_dir) / "deploy"
             report, _ = run_deployment(
                 graph, self.target, loader, self.timesteps, out_dir, self.max_images,

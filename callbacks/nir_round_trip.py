@@ -12,9 +12,11 @@ import lightning as L
 import torch
 from lightning.pytorch.loggers import WandbLogger
 
+from callbacks.lookup import find_callback
 from callbacks.snn_conversion import SNNConversion
+from neurocuda.checkpoint import export_snn
 from neurocuda.conversion import ConversionResult
-from neurocuda.nir import Executor, Profile, export, load, save
+from neurocuda.nir import Executor, Profile, load, save
 from neurocuda.nir.verify import compare
 
 log = logging.getLogger(__name__)
@@ -47,18 +49,16 @@ class NIRRoundTrip(L.Callback):
         self.on_mismatch = on_mismatch
         self.log_artifact = log_artifact
         self._batch: tuple[torch.Tensor, torch.Tensor] | None = None
-        self._done: ConversionResult | None = None
-        self.last_path: Path | None = None
 
     @staticmethod
     def _conversion(trainer: L.Trainer) -> SNNConversion:
-        found = [cb for cb in trainer.callbacks if isinstance(cb, SNNConversion)]
-        if not found:
+        conversion = find_callback(trainer, SNNConversion)
+        if conversion is None:
             raise RuntimeError(
                 "NIRRoundTrip needs the SNNConversion callback (select the conversion config group "
                 "or add callbacks.snn_conversion.SNNConversion before it)."
             )
-        return found[0]
+        return conversion
 
     def _fixed_batch(self, trainer: L.Trainer) -> tuple[torch.Tensor, torch.Tensor]:
         if self._batch is None:
@@ -87,26 +87,21 @@ class NIRRoundTrip(L.Callback):
         return [path]
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        conversion = self._conversion(trainer)
-        result = conversion.latest
-        if result is None or result is self._done or result.epoch != trainer.current_epoch:
+        result = self._conversion(trainer).latest
+        if result is None or result.nir_paths or result.epoch != trainer.current_epoch:
             return
-        self._done = result
-        timesteps = self.timesteps or conversion.timesteps
+        settings = result.settings
+        timesteps = self.timesteps or list(settings.timesteps)
         x, y = self._fixed_batch(trainer)
         x = x.to(next(result.snn.buffers()).device)
-        metadata = {
-            "encoding": conversion.encoding,
-            "timesteps": ",".join(map(str, timesteps)),
-            "epoch": int(result.epoch),
-            "checkpoint": ",".join(Path(p).name for p in result.checkpoint_paths),
-            **conversion.config.as_metadata(),
-        }
-        graph = export(result.snn, x[:1], self.profile, metadata)
+        checkpoints = ",".join(Path(p).name for p in result.checkpoint_paths)
+        graph = export_snn(
+            result.snn, settings, x, self.profile, epoch=int(result.epoch), checkpoint=checkpoints
+        )
         paths = [save(graph, p) for p in self._paths(result, trainer)]
-        path = self.last_path = paths[0]
+        path = paths[0]
         executor = Executor(load(path)).to(x.device)
-        report = compare(executor, result.snn, [(x, y)], timesteps, conversion.encoding)
+        report = compare(executor, result.snn, [(x, y)], timesteps, settings.encoding)
         diff, divergent = report.worst_diff, report.total_divergent
         pl_module.log_dict(
             {"nir/max_abs_diff": diff, "nir/divergent_images": float(divergent)},
@@ -126,6 +121,7 @@ class NIRRoundTrip(L.Callback):
             if self.on_mismatch == "fail":
                 raise RuntimeError(message)
             warnings.warn(message, stacklevel=1)
+        result.nir_paths = paths  # the deployment callback reads them from here
 
     @staticmethod
     def _log_artifact(trainer: L.Trainer, path: Path, epoch: int) -> None:

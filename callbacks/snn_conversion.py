@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from dataclasses import replace
 
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from neurocuda.conversion import ConversionConfig, ConversionResult, convert, evaluate_snn
-from neurocuda.snn import Encoding, ResetMode
 
 log = logging.getLogger(__name__)
 
@@ -20,36 +19,21 @@ class SNNConversion(L.Callback):
 
     Logs ``snn/acc_T{t}``, ``snn/gap_T{t}`` (ANN minus SNN on the same validation images),
     ``snn/spike_rate/<layer>`` and ``snn/synops_per_image``; keeps the outcome in :attr:`latest`
-    for callbacks that run after it (NIR export).
+    for callbacks that run after it (NIR export, deployment). ``settings`` is the one conversion
+    settings object, built by ``train.py`` from the ``conversion`` group.
     """
 
     def __init__(
         self,
-        timesteps: Sequence[int] = (1, 2, 4, 8, 16),
-        calibration_batches: int = 8,
-        percentile: float = 99.9,
-        per_channel: bool = True,
-        reset: ResetMode = "subtract",
-        v_init: float = 0.5,
-        correction_timesteps: int = 4,
-        correction_batches: int = 1,
-        encoding: Encoding = "direct",
+        settings: ConversionConfig | None = None,
         every_n_epochs: int = 1,
         eval_subset: int | None = None,
     ) -> None:
         if every_n_epochs < 1:
             raise ValueError(f"conversion.every_n_epochs={every_n_epochs} must be >= 1.")
-        self.timesteps = [int(t) for t in timesteps]
-        self.config = ConversionConfig(
-            calibration_batches=calibration_batches,
-            percentile=percentile,
-            per_channel=per_channel,
-            reset=reset,
-            v_init=v_init,
-            correction_timesteps=correction_timesteps,
-            correction_batches=correction_batches,
-        )
-        self.encoding: Encoding = encoding
+        if eval_subset is not None and eval_subset < 1:
+            raise ValueError(f"conversion.eval_subset={eval_subset} must be >= 1 (or null: all).")
+        self.settings = settings or ConversionConfig()
         self.every_n_epochs = every_n_epochs
         self.eval_subset = eval_subset
         self.latest: ConversionResult | None = None
@@ -77,15 +61,16 @@ class SNNConversion(L.Callback):
         if val_loader is None:
             raise RuntimeError("SNNConversion needs validation data (a val_dataloader).")
         ann = pl_module.net
-        self.config.input_shape = tuple(next(iter(val_loader))[0].shape[1:])
+        settings = replace(self.settings, input_shape=tuple(next(iter(val_loader))[0].shape[1:]))
         with torch.autocast(pl_module.device.type, enabled=False):
-            snn = convert(ann, _calibration_data(trainer), self.config)
+            snn = convert(ann, _calibration_data(trainer), settings)
             evaluation = evaluate_snn(
-                snn, val_loader, self.timesteps, ann=ann, encoding=self.encoding,
+                snn, val_loader, settings.timesteps, ann=ann, encoding=settings.encoding,
                 max_images=self.eval_subset, progress=False,
             )  # fmt: skip
         self.latest = ConversionResult(
             snn=snn,
+            settings=settings,
             checkpoint_paths=_saved_this_step(trainer),
             epoch=trainer.current_epoch,
             accuracy=evaluation.accuracy,

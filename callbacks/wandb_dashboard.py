@@ -12,6 +12,8 @@ from pathlib import Path
 import lightning as L
 from lightning.pytorch.loggers import WandbLogger
 
+from callbacks.deployment import Deployment
+from callbacks.lookup import find_callback
 from callbacks.snn_conversion import SNNConversion
 from neurocuda.reporting.accuracy_plots import plot_accuracy_vs_t
 
@@ -29,7 +31,7 @@ class WandbDashboard(L.Callback):
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         logger = self._wandb(trainer)
-        conversion = next((c for c in trainer.callbacks if isinstance(c, SNNConversion)), None)
+        conversion = find_callback(trainer, SNNConversion)
         result = conversion.latest if conversion else None
         if logger is None or result is None or result.epoch == self._logged_epoch:
             return
@@ -73,7 +75,7 @@ class WandbDashboard(L.Callback):
             artifact = wandb.Artifact(f"model-{logger.experiment.id}", type="model")
             artifact.add_file(best, name=Path(best).name)
             logger.experiment.log_artifact(artifact, aliases=["best", "latest"])
-        deployment = next((c for c in trainer.callbacks if hasattr(c, "report")), None)
+        deployment = find_callback(trainer, Deployment)
         if deployment is None or deployment.report is None:
             return
         report = deployment.report

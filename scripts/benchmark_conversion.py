@@ -25,9 +25,9 @@ from rich.table import Table
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from neurocuda.conversion import ConversionConfig, convert, evaluate_snn  # noqa: E402
+from neurocuda.checkpoint import snn_from_checkpoint  # noqa: E402
+from neurocuda.conversion import ConversionConfig, evaluate_snn  # noqa: E402
 from neurocuda.data import datamodule_from_checkpoint  # noqa: E402
-from neurocuda.training import ClassifierModule  # noqa: E402
 from neurocuda.training.compose import compose_train_config  # noqa: E402
 from train import train  # noqa: E402
 
@@ -65,15 +65,14 @@ def train_checkpoint(activation: str, out: Path, quick: bool, extra: list[str]) 
 
 
 def benchmark(ckpt: Path, activation: str, images: int, device: str) -> list[dict]:
-    module = ClassifierModule.load_from_checkpoint(ckpt, map_location=device)
     datamodule = datamodule_from_checkpoint(ckpt)
-    datamodule.setup("test")
     rows = []
     for name, options in VARIANTS[activation]:
         start = time.perf_counter()
-        snn = convert(module.net, datamodule.calibration_dataloader(), ConversionConfig(**options))
-        ev = evaluate_snn(snn, datamodule.test_dataloader(), TIMESTEPS, ann=module.net,
-                          max_images=images)  # fmt: skip
+        settings = ConversionConfig(**options)
+        converted = snn_from_checkpoint(ckpt, settings, datamodule, device)
+        ev = evaluate_snn(converted.snn, datamodule.test_dataloader(), TIMESTEPS,
+                          ann=converted.ann, max_images=images)  # fmt: skip
         rows.append({"activation": activation, "variant": name, "ann": ev.ann_accuracy,
                      "snn": ev.accuracy, "images": ev.images, "synops": ev.synops_per_image,
                      "seconds": time.perf_counter() - start, "checkpoint": str(ckpt)})  # fmt: skip

@@ -53,13 +53,9 @@ def test_loader(overrides: list[str], output_dir: Path):
 
 
 def graph_from_checkpoint(path: Path, datamodule):
-    from neurocuda.conversion import ConversionConfig, convert
-    from neurocuda.nir import export
-    from neurocuda.training import ClassifierModule
+    from neurocuda.checkpoint import nir_from_checkpoint
 
-    module = ClassifierModule.load_from_checkpoint(path, map_location="cpu")
-    snn = convert(module.net, datamodule.calibration_dataloader(), ConversionConfig())
-    return export(snn, next(iter(datamodule.test_dataloader()))[0][:1])
+    return nir_from_checkpoint(path, datamodule=datamodule)[0]
 
 
 def accuracy_section(graph, datamodule, timesteps, max_images, device) -> list[dict]:

@@ -64,18 +64,15 @@ def speed(arch: str, batch: int, steps: int, repeats: int) -> dict[str, float]:
 
 
 def round_trip(args: argparse.Namespace, console: Console) -> None:
+    from neurocuda.checkpoint import export_snn, snn_from_checkpoint
     from neurocuda.data import CIFAR10DataModule
-    from neurocuda.training import ClassifierModule
 
-    module = ClassifierModule.load_from_checkpoint(args.checkpoint, map_location="cpu")
     archive = ROOT.parent / "shared" / "datasets" / "cifar10-jpeg.tar.gz"
     dm = CIFAR10DataModule(archive=str(archive), batch_size=args.batch_size, augment=False)
-    dm.prepare_data()
-    dm.setup("fit")
-    dm.setup("test")
-    snn = convert(module.net.eval(), dm.calibration_dataloader(), ConversionConfig())
+    converted = snn_from_checkpoint(args.checkpoint, datamodule=dm)
+    snn = converted.snn
     x, _ = next(iter(dm.test_dataloader()))
-    executor = Executor(export(snn, x[:1]))
+    executor = Executor(export_snn(snn, converted.settings, x))
     loader = dm.test_dataloader()
     start = time.perf_counter()
     with Progress(console=console, transient=True) as progress:

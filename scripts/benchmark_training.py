@@ -1,6 +1,7 @@
-"""Train CifarNet on the full CIFAR-10 archive and report test accuracy, minutes and images/s.
+"""Train a CPU recipe on the full CIFAR-10 archive and report test accuracy, minutes and images/s.
 
     python scripts/benchmark_training.py            # full: experiment=cifarnet_cpu
+    python scripts/benchmark_training.py --experiment resnet20_cpu
     python scripts/benchmark_training.py --quick    # 5,000 images, 2 epochs
     python scripts/benchmark_training.py -- trainer.max_epochs=8   # extra train.py overrides
 
@@ -27,13 +28,14 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--experiment", default="cifarnet_cpu", help="configs/experiment recipe")
     parser.add_argument("--quick", action="store_true", help="5,000 images, 2 epochs")
     parser.add_argument("--run-dir", type=Path, default=None, help="where train.py writes")
     parser.add_argument("overrides", nargs="*", help="extra train.py overrides")
     args = parser.parse_args()
 
     run_dir = args.run_dir or ROOT / "logs" / "benchmarks" / time.strftime("training_%Y%m%d_%H%M%S")
-    overrides = ["experiment=cifarnet_cpu", "~conversion", f"hydra.run.dir={run_dir}"]
+    overrides = [f"experiment={args.experiment}", "~conversion", f"hydra.run.dir={run_dir}"]
     if args.quick:
         overrides += ["data.train_subset=5000", "data.test_subset=2000", "trainer.max_epochs=2"]
     overrides += args.overrides
@@ -45,7 +47,7 @@ def main() -> None:
     cfg = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
     epochs = cfg.trainer.max_epochs
     train_images = cfg.data.train_subset or 50_000 - cfg.data.val_size
-    table = Table(title="CifarNet training (" + ("quick" if args.quick else "full") + ")")
+    table = Table(title=f"{args.experiment} training (" + ("quick" if args.quick else "full") + ")")
     for column in (
         "test acc",
         "epochs",

@@ -16,25 +16,16 @@ import os
 from pathlib import Path
 
 import torch
-from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
 
-from neurocuda.conversion import ConversionConfig, SNNEvaluation, convert, evaluate_snn
-from neurocuda.data import CheckpointDataError, datamodule_from_checkpoint
-from neurocuda.nir import export, save
+from neurocuda.checkpoint import checkpoint_datamodule, export_snn, snn_from_checkpoint
+from neurocuda.conversion import ConversionConfig, SNNEvaluation, evaluate_snn
+from neurocuda.nir import save
 from neurocuda.reporting.accuracy_plots import save_accuracy_report
-from neurocuda.training import ClassifierModule
 from neurocuda.training.compose import compose_train_config
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def data_overrides(cfg: DictConfig, overrides: list[str]) -> dict:
-    """The command line's ``data.*`` overrides, as resolved by Hydra (keys without ``data.``)."""
-    keys = {item.lstrip("+~").split("=", 1)[0] for item in overrides}
-    return {key[5:]: OmegaConf.select(cfg, key) for key in keys if key.startswith("data.")}
 
 
 def print_table(console: Console, ckpt: Path, evaluation: SNNEvaluation) -> None:
@@ -62,49 +53,32 @@ def main() -> None:
     parser.add_argument(
         "--nir", action="store_true", help="also export the SNN as <checkpoint>.nir (faithful)"
     )
-    args = parser.parse_args()
+    args = parser.parse_intermixed_args()  # overrides may come before or after the options
     if not args.checkpoint.is_file():
         parser.error(f"checkpoint {args.checkpoint} does not exist.")
     out_dir = args.out or args.checkpoint.parent
     cfg = compose_train_config(args.overrides, out_dir)
-    module = ClassifierModule.load_from_checkpoint(args.checkpoint, map_location=args.device)
-    try:
-        datamodule = datamodule_from_checkpoint(
-            args.checkpoint, **data_overrides(cfg, args.overrides)
-        )
-    except CheckpointDataError as error:
-        Console().print(f"[yellow]{error} Using the configured data settings.")
-        datamodule = instantiate(cfg.data)
-    datamodule.setup("test" if args.split == "test" else "validate")
-    conv = cfg.conversion
-    config = ConversionConfig.from_group(conv)
-    snn = convert(module.net, datamodule.calibration_dataloader(), config)
+    settings = ConversionConfig.from_group(cfg.conversion)
+    datamodule = checkpoint_datamodule(args.checkpoint, cfg, args.overrides)
+    converted = snn_from_checkpoint(args.checkpoint, settings, datamodule, args.device)
     loader = datamodule.test_dataloader() if args.split == "test" else datamodule.val_dataloader()
     evaluation = evaluate_snn(
-        snn, loader, list(conv.timesteps), ann=module.net, encoding=conv.encoding
+        converted.snn, loader, settings.timesteps, ann=converted.ann, encoding=settings.encoding
     )
     print_table(Console(), args.checkpoint, evaluation)
-    conversion = OmegaConf.to_container(conv, resolve=True)
-    conversion.pop("callbacks", None)
     extra = {
         "checkpoint": str(args.checkpoint),
         "split": args.split,
         "images": evaluation.images,
-        "conversion": conversion,
+        "conversion": settings.as_group(),
         "spike_rates": evaluation.spike_rates,
         "synops_per_image": evaluation.synops_per_image,
     }
     prefix = out_dir / f"{args.checkpoint.name}.snn"
     paths = save_accuracy_report(prefix, evaluation.ann_accuracy, evaluation.accuracy, extra)
     if args.nir:
-        sample = next(iter(loader))[0][:1].to(args.device)
-        metadata = {  # the keys the NIR round-trip callback records, for scripts/verify_nir.py
-            "encoding": conv.encoding,
-            "timesteps": ",".join(map(str, conv.timesteps)),
-            "checkpoint": args.checkpoint.name,
-            **config.as_metadata(),
-        }
-        graph = export(snn, sample, metadata=metadata)
+        sample = next(iter(loader))[0]
+        graph = export_snn(converted.snn, settings, sample, checkpoint=args.checkpoint.name)
         paths.append(save(graph, out_dir / f"{args.checkpoint.stem}.nir"))
     Console().print("Wrote " + ", ".join(str(p) for p in paths))
 

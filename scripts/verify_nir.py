@@ -2,11 +2,13 @@
 
     python scripts/verify_nir.py FILE.nir [--timesteps 1 4 8] [--num-images N]
     python scripts/verify_nir.py logs/.../checkpoints/last.nir --checkpoint logs/.../last.ckpt
+    python scripts/verify_nir.py FILE.nir --checkpoint CKPT conversion.correction.timesteps=0
 
 Prints the graph's accuracy per T. With ``--checkpoint`` the checkpoint is converted again
-(conversion settings from the file's metadata unless given here; calibration reads the fixed,
-un-augmented calibration images, so it gives the same thresholds and membranes) and the native
-SNN's accuracy, the max abs diff and the number of divergent images are printed too.
+(conversion settings from the file's metadata, ``conversion.*`` overrides replacing some;
+calibration reads the fixed, un-augmented calibration images, so it gives the same thresholds and
+membranes) and the native SNN's accuracy, the max abs diff and the number of divergent images are
+printed too. Test images come from the configured data source (``data.*`` overrides).
 """
 
 from __future__ import annotations
@@ -15,91 +17,56 @@ import argparse
 import sys
 from pathlib import Path
 
+import hydra
+from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
-from torch.utils.data import DataLoader
 
-from neurocuda.conversion import ConversionConfig, convert
+from neurocuda.checkpoint import settings_with_overrides, snn_from_checkpoint
+from neurocuda.conversion import ConversionConfig
 from neurocuda.data import CheckpointDataError, CIFAR10DataModule, datamodule_from_checkpoint
 from neurocuda.nir import Executor, load
 from neurocuda.nir.verify import RoundTripReport, compare
-from neurocuda.training import ClassifierModule
+from neurocuda.snn import SpikingModel
+from neurocuda.training.compose import compose_train_config
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_ARCHIVE = ROOT.parent / "shared" / "datasets" / "cifar10-jpeg.tar.gz"
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("file", type=Path, help="the .nir file")
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides: conversion.*, data.*")
     parser.add_argument("--checkpoint", type=Path, help="Lightning checkpoint of the ANN")
     parser.add_argument("--timesteps", type=int, nargs="+", help="T values (default: metadata)")
     parser.add_argument("--num-images", type=int, default=1000, help="test images (0 = all)")
     parser.add_argument("--batch-size", type=int, default=100)
-    parser.add_argument("--encoding", choices=["direct", "poisson"], help="default: metadata")
-    parser.add_argument("--archive", type=Path, help=f"JPEG archive (default {DEFAULT_ARCHIVE})")
-    parser.add_argument("--root", default="data", help="torchvision CIFAR-10 folder")
-    parser.add_argument("--reset", choices=["subtract", "zero"], help="default: metadata")
-    parser.add_argument("--v-init", type=float, help="fraction of theta (default: metadata)")
-    parser.add_argument("--calibration-batches", type=int, help="default: metadata or 8")
-    parser.add_argument("--percentile", type=float, help="default: metadata or 99.9")
-    parser.add_argument("--per-channel", choices=["true", "false"], help="default: metadata")
-    parser.add_argument("--correction-timesteps", type=int, help="0 = off (default: metadata)")
+    parser.add_argument("--archive", type=Path, help="JPEG archive (default: data.archive)")
     parser.add_argument("--device", default="cpu")
-    return parser.parse_args(argv)
+    return parser.parse_intermixed_args(argv)
 
 
-def setting(cli: object, metadata: dict, key: str, default: object) -> object:
-    """CLI value, else the file's recorded value, else ``default``."""
-    if cli is not None:
-        return cli
-    value = metadata.get(key, default)
-    return value.item() if hasattr(value, "item") else value
-
-
-def datamodule(args: argparse.Namespace) -> CIFAR10DataModule:
-    archive = args.archive or (DEFAULT_ARCHIVE if DEFAULT_ARCHIVE.is_file() else None)
-    dm = CIFAR10DataModule(
-        archive=str(archive) if archive else None,
-        root=args.root,
-        val_size=0,  # only the test split is read here
-        test_subset=args.num_images or None,
-        batch_size=args.batch_size,
-        augment=False,
-    )
+def test_data(args: argparse.Namespace, cfg: DictConfig) -> CIFAR10DataModule:
+    """The configured data source's test split (``--num-images`` of it), un-augmented."""
+    data = OmegaConf.to_container(cfg.data, resolve=True)
+    data |= {"val_size": 0, "test_subset": args.num_images or None}  # only test images are read
+    data |= {"batch_size": args.batch_size, "eval_batch_size": None, "augment": False}
+    if args.archive:
+        data["archive"] = str(args.archive)
+    dm = hydra.utils.instantiate(data)
     dm.prepare_data()
     dm.setup("test")
     return dm
 
 
-def calibration_data(args: argparse.Namespace) -> DataLoader:
-    """The checkpoint's own training data settings (batch size, validation split, seed): the
-    calibration images, and so the thresholds and membranes, then equal the conversion's at
-    training time, whatever ``--batch-size`` the test images are run with."""
-    try:
-        dm = datamodule_from_checkpoint(
-            args.checkpoint, **({"archive": str(args.archive)} if args.archive else {})
-        )
-    except CheckpointDataError as error:
-        raise SystemExit(str(error)) from error
-    dm.prepare_data()
-    dm.setup("fit")
-    return dm.calibration_dataloader()
-
-
-def native_model(args: argparse.Namespace, metadata: dict):
-    module = ClassifierModule.load_from_checkpoint(args.checkpoint, map_location="cpu")
-    config = ConversionConfig.from_metadata(
-        metadata,
-        calibration_batches=args.calibration_batches,
-        percentile=args.percentile,
-        per_channel=args.per_channel,
-        reset=args.reset,
-        v_init=args.v_init,
-        correction_timesteps=args.correction_timesteps,
-    )
-    return convert(module.net.eval(), calibration_data(args), config).to(args.device)
+def native_model(args: argparse.Namespace, settings: ConversionConfig) -> SpikingModel:
+    """The checkpoint converted again on its own calibration images (its data settings: batch
+    size, validation split, seed), so thresholds and membranes equal the training-time ones
+    whatever ``--batch-size`` the test images run with."""
+    archive = {"archive": str(args.archive)} if args.archive else {}
+    datamodule = datamodule_from_checkpoint(args.checkpoint, **archive)
+    return snn_from_checkpoint(args.checkpoint, settings, datamodule).snn.to(args.device)
 
 
 def print_report(console: Console, report: RoundTripReport, with_native: bool) -> None:
@@ -126,18 +93,22 @@ def main(argv: list[str]) -> int:
     args = parse_args(argv)
     console = Console()
     graph = load(args.file)
-    metadata = dict(graph.metadata)
-    recorded = str(metadata.get("timesteps", "1,2,4,8"))
-    timesteps = args.timesteps or [int(t) for t in recorded.split(",")]
-    encoding = str(setting(args.encoding, metadata, "encoding", "direct"))
-    dm = datamodule(args)
-    snn = native_model(args, metadata) if args.checkpoint else None
+    cfg = compose_train_config(args.overrides, ROOT / "logs" / "verify_nir")
+    settings = settings_with_overrides(
+        ConversionConfig.from_metadata(graph.metadata), cfg, args.overrides
+    )
+    timesteps = args.timesteps or list(settings.timesteps)
+    dm = test_data(args, cfg)
+    try:
+        snn = native_model(args, settings) if args.checkpoint else None
+    except CheckpointDataError as error:
+        raise SystemExit(str(error)) from error
     executor = Executor(graph).to(args.device)
     loader = dm.test_dataloader()
     with Progress(console=console, transient=True) as progress:
         task = progress.add_task("verifying", total=len(loader.dataset))
         report = compare(
-            executor, snn, loader, timesteps, encoding,
+            executor, snn, loader, timesteps, settings.encoding,
             on_batch=lambda n: progress.advance(task, n),
         )  # fmt: skip
     print_report(console, report, snn is not None)

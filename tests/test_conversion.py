@@ -92,7 +92,11 @@ def test_batchnorm_folding_is_exact(arch: str) -> None:
 def test_convert_leaves_the_ann_untouched_and_builds_the_documented_tree() -> None:
     ann = build_model("resnet20").train()
     before = copy.deepcopy(ann.state_dict())
-    snn = convert(ann, [torch.randn(4, 3, 32, 32)], ConversionConfig(correction_timesteps=0))
+    snn = convert(
+        ann,
+        [torch.randn(4, 3, 32, 32)],
+        ConversionConfig(per_channel=False, correction_timesteps=0),
+    )
     assert ann.training
     assert all(torch.equal(before[k], v) for k, v in ann.state_dict().items())
     block = snn.network.layers[0]

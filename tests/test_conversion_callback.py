@@ -13,7 +13,7 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from callbacks.snn_conversion import SNNConversion
-from neurocuda.conversion import ConversionResult
+from neurocuda.conversion import ConversionConfig, ConversionResult
 from neurocuda.snn import SpikingModel
 from neurocuda.training import ClassifierModule
 from tests.conftest import ROOT
@@ -39,9 +39,8 @@ def test_train_py_logs_snn_metrics_from_the_conversion_group(train_cfg) -> None:
 def test_callback_keeps_the_latest_result_with_its_checkpoint(
     tiny_datamodule, tmp_path: Path
 ) -> None:
-    callback = SNNConversion(
-        timesteps=[1, 2], calibration_batches=1, every_n_epochs=5, eval_subset=8
-    )
+    settings = ConversionConfig(timesteps=[1, 2], calibration_batches=1)
+    callback = SNNConversion(settings, every_n_epochs=5, eval_subset=8)
     checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
     trainer = L.Trainer(
         max_epochs=2, limit_train_batches=2, limit_val_batches=1, callbacks=[checkpoint, callback],

@@ -11,8 +11,10 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
+from callbacks.lookup import find_callback
 from callbacks.nir_round_trip import NIRRoundTrip
 from callbacks.snn_conversion import SNNConversion
+from neurocuda.conversion import ConversionConfig
 from neurocuda.nir import Executor, load
 from neurocuda.training import ClassifierModule
 from tests.conftest import ROOT
@@ -23,8 +25,10 @@ class Metrics(L.Callback):
 
     def __init__(self) -> None:
         self.seen: list[dict[str, float]] = []
+        self.nir_paths: list[Path] = []
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
+        self.nir_paths = find_callback(trainer, SNNConversion).latest.nir_paths
         nir_metrics = {
             k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("nir/")
         }
@@ -38,7 +42,9 @@ def fit(datamodule, tmp_path: Path, round_trip: NIRRoundTrip, epochs: int = 2) -
         enable_progress_bar=False, enable_model_summary=False,
         callbacks=[
             ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True),
-            SNNConversion(timesteps=[2, 3], calibration_batches=1, every_n_epochs=1, eval_subset=8),
+            SNNConversion(
+                ConversionConfig(timesteps=[2, 3], calibration_batches=1), eval_subset=8
+            ),
             round_trip,
             metrics,
         ],
@@ -58,7 +64,7 @@ def test_every_checkpoint_gets_an_exact_nir_file(
     checkpoints = sorted((tmp_path / "ckpt").glob("*.ckpt"))
     assert {p.name for p in checkpoints} == {"epoch=1-step=4.ckpt", "last.ckpt"}
     assert all(p.with_suffix(".nir").is_file() for p in checkpoints)
-    path = round_trip.last_path
+    path = metrics.nir_paths[0]  # handed over on the ConversionResult
     assert path in {p.with_suffix(".nir") for p in checkpoints}
     graph = load(path)
     assert graph.metadata["timesteps"] == "2,3" and graph.metadata["epoch"] == 1

@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, fields
-from typing import Any
+from collections.abc import Iterable
 
 import torch
 from torch import nn
@@ -20,61 +18,12 @@ from neurocuda.conversion.calibrate import (
 from neurocuda.conversion.correct import activation_channel_means, correct_initial_membranes
 from neurocuda.conversion.errors import ConversionError
 from neurocuda.conversion.fold import fold_batchnorms
+from neurocuda.conversion.settings import ConversionConfig
 from neurocuda.conversion.validate import NetworkPlan, plan_conversion
 from neurocuda.data.dataset import first_images
-from neurocuda.snn import IFNeuron, OutputIntegrator, ResetMode, Scale, SpikingModel
+from neurocuda.snn import IFNeuron, OutputIntegrator, Scale, SpikingModel
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class ConversionConfig:
-    """Converter options (the ``conversion`` config group maps onto these)."""
-
-    calibration_batches: int = 8
-    percentile: float = 99.9
-    per_channel: bool = False
-    reset: ResetMode = "subtract"
-    v_init: float = 0.5
-    """Initial membrane as a fraction of the threshold (0.5 = theta/2, the low-T default)."""
-    correction_timesteps: int = 4
-    """T at which initial membranes are corrected per channel (0: off); see correct.py."""
-    correction_batches: int = 1
-    """Calibration batches the correction runs the SNN on."""
-    input_shape: tuple[int, ...] = (3, 32, 32)
-
-    @classmethod
-    def from_group(cls, group: Mapping[str, Any]) -> ConversionConfig:
-        """From the ``conversion`` config group (``cfg.conversion``)."""
-        return cls(
-            calibration_batches=group["calibration"]["batches"],
-            percentile=group["calibration"]["percentile"],
-            per_channel=group["calibration"]["per_channel"],
-            reset=group["reset"],
-            v_init=group["v_init"],
-            correction_timesteps=group["correction"]["timesteps"],
-            correction_batches=group["correction"]["batches"],
-        )
-
-    def as_metadata(self) -> dict[str, str | int | float]:
-        """The settings as NIR metadata (HDF5 attributes: booleans as "true"/"false")."""
-        values = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "input_shape"}
-        return {k: str(v).lower() if isinstance(v, bool) else v for k, v in values.items()}
-
-    @classmethod
-    def from_metadata(cls, metadata: Mapping[str, Any], **overrides: Any) -> ConversionConfig:
-        """Inverse of :meth:`as_metadata`; ``overrides`` that are not None win, absent keys keep
-        their defaults."""
-        config = cls()
-        for f in fields(cls):
-            value = overrides.get(f.name)
-            value = metadata.get(f.name) if value is None else value
-            if value is None or f.name == "input_shape":
-                continue
-            kind = type(getattr(config, f.name))
-            parsed = str(value).lower() == "true" if kind is bool else kind(value)
-            setattr(config, f.name, parsed)
-        return config
 
 
 def convert(
@@ -88,13 +37,6 @@ def convert(
     activations (QCFS layers carry learned thresholds) or ``correction_timesteps > 0``.
     """
     config = config or ConversionConfig()
-    if config.reset not in ("subtract", "zero"):
-        raise ConversionError(f"conversion.reset={config.reset!r}: use subtract or zero.")
-    if config.correction_timesteps < 0 or config.correction_batches < 1:
-        raise ConversionError(
-            f"conversion.correction: timesteps={config.correction_timesteps} must be >= 0 "
-            f"(0 = off) and batches={config.correction_batches} >= 1."
-        )
     if config.reset == "zero":
         log.warning(
             "conversion.reset=zero (hard reset) discards the membrane surplus at every spike and "

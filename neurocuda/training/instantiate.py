@@ -10,6 +10,8 @@ from lightning import Callback
 from lightning.pytorch.loggers import Logger, WandbLogger
 from omegaconf import DictConfig
 
+from neurocuda.conversion import ConversionConfig
+
 log = logging.getLogger(__name__)
 
 # Config groups that may contribute Lightning callbacks under a ``callbacks:`` key, in run order:
@@ -25,17 +27,31 @@ def _targets(node: DictConfig | None, what: str) -> list[DictConfig]:
     return [n for n in node.values() if isinstance(n, DictConfig) and "_target_" in n]
 
 
+def conversion_settings(cfg: DictConfig) -> ConversionConfig:
+    """The run's one conversion settings object, from the ``conversion`` group (validated here,
+    before any training starts); the defaults when the group is off."""
+    group = cfg.get("conversion")
+    return ConversionConfig.from_group(group) if group else ConversionConfig()
+
+
 def instantiate_callbacks(cfg: DictConfig) -> list[Callback]:
-    """Instantiate ``cfg.callbacks.*`` and then ``cfg.<group>.callbacks.*`` for the other groups."""
+    """Instantiate ``cfg.callbacks.*`` and then ``cfg.<group>.callbacks.*`` for the other groups.
+
+    A callback node with a ``settings`` key receives the run's :func:`conversion_settings`.
+    """
     nodes = list(_targets(cfg.get("callbacks"), "callbacks"))
     for group in CALLBACK_GROUPS[1:]:
         group_cfg = cfg.get(group)
         if group_cfg:
             nodes += _targets(group_cfg.get("callbacks"), f"{group}.callbacks")
+    settings = conversion_settings(cfg)
     callbacks = []
     for node in nodes:
         log.info("Instantiating callback <%s>", node._target_)
-        callbacks.append(hydra.utils.instantiate(node))
+        if "settings" in node:  # passed after instantiate: Hydra would turn it into a DictConfig
+            callbacks.append(hydra.utils.instantiate(node, _partial_=True)(settings=settings))
+        else:
+            callbacks.append(hydra.utils.instantiate(node))
     return callbacks
 
 
