@@ -49,3 +49,22 @@ def test_wrong_key_is_a_clear_error(tmp_path: Path) -> None:
         compose_train_config(["model=resnet99"], tmp_path)
     with pytest.raises(ConfigCompositionException, match=r"Could not override 'model\.actvation'"):
         compose_train_config(["model.actvation=qcfs"], tmp_path)
+
+
+def test_precision_follows_the_device(monkeypatch) -> None:
+    from neurocuda.training import resolvers
+
+    monkeypatch.setattr(resolvers.torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(resolvers, "_cpu_has_bf16", lambda: False)
+    assert resolvers.fast_precision("auto") == "32-true"  # emulated bf16 is 8.6x slower
+    monkeypatch.setattr(resolvers, "_cpu_has_bf16", lambda: True)
+    assert resolvers.fast_precision("cpu") == "bf16-mixed"
+    monkeypatch.setattr(resolvers.torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(resolvers.torch.cuda, "is_bf16_supported", lambda: False)
+    assert resolvers.fast_precision("gpu") == "16-mixed"
+
+
+def test_default_trainer_uses_what_the_machine_has(tmp_path: Path) -> None:
+    cfg = compose_train_config([], tmp_path)
+    assert cfg.trainer.accelerator == "auto"
+    assert compose_train_config(["trainer=cpu"], tmp_path).trainer.accelerator == "cpu"

@@ -9,8 +9,8 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
 
+from callbacks.checkpoint import CheckpointWithNIR
 from callbacks.lookup import find_callback
 from callbacks.nir_round_trip import NIRRoundTrip
 from callbacks.snn_conversion import SNNConversion
@@ -41,7 +41,7 @@ def fit(datamodule, tmp_path: Path, round_trip: NIRRoundTrip, epochs: int = 2) -
         max_epochs=epochs, limit_train_batches=2, limit_val_batches=1, logger=False,
         enable_progress_bar=False, enable_model_summary=False,
         callbacks=[
-            ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True),
+            CheckpointWithNIR(dirpath=tmp_path / "ckpt", save_last=True),
             SNNConversion(
                 ConversionConfig(timesteps=[2, 3], calibration_batches=1), eval_subset=8
             ),
@@ -64,6 +64,8 @@ def test_every_checkpoint_gets_an_exact_nir_file(
     checkpoints = sorted((tmp_path / "ckpt").glob("*.ckpt"))
     assert {p.name for p in checkpoints} == {"epoch=1-step=4.ckpt", "last.ckpt"}
     assert all(p.with_suffix(".nir").is_file() for p in checkpoints)
+    # epoch 0's checkpoint was replaced by epoch 1's: its .nir went with it
+    assert {p.stem for p in (tmp_path / "ckpt").glob("*.nir")} == {p.stem for p in checkpoints}
     path = metrics.nir_paths[0]  # handed over on the ConversionResult
     assert path in {p.with_suffix(".nir") for p in checkpoints}
     graph = load(path)
