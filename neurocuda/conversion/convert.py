@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from neurocuda.batches import first_images
 from neurocuda.conversion.calibrate import (
     calibrate_relu_thresholds,
     qcfs_thresholds,
@@ -21,7 +22,6 @@ from neurocuda.conversion.correct import activation_channel_means, correct_initi
 from neurocuda.conversion.errors import ConversionError
 from neurocuda.conversion.fold import fold_batchnorms
 from neurocuda.conversion.validate import NetworkPlan, plan_conversion
-from neurocuda.data.dataset import first_images
 from neurocuda.snn import IFNeuron, OutputIntegrator, ResetMode, Scale, SpikingModel
 
 log = logging.getLogger(__name__)
