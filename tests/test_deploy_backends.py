@@ -224,3 +224,46 @@ def test_fan_out_of_a_strided_conv_counts_every_covered_input() -> None:
                         expected[:, y, x] += 4  # every one of the 4 output channels
     fan = fan_out_map("conv", (4, 3, 3, 3), (3, 8, 8), stride=(2, 2), padding=(1, 1))
     assert torch.equal(fan, expected)  # the last row and column are read by the last output
+
+
+class RecordingBackend(TorchBackend):
+    """A new target in a few lines: the float executor, remembering its calibration batches."""
+
+    def __init__(self) -> None:
+        super().__init__("cpu")
+        self.name = "recording"
+        self.calibrated: list[torch.Tensor] = []
+
+    def calibrate(self, batches) -> None:
+        self.calibrated = [x for x, _ in batches]
+
+
+def test_run_deployment_takes_any_backend(tmp_path) -> None:
+    from neurocuda.deploy import run_deployment
+
+    backend = RecordingBackend()
+    report, paths = run_deployment(
+        hand_graph(), backend, batches(), T, tmp_path, calibration_batches=2, num_classes=3,
+        progress=False,
+    )  # fmt: skip
+    assert len(backend.calibrated) == 2 and torch.equal(backend.calibrated[1], batches()[1][0])
+    assert report.target == "recording" and report.images == 12
+    assert paths["json"] == tmp_path / "deploy_recording.json" and paths["json"].is_file()
+
+
+@pytest.mark.parametrize("option", ["cpu", "gpu", "loihi2"])
+def test_deploy_option_names_its_backend_class(option: str, tmp_path) -> None:
+    import hydra
+    from hydra.errors import InstantiationException
+
+    from neurocuda.deploy import Backend
+    from neurocuda.training.compose import compose_train_config
+
+    cfg = compose_train_config([f"deploy={option}"], tmp_path)
+    assert cfg.deploy.callbacks.deployment.backend == cfg.deploy.backend
+    if option == "gpu" and not torch.cuda.is_available():
+        with pytest.raises(InstantiationException, match="deploy=cpu"):
+            hydra.utils.instantiate(cfg.deploy.backend)
+        return
+    backend = hydra.utils.instantiate(cfg.deploy.backend)
+    assert isinstance(backend, Backend) and backend.name == option
