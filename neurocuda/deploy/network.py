@@ -35,8 +35,9 @@ import torch
 from neurocuda.metrics.fanout import fan_out_map
 from neurocuda.nir.primitives import Stateful, make_op
 from neurocuda.nir.schedule import Schedule, build_schedule
+from neurocuda.snn.neurons import ResetMode
 
-PopulationKind = Literal["subtract", "zero", "readout"]
+PopulationKind = ResetMode | Literal["readout"]
 _LINEAR = (nir.Scale, nir.Conv2d, nir.Affine, nir.Linear, nir.AvgPool2d, nir.SumPool2d, nir.Flatten)
 
 
