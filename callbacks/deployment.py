@@ -9,9 +9,7 @@ Hook choice: ``on_fit_end``. It runs once, after the last epoch's checkpoint and
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 import lightning as L
 import nir
@@ -21,13 +19,15 @@ from callbacks.lookup import find_callback
 from callbacks.snn_conversion import SNNConversion
 from neurocuda.checkpoint import export_snn, snn_from_checkpoint
 from neurocuda.conversion import ConversionConfig
-from neurocuda.deploy.run import report_metrics, run_deployment
+from neurocuda.deploy import Backend, run_deployment
+from neurocuda.deploy.report import report_metrics
 
 log = logging.getLogger(__name__)
 
 
 class Deployment(L.Callback):
-    """Deploy on ``target`` (gpu | cpu | loihi2) at the end of fit; write the report.
+    """Deploy on ``backend`` (built by Hydra from ``deploy.backend``) at the end of fit; write the
+    report.
 
     The graph is the ``.nir`` file the NIR round-trip callback verified for the last conversion
     (handed over on the :class:`~neurocuda.conversion.ConversionResult`); see :meth:`_graph`.
@@ -35,17 +35,15 @@ class Deployment(L.Callback):
 
     def __init__(
         self,
-        target: str = "loihi2",
+        backend: Backend,
         timesteps: int = 8,
         max_images: int | None = 1000,
-        options: Mapping[str, Any] | None = None,
         calibration_batches: int = 4,
         output_dir: str | None = None,
     ) -> None:
-        self.target = target
+        self.backend = backend
         self.timesteps = int(timesteps)
         self.max_images = max_images
-        self.options = dict(options or {})
         self.calibration_batches = calibration_batches
         self.output_dir = output_dir
         self.report = None
@@ -86,8 +84,8 @@ class Deployment(L.Callback):
             graph, source = self._graph(trainer, sample)
             out_dir = Path(self.output_dir or trainer.default_root_dir) / "deploy"
             report, _ = run_deployment(
-                graph, self.target, loader, self.timesteps, out_dir, self.max_images,
-                self.options, self.calibration_batches, source=source, progress=False,
+                graph, self.backend, loader, self.timesteps, out_dir, self.max_images,
+                self.calibration_batches, source=source, progress=False,
             )  # fmt: skip
         self.report = report
         for logger in trainer.loggers:

@@ -6,8 +6,10 @@ import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from matplotlib.figure import Figure
+if TYPE_CHECKING:  # only the type: importing a file helper must not load matplotlib
+    from matplotlib.figure import Figure
 
 
 def atomic_write(path: str | os.PathLike[str], write: Callable[[str], object]) -> Path:

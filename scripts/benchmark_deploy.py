@@ -32,10 +32,12 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from neurocuda.deploy import build_backend, deploy  # noqa: E402
+from neurocuda.deploy import deploy  # noqa: E402
+from neurocuda.deploy.loihi2.backend import Loihi2Backend  # noqa: E402
 from neurocuda.deploy.loihi2.encoding import InputEncoding  # noqa: E402
 from neurocuda.deploy.loihi2.network import IntNetwork, Population, Projection, to_json  # noqa: E402
 from neurocuda.deploy.loihi2.simulator import simulate  # noqa: E402
+from neurocuda.deploy.torch_backend import TorchBackend  # noqa: E402
 
 LAVA_PYTHON = ROOT / ".cache" / "lava-venv" / "bin" / "python"
 
@@ -66,9 +68,9 @@ def accuracy_section(graph, datamodule, timesteps, max_images, device) -> list[d
         row = {"T": t}
         for target in ("float", "loihi2"):
             if target == "float":
-                backend = build_backend(device)
+                backend = TorchBackend(device)
             else:
-                backend = build_backend("loihi2", input_encoding=encoding, device=device)
+                backend = Loihi2Backend(input_encoding=encoding, device=device)
             backend.prepare(graph)
             report = deploy(backend, batches, t, max_images=max_images)
             row[f"{target}_acc"] = report.accuracy
@@ -163,7 +165,7 @@ def mapping_section(datamodule, images: int, trained: dict) -> list[dict]:
                 build_model(arch).eval(), [(x, None)], ConversionConfig(calibration_batches=1)
             )
             graph = export(snn, x[:1])
-        backend = build_backend("loihi2", input_encoding=InputEncoding.from_batches([(x, None)], 1))
+        backend = Loihi2Backend(input_encoding=InputEncoding.from_batches([(x, None)], 1))
         backend.prepare(graph)
         report = deploy(backend, [(x[:images], torch.zeros(images, dtype=torch.long))], 8)
         r = report.target_info["resources"]

@@ -16,7 +16,6 @@ import sys
 from pathlib import Path
 
 import hydra
-from omegaconf import OmegaConf
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -41,17 +40,17 @@ def main(argv: list[str] | None = None) -> None:
     cfg = compose_train_config(overrides, args.nir_file.parent)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     deploy_cfg = cfg.deploy
+    backend = hydra.utils.instantiate(deploy_cfg.backend)
     datamodule = hydra.utils.instantiate(cfg.data)
     datamodule.setup("test")
     out = args.out or args.nir_file.with_name(args.nir_file.stem + "_deploy")
     report, paths = run_deployment(
         args.nir_file,
-        deploy_cfg.target,
+        backend,
         datamodule.test_dataloader(),
         int(deploy_cfg.timesteps),
         out,
         deploy_cfg.max_images,
-        OmegaConf.to_container(deploy_cfg.options, resolve=True),
         int(deploy_cfg.calibration_batches),
         source=str(args.nir_file),
     )

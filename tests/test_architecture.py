@@ -1,10 +1,14 @@
-"""Packages import only downward (docs/architecture.md), and the light ones stay light."""
+"""Packages import only downward (docs/architecture.md), and lower layers stay light: importing
+them does not load plotting or training frameworks."""
 
 from __future__ import annotations
 
 import ast
+import json
 import subprocess
 import sys
+
+import pytest
 
 from tests.conftest import ROOT
 
@@ -50,11 +54,29 @@ def test_no_package_imports_one_above_it() -> None:
     assert not upward, upward
 
 
-def test_light_layers_do_not_pull_in_lightning_or_matplotlib() -> None:
+HEAVY = ("matplotlib", "lightning", "neurocuda.data", "neurocuda.training")
+
+
+def _loaded_after_import(module: str) -> list[str]:
     code = (
-        "import sys, neurocuda.snn, neurocuda.nir, neurocuda.conversion; "
-        "print(sorted(m for m in ('lightning', 'matplotlib') if m in sys.modules))"
+        f"import json, sys, {module}; "
+        f"print(json.dumps([m for m in {list(HEAVY)!r} if m in sys.modules]))"
     )
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "[]"
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize(
+    ("module", "allowed"),
+    [
+        ("neurocuda.nir", ()),
+        ("neurocuda.snn", ()),
+        ("neurocuda.conversion", ()),
+        # torchmetrics (deploy's accuracy) loads matplotlib itself; no training framework though
+        ("neurocuda.deploy", ("matplotlib",)),
+    ],
+)
+def test_import_does_not_load_heavy_packages(module: str, allowed: tuple[str, ...]) -> None:
+    assert [m for m in _loaded_after_import(module) if m not in allowed] == []

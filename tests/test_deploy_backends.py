@@ -9,11 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from neurocuda.deploy import GraphCompileError, build_backend, compile_graph, deploy
+from neurocuda.deploy import GraphCompileError, compile_graph, deploy, write_report
+from neurocuda.deploy.loihi2.backend import Loihi2Backend
 from neurocuda.deploy.loihi2.encoding import InputEncoding
 from neurocuda.deploy.loihi2.resources import NEURONS_PER_CORE, map_resources
+from neurocuda.deploy.torch_backend import TorchBackend
 from neurocuda.metrics.energy import FP32_MAC_PJ, LOIHI_NEURON_UPDATE_PJ, LOIHI_SYNOP_PJ
-from neurocuda.reporting.deployment_report import write_report
 
 T = 6
 
@@ -110,10 +111,10 @@ def test_cpu_and_loihi2_agree_exactly_on_exactly_representable_graph(
     residual: bool, encoding: InputEncoding
 ) -> None:
     graph = hand_graph(residual=residual)
-    cpu = build_backend("cpu")
+    cpu = TorchBackend("cpu")
     cpu.prepare(graph)
     # 10 bits of headroom: these inputs drive membranes to -200 thresholds without clipping
-    loihi = build_backend("loihi2", input_encoding=encoding, headroom_bits=10)
+    loihi = Loihi2Backend(input_encoding=encoding, headroom_bits=10)
     loihi.prepare(graph)
     for payload, _ in batches():
         x = payload * 16 * encoding.scale.reshape(-1, 1, 1) + encoding.offset.reshape(-1, 1, 1)
@@ -127,7 +128,7 @@ def test_cpu_and_loihi2_agree_exactly_on_exactly_representable_graph(
 
 
 def test_lava_mode_adds_pipeline_delay_and_hard_reset() -> None:
-    loihi = build_backend("loihi2", mode="lava", input_encoding=InputEncoding.uniform(1 / 16))
+    loihi = Loihi2Backend(mode="lava", input_encoding=InputEncoding.uniform(1 / 16))
     loihi.prepare(hand_graph(hard_reset=True))
     out = loihi.run(batches()[0][0], T)
     assert out.steps_run == T + 3  # three projections on the input -> readout path
@@ -136,7 +137,7 @@ def test_lava_mode_adds_pipeline_delay_and_hard_reset() -> None:
 
 
 def test_float_backend_handles_portable_if_graph() -> None:
-    cpu = build_backend("cpu")
+    cpu = TorchBackend("cpu")
     cpu.prepare(hand_graph(hard_reset=True))
     out = cpu.run(batches()[0][0], T)
     assert out.logits.shape == (4, 3) and sum(out.spikes.values()) > 0
@@ -144,12 +145,12 @@ def test_float_backend_handles_portable_if_graph() -> None:
 
 def test_gpu_target_without_cuda_says_what_to_do() -> None:
     if torch.cuda.is_available():
-        backend = build_backend("gpu")
+        backend = TorchBackend("gpu")
         backend.prepare(hand_graph())
         assert backend.run(batches()[0][0], T).logits.shape == (4, 3)
         return
     with pytest.raises(RuntimeError, match="deploy=cpu"):
-        build_backend("gpu")
+        TorchBackend("gpu")
 
 
 def test_unsupported_node_is_rejected_by_name() -> None:
@@ -162,7 +163,7 @@ def test_unsupported_node_is_rejected_by_name() -> None:
 
 
 def test_report_holds_the_numbers(tmp_path) -> None:
-    backend = build_backend("loihi2", input_encoding=InputEncoding.uniform(1 / 16))
+    backend = Loihi2Backend(input_encoding=InputEncoding.uniform(1 / 16))
     backend.prepare(hand_graph())
     report = deploy(backend, batches(), T, num_classes=3, progress=False, source="hand")
     paths = write_report(report, tmp_path)
@@ -188,7 +189,7 @@ def test_report_holds_the_numbers(tmp_path) -> None:
 
 
 def test_large_batches_run_in_pieces_with_the_same_report(monkeypatch) -> None:
-    backend = build_backend("loihi2", input_encoding=InputEncoding.uniform(1 / 16))
+    backend = Loihi2Backend(input_encoding=InputEncoding.uniform(1 / 16))
     backend.prepare(hand_graph())
     whole = deploy(backend, batches(batch=12), T, num_classes=3, progress=False)
     runs = []
@@ -207,3 +208,62 @@ def test_resource_map_splits_large_layers() -> None:
     big.shape = (4, 64, 64)  # 16384 neurons: two cores by the neuron limit
     layer = map_resources(net).layers[0]
     assert layer.cores == -(-16384 // NEURONS_PER_CORE) and layer.limited_by == "neurons"
+
+
+def test_fan_out_of_a_strided_conv_counts_every_covered_input() -> None:
+    """Brute force: each (output, kernel tap) pair that reads an input is one synapse."""
+    from neurocuda.metrics.fanout import fan_out_map
+
+    expected = torch.zeros(3, 8, 8, dtype=torch.int64)
+    for oy in range(4):
+        for ox in range(4):
+            for ky in range(3):
+                for kx in range(3):
+                    y, x = 2 * oy - 1 + ky, 2 * ox - 1 + kx
+                    if 0 <= y < 8 and 0 <= x < 8:
+                        expected[:, y, x] += 4  # every one of the 4 output channels
+    fan = fan_out_map("conv", (4, 3, 3, 3), (3, 8, 8), stride=(2, 2), padding=(1, 1))
+    assert torch.equal(fan, expected)  # the last row and column are read by the last output
+
+
+class RecordingBackend(TorchBackend):
+    """A new target in a few lines: the float executor, remembering its calibration batches."""
+
+    def __init__(self) -> None:
+        super().__init__("cpu")
+        self.name = "recording"
+        self.calibrated: list[torch.Tensor] = []
+
+    def calibrate(self, batches) -> None:
+        self.calibrated = [x for x, _ in batches]
+
+
+def test_run_deployment_takes_any_backend(tmp_path) -> None:
+    from neurocuda.deploy import run_deployment
+
+    backend = RecordingBackend()
+    report, paths = run_deployment(
+        hand_graph(), backend, batches(), T, tmp_path, calibration_batches=2, num_classes=3,
+        progress=False,
+    )  # fmt: skip
+    assert len(backend.calibrated) == 2 and torch.equal(backend.calibrated[1], batches()[1][0])
+    assert report.target == "recording" and report.images == 12
+    assert paths["json"] == tmp_path / "deploy_recording.json" and paths["json"].is_file()
+
+
+@pytest.mark.parametrize("option", ["cpu", "gpu", "loihi2"])
+def test_deploy_option_names_its_backend_class(option: str, tmp_path) -> None:
+    import hydra
+    from hydra.errors import InstantiationException
+
+    from neurocuda.deploy import Backend
+    from neurocuda.training.compose import compose_train_config
+
+    cfg = compose_train_config([f"deploy={option}"], tmp_path)
+    assert cfg.deploy.callbacks.deployment.backend == cfg.deploy.backend
+    if option == "gpu" and not torch.cuda.is_available():
+        with pytest.raises(InstantiationException, match="deploy=cpu"):
+            hydra.utils.instantiate(cfg.deploy.backend)
+        return
+    backend = hydra.utils.instantiate(cfg.deploy.backend)
+    assert isinstance(backend, Backend) and backend.name == option

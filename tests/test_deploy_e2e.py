@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from neurocuda.deploy import build_backend
-from neurocuda.deploy.loihi2.encoding import InputEncoding
+from neurocuda.deploy.loihi2.backend import Loihi2Backend
+from neurocuda.deploy.torch_backend import TorchBackend
 from neurocuda.nir import load
 from train import train
 
@@ -57,11 +57,11 @@ def test_loihi2_accuracy_within_bound_of_float_snn(trained_run: Path, tiny_datam
     nir_file = json.loads((trained_run / "deploy" / "deploy_loihi2.json").read_text())["source"]
     graph = load(nir_file)
     batches = list(tiny_datamodule.test_dataloader())
-    float_backend = build_backend("cpu")
+    float_backend = TorchBackend("cpu")
     float_backend.prepare(graph)
-    loihi = build_backend("loihi2")
+    loihi = Loihi2Backend()
     loihi.prepare(graph)
-    loihi.calibrate(InputEncoding.from_batches(batches, len(batches)))
+    loihi.calibrate(batches)
     labels, float_pred, int_pred = [], [], []
     for x, y in batches:
         labels.append(y)

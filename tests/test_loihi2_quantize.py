@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from neurocuda.deploy.loihi2.compiler import FloatNetwork, FloatPopulation, FloatProjection
 from neurocuda.deploy.loihi2.encoding import InputEncoding
 from neurocuda.deploy.loihi2.quantize import quantize
+from neurocuda.deploy.network import FloatNetwork, FloatPopulation, FloatProjection
 
 MEAN = torch.tensor([0.4914, 0.4822, 0.4465]).reshape(1, 3, 1, 1)
 STD = torch.tensor([0.2470, 0.2435, 0.2616]).reshape(1, 3, 1, 1)

@@ -13,8 +13,8 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
+from neurocuda.batches import first_images
 from neurocuda.conversion.errors import ConversionError
-from neurocuda.data.dataset import first_images
 from neurocuda.models.qcfs import QCFS
 
 log = logging.getLogger(__name__)

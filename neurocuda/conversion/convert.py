@@ -10,6 +10,7 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
+from neurocuda.batches import first_images
 from neurocuda.conversion.calibrate import (
     calibrate_relu_thresholds,
     qcfs_thresholds,
@@ -20,7 +21,6 @@ from neurocuda.conversion.errors import ConversionError
 from neurocuda.conversion.fold import fold_batchnorms
 from neurocuda.conversion.settings import ConversionConfig
 from neurocuda.conversion.validate import NetworkPlan, plan_conversion
-from neurocuda.data.dataset import first_images
 from neurocuda.snn import IFNeuron, OutputIntegrator, Scale, SpikingModel
 
 log = logging.getLogger(__name__)

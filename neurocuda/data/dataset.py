@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import itertools
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -80,8 +79,3 @@ def balanced_subset(labels: np.ndarray, size: int | None, seed: int) -> np.ndarr
     order = [idx[i] for i in range(longest) for idx in per_class if i < len(idx)]
     return np.asarray(order[:size] if size is not None else order, dtype=np.int64)
 
-
-def first_images(batches: Iterable, count: int) -> Iterator[torch.Tensor]:
-    """The image tensors of the first ``count`` batches, which are ``(x, y)`` or ``x``."""
-    for batch in itertools.islice(batches, count):
-        yield batch[0] if isinstance(batch, (tuple, list)) else batch

@@ -1,42 +1,28 @@
-"""Deployment targets behind one interface: ``prepare(graph) -> run(x, T) -> report``.
+"""Deploy targets behind one interface: ``prepare(graph) -> calibrate(batches) -> run(x, T)``.
 
-``build_backend("gpu" | "cpu" | "loihi2", **options)`` picks a target; :func:`deploy` runs it over
-a data loader and returns a :class:`DeploymentReport`.
+:func:`compile_graph` turns a NIR graph into the float network every target reads;
+:func:`deploy` runs a prepared :class:`Backend` over a data loader and returns a
+:class:`DeploymentReport`; :func:`run_deployment` does all of it and writes the report. Targets:
+:class:`neurocuda.deploy.torch_backend.TorchBackend` (``gpu``/``cpu``) and
+:class:`neurocuda.deploy.loihi2.backend.Loihi2Backend`, chosen by ``configs/deploy/*.yaml``.
 """
 
-from __future__ import annotations
-
-from typing import Any
-
 from neurocuda.deploy.base import Backend, BatchOutput, load_graph
-from neurocuda.deploy.evaluate import DeploymentReport, LayerReport, deploy
-from neurocuda.deploy.loihi2.backend import Loihi2Backend
-from neurocuda.deploy.loihi2.compiler import GraphCompileError, compile_graph
-from neurocuda.deploy.torch_backend import TorchBackend
-
-TARGETS = ("gpu", "cpu", "loihi2")
-
-
-def build_backend(target: str, **options: Any) -> Backend:
-    """Create the backend for ``target`` (``deploy.target`` in the config)."""
-    if target in ("gpu", "cpu"):
-        return TorchBackend(device=target)
-    if target == "loihi2":
-        return Loihi2Backend(**options)
-    raise ValueError(f"Unknown deploy target {target!r}; choose one of {list(TARGETS)}.")
-
+from neurocuda.deploy.evaluate import deploy
+from neurocuda.deploy.network import FloatNetwork, GraphCompileError, compile_graph
+from neurocuda.deploy.report import DeploymentReport, LayerReport, write_report
+from neurocuda.deploy.run import run_deployment
 
 __all__ = [
-    "TARGETS",
     "Backend",
     "BatchOutput",
     "DeploymentReport",
+    "FloatNetwork",
     "GraphCompileError",
     "LayerReport",
-    "Loihi2Backend",
-    "TorchBackend",
-    "build_backend",
     "compile_graph",
     "deploy",
     "load_graph",
+    "run_deployment",
+    "write_report",
 ]

@@ -1,16 +1,18 @@
-"""The deployment interface every target implements: ``prepare(graph)``, then ``run(x, T)``."""
+"""The interface every deploy target implements: ``prepare(graph) -> calibrate(batches) ->
+run(inputs, T)``, then :func:`neurocuda.deploy.deploy` assembles the report."""
 
 from __future__ import annotations
 
 import os
 from abc import ABC, abstractmethod
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import nir
 import torch
 
-from neurocuda.deploy.loihi2.compiler import FloatNetwork, compile_graph
+from neurocuda.deploy.network import FloatNetwork, compile_graph
 
 GraphLike = nir.NIRGraph | str | os.PathLike
 
@@ -44,7 +46,11 @@ class BatchOutput:
 
 
 class Backend(ABC):
-    """A deployment target. ``prepare`` once per graph, then ``run`` on batches."""
+    """A deploy target: ``prepare`` once per graph, ``calibrate`` on a few batches, then ``run``.
+
+    A new target subclasses this in one module and is named, with its options, by the
+    ``backend._target_`` of one YAML file in ``configs/deploy/`` (docs/architecture.md).
+    """
 
     name: str = "backend"
 
@@ -53,13 +59,18 @@ class Backend(ABC):
         self.graph: nir.NIRGraph | None = None
 
     def prepare(self, graph: GraphLike) -> None:
-        """Load ``graph`` and build whatever the target runs."""
+        """Load ``graph``, compile it into :attr:`network` and build what the target runs."""
         self.graph = load_graph(graph)
         self.network = compile_graph(self.graph)
         self._prepare()
 
     @abstractmethod
-    def _prepare(self) -> None: ...
+    def _prepare(self) -> None:
+        """Build the target's runnable form of :attr:`graph` / :attr:`network`."""
+
+    def calibrate(self, batches: Iterable) -> None:  # noqa: B027  (optional step, no-op here)
+        """Fit settings that depend on the data to ``batches`` (``(x, y)`` or ``x``); by default
+        there are none."""
 
     @abstractmethod
     def run(self, inputs: torch.Tensor, timesteps: int) -> BatchOutput:
@@ -68,9 +79,3 @@ class Backend(ABC):
     def describe(self) -> dict:
         """Target-specific facts for the report (device, quantization, resources...)."""
         return {"backend": self.name}
-
-    def layer_names(self) -> list[str]:
-        """Population names in order (the report's layers)."""
-        if self.network is None:
-            raise RuntimeError(f"{self.name}: call prepare(graph) before running.")
-        return [p.name for p in self.network.populations]

@@ -4,47 +4,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
 
 import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from torchmetrics.classification import MulticlassAccuracy
 
 from neurocuda.deploy.base import Backend
+from neurocuda.deploy.report import DeploymentReport, LayerReport
 from neurocuda.metrics.energy import estimate_energy
-
-
-@dataclass
-class LayerReport:
-    """Per-image activity of one population."""
-
-    name: str
-    neurons: int
-    spikes_per_image: float
-    spike_rate: float
-    synops_per_image: float
-    neuron_updates_per_image: float
-
-
-@dataclass
-class DeploymentReport:
-    """Everything a deployment run measured; :func:`as_dict` is what the JSON file holds."""
-
-    target: str
-    timesteps: int
-    images: int
-    accuracy: float
-    latency_timesteps: int
-    throughput_images_per_s: float
-    wall_seconds: float
-    layers: list[LayerReport]
-    energy: dict
-    target_info: dict
-    saturation: dict[str, int] = field(default_factory=dict)
-    source: str = ""
-
-    def as_dict(self) -> dict:
-        return asdict(self)
 
 
 def _ann_macs_by_layer(backend: Backend) -> dict[str, int]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import torch
 
 from neurocuda.deploy.base import Backend, BatchOutput
-from neurocuda.deploy.fanout import fan_out_map
 
 
 def resolve_device(device: str) -> torch.device:
@@ -43,20 +42,7 @@ class TorchBackend(Backend):
         for pop in self.network.populations:
             if pop.kind == "readout":
                 continue
-            fan = torch.zeros(pop.shape, dtype=torch.int64, device=self.device)
-            for p in self.network.projections:
-                if p.source == pop.name:
-                    fan += fan_out_map(
-                        p.kind,
-                        tuple(p.weight.shape),
-                        pop.shape,
-                        p.stride,
-                        p.padding,
-                        p.dilation,
-                        p.groups,
-                        self.device,
-                    )
-            self._fan_out[pop.name] = fan
+            self._fan_out[pop.name] = self.network.fan_out(pop.name, self.device)
             node, side = pop.spike_tap
             self._hook(self.executor.op(node), pop.name, pop.shape, side)
 

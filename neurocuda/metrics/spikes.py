@@ -13,9 +13,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from neurocuda.metrics.fanout import fan_out
 from neurocuda.snn import IFNeuron, SpikingModel
 
 _COUNTED = (nn.Conv2d, nn.Linear, nn.AvgPool2d)
@@ -30,29 +30,6 @@ class SpikeStats:
     synops_per_image: float
     input_ops_per_image: float
     images: int
-
-
-def fan_out(module: nn.Module, sample_shape: tuple[int, ...]) -> torch.Tensor:
-    """How many outputs each input element of one sample reaches (shape ``sample_shape``).
-
-    Computed as the gradient of the summed all-ones layer, which counts connections exactly.
-    """
-    if isinstance(module, nn.Linear):
-        return torch.full(sample_shape, float(module.out_features))
-    with torch.inference_mode(False), torch.enable_grad():
-        x = torch.zeros(1, *sample_shape, requires_grad=True)
-        if isinstance(module, nn.Conv2d):
-            ones = torch.ones(module.weight.shape)
-            out = F.conv2d(
-                x, ones, None, module.stride, module.padding, module.dilation, module.groups
-            )
-        else:  # AvgPool2d: a depthwise all-ones kernel of the pool's size
-            kernel = nn.modules.utils._pair(module.kernel_size)
-            ones = torch.ones(sample_shape[0], 1, *kernel)
-            stride = module.stride or kernel
-            out = F.conv2d(x, ones, None, stride, module.padding, groups=sample_shape[0])
-        (grad,) = torch.autograd.grad(out.sum(), x)
-    return grad[0].detach().clone()
 
 
 @dataclass

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import torch
 
 from neurocuda.deploy.base import Backend, BatchOutput
@@ -18,8 +20,8 @@ class Loihi2Backend(Backend):
     ``mode``: ``loihi2`` (default; reset by subtraction, same-step delivery) or ``lava`` (Lava's
     LIF/Dense/Conv semantics, one step of delay per layer: the run is ``T + depth`` steps so the
     readout integrates T layer outputs). ``input_encoding``: how inputs become 8-bit graded
-    payloads; ``None`` calibrates it once, from the first batch, and keeps it.
-    ``channel_gains``: per-channel weight gains in the quantizer (see
+    payloads; ``None`` fits it in :meth:`calibrate` (or, without calibration, to the first batch
+    run). ``channel_gains``: per-channel weight gains in the quantizer (see
     :mod:`neurocuda.deploy.loihi2.quantize`).
     """
 
@@ -39,6 +41,7 @@ class Loihi2Backend(Backend):
         self.device = resolve_device(device)
         self.name = "loihi2" if mode == "loihi2" else "loihi2-lava"
         self.input_encoding = input_encoding
+        self.encoding_given = input_encoding is not None
         self.headroom_bits = headroom_bits
         self.readout_headroom_bits = readout_headroom_bits
         self.channel_gains = channel_gains
@@ -49,9 +52,15 @@ class Loihi2Backend(Backend):
         self.resources = map_resources(self.network)
         self.int_network = None
         if self.input_encoding is not None:
-            self.calibrate(self.input_encoding)
+            self.quantize_for(self.input_encoding)
 
-    def calibrate(self, encoding: InputEncoding) -> None:
+    def calibrate(self, batches: Iterable) -> None:
+        """Fit the graded-input encoding to ``batches`` (each channel's min..max) and quantize
+        the network for it; an encoding given to the constructor is kept."""
+        if not self.encoding_given:
+            self.quantize_for(InputEncoding.from_batches(batches))
+
+    def quantize_for(self, encoding: InputEncoding) -> None:
         """Fix the graded-input encoding and quantize the network for it."""
         self.input_encoding = encoding
         self.int_network, self.quantization = quantize(
@@ -68,7 +77,7 @@ class Loihi2Backend(Backend):
         if self.network is None:
             raise RuntimeError("loihi2: call prepare(graph) before run().")
         if self.int_network is None:
-            self.calibrate(InputEncoding.from_batches([(inputs, None)], 1))
+            self.quantize_for(InputEncoding.from_batches([(inputs, None)]))
         payload, clipped = self.input_encoding.encode(inputs.to(self.device))
         steps = timesteps + (self.int_network.depth() if self.mode == "lava" else 0)
         name = next(iter(self.int_network.inputs))

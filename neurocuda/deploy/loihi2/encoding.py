@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from neurocuda.data.dataset import first_images
+from neurocuda.batches import first_images
 
 PAYLOAD_MIN, PAYLOAD_MAX = -128, 127  # signed 8-bit graded spike payload
 PAYLOAD_STEPS = PAYLOAD_MAX - PAYLOAD_MIN
@@ -41,8 +41,9 @@ class InputEncoding:
         return cls(zero + float(scale), zero)
 
     @classmethod
-    def from_batches(cls, batches: Iterable, num_batches: int) -> InputEncoding:
-        """Each channel's min..max in the first ``num_batches`` batches, in 255 steps."""
+    def from_batches(cls, batches: Iterable, num_batches: int | None = None) -> InputEncoding:
+        """Each channel's min..max in the first ``num_batches`` batches (all when ``None``), in
+        255 steps."""
         low = high = None
         for x in first_images(batches, num_batches):
             per_channel = x.detach().to(torch.float64).transpose(0, 1).reshape(x.shape[1], -1)

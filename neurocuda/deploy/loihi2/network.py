@@ -14,8 +14,9 @@ from typing import Literal
 
 import torch
 
+from neurocuda.snn.neurons import ResetMode
+
 ProjectionKind = Literal["dense", "conv"]
-ResetMode = Literal["zero", "subtract"]
 
 
 @dataclass

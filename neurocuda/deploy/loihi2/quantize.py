@@ -35,10 +35,10 @@ from dataclasses import asdict, dataclass, field, replace
 import torch
 import torch.nn.functional as F
 
-from neurocuda.deploy.loihi2.compiler import FloatNetwork, FloatPopulation, FloatProjection
 from neurocuda.deploy.loihi2.encoding import PAYLOAD_MIN, InputEncoding
 from neurocuda.deploy.loihi2.network import IntNetwork, Population, Projection
 from neurocuda.deploy.loihi2.simulator import SimMode
+from neurocuda.deploy.network import FloatNetwork, FloatPopulation, FloatProjection
 
 WEIGHT_EXP_RANGE = (-8, 7)  # Loihi's shared weight exponent (lava Dense ``weight_exp``)
 MANTISSA_RANGE = (-128, 127)  # 8-bit signed synaptic weight mantissa
@@ -199,7 +199,7 @@ def quantize(
     report = QuantizationReport(input_encoding=encoding.as_dict())
     populations, projections = [], []
     for pop in network.populations:
-        incoming = [p for p in network.projections if p.target == pop.name]
+        incoming = network.incoming(pop.name)
         graded = [p.source in network.inputs for p in incoming]
         weights = [p.weight for p in incoming]
         for i, p in enumerate(incoming):

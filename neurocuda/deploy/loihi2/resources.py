@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
-from neurocuda.deploy.loihi2.compiler import FloatNetwork
+from neurocuda.deploy.network import FloatNetwork
 
 CORES_PER_CHIP = 128
 NEURONS_PER_CORE = 8192
@@ -66,7 +66,7 @@ class ResourceMap:
 
 def _layer(network: FloatNetwork, pop) -> LayerResources:
     neurons = math.prod(pop.shape)
-    incoming = [p for p in network.projections if p.target == pop.name]
+    incoming = network.incoming(pop.name)
     fan_in = synapses = 0
     kernel_bytes = dense_bytes = 0
     out_channels = pop.shape[0] if len(pop.shape) == 3 else neurons

@@ -36,8 +36,8 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from neurocuda.deploy.fanout import fan_out_map
 from neurocuda.deploy.loihi2.network import IntNetwork, Population, Projection
+from neurocuda.metrics.fanout import fan_out_map
 
 SimMode = Literal["lava", "loihi2"]
 

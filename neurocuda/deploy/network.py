@@ -1,7 +1,13 @@
-"""Compile a NIR graph (docs/semantics.md structure) into neuron populations and folded projections.
+"""What every deploy target needs from a NIR graph: neuron populations and folded projections.
 
-The result is still float; :mod:`neurocuda.deploy.loihi2.quantize` turns it into integers. Folding
-rules (each exact in real arithmetic):
+:func:`compile_graph` reads a graph with the structure of docs/semantics.md into a
+:class:`FloatNetwork`: populations in topological order (shapes and neuron parameters), the synapse
+layers between them (what each spike reaches: fan-in, fan-out, synaptic operations) and the
+multiply-accumulates of the dense ANN. It is float; the loihi2 target quantizes it
+(:mod:`neurocuda.deploy.loihi2.quantize`). Flattening nested graphs, recurrent edges and the order
+are :mod:`neurocuda.nir.schedule`'s, shapes come from :mod:`neurocuda.nir.primitives`' ops.
+
+Folding rules (each exact in real arithmetic):
 
 * ``Scale`` before a weight layer multiplies its input channels (this is how the neuron's output
   ``Scale(theta)`` reaches the next layer's weights, keeping spikes binary); after it, its rows.
@@ -25,14 +31,18 @@ from typing import Literal
 import nir
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-PopulationKind = Literal["subtract", "zero", "readout"]
+from neurocuda.metrics.fanout import fan_out_map
+from neurocuda.nir.primitives import Stateful, make_op
+from neurocuda.nir.schedule import Schedule, build_schedule
+from neurocuda.snn.neurons import ResetMode
+
+PopulationKind = ResetMode | Literal["readout"]
 _LINEAR = (nir.Scale, nir.Conv2d, nir.Affine, nir.Linear, nir.AvgPool2d, nir.SumPool2d, nir.Flatten)
 
 
 class GraphCompileError(ValueError):
-    """The NIR graph holds something the Loihi 2 compiler cannot map; the message says what."""
+    """The NIR graph holds something the deploy targets cannot map; the message says what."""
 
 
 @dataclass
@@ -79,6 +89,22 @@ class FloatNetwork:
     macs: dict[str, int] = field(default_factory=dict)
     """Multiply-accumulates per image of each weight node, as the dense ANN computes them."""
 
+    def incoming(self, name: str) -> list[FloatProjection]:
+        """Projections into population ``name``, in declaration order."""
+        return [p for p in self.projections if p.target == name]
+
+    def fan_out(self, name: str, device: torch.device | str = "cpu") -> torch.Tensor:
+        """Synapses leaving each neuron of population ``name`` (its shape, int64), all targets."""
+        shape = next(p.shape for p in self.populations if p.name == name)
+        fan = torch.zeros(shape, dtype=torch.int64, device=device)
+        for p in self.projections:
+            if p.source == name:
+                fan += fan_out_map(
+                    p.kind, tuple(p.weight.shape), shape, p.stride, p.padding, p.dilation,
+                    p.groups, device,
+                )  # fmt: skip
+        return fan
+
 
 def _pair(value) -> tuple[int, int]:
     arr = np.atleast_1d(np.asarray(value)).astype(int).tolist()
@@ -87,58 +113,6 @@ def _pair(value) -> tuple[int, int]:
 
 def _tensor(value) -> torch.Tensor:
     return torch.as_tensor(np.asarray(value), dtype=torch.float64)
-
-
-def inline_subgraphs(graph: nir.NIRGraph) -> tuple[dict[str, nir.NIRNode], list[tuple[str, str]]]:
-    """Flatten nested ``NIRGraph`` nodes; their Input/Output nodes become pass-through nodes."""
-    nodes: dict[str, nir.NIRNode] = {}
-    edges: list[tuple[str, str]] = []
-    entry: dict[str, str] = {}
-    exit_: dict[str, str] = {}
-    for name, node in graph.nodes.items():
-        if isinstance(node, nir.NIRGraph):
-            sub_nodes, sub_edges = inline_subgraphs(node)
-            for sub_name, sub in sub_nodes.items():
-                nodes[f"{name}.{sub_name}"] = sub
-            edges += [(f"{name}.{a}", f"{name}.{b}") for a, b in sub_edges]
-            inputs = [n for n, v in node.nodes.items() if isinstance(v, nir.Input)]
-            outputs = [n for n, v in node.nodes.items() if isinstance(v, nir.Output)]
-            if len(inputs) == 1:
-                entry[name] = f"{name}.{inputs[0]}"
-            if len(outputs) == 1:
-                exit_[name] = f"{name}.{outputs[0]}"
-        else:
-            nodes[name] = node
-    for src, dst in graph.edges:
-        edges.append((exit_.get(src, src), entry.get(dst, dst)))
-    return nodes, edges
-
-
-class _Graph:
-    """Adjacency with the top-level Input/Output distinguished from inlined pass-throughs."""
-
-    def __init__(self, graph: nir.NIRGraph) -> None:
-        self.nodes, self.edges = inline_subgraphs(graph)
-        for src, dst in self.edges:
-            for end in (src, dst):
-                if end not in self.nodes:
-                    raise GraphCompileError(f"Edge ({src!r}, {dst!r}) names unknown node {end!r}.")
-        self.inputs = [n for n, v in graph.nodes.items() if isinstance(v, nir.Input)]
-        self.outputs = [n for n, v in graph.nodes.items() if isinstance(v, nir.Output)]
-        if len(self.inputs) != 1 or len(self.outputs) != 1:
-            raise GraphCompileError(
-                f"Expected one Input and one Output node, got {self.inputs} and {self.outputs}."
-            )
-
-    def preds(self, name: str) -> list[str]:
-        return [s for s, d in self.edges if d == name]
-
-    def succs(self, name: str) -> list[str]:
-        return [d for s, d in self.edges if s == name]
-
-    def passthrough(self, name: str) -> bool:
-        node = self.nodes[name]
-        return isinstance(node, nir.Input | nir.Output) and name not in (self.inputs + self.outputs)
 
 
 def _input_shape(node: nir.Input) -> tuple[int, ...]:
@@ -153,31 +127,55 @@ def _check_r(node: nir.NIRNode, name: str) -> None:
         )
 
 
+def _schedule(graph: nir.NIRGraph) -> Schedule:
+    try:
+        return build_schedule(graph)
+    except ValueError as err:
+        raise GraphCompileError(str(err)) from err
+
+
 class _Compiler:
     def __init__(self, graph: nir.NIRGraph) -> None:
-        self.g = _Graph(graph)
+        self.schedule = _schedule(graph)
+        flat = self.schedule.graph
+        self.nodes = flat.nodes
+        self._preds: dict[str, list[str]] = {n: [] for n in self.nodes}
+        self._succs: dict[str, list[str]] = {n: [] for n in self.nodes}
+        for src, dst in flat.edges:
+            self._preds[dst].append(src)
+            self._succs[src].append(dst)
+        self.input = flat.input
+        self.endpoints = (flat.input, flat.output)
         self.sources: dict[str, str] = {}  # spike-emitting node -> population name
         self.reset_edges: set[str] = set()  # recurrent Scale(-theta) nodes
         self.shapes: dict[str, tuple[int, ...]] = {}
 
+    def preds(self, name: str) -> list[str]:
+        return self._preds[name]
+
+    def succs(self, name: str) -> list[str]:
+        return self._succs[name]
+
+    def passthrough(self, name: str) -> bool:
+        """An Input/Output node of an inlined subgraph."""
+        node = self.nodes[name]
+        return isinstance(node, nir.Input | nir.Output) and name not in self.endpoints
+
     def run(self) -> FloatNetwork:
-        input_name = self.g.inputs[0]
-        self.sources[input_name] = input_name
+        self.sources[self.input] = self.input
         pops = self._find_populations()
-        self._infer_shapes(input_name)
+        self._infer_shapes()
         populations, projections = [], []
         for pop_node, out_node, kind in pops:
-            shape = self.shapes[pop_node]
-            pop, projs = self._population(pop_node, out_node, kind, shape)
+            pop, projs = self._population(pop_node, out_node, kind, self.shapes[pop_node])
             populations.append(pop)
             projections += projs
-        order = self._topological([p.name for p in populations], projections, input_name)
-        populations.sort(key=lambda p: order.index(p.name))
+        populations = self._ordered(populations, projections)
         readouts = [p.name for p in populations if p.kind == "readout"]
         if len(readouts) != 1:
             raise GraphCompileError(f"Expected exactly one I -> Output readout, found {readouts}.")
         return FloatNetwork(
-            inputs={input_name: self.shapes[input_name]},
+            inputs={self.input: self.shapes[self.input]},
             populations=populations,
             projections=projections,
             output=readouts[0],
@@ -186,7 +184,7 @@ class _Compiler:
 
     def _macs(self) -> dict[str, int]:
         macs = {}
-        for name, node in self.g.nodes.items():
+        for name, node in self.nodes.items():
             if isinstance(node, nir.Conv2d):
                 out = self.shapes[name]
                 per_output = int(np.prod(np.asarray(node.weight).shape[1:]))
@@ -197,18 +195,18 @@ class _Compiler:
 
     def _find_populations(self) -> list[tuple[str, str, PopulationKind]]:
         pops = []
-        for name, node in self.g.nodes.items():
+        for name, node in self.nodes.items():
             if isinstance(node, nir.I):
                 _check_r(node, name)
                 thresholds = [
-                    s for s in self.g.succs(name) if isinstance(self.g.nodes[s], nir.Threshold)
+                    s for s in self.succs(name) if isinstance(self.nodes[s], nir.Threshold)
                 ]
                 if thresholds:
                     out = thresholds[0]
                     resets = [
                         s
-                        for s in self.g.succs(out)
-                        if isinstance(self.g.nodes[s], nir.Scale) and name in self.g.succs(s)
+                        for s in self.succs(out)
+                        if isinstance(self.nodes[s], nir.Scale) and name in self.succs(s)
                     ]
                     if len(resets) != 1:
                         raise GraphCompileError(
@@ -226,62 +224,68 @@ class _Compiler:
                 pops.append((name, name, "zero"))
             elif not isinstance(node, (*_LINEAR, nir.Threshold, nir.Input, nir.Output)):
                 raise GraphCompileError(
-                    f"Node {name!r} is a {type(node).__name__}, which the Loihi 2 compiler "
-                    "does not map (supported: Input, Output, Conv2d, Affine, Linear, Scale, "
+                    f"Node {name!r} is a {type(node).__name__}, which the deploy targets "
+                    "do not map (supported: Input, Output, Conv2d, Affine, Linear, Scale, "
                     "AvgPool2d, SumPool2d, Flatten, I, IF, Threshold)."
                 )
         return pops
 
-    def _infer_shapes(self, input_name: str) -> None:
-        """Propagate a zero sample through the graph to learn every node's output shape."""
-        values = {
-            input_name: torch.zeros(1, *_input_shape(self.g.nodes[input_name]), dtype=torch.float64)
-        }
-        pending = [n for n in self.g.nodes if n != input_name]
-        while pending:
-            progressed = False
-            for name in list(pending):
-                preds = [p for p in self.g.preds(name) if p not in self.reset_edges]
-                if name in self.reset_edges:
-                    preds = self.g.preds(name)
-                if not all(p in values for p in preds):
+    def _infer_shapes(self) -> None:
+        """Run one zero sample through the executor's ops, in the schedule's order."""
+        first = torch.zeros(1, *_input_shape(self.nodes[self.input]), dtype=torch.float64)
+        values = {self.input: first}
+        for stage in self.schedule.stages:
+            for name in stage.members:
+                if name == self.input:
                     continue
-                x = sum(values[p] for p in preds) if preds else None
-                if x is None:
+                feed = [values[s] for s, recurrent in self.schedule.inputs[name] if not recurrent]
+                if not feed:
                     raise GraphCompileError(f"Node {name!r} has no input edge.")
-                values[name] = _apply(self.g.nodes[name], x, name, bias=False)
-                pending.remove(name)
-                progressed = True
-            if not progressed:
-                raise GraphCompileError(f"Graph has a cycle not formed by reset edges: {pending}.")
+                op = make_op(name, self.nodes[name], 1.0, torch.float64)
+                x = sum(feed)
+                # neurons, scales and thresholds keep the shape (and their values do not matter)
+                values[name] = x if isinstance(op, Stateful) or op.elementwise else op(x)
         self.shapes = {n: tuple(v.shape[1:]) for n, v in values.items()}
+
+    def _ordered(
+        self, populations: list[FloatPopulation], projections: list[FloatProjection]
+    ) -> list[FloatPopulation]:
+        """Populations in the schedule's order; every one after the populations it reads."""
+        rank = {n: i for i, n in enumerate(m for s in self.schedule.stages for m in s.members)}
+        ordered = sorted(populations, key=lambda p: rank[p.name])
+        done = {self.input}
+        for pop in ordered:
+            if any(p.source not in done for p in projections if p.target == pop.name):
+                raise GraphCompileError("Populations form a cycle; only feed-forward graphs map.")
+            done.add(pop.name)
+        return ordered
 
     def _paths(self, name: str) -> list[list[str]]:
         """All linear paths from a spike source (or the Input) to ``name`` (inclusive)."""
         if name in self.sources:
             return [[name]]
-        node = self.g.nodes[name]
-        if not (isinstance(node, _LINEAR) or self.g.passthrough(name)):
+        node = self.nodes[name]
+        if not (isinstance(node, _LINEAR) or self.passthrough(name)):
             raise GraphCompileError(
                 f"{name!r} ({type(node).__name__}) sits between neurons where only linear nodes "
                 "can be folded."
             )
-        preds = self.g.preds(name)
+        preds = self.preds(name)
         if not preds:
             raise GraphCompileError(f"Node {name!r} has no input edge.")
         return [[*path, name] for p in preds for path in self._paths(p)]
 
     def _population(self, pop_node: str, out_node: str, kind: PopulationKind, shape):
-        node = self.g.nodes[pop_node]
-        feed = [p for p in self.g.preds(pop_node) if p not in self.reset_edges]
+        node = self.nodes[pop_node]
+        feed = [p for p in self.preds(pop_node) if p not in self.reset_edges]
         paths = [path for p in feed for path in self._paths(p)]
-        projections = [self._fold(path, pop_node, shape) for path in paths]
+        projections = [self._fold(path, pop_node) for path in paths]
         bias = torch.zeros(shape, dtype=torch.float64)
         seen: set[tuple[str, ...]] = set()
         for path in paths:
             for i, step in enumerate(path[1:], start=1):
                 suffix = tuple(path[i:])
-                n = self.g.nodes[step]
+                n = self.nodes[step]
                 if (
                     isinstance(n, nir.Affine | nir.Conv2d)
                     and n.bias is not None
@@ -290,12 +294,12 @@ class _Compiler:
                     seen.add(suffix)
                     b = _bias_map(n, self.shapes[step])
                     for later in path[i + 1 :]:
-                        b = _apply(self.g.nodes[later], b.unsqueeze(0), later, bias=False)[0]
+                        b = _after_weights(self.nodes[later], b)
                     bias += b.reshape(shape)
         if kind == "subtract":
-            reset = next(s for s in self.g.succs(out_node) if s in self.reset_edges)
-            theta = -_tensor(self.g.nodes[reset].scale)
-            fire = _tensor(self.g.nodes[out_node].threshold)
+            reset = next(s for s in self.succs(out_node) if s in self.reset_edges)
+            theta = -_tensor(self.nodes[reset].scale)
+            fire = _tensor(self.nodes[out_node].threshold)
             v_init = theta - fire
         elif kind == "zero":
             fire = _tensor(node.v_threshold)
@@ -310,27 +314,25 @@ class _Compiler:
             theta=_broadcast(theta, shape),
             v_init=_broadcast(v_init, shape),
             bias=bias,
-            spike_tap=self._spike_tap(out_node, kind) if kind != "readout" else ("", ""),
+            spike_tap=self._spike_tap(out_node) if kind != "readout" else ("", ""),
         )
         return pop, projections
 
-    def _spike_tap(self, out_node: str, kind: PopulationKind) -> tuple[str, str]:
+    def _spike_tap(self, out_node: str) -> tuple[str, str]:
         """A node outside the neuron's own loop whose only input is the spike tensor."""
         consumers = [
-            s
-            for s in self.g.succs(out_node)
-            if s not in self.reset_edges and len(self.g.preds(s)) == 1
+            s for s in self.succs(out_node) if s not in self.reset_edges and len(self.preds(s)) == 1
         ]
         return (consumers[0], "input") if consumers else (out_node, "output")
 
-    def _fold(self, path: list[str], target: str, target_shape) -> FloatProjection:
+    def _fold(self, path: list[str], target: str) -> FloatProjection:
         source = self.sources[path[0]]
         src_shape = self.shapes[path[0]]
         ops = path[1:]
         cores = [
             i
             for i, n in enumerate(ops)
-            if isinstance(self.g.nodes[n], nir.Conv2d | nir.Affine | nir.Linear)
+            if isinstance(self.nodes[n], nir.Conv2d | nir.Affine | nir.Linear)
         ]
         if len(cores) > 1:
             raise GraphCompileError(
@@ -338,16 +340,16 @@ class _Compiler:
             )
         label = ops[cores[0]] if cores else "->".join(ops) or path[0]
         if cores:
-            core_name = ops[cores[0]]
-            proj = _core_projection(self.g.nodes[core_name], core_name, self.shapes)
+            proj = _core_projection(self.nodes[ops[cores[0]]])
             before, after = ops[: cores[0]], ops[cores[0] + 1 :]
         else:
             proj = _identity_projection(src_shape)
             before, after = ops, []
         for name in reversed(before):
-            proj = _fold_before(proj, self.g.nodes[name], name, self.shapes, self.g.preds(name))
+            in_shape = self.shapes[self.preds(name)[0]]
+            proj = _fold_before(proj, self.nodes[name], name, in_shape)
         for name in after:
-            proj = _fold_after(proj, self.g.nodes[name], name)
+            proj = _fold_after(proj, self.nodes[name], name)
         if proj.kind == "dense" and proj.weight.shape[1] != int(np.prod(src_shape)):
             raise GraphCompileError(
                 f"{label}: folded weight does not match source shape {src_shape}."
@@ -355,23 +357,9 @@ class _Compiler:
         proj.source, proj.target, proj.label = source, target, label
         return proj
 
-    def _topological(self, names, projections, input_name) -> list[str]:
-        order, done = [], {input_name}
-        while len(order) < len(names):
-            ready = [
-                n
-                for n in names
-                if n not in done and all(p.source in done for p in projections if p.target == n)
-            ]
-            if not ready:
-                raise GraphCompileError("Populations form a cycle; only feed-forward graphs map.")
-            for n in ready:
-                order.append(n)
-                done.add(n)
-        return order
-
 
 def _broadcast(value: torch.Tensor, shape) -> torch.Tensor:
+    """A parameter given as one value, one per channel or one per neuron, laid out on ``shape``."""
     value = value.reshape(-1)
     if value.numel() == 1:
         return value.reshape(()).expand(shape).clone()
@@ -389,6 +377,14 @@ def _bias_map(node, out_shape) -> torch.Tensor:
     return b.reshape(out_shape)
 
 
+def _after_weights(node, bias: torch.Tensor) -> torch.Tensor:
+    """A weight layer's bias map carried through a node that :func:`_fold_after` accepts:
+    ``Scale`` multiplies it, ``Flatten`` flattens it, pass-through nodes keep it."""
+    if isinstance(node, nir.Scale):
+        return bias * _broadcast(_tensor(node.scale), bias.shape)
+    return bias.reshape(-1) if isinstance(node, nir.Flatten) else bias
+
+
 def _conv_padding(node: nir.Conv2d) -> tuple[int, int]:
     if isinstance(node.padding, str):
         if node.padding == "valid":
@@ -398,31 +394,7 @@ def _conv_padding(node: nir.Conv2d) -> tuple[int, int]:
     return _pair(node.padding)
 
 
-def _apply(node, x: torch.Tensor, name: str, bias: bool) -> torch.Tensor:
-    """Run one node on ``x`` (``[B, ...]``) in float64 (shape inference and bias propagation)."""
-    if isinstance(node, nir.Conv2d):
-        w = _tensor(node.weight)
-        b = _tensor(node.bias) if bias and node.bias is not None else None
-        return F.conv2d(
-            x, w, b, _pair(node.stride), _conv_padding(node), _pair(node.dilation), int(node.groups)
-        )
-    if isinstance(node, nir.Affine | nir.Linear):
-        y = x.reshape(x.shape[0], -1) @ _tensor(node.weight).T
-        return y + _tensor(node.bias) if bias and isinstance(node, nir.Affine) else y
-    if isinstance(node, nir.Scale):
-        return x * _broadcast(_tensor(node.scale), x.shape[1:])
-    if isinstance(node, nir.AvgPool2d | nir.SumPool2d):
-        k, s, p = _pair(node.kernel_size), _pair(node.stride), _pair(node.padding)
-        y = F.avg_pool2d(x, k, s, p, count_include_pad=True)
-        return y if isinstance(node, nir.AvgPool2d) else y * (k[0] * k[1])
-    if isinstance(node, nir.Flatten):
-        return x.reshape(x.shape[0], -1)  # shapes only matter up to C-order flattening
-    if isinstance(node, nir.I | nir.IF | nir.Threshold | nir.Input | nir.Output):
-        return x
-    raise GraphCompileError(f"Node {name!r}: unsupported {type(node).__name__}.")
-
-
-def _core_projection(node, name: str, shapes) -> FloatProjection:
+def _core_projection(node) -> FloatProjection:
     w = _tensor(node.weight)
     if isinstance(node, nir.Conv2d):
         return FloatProjection(
@@ -446,9 +418,8 @@ def _identity_projection(shape) -> FloatProjection:
     return FloatProjection("", "", "dense", torch.eye(n, dtype=torch.float64))
 
 
-def _fold_before(proj: FloatProjection, node, name: str, shapes, preds) -> FloatProjection:
-    """Fold ``node`` (applied before ``proj``) into ``proj``."""
-    in_shape = shapes[preds[0]]
+def _fold_before(proj: FloatProjection, node, name: str, in_shape) -> FloatProjection:
+    """Fold ``node`` (applied before ``proj``, on inputs of ``in_shape``) into ``proj``."""
     if isinstance(node, nir.Scale):
         scale = _broadcast(_tensor(node.scale), in_shape)
         if proj.kind == "conv":

@@ -1,15 +1,46 @@
-"""Write a :class:`~neurocuda.deploy.DeploymentReport` as JSON, markdown and PNG plots."""
+"""The deployment report: what a run measured, written as JSON, markdown and a PNG plot."""
 
 from __future__ import annotations
 
 import json
 import os
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from matplotlib.figure import Figure
-
-from neurocuda.deploy.evaluate import DeploymentReport
 from neurocuda.files import atomic_write_text, save_figure
+
+
+@dataclass
+class LayerReport:
+    """Per-image activity of one population."""
+
+    name: str
+    neurons: int
+    spikes_per_image: float
+    spike_rate: float
+    synops_per_image: float
+    neuron_updates_per_image: float
+
+
+@dataclass
+class DeploymentReport:
+    """Everything a deployment run measured; :func:`as_dict` is what the JSON file holds."""
+
+    target: str
+    timesteps: int
+    images: int
+    accuracy: float
+    latency_timesteps: int
+    throughput_images_per_s: float
+    wall_seconds: float
+    layers: list[LayerReport]
+    energy: dict
+    target_info: dict
+    saturation: dict[str, int] = field(default_factory=dict)
+    source: str = ""
+
+    def as_dict(self) -> dict:
+        return asdict(self)
 
 
 def markdown(report: DeploymentReport) -> str:
@@ -98,6 +129,8 @@ def _values(value: float | list[float]) -> str:
 
 def plot(report: DeploymentReport, path: Path) -> None:
     """Per-layer spike rate and synaptic ops vs ANN MACs, one PNG."""
+    from matplotlib.figure import Figure  # here, so that importing the deploy core stays light
+
     names = [str(i) for i in range(len(report.layers))]
     fig = Figure(figsize=(12, 4))
     ax1, ax2 = fig.subplots(1, 2)
@@ -130,3 +163,21 @@ def write_report(report: DeploymentReport, directory: str | os.PathLike) -> dict
     atomic_write_text(paths["markdown"], markdown(report))
     plot(report, paths["plot"])
     return paths
+
+
+def report_metrics(report: DeploymentReport) -> dict[str, float]:
+    """Flat scalars for loggers: ``deploy/<target>/<name>``."""
+    prefix = f"deploy/{report.target}"
+    metrics = {
+        f"{prefix}/accuracy": report.accuracy,
+        f"{prefix}/throughput_images_per_s": report.throughput_images_per_s,
+        f"{prefix}/latency_timesteps": float(report.latency_timesteps),
+        f"{prefix}/synops_per_image": float(report.energy["synops"]),
+        f"{prefix}/energy_uj_loihi": float(report.energy["loihi_uj"]),
+        f"{prefix}/energy_uj_ann_fp32": float(report.energy["ann_fp32_uj"]),
+    }
+    resources = report.target_info.get("resources")
+    if resources:
+        metrics[f"{prefix}/cores"] = float(resources["cores"])
+        metrics[f"{prefix}/chips"] = float(resources["chips"])
+    return metrics
