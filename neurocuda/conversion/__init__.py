@@ -1,6 +1,6 @@
 """ANN -> SNN conversion: validate, fold BatchNorm, calibrate thresholds, replace, finalize."""
 
-from neurocuda.conversion.convert import ConversionConfig, convert
+from neurocuda.conversion.convert import ConversionConfig, convert, spiking_structure
 from neurocuda.conversion.errors import ConversionError
 from neurocuda.conversion.evaluate import SNNEvaluation, evaluate_snn
 from neurocuda.conversion.fold import fold_batchnorms, folded_layer
@@ -15,4 +15,5 @@ __all__ = [
     "evaluate_snn",
     "fold_batchnorms",
     "folded_layer",
+    "spiking_structure",
 ]

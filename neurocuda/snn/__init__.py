@@ -7,7 +7,13 @@ from neurocuda.snn.encoding import Encoding, encode, poisson_encode
 from neurocuda.snn.model import LayerSpikes, SpikingModel
 from neurocuda.snn.neurons import IFNeuron, MultiStepModule, OutputIntegrator, ResetMode, Scale
 from neurocuda.snn.surrogate import spike
-from neurocuda.snn.trainable import neuron_scale_pairs, refresh, runtime_copy, set_trainable
+from neurocuda.snn.trainable import (
+    match_neuron_shapes,
+    neuron_scale_pairs,
+    refresh,
+    runtime_copy,
+    set_trainable,
+)
 
 __all__ = [
     "Encoding",
@@ -19,6 +25,7 @@ __all__ = [
     "Scale",
     "SpikingModel",
     "encode",
+    "match_neuron_shapes",
     "neuron_scale_pairs",
     "poisson_encode",
     "refresh",

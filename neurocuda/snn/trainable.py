@@ -4,12 +4,16 @@ During fine-tuning every IF neuron holds ``threshold`` and ``v_init`` as paramet
 ``Scale(theta)`` after it multiplies by that same parameter object, so a layer's threshold, reset
 and output scale stay one value. Afterwards :func:`runtime_copy` gives the plain runtime model
 again (buffers, no gradients) that the NIR exporter and the deployment targets read.
+:func:`match_neuron_shapes` lets a saved fine-tuned model load into the structure
+:func:`neurocuda.conversion.spiking_structure` rebuilds from the ANN's architecture.
 """
 
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping
 
+import torch
 from torch import nn
 
 from neurocuda.snn.model import SpikingModel
@@ -66,3 +70,31 @@ def runtime_copy(snn: SpikingModel) -> SpikingModel:
     if any(neuron.trainable for neuron in plain.neuron_layers().values()):
         set_trainable(plain, False)
     return plain.requires_grad_(False).eval()
+
+
+def match_neuron_shapes(
+    snn: SpikingModel, state_dict: Mapping[str, torch.Tensor], prefix: str = ""
+) -> None:
+    """Give neurons and Scales whose saved tensors (``prefix + "network." + name``) have another
+    shape (placeholders of ``spiking_structure`` vs per-channel values) those saved tensors, so
+    that ``load_state_dict`` can load them; trainable neurons stay trainable."""
+    pairs = neuron_scale_pairs(snn)
+    saved = {
+        (name, part, attr): state_dict[key]
+        for name in pairs
+        for part, attr in (("0", "threshold"), ("0", "v_init"), ("0", "fire_level"), ("1", "scale"))
+        if (key := f"{prefix}network.{name}.{part}.{attr}") in state_dict
+    }
+    if all(
+        getattr(pairs[name][int(part)], attr).shape == value.shape
+        for (name, part, attr), value in saved.items()
+    ):
+        return
+    trainable = any(neuron.trainable for neuron, _ in pairs.values())
+    if trainable:
+        set_trainable(snn, False)
+    for (name, part, attr), value in saved.items():
+        module = pairs[name][int(part)]
+        setattr(module, attr, value.detach().to(getattr(module, attr)).clone())
+    if trainable:
+        set_trainable(snn, True)
