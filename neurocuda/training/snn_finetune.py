@@ -99,7 +99,7 @@ class SNNFinetuneModule(L.LightningModule):
                 )
             snn = _rebuild(structure)
         self.save_hyperparameters(ignore=["snn"])
-        self.snn = snn
+        self.snn = snn.train()  # no layer depends on it; Lightning warns about eval-mode modules
         set_trainable(self.snn, True)
         self.snn.requires_grad_(True)
         self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
