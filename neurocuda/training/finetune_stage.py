@@ -2,8 +2,8 @@
 
     python train.py experiment=quickstart finetune=snn finetune.timesteps=4 finetune.epochs=2
 
-:func:`convert_for_run` is the one place that turns the run's ANN into its SNN with the
-``conversion`` group's settings (as the SNNConversion callback does during the fit).
+:func:`conversion_config` is the one place that reads the run's conversion settings (as the
+SNNConversion callback does during the fit); :func:`convert_for_run` converts with them.
 """
 
 from __future__ import annotations
@@ -64,19 +64,25 @@ def best_ann(trainer: L.Trainer, model: L.LightningModule) -> nn.Module:
     return best.net
 
 
+def conversion_config(cfg: DictConfig, datamodule: L.LightningDataModule) -> ConversionConfig:
+    """The run's conversion settings (the ``conversion`` group, as the SNNConversion callback
+    reads them) for the datamodule's image shape."""
+    config = ConversionConfig.from_group(cfg.conversion)
+    config.input_shape = tuple(next(iter(datamodule.val_dataloader()))[0].shape[1:])
+    return config
+
+
 def convert_for_run(
     cfg: DictConfig, datamodule: L.LightningDataModule, ann: nn.Module
 ) -> SpikingModel:
-    """``ann`` converted with the ``conversion`` group's settings on the calibration images."""
-    config = ConversionConfig.from_group(cfg.conversion)
-    config.input_shape = tuple(next(iter(datamodule.val_dataloader()))[0].shape[1:])
+    """``ann`` converted with :func:`conversion_config` on the calibration images."""
     data = (
         datamodule.calibration_dataloader()
         if hasattr(datamodule, "calibration_dataloader")
         else datamodule.train_dataloader()
     )
     with torch.autocast(next(ann.parameters()).device.type, enabled=False):
-        return convert(ann, data, config)
+        return convert(ann, data, conversion_config(cfg, datamodule))
 
 
 def run_finetune(
@@ -100,7 +106,7 @@ def run_finetune(
         min_threshold=float(settings.min_threshold),
         label_smoothing=float(settings.label_smoothing),
         structure=snn_structure(dict(ann.hparams), cfg.conversion.reset, snn.input_shape),
-        metadata=ConversionConfig.from_group(cfg.conversion).as_metadata(),
+        metadata=conversion_config(cfg, datamodule).as_metadata(),
     )
     callbacks = [
         hydra.utils.instantiate(node)
