@@ -2,6 +2,7 @@
 
 python train.py experiment=quickstart
 python train.py model=resnet18 trainer=gpu deploy=loihi2
+python train.py experiment=quickstart finetune=snn finetune.timesteps=4 finetune.epochs=2
 """
 
 from __future__ import annotations
@@ -16,6 +17,13 @@ import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
 import neurocuda.training.resolvers  # noqa: F401  (registers ${sweep_group:} and ${job_label:})
+from neurocuda.training.finetune_stage import (
+    best_ann,
+    check_finetune_settings,
+    convert_for_run,
+    run_finetune,
+    snn_test_metrics,
+)
 from neurocuda.training.instantiate import (
     finish_loggers,
     instantiate_callbacks,
@@ -28,7 +36,8 @@ os.environ.setdefault("PROJECT_ROOT", str(Path(__file__).resolve().parent))  # p
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
-    """Fit and test the model described by ``cfg``; return the logged metrics."""
+    """Fit (and fine-tune the SNN, with ``finetune``) and test the model described by ``cfg``;
+    return the logged metrics, with the SNN's on the test set (``test/snn_acc_T{t}``)."""
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
     datamodule: L.LightningDataModule = hydra.utils.instantiate(cfg.data)
@@ -39,16 +48,31 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     for logger in loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
 
+    if cfg.get("finetune"):
+        check_finetune_settings(cfg)
     try:
         if cfg.get("train", True):
             trainer.fit(model, datamodule=datamodule, ckpt_path=resolve_ckpt_path(cfg))
         metrics = dict(trainer.callback_metrics)
+        snn = None
+        if cfg.get("finetune"):
+            finetuned = run_finetune(cfg, trainer, datamodule, model)
+            snn = finetuned.snn
+            metrics.update(finetuned.metrics)
         if cfg.get("test", True):
             best = (
                 trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
             )
             trainer.test(model, datamodule=datamodule, ckpt_path=best or None)
             metrics.update(trainer.callback_metrics)
+            if cfg.get("conversion"):  # the fine-tuned SNN, else the best ANN converted
+                snn = snn or convert_for_run(cfg, datamodule, best_ann(trainer, model))
+                metrics.update(
+                    snn_test_metrics(
+                        cfg, snn, datamodule, float(metrics["test/acc"]), loggers,
+                        trainer.global_step,
+                    )
+                )  # fmt: skip
     finally:
         finish_loggers(loggers)
     return {k: float(v) for k, v in metrics.items()}

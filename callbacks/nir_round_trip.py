@@ -6,7 +6,7 @@ import logging
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import lightning as L
 import torch
@@ -14,10 +14,10 @@ from lightning.pytorch.loggers import WandbLogger
 
 from callbacks.lookup import find_callback
 from callbacks.snn_conversion import SNNConversion
-from neurocuda.checkpoint import export_snn
 from neurocuda.conversion import ConversionResult
-from neurocuda.nir import Executor, Profile, load, save
-from neurocuda.nir.verify import compare
+from neurocuda.nir import Profile
+from neurocuda.nir.verify import export_and_compare
+from neurocuda.snn import Encoding, SpikingModel
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +30,8 @@ class NIRRoundTrip(L.Callback):
     callback (or ``timesteps``). Logs ``nir/max_abs_diff`` and ``nir/divergent_images``; a
     difference other than exactly 0.0 raises (``on_mismatch="fail"``) or warns (``"warn"``).
     """
+
+    metric_prefix = "nir"
 
     def __init__(
         self,
@@ -91,27 +93,45 @@ class NIRRoundTrip(L.Callback):
         if result is None or result.nir_paths or result.epoch != trainer.current_epoch:
             return
         settings = result.settings
-        timesteps = self.timesteps or list(settings.timesteps)
+        metadata = {
+            **settings.as_metadata(),
+            "epoch": int(result.epoch),
+            "checkpoint": ",".join(Path(p).name for p in result.checkpoint_paths),
+        }
+        # the deployment callback reads the files from the result
+        result.nir_paths = self._export_and_check(
+            trainer, pl_module, result.snn, self._paths(result, trainer),
+            self.timesteps or list(settings.timesteps), settings.encoding, metadata, result.epoch,
+        )  # fmt: skip
+
+    def _export_and_check(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        snn: SpikingModel,
+        paths: Sequence[Path],
+        timesteps: Sequence[int],
+        encoding: Encoding,
+        metadata: dict[str, Any],
+        epoch: int,
+    ) -> list[Path]:
+        """Write ``snn`` to ``paths``, re-execute the file on the fixed batch, log, enforce 0.0;
+        return the files written."""
         x, y = self._fixed_batch(trainer)
-        x = x.to(next(result.snn.buffers()).device)
-        checkpoints = ",".join(Path(p).name for p in result.checkpoint_paths)
-        graph = export_snn(
-            result.snn, settings, x, self.profile, epoch=int(result.epoch), checkpoint=checkpoints
+        x = x.to(next(snn.buffers()).device)
+        paths, report = export_and_compare(
+            snn, paths, x, y, timesteps, encoding, self.profile, metadata
         )
-        paths = [save(graph, p) for p in self._paths(result, trainer)]
         path = paths[0]
-        executor = Executor(load(path)).to(x.device)
-        report = compare(executor, result.snn, [(x, y)], timesteps, settings.encoding)
         diff, divergent = report.worst_diff, report.total_divergent
         pl_module.log_dict(
-            {"nir/max_abs_diff": diff, "nir/divergent_images": float(divergent)},
-            on_step=False,
-            on_epoch=True,
-            rank_zero_only=True,
-        )
+            {f"{self.metric_prefix}/max_abs_diff": diff,
+             f"{self.metric_prefix}/divergent_images": float(divergent)},
+            on_step=False, on_epoch=True, rank_zero_only=True,
+        )  # fmt: skip
         log.info("NIR round trip %s: max abs diff %g, %d divergent images", path, diff, divergent)
         if self.log_artifact:
-            self._log_artifact(trainer, path, result.epoch)
+            self._log_artifact(trainer, path, epoch)
         if diff != 0.0 or divergent:
             message = (
                 f"NIR round trip of {path} is not exact: max abs diff {diff} at T={timesteps}, "
@@ -121,14 +141,14 @@ class NIRRoundTrip(L.Callback):
             if self.on_mismatch == "fail":
                 raise RuntimeError(message)
             warnings.warn(message, stacklevel=1)
-        result.nir_paths = paths  # the deployment callback reads them from here
+        return paths
 
-    @staticmethod
-    def _log_artifact(trainer: L.Trainer, path: Path, epoch: int) -> None:
+    def _log_artifact(self, trainer: L.Trainer, path: Path, epoch: int) -> None:
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
                 import wandb
 
-                artifact = wandb.Artifact(f"nir-{logger.experiment.id}", type="nir-graph")
+                name = f"{self.metric_prefix.replace('/', '-')}-{logger.experiment.id}"
+                artifact = wandb.Artifact(name, type="nir-graph")
                 artifact.add_file(str(path), name=path.name)
                 logger.experiment.log_artifact(artifact, aliases=[f"epoch{epoch}", "latest"])

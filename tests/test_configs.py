@@ -19,6 +19,7 @@ GROUPS = [
     "experiment",
     "conversion",
     "deploy",
+    "finetune",
     "hparams_search",
 ]
 
@@ -40,6 +41,9 @@ def test_option_composes(group: str, option: str, tmp_path: Path) -> None:
     if group == "data":
         dm = hydra.utils.instantiate(cfg.data)
         assert dm.hparams.batch_size == cfg.data.batch_size
+    if group == "finetune":
+        checkpoint = hydra.utils.instantiate(cfg.finetune.callbacks.model_checkpoint)
+        assert checkpoint.monitor == f"val/snn_acc_T{cfg.finetune.timesteps}"
 
 
 def test_wrong_key_is_a_clear_error(tmp_path: Path) -> None:

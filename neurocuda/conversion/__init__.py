@@ -1,6 +1,6 @@
 """ANN -> SNN conversion: validate, fold BatchNorm, calibrate thresholds, replace, finalize."""
 
-from neurocuda.conversion.convert import convert
+from neurocuda.conversion.convert import convert, spiking_structure
 from neurocuda.conversion.errors import ConversionError
 from neurocuda.conversion.evaluate import SNNEvaluation, evaluate_snn
 from neurocuda.conversion.fold import fold_batchnorms, folded_layer
@@ -16,4 +16,5 @@ __all__ = [
     "evaluate_snn",
     "fold_batchnorms",
     "folded_layer",
+    "spiking_structure",
 ]

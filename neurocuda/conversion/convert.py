@@ -21,7 +21,7 @@ from neurocuda.conversion.errors import ConversionError
 from neurocuda.conversion.fold import fold_batchnorms
 from neurocuda.conversion.settings import ConversionConfig
 from neurocuda.conversion.validate import NetworkPlan, plan_conversion
-from neurocuda.snn import IFNeuron, OutputIntegrator, Scale, SpikingModel
+from neurocuda.snn import IFNeuron, OutputIntegrator, ResetMode, Scale, SpikingModel
 
 log = logging.getLogger(__name__)
 
@@ -52,13 +52,7 @@ def convert(
     if config.correction_timesteps:
         correction_images = _first_images(calibration_data, config.correction_batches, device)
         targets = activation_channel_means(net, list(plan.activations), correction_images)
-    _replace_activations(net, plan, thresholds, config)
-    _finalize(net, plan)
-    # Standard (NCHW) weight layout, whatever the ANN trained with (channels_last): NIR files store
-    # plain arrays, and a conv with channels_last weights rounds differently on CPU, so the native
-    # SNN must use the layout every executor of the file will use.
-    net = net.to(memory_format=torch.contiguous_format)
-    snn = SpikingModel(net, config.input_shape).to(device).eval().requires_grad_(False)
+    snn = _assemble(net, plan, thresholds, config).to(device)
     if correction_images is not None:
         neurons = {name: f"{name}.0" for name in plan.activations}  # see _replace_activations
         errors = correct_initial_membranes(
@@ -68,6 +62,35 @@ def convert(
         log.info("Initial membranes corrected at T=%d; mean output error before: %s",
                  config.correction_timesteps, before)  # fmt: skip
     return snn
+
+
+def spiking_structure(
+    ann: nn.Module, reset: ResetMode = "subtract", input_shape: tuple[int, ...] = (3, 32, 32)
+) -> SpikingModel:
+    """The :class:`SpikingModel` :func:`convert` builds from ``ann``'s architecture, without data.
+
+    Thresholds are placeholders (1.0 per layer): the result is a container to load a saved spiking
+    model's state dict into (:func:`neurocuda.snn.match_neuron_shapes` adopts per-channel shapes).
+    """
+    config = ConversionConfig(reset=reset, input_shape=tuple(input_shape))
+    net = copy.deepcopy(ann).eval()
+    plan = plan_conversion(net, config.input_shape)
+    fold_batchnorms(net, plan.batchnorm_of)
+    placeholders = {name: torch.ones(()) for name in plan.activations}
+    return _assemble(net, plan, placeholders, config).to(next(ann.parameters()).device)
+
+
+def _assemble(
+    net: nn.Module, plan: NetworkPlan, thresholds: dict[str, torch.Tensor], config: ConversionConfig
+) -> SpikingModel:
+    """Replace activations by IF neurons, finalize pools and the output layer, wrap the network."""
+    _replace_activations(net, plan, thresholds, config)
+    _finalize(net, plan)
+    # Standard (NCHW) weight layout, whatever the ANN trained with (channels_last): NIR files store
+    # plain arrays, and a conv with channels_last weights rounds differently on CPU, so the native
+    # SNN must use the layout every executor of the file will use.
+    net = net.to(memory_format=torch.contiguous_format)
+    return SpikingModel(net, config.input_shape).eval().requires_grad_(False)
 
 
 def _first_images(data: Iterable | None, batches: int, device: torch.device) -> torch.Tensor:

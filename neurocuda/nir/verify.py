@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import torch
 
 from neurocuda.nir.executor import Executor
+from neurocuda.nir.export import Profile, export
+from neurocuda.nir.io import load, save
 from neurocuda.snn import Encoding, SpikingModel, encode
 
 
@@ -78,3 +83,21 @@ def compare(
 
 def _add(counts: dict[int, int], key: int, value: int) -> None:
     counts[key] = counts.get(key, 0) + value
+
+
+def export_and_compare(
+    snn: SpikingModel,
+    paths: Sequence[str | os.PathLike[str]],
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    timesteps: Sequence[int],
+    encoding: Encoding = "direct",
+    profile: Profile = "faithful",
+    metadata: dict[str, Any] | None = None,
+) -> tuple[list[Path], RoundTripReport]:
+    """Export ``snn`` to every file in ``paths``, read the first back, execute it and
+    :func:`compare` it with ``snn`` on ``images`` at ``timesteps``; return the files and report."""
+    graph = export(snn, images[:1], profile, metadata)
+    written = [save(graph, path) for path in paths]
+    executor = Executor(load(written[0])).to(images.device)
+    return written, compare(executor, snn, [(images, labels)], timesteps, encoding)

@@ -6,6 +6,14 @@ The numeric contract (membrane offset, update order, thresholds, resets) is docs
 from neurocuda.snn.encoding import Encoding, encode, poisson_encode
 from neurocuda.snn.model import LayerSpikes, SpikingModel
 from neurocuda.snn.neurons import IFNeuron, MultiStepModule, OutputIntegrator, ResetMode, Scale
+from neurocuda.snn.surrogate import spike
+from neurocuda.snn.trainable import (
+    match_neuron_shapes,
+    neuron_scale_pairs,
+    refresh,
+    runtime_copy,
+    set_trainable,
+)
 
 __all__ = [
     "Encoding",
@@ -17,5 +25,11 @@ __all__ = [
     "Scale",
     "SpikingModel",
     "encode",
+    "match_neuron_shapes",
+    "neuron_scale_pairs",
     "poisson_encode",
+    "refresh",
+    "runtime_copy",
+    "set_trainable",
+    "spike",
 ]

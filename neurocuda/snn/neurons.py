@@ -17,6 +17,8 @@ from typing import Literal
 import torch
 from torch import nn
 
+from neurocuda.snn.surrogate import spike
+
 ResetMode = Literal["subtract", "zero"]
 
 
@@ -77,6 +79,35 @@ class IFNeuron(MultiStepModule):
         self.v_init = v_init
         self.fire_level = self.threshold - v_init
 
+    @property
+    def trainable(self) -> bool:
+        """Whether ``threshold`` and ``v_init`` are parameters (fine-tuning), not buffers."""
+        return isinstance(self.threshold, nn.Parameter)
+
+    def set_trainable(self, enabled: bool) -> None:
+        """Hold ``threshold`` and ``v_init`` as ``nn.Parameter``s or as plain buffers again.
+
+        Same values and state-dict keys either way; ``fire_level`` stays a buffer, recomputed.
+        """
+        values = {name: getattr(self, name).detach().clone() for name in ("threshold", "v_init")}
+        for name, value in values.items():
+            delattr(self, name)
+            if enabled:
+                setattr(self, name, nn.Parameter(value))
+            else:
+                self.register_buffer(name, value)
+        self.refresh()
+
+    @torch.no_grad()
+    def refresh(self, min_threshold: float | None = None) -> None:
+        """After ``threshold``/``v_init`` changed: clamp the threshold to ``>= min_threshold``
+        (when given, > 0) and recompute ``fire_level = threshold - v_init``."""
+        if min_threshold is not None:
+            if min_threshold <= 0:
+                raise ValueError(f"min_threshold={min_threshold} must be > 0.")
+            self.threshold.clamp_(min=min_threshold)
+        self.fire_level = self.threshold - self.v_init
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         spikes = self.run_sequence(self.as_sequence(x))
         return spikes.reshape(-1, *spikes.shape[2:])
@@ -84,11 +115,25 @@ class IFNeuron(MultiStepModule):
     def run_sequence(self, x: torch.Tensor) -> torch.Tensor:
         """Run ``x`` of shape ``[T, B, ...]`` from a zero state; return spikes ``[T, B, ...]``.
 
-        In-place ops into preallocated buffers (1.5x faster on CPU than the out-of-place form).
+        With gradients needed (autograd on, and ``x`` or the neuron's parameters requiring them)
+        the same float operations run out of place with a surrogate gradient at the threshold;
+        otherwise the in-place inference loop runs.
+        """
+        needs_grad = torch.is_grad_enabled() and (
+            x.requires_grad or self.threshold.requires_grad or self.v_init.requires_grad
+        )
+        spikes = self._run_differentiable(x) if needs_grad else self._run_inference(x)
+        self.last_spike_count = spikes.detach().sum()
+        self.last_neurons_per_sample = x[0, 0].numel()
+        return spikes
+
+    def _run_inference(self, x: torch.Tensor) -> torch.Tensor:
+        """In-place ops into preallocated buffers (1.5x faster on CPU than the out-of-place form).
+
         Float addition is commutative bit for bit, so ``u += (-theta * s) + x`` is exactly the
         contract's ``u = u + (x + (-theta) * s)``.
         """
-        x = x.detach()  # spikes are a step function of x: no gradient flows through them anyway
+        x = x.detach()
         # Dense standard layout whatever x's strides (a conv may return channels_last): the layers
         # after this neuron then see the same memory layout as in the NIR executor, and convs
         # round differently on CPU for different layouts.
@@ -112,9 +157,35 @@ class IFNeuron(MultiStepModule):
                 fired = u > self.fire_level
                 spikes[t] = fired
                 u = torch.where(fired, neg_v_init, u)
-        self.last_spike_count = spikes.detach().sum()
-        self.last_neurons_per_sample = x[0, 0].numel()
         return spikes
+
+    def _run_differentiable(self, x: torch.Tensor) -> torch.Tensor:
+        """The inference loop's float operations, out of place, for backprop through time.
+
+        ``fire_level`` is recomputed from the (trainable) threshold and initial membrane with the
+        buffer's own expression, so it holds the same bits. Elementwise ops do not round by memory
+        layout; the contiguous copy only makes the spikes dense like the inference loop's.
+        """
+        x = x.contiguous()
+        threshold = self.threshold
+        fire_level = threshold - self.v_init if self.trainable else self.fire_level
+        u = torch.zeros_like(x[0])
+        s = torch.zeros_like(x[0])
+        steps = []
+        if self.reset == "subtract":
+            neg_threshold = -threshold
+            for t in range(x.shape[0]):
+                u = u + (neg_threshold * s + x[t])
+                s = spike(u, fire_level, threshold)
+                steps.append(s)
+        else:
+            neg_v_init = -self.v_init
+            for t in range(x.shape[0]):
+                u = u + x[t]
+                s = spike(u, fire_level, threshold)
+                steps.append(s)
+                u = torch.where(s.bool(), neg_v_init, u)
+        return torch.stack(steps)
 
     def extra_repr(self) -> str:
         return f"shape={tuple(self.threshold.shape)}, reset={self.reset}"

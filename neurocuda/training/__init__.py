@@ -1,5 +1,6 @@
-"""Training: the LightningModule and the pieces train.py instantiates."""
+"""Training: the LightningModules and the pieces train.py instantiates."""
 
 from neurocuda.training.classifier import ClassifierModule
+from neurocuda.training.snn_finetune import SNNFinetuneModule
 
-__all__ = ["ClassifierModule"]
+__all__ = ["ClassifierModule", "SNNFinetuneModule"]

@@ -1,0 +1,53 @@
+"""Lightning glue: every checkpoint of the SNN fine-tuning stage gets a verified ``.nir`` file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+from callbacks.nir_round_trip import NIRRoundTrip
+from callbacks.snn_conversion import _saved_this_step
+from neurocuda.training import SNNFinetuneModule
+
+
+class FinetuneNIRRoundTrip(NIRRoundTrip):
+    """At each epoch end of :class:`~neurocuda.training.SNNFinetuneModule` training, export the
+    fine-tuned SNN as ``<checkpoint>.nir`` beside every checkpoint saved at this step, execute the
+    file and prove it equal to the native SNN (``finetune/nir/max_abs_diff`` must be 0.0).
+
+    Compared at ``timesteps`` (default: the module's evaluation T) on ``num_images`` fixed
+    validation images. Checkpoints save at validation end, before this hook (see setup).
+    """
+
+    metric_prefix = "finetune/nir"
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if not isinstance(pl_module, SNNFinetuneModule):
+            raise TypeError(
+                f"FinetuneNIRRoundTrip runs with SNNFinetuneModule, got {type(pl_module).__name__}."
+            )
+        for ckpt in trainer.checkpoint_callbacks:
+            if isinstance(ckpt, ModelCheckpoint) and ckpt._save_on_train_epoch_end is None:
+                ckpt._save_on_train_epoch_end = False
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: SNNFinetuneModule) -> None:
+        checkpoints = _saved_this_step(trainer)
+        if not checkpoints:
+            return  # no checkpoint at this step (not a new best): nothing to annotate
+        hparams = pl_module.hparams
+        timesteps = self.timesteps or pl_module.eval_timesteps
+        metadata = {
+            "encoding": hparams.encoding,
+            "timesteps": ",".join(map(str, timesteps)),
+            "epoch": int(trainer.current_epoch),
+            "checkpoint": ",".join(Path(p).name for p in checkpoints),
+            "finetune_timesteps": int(hparams.timesteps),
+            **(hparams.metadata or {}),
+        }
+        paths = [Path(p).with_suffix(".nir") for p in checkpoints]
+        self._export_and_check(
+            trainer, pl_module, pl_module.spiking_model(), paths, timesteps, hparams.encoding,
+            metadata, trainer.current_epoch,
+        )  # fmt: skip

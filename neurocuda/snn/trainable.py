@@ -1,0 +1,100 @@
+"""Train a converted spiking network's thresholds and initial membranes (SNN fine-tuning).
+
+During fine-tuning every IF neuron holds ``threshold`` and ``v_init`` as parameters and the
+``Scale(theta)`` after it multiplies by that same parameter object, so a layer's threshold, reset
+and output scale stay one value. Afterwards :func:`runtime_copy` gives the plain runtime model
+again (buffers, no gradients) that the NIR exporter and the deployment targets read.
+:func:`match_neuron_shapes` lets a saved fine-tuned model load into the structure
+:func:`neurocuda.conversion.spiking_structure` rebuilds from the ANN's architecture.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+
+import torch
+from torch import nn
+
+from neurocuda.snn.model import SpikingModel
+from neurocuda.snn.neurons import IFNeuron, Scale
+
+
+def neuron_scale_pairs(snn: SpikingModel) -> dict[str, tuple[IFNeuron, Scale]]:
+    """Each IF neuron with the ``Scale(theta)`` after it, by the name of their ``nn.Sequential``."""
+    pairs = {
+        name: (module[0], module[1])
+        for name, module in snn.network.named_modules()
+        if isinstance(module, nn.Sequential)
+        and len(module) == 2
+        and isinstance(module[0], IFNeuron)
+        and isinstance(module[1], Scale)
+    }
+    if len(pairs) != len(snn.neuron_layers()):
+        raise ValueError(
+            "Every IFNeuron must sit in an nn.Sequential(IFNeuron, Scale) with the Scale by its "
+            "threshold, as neurocuda.conversion.convert builds them."
+        )
+    return pairs
+
+
+def set_trainable(snn: SpikingModel, enabled: bool) -> None:
+    """Thresholds and initial membranes as parameters (each Scale tied to its neuron's threshold
+    parameter), or back to plain buffers (each Scale a copy of the threshold)."""
+    for name, (neuron, scale) in neuron_scale_pairs(snn).items():
+        if enabled and (
+            scale.scale.shape != neuron.threshold.shape
+            or not bool((scale.scale == neuron.threshold).all())
+        ):
+            raise ValueError(
+                f"{name}: its Scale is not its neuron's threshold; fine-tuning ties the two, so "
+                "they must start equal (convert the ANN with neurocuda.conversion.convert)."
+            )
+        neuron.set_trainable(enabled)
+        delattr(scale, "scale")
+        if enabled:
+            scale.scale = neuron.threshold
+        else:
+            scale.register_buffer("scale", neuron.threshold.clone())
+
+
+def refresh(snn: SpikingModel, min_threshold: float) -> None:
+    """After an optimizer step: clamp thresholds to ``>= min_threshold``, recompute fire levels."""
+    for neuron in snn.neuron_layers().values():
+        neuron.refresh(min_threshold)
+
+
+def runtime_copy(snn: SpikingModel) -> SpikingModel:
+    """A copy of ``snn`` as the runtime holds it: buffers, no gradients, eval mode."""
+    plain = copy.deepcopy(snn)
+    if any(neuron.trainable for neuron in plain.neuron_layers().values()):
+        set_trainable(plain, False)
+    return plain.requires_grad_(False).eval()
+
+
+def match_neuron_shapes(
+    snn: SpikingModel, state_dict: Mapping[str, torch.Tensor], prefix: str = ""
+) -> None:
+    """Give neurons and Scales whose saved tensors (``prefix + "network." + name``) have another
+    shape (placeholders of ``spiking_structure`` vs per-channel values) those saved tensors, so
+    that ``load_state_dict`` can load them; trainable neurons stay trainable."""
+    pairs = neuron_scale_pairs(snn)
+    saved = {
+        (name, part, attr): state_dict[key]
+        for name in pairs
+        for part, attr in (("0", "threshold"), ("0", "v_init"), ("0", "fire_level"), ("1", "scale"))
+        if (key := f"{prefix}network.{name}.{part}.{attr}") in state_dict
+    }
+    if all(
+        getattr(pairs[name][int(part)], attr).shape == value.shape
+        for (name, part, attr), value in saved.items()
+    ):
+        return
+    trainable = any(neuron.trainable for neuron, _ in pairs.values())
+    if trainable:
+        set_trainable(snn, False)
+    for (name, part, attr), value in saved.items():
+        module = pairs[name][int(part)]
+        setattr(module, attr, value.detach().to(getattr(module, attr)).clone())
+    if trainable:
+        set_trainable(snn, True)

@@ -1,0 +1,157 @@
+"""The spiking stages ``train.py`` runs after the ANN fit: SNN fine-tuning and the final SNN test.
+
+    python train.py experiment=quickstart finetune=snn finetune.timesteps=4 finetune.epochs=2
+
+:func:`conversion_config` is the one place that reads the run's conversion settings (as the
+SNNConversion callback does during the fit); :func:`convert_for_run` converts with them.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from dataclasses import dataclass, field, replace
+
+import hydra
+import lightning as L
+import torch
+from lightning.pytorch.loggers import Logger
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from neurocuda.conversion import ConversionConfig, convert, evaluate_snn
+from neurocuda.snn import SpikingModel
+from neurocuda.training.instantiate import conversion_settings
+from neurocuda.training.snn_finetune import SNNFinetuneModule, snn_structure
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class FinetuneResult:
+    """The fine-tuned SNN (its best checkpoint's weights), the stage's metrics and checkpoint."""
+
+    snn: SpikingModel
+    checkpoint: str
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+def check_finetune_settings(cfg: DictConfig) -> None:
+    """Fail before any training when ``cfg.finetune`` cannot run."""
+    finetune = cfg.finetune
+    if not cfg.get("conversion"):
+        raise ValueError(
+            "finetune=snn converts the ANN with the conversion group's settings; do not remove "
+            "it (~conversion)."
+        )
+    if int(finetune.timesteps) < 1 or int(finetune.epochs) < 1:
+        raise ValueError(
+            f"finetune.timesteps={finetune.timesteps} and finetune.epochs={finetune.epochs} must "
+            "be >= 1."
+        )
+    if finetune.start_from not in ("best", "last"):
+        raise ValueError(f"finetune.start_from={finetune.start_from!r}: use best or last.")
+
+
+def best_ann(trainer: L.Trainer, model: L.LightningModule) -> nn.Module:
+    """The ANN (``model.net``) with the weights of the trainer's best checkpoint, if it has one."""
+    path = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    if not path:
+        return model.net
+    best = copy.deepcopy(model)
+    state = torch.load(path, map_location=model.device, weights_only=True)["state_dict"]
+    best.load_state_dict(state)
+    log.info("Converting the best ANN checkpoint %s", path)
+    return best.net
+
+
+def conversion_config(cfg: DictConfig, datamodule: L.LightningDataModule) -> ConversionConfig:
+    """The run's conversion settings (the ``conversion`` group, as the SNNConversion callback
+    reads them) for the datamodule's image shape."""
+    shape = tuple(next(iter(datamodule.val_dataloader()))[0].shape[1:])
+    return replace(conversion_settings(cfg), input_shape=shape)
+
+
+def convert_for_run(
+    cfg: DictConfig, datamodule: L.LightningDataModule, ann: nn.Module
+) -> SpikingModel:
+    """``ann`` converted with :func:`conversion_config` on the calibration images."""
+    data = (
+        datamodule.calibration_dataloader()
+        if hasattr(datamodule, "calibration_dataloader")
+        else datamodule.train_dataloader()
+    )
+    with torch.autocast(next(ann.parameters()).device.type, enabled=False):
+        return convert(ann, data, conversion_config(cfg, datamodule))
+
+
+def run_finetune(
+    cfg: DictConfig, trainer: L.Trainer, datamodule: L.LightningDataModule, ann: L.LightningModule
+) -> FinetuneResult:
+    """Convert the ANN (``finetune.start_from``: best checkpoint or last weights) and train the
+    SNN at ``finetune.timesteps`` with a second trainer (the run's trainer settings and loggers,
+    float32, ``finetune.epochs``) and the ``finetune.callbacks`` (checkpoints under
+    ``checkpoints/finetune`` with verified ``.nir`` files)."""
+    check_finetune_settings(cfg)
+    settings = cfg.finetune
+    net = best_ann(trainer, ann) if settings.start_from == "best" else ann.net
+    snn = convert_for_run(cfg, datamodule, net)
+    module = SNNFinetuneModule(
+        snn,
+        timesteps=int(settings.timesteps),
+        eval_timesteps=list(cfg.conversion.timesteps),
+        encoding=cfg.conversion.encoding,
+        optimizer=OmegaConf.to_container(settings.optimizer, resolve=True),
+        scheduler=settings.scheduler,
+        min_threshold=float(settings.min_threshold),
+        label_smoothing=float(settings.label_smoothing),
+        structure=snn_structure(dict(ann.hparams), cfg.conversion.reset, snn.input_shape),
+        metadata=conversion_config(cfg, datamodule).as_metadata(),
+    )
+    callbacks = [
+        hydra.utils.instantiate(node)
+        for node in (settings.get("callbacks") or {}).values()
+        if isinstance(node, DictConfig) and "_target_" in node
+    ]
+    # float32 whatever the ANN used: the trained network is the float32 one the runtime runs
+    finetuner: L.Trainer = hydra.utils.instantiate(
+        cfg.trainer,
+        max_epochs=int(settings.epochs),
+        precision="32-true",
+        callbacks=callbacks,
+        logger=trainer.loggers,
+    )
+    log.info("Fine-tuning the SNN at T=%d for %d epoch(s)", settings.timesteps, settings.epochs)
+    finetuner.fit(module, datamodule=datamodule)
+    metrics = {k: float(v) for k, v in finetuner.callback_metrics.items()}
+    best = finetuner.checkpoint_callback.best_model_path if finetuner.checkpoint_callback else ""
+    if best:
+        module = SNNFinetuneModule.load_from_checkpoint(best, map_location=module.device)
+    return FinetuneResult(snn=module.spiking_model(), checkpoint=best, metrics=metrics)
+
+
+def snn_test_metrics(
+    cfg: DictConfig,
+    snn: SpikingModel,
+    datamodule: L.LightningDataModule,
+    ann_accuracy: float,
+    loggers: list[Logger],
+    step: int = 0,
+) -> dict[str, float]:
+    """``test/snn_acc_T{t}`` and ``test/snn_gap_T{t}`` (``ann_accuracy`` minus SNN) on the test
+    set for every T of ``conversion.timesteps``; also logged to ``loggers``."""
+    evaluation = evaluate_snn(
+        snn, datamodule.test_dataloader(), list(cfg.conversion.timesteps),
+        encoding=cfg.conversion.encoding,
+    )  # fmt: skip
+    # test/acc is a float32 metric over the same images: back to an exact count's fraction
+    ann_accuracy = round(ann_accuracy * evaluation.images) / evaluation.images
+    metrics = {f"test/snn_acc_T{t}": acc for t, acc in evaluation.accuracy.items()}
+    metrics |= {f"test/snn_gap_T{t}": ann_accuracy - acc for t, acc in evaluation.accuracy.items()}
+    for logger in loggers:
+        logger.log_metrics(metrics, step=step)
+        logger.save()
+    summary = ", ".join(f"T={t}: {a:.2%}" for t, a in evaluation.accuracy.items())
+    log.info("SNN test accuracy on %d images (ANN %.2f%%): %s", evaluation.images,
+             100 * ann_accuracy, summary)  # fmt: skip
+    return metrics

@@ -1,0 +1,170 @@
+"""The LightningModule that fine-tunes a converted spiking network at T steps (BPTT).
+
+The network stays the runtime's integrate-and-fire network with reset by subtraction: its forward
+pass is the runtime's float operations (docs/semantics.md), only the spike's gradient is a surrogate
+(:func:`neurocuda.snn.spike`). Weights, biases, thresholds and initial membranes are trained; each
+neuron's ``Scale(theta)`` is tied to its threshold, and thresholds are kept ``>= min_threshold``
+after every step. The loss is cross-entropy on the output layer's mean over T (``o_T / T``), whose
+argmax is the SNN's prediction.
+
+Reload a fine-tuned model from its checkpoint (no data needed; ``structure`` names the ANN
+architecture the spiking network was converted from)::
+
+    snn = SNNFinetuneModule.load_from_checkpoint(path, map_location="cpu").spiking_model()
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import lightning as L
+import torch
+from torch import nn
+
+from neurocuda.conversion import spiking_structure
+from neurocuda.models import build_model
+from neurocuda.snn import (
+    Encoding,
+    SpikingModel,
+    encode,
+    match_neuron_shapes,
+    refresh,
+    runtime_copy,
+    set_trainable,
+)
+
+_DEFAULT_OPTIMIZER = {"name": "adamw", "lr": 1e-3, "weight_decay": 0.0, "momentum": 0.9}
+
+
+def snn_structure(
+    ann_hparams: dict[str, Any], reset: str, input_shape: Sequence[int]
+) -> dict[str, Any]:
+    """What :class:`SNNFinetuneModule` needs to rebuild its network from a checkpoint.
+
+    ``ann_hparams``: the ANN's ``build_model`` arguments (e.g. a ``ClassifierModule``'s hparams;
+    other keys are dropped).
+    """
+    keys = ("arch", "num_classes", "activation", "activation_kwargs", "arch_kwargs")
+    model = {key: ann_hparams[key] for key in keys if key in ann_hparams}
+    return {"model": model, "reset": reset, "input_shape": [int(d) for d in input_shape]}
+
+
+def _rebuild(structure: dict[str, Any]) -> SpikingModel:
+    model = dict(structure["model"])
+    arch_kwargs = model.pop("arch_kwargs", None) or {}
+    ann = build_model(**model, **arch_kwargs)
+    return spiking_structure(ann, structure["reset"], tuple(structure["input_shape"]))
+
+
+class SNNFinetuneModule(L.LightningModule):
+    """Train ``snn`` (a converted :class:`SpikingModel`) at ``timesteps`` steps.
+
+    Logs ``finetune/loss`` and ``finetune/acc`` (training, at ``timesteps``), and on validation
+    ``val/snn_loss`` and ``val/snn_acc_T{t}`` for every ``t`` in ``eval_timesteps`` (from one run
+    at the largest). ``structure`` (see :func:`snn_structure`) makes checkpoints loadable without
+    ``snn``; ``metadata`` (e.g. the conversion settings) is recorded in exported NIR files.
+    ``optimizer``: ``name`` adamw | sgd, ``lr``, ``weight_decay`` (weights only, not biases,
+    thresholds or initial membranes), ``momentum`` (sgd); ``scheduler``: cosine | none.
+    """
+
+    def __init__(
+        self,
+        snn: SpikingModel | None = None,
+        timesteps: int = 4,
+        eval_timesteps: Sequence[int] = (1, 2, 4, 8),
+        encoding: Encoding = "direct",
+        optimizer: dict[str, Any] | None = None,
+        scheduler: str = "cosine",
+        min_threshold: float = 1e-3,
+        label_smoothing: float = 0.0,
+        structure: dict[str, Any] | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        if timesteps < 1 or any(int(t) < 1 for t in eval_timesteps):
+            raise ValueError(
+                f"finetune.timesteps={timesteps} and eval timesteps {list(eval_timesteps)} must "
+                "be >= 1."
+            )
+        if min_threshold <= 0:
+            raise ValueError(f"finetune.min_threshold={min_threshold} must be > 0.")
+        if scheduler not in ("cosine", "none"):
+            raise ValueError(f"finetune.scheduler={scheduler!r}: use cosine or none.")
+        if snn is None:
+            if structure is None:
+                raise ValueError(
+                    "SNNFinetuneModule needs snn= (a converted SpikingModel) or structure= (as "
+                    "saved in a checkpoint written with it)."
+                )
+            snn = _rebuild(structure)
+        self.save_hyperparameters(ignore=["snn"])
+        self.snn = snn.train()  # no layer depends on it; Lightning warns about eval-mode modules
+        set_trainable(self.snn, True)
+        self.snn.requires_grad_(True)
+        self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+        self.eval_timesteps = sorted({int(t) for t in eval_timesteps} | {timesteps})
+
+    def forward(self, x: torch.Tensor, timesteps: int | None = None) -> torch.Tensor:
+        """The output trace ``[T, B, classes]`` (``T`` = ``timesteps`` or the training T)."""
+        steps = timesteps or self.hparams.timesteps
+        return self.snn(encode(x, steps, self.hparams.encoding), steps)
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], _: int) -> torch.Tensor:
+        x, y = batch
+        steps = self.hparams.timesteps
+        logits = self(x)[-1] / steps
+        loss = self.criterion(logits, y)
+        acc = (logits.argmax(-1) == y).float().mean()
+        self.log("finetune/loss", loss, on_step=True, on_epoch=True, prog_bar=True)
+        self.log("finetune/acc", acc, on_step=False, on_epoch=True, prog_bar=True)
+        return loss
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], _: int) -> None:
+        x, y = batch
+        trace = self(x, max(self.eval_timesteps))
+        steps = self.hparams.timesteps
+        loss = self.criterion(trace[steps - 1] / steps, y)
+        self.log("val/snn_loss", loss, on_epoch=True, batch_size=len(y))
+        for t in self.eval_timesteps:
+            acc = (trace[t - 1].argmax(-1) == y).float().mean()
+            prog_bar = t == steps
+            self.log(f"val/snn_acc_T{t}", acc, on_epoch=True, batch_size=len(y), prog_bar=prog_bar)
+
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        super().optimizer_step(*args, **kwargs)
+        refresh(self.snn, self.hparams.min_threshold)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        match_neuron_shapes(self.snn, checkpoint["state_dict"], prefix="snn.")
+
+    def spiking_model(self) -> SpikingModel:
+        """The fine-tuned network as the runtime holds it (a copy: buffers, no gradients)."""
+        return runtime_copy(self.snn)
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        settings = {**_DEFAULT_OPTIMIZER, **(self.hparams.optimizer or {})}
+        name = settings.pop("name")
+        lr, weight_decay, momentum = settings["lr"], settings["weight_decay"], settings["momentum"]
+        layers = self.snn.neuron_layers().values()
+        neurons = {id(p) for layer in layers for p in (layer.threshold, layer.v_init)}
+        weights = [p for p in self.snn.parameters() if p.dim() > 1 and id(p) not in neurons]
+        others = [p for p in self.snn.parameters() if p.dim() <= 1 or id(p) in neurons]
+        groups = [
+            {"params": weights, "weight_decay": weight_decay},
+            {"params": others, "weight_decay": 0.0},
+        ]
+        if name == "adamw":
+            optimizer: torch.optim.Optimizer = torch.optim.AdamW(groups, lr=lr)
+        elif name == "sgd":
+            optimizer = torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=momentum > 0)
+        else:
+            raise ValueError(f"finetune.optimizer.name={name!r}: use adamw or sgd.")
+        if self.hparams.scheduler == "none":
+            return {"optimizer": optimizer}
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+        }

@@ -1,0 +1,171 @@
+"""SNN fine-tuning: surrogate gradient, trainable thresholds, exact NIR after training, train.py."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from neurocuda.conversion import ConversionConfig, convert
+from neurocuda.models import build_model
+from neurocuda.nir.verify import export_and_compare
+from neurocuda.snn import IFNeuron, neuron_scale_pairs, refresh, runtime_copy, spike
+from neurocuda.training import SNNFinetuneModule
+from neurocuda.training.snn_finetune import snn_structure
+from train import train
+
+ANN = {"arch": "cifarnet", "num_classes": 10, "arch_kwargs": {"widths": [4, 8, 8, 8]}}
+STEPS = 4
+
+
+@pytest.fixture
+def batch(tiny_datamodule) -> tuple[torch.Tensor, torch.Tensor]:
+    x, y = next(iter(tiny_datamodule.calibration_dataloader()))
+    return x, y
+
+
+@pytest.fixture
+def module(tiny_datamodule) -> SNNFinetuneModule:
+    torch.manual_seed(0)
+    ann = build_model(**{k: v for k, v in ANN.items() if k != "arch_kwargs"}, **ANN["arch_kwargs"])
+    config = ConversionConfig(calibration_batches=1, per_channel=True, correction_timesteps=2)
+    snn = convert(ann, tiny_datamodule.calibration_dataloader(), config)
+    return SNNFinetuneModule(
+        snn,
+        timesteps=STEPS,
+        eval_timesteps=[1, 2, 4],
+        optimizer={"lr": 3e-2},
+        scheduler="none",
+        structure=snn_structure(ANN, "subtract", snn.input_shape),
+    )
+
+
+def fit(module: SNNFinetuneModule, x: torch.Tensor, y: torch.Tensor, steps: int, root: Path):
+    """``steps`` optimizer steps on the batch ``(x, y)``; returns the trainer."""
+    loader = DataLoader(TensorDataset(x.repeat(steps, 1, 1, 1), y.repeat(steps)), len(y))
+    trainer = L.Trainer(
+        max_epochs=1, logger=False, enable_progress_bar=False, enable_model_summary=False,
+        enable_checkpointing=False, default_root_dir=root,
+    )  # fmt: skip
+    trainer.fit(module, train_dataloaders=loader)
+    return trainer
+
+
+def loss_of(module: SNNFinetuneModule, x: torch.Tensor, y: torch.Tensor) -> float:
+    with torch.no_grad():
+        return float(module.criterion(module(x)[-1] / STEPS, y))
+
+
+def test_spike_forward_is_the_comparison_and_backward_a_triangle() -> None:
+    u = torch.tensor([0.0, 0.5, 1.0, 1.5, 2.0, 3.0], requires_grad=True)
+    fire_level = torch.tensor(1.0, requires_grad=True)
+    threshold = torch.tensor(2.0)
+    s = spike(u, fire_level, threshold)
+    assert s.tolist() == (u > fire_level).float().tolist() == [0, 0, 0, 1, 1, 1]
+    s.sum().backward()
+    # height 1/theta = 0.5 at u = fire_level, zero at distance theta: 1 - |u - 1| / 2, over 2
+    assert u.grad.tolist() == [0.25, 0.375, 0.5, 0.375, 0.25, 0.0]
+    assert float(fire_level.grad) == -sum(u.grad.tolist())
+
+
+def test_fine_tuning_lowers_the_training_loss(module, batch, tmp_path: Path) -> None:
+    x, y = batch
+    before = loss_of(module, x, y)
+    fit(module, x, y, steps=10, root=tmp_path)
+    assert loss_of(module, x, y) < before - 0.05
+
+
+def test_gradients_reach_weights_thresholds_and_initial_membranes(module, batch) -> None:
+    x, y = batch
+    module.criterion(module(x)[-1] / STEPS, y).backward()
+    pairs = neuron_scale_pairs(module.snn)
+    assert pairs
+    for neuron, scale in pairs.values():
+        assert scale.scale is neuron.threshold  # the layer's output scale is its threshold
+        for parameter in (neuron.threshold, neuron.v_init):
+            assert parameter.grad is not None and float(parameter.grad.abs().sum()) > 0
+    weights = [p for name, p in module.snn.named_parameters() if name.endswith("weight")]
+    assert len(weights) == 8 and all(float(w.grad.abs().sum()) > 0 for w in weights)  # 7 conv, 1 fc
+
+
+def test_thresholds_stay_positive(module) -> None:
+    neuron = next(iter(module.snn.neuron_layers().values()))
+    with torch.no_grad():
+        neuron.threshold.fill_(-1.0)
+    refresh(module.snn, 1e-3)
+    assert bool((neuron.threshold == 1e-3).all())
+    assert torch.equal(neuron.fire_level, neuron.threshold.detach() - neuron.v_init.detach())
+
+
+def test_fine_tuned_forward_is_the_runtime_and_its_nir_round_trip_exact(
+    module, batch, tmp_path: Path
+) -> None:
+    x, y = batch
+    converted = runtime_copy(module.snn)
+    fit(module, x, y, steps=4, root=tmp_path)
+    plain = module.spiking_model()
+    neurons = zip(converted.neuron_layers().values(), plain.neuron_layers().values(), strict=True)
+    assert any(not torch.equal(a.threshold, b.threshold) for a, b in neurons)  # thresholds learned
+    assert all(
+        isinstance(n.threshold, torch.Tensor) and not n.trainable and not n.threshold.requires_grad
+        for n in plain.neuron_layers().values()
+    )
+    trained = module.snn(x, STEPS)  # autograd on: the surrogate-gradient path
+    assert trained.requires_grad
+    with torch.no_grad():
+        assert torch.equal(trained.detach(), plain(x, STEPS))
+    paths, report = export_and_compare(plain, [tmp_path / "ft.nir"], x, y, [1, 2, 4])
+    assert paths[0].is_file()
+    assert report.worst_diff == 0.0 and report.total_divergent == 0
+
+
+def test_checkpoint_loads_back_without_the_converted_model(module, batch, tmp_path: Path) -> None:
+    x, y = batch
+    trainer = fit(module, x, y, steps=2, root=tmp_path)
+    path = tmp_path / "ft.ckpt"
+    trainer.save_checkpoint(path)
+    loaded = SNNFinetuneModule.load_from_checkpoint(path, map_location="cpu")
+    with torch.no_grad():
+        assert torch.equal(loaded.spiking_model()(x, STEPS), module.spiking_model()(x, STEPS))
+    thresholds = [n.threshold.shape for n in loaded.snn.neuron_layers().values()]
+    assert thresholds[0] == (4, 1, 1)  # per-channel shapes restored into the rebuilt structure
+
+
+def test_train_py_fine_tunes_and_reports_snn_test_accuracy(train_cfg, tmp_path: Path) -> None:
+    cfg = train_cfg(
+        "finetune=snn",
+        "finetune.timesteps=2",
+        "conversion.timesteps=[1,2,4]",
+        "conversion.calibration.batches=2",
+        "conversion.eval_subset=16",
+    )
+    metrics = train(cfg)
+    folder = tmp_path / "run" / "checkpoints" / "finetune"
+    checkpoints = sorted(folder.glob("*.ckpt"))
+    assert {p.name for p in checkpoints} == {"epoch_000.ckpt", "last.ckpt"}
+    assert all(p.with_suffix(".nir").is_file() for p in checkpoints)
+    assert metrics["finetune/nir/max_abs_diff"] == 0.0
+    assert {"finetune/loss_epoch", "finetune/acc", "val/snn_acc_T2", "val/snn_acc_T4"} <= set(
+        metrics
+    )
+    for t in (1, 2, 4):
+        assert 0.0 <= metrics[f"test/snn_acc_T{t}"] <= 1.0
+        gap = metrics["test/acc"] - metrics[f"test/snn_acc_T{t}"]
+        assert metrics[f"test/snn_gap_T{t}"] == pytest.approx(gap, abs=1e-6)
+    loaded = SNNFinetuneModule.load_from_checkpoint(checkpoints[0], map_location="cpu")
+    assert isinstance(loaded.spiking_model().network.get_submodule("2.0"), IFNeuron)
+
+
+def test_train_py_reports_the_converted_snn_without_fine_tuning(train_cfg) -> None:
+    metrics = train(train_cfg("conversion.timesteps=[1,2]", "conversion.calibration.batches=1",
+                              "conversion.eval_subset=8"))  # fmt: skip
+    assert {"test/acc", "test/snn_acc_T1", "test/snn_acc_T2", "test/snn_gap_T2"} <= set(metrics)
+    assert not any(k.startswith("finetune/") for k in metrics)
+
+
+def test_fine_tuning_without_the_conversion_group_fails_at_once(train_cfg) -> None:
+    with pytest.raises(ValueError, match="~conversion"):
+        train(train_cfg("finetune=snn", "~conversion"))
