@@ -6,7 +6,7 @@
 Overrides are Hydra overrides of configs/ (``conversion.*``, ``data.*``), as for train.py. Data
 settings default to those the checkpoint was trained with (its saved datamodule hyperparameters);
 ``data.*`` overrides replace them. Writes ``<ckpt>.snn.{md,json,png}`` beside the checkpoint (or
-in --out).
+in --out). Errors (a full disk, bad input) print one line; ``--debug`` shows the traceback.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
 
+from neurocuda.cli import run_cli
 from neurocuda.conversion import ConversionConfig, SNNEvaluation, convert, evaluate_snn
 from neurocuda.data import CheckpointDataError, datamodule_from_checkpoint
 from neurocuda.nir import export, save
@@ -50,7 +51,7 @@ def print_table(console: Console, ckpt: Path, evaluation: SNNEvaluation) -> None
     )
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
@@ -62,7 +63,7 @@ def main() -> None:
     parser.add_argument(
         "--nir", action="store_true", help="also export the SNN as <checkpoint>.nir (faithful)"
     )
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if not args.checkpoint.is_file():
         parser.error(f"checkpoint {args.checkpoint} does not exist.")
     out_dir = args.out or args.checkpoint.parent
@@ -111,4 +112,4 @@ def main() -> None:
 
 if __name__ == "__main__":
     os.environ.setdefault("HYDRA_FULL_ERROR", "1")
-    main()
+    run_cli(main)

@@ -3,6 +3,8 @@
     python scripts/verify_nir.py FILE.nir [--timesteps 1 4 8] [--num-images N]
     python scripts/verify_nir.py logs/.../checkpoints/last.nir --checkpoint logs/.../last.ckpt
 
+Errors (a malformed file, bad metadata) print one line; ``--debug`` shows the traceback.
+
 Prints the graph's accuracy per T. With ``--checkpoint`` the checkpoint is converted again
 (conversion settings from the file's metadata unless given here; calibration reads the fixed,
 un-augmented calibration images, so it gives the same thresholds and membranes) and the native
@@ -12,7 +14,6 @@ SNN's accuracy, the max abs diff and the number of divergent images are printed 
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from rich.console import Console
@@ -20,9 +21,11 @@ from rich.progress import Progress
 from rich.table import Table
 from torch.utils.data import DataLoader
 
+from neurocuda.cli import run_cli
 from neurocuda.conversion import ConversionConfig, convert
 from neurocuda.data import CheckpointDataError, CIFAR10DataModule, datamodule_from_checkpoint
 from neurocuda.nir import Executor, load
+from neurocuda.nir.metadata import check_timesteps, recorded_timesteps
 from neurocuda.nir.verify import RoundTripReport, compare
 from neurocuda.training import ClassifierModule
 
@@ -127,8 +130,10 @@ def main(argv: list[str]) -> int:
     console = Console()
     graph = load(args.file)
     metadata = dict(graph.metadata)
-    recorded = str(metadata.get("timesteps", "1,2,4,8"))
-    timesteps = args.timesteps or [int(t) for t in recorded.split(",")]
+    if args.timesteps:
+        timesteps = check_timesteps(args.timesteps, "--timesteps")
+    else:
+        timesteps = recorded_timesteps(metadata)
     encoding = str(setting(args.encoding, metadata, "encoding", "direct"))
     dm = datamodule(args)
     snn = native_model(args, metadata) if args.checkpoint else None
@@ -149,4 +154,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    run_cli(main)

@@ -26,7 +26,7 @@ def save(graph: nir.NIRGraph, path: str | os.PathLike[str]) -> Path:
 
 
 def load(path: str | os.PathLike[str], limits: LoadLimits | None = None) -> nir.NIRGraph:
-    """Read a NIR graph; raise ``FileNotFoundError`` or :class:`NIRFormatError` saying what is wrong.
+    """Read a NIR graph; ``FileNotFoundError`` or :class:`NIRFormatError` say what is wrong.
 
     Sizes, counts and nesting depth are checked against ``limits`` (default :class:`LoadLimits`)
     before any data is read.

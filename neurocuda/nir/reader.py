@@ -30,7 +30,7 @@ import numpy as np
 from neurocuda.nir.errors import NIRFormatError
 from neurocuda.nir.schedule import check_flat_names
 
-ROOT = "<root>"
+ROOT = ""  # the top-level graph, shown as <root>
 
 
 @dataclass(frozen=True)
@@ -74,7 +74,7 @@ MAX_INDEX = 32  # HDF5 and torch tensors have at most 32 dimensions
 class _Spec:
     """One node as found by the scan: where it is, its type, datasets and children."""
 
-    where: str
+    where: str  # dotted path of graph names, as the executor names flattened members
     kind: type
     group: h5py.Group
     fields: dict[str, h5py.Dataset] = field(default_factory=dict)
@@ -98,6 +98,11 @@ def _fields(kind: type) -> tuple[set[str], set[str]]:
             required.add(item.name)
     required -= {"input_type", "input_shape"}  # optional in files (inferred from the graph)
     return required, allowed
+
+
+def _node(where: str, kind: str | None = None) -> str:
+    name = repr(where) if where != ROOT else "<root>"
+    return f"node {name}" if kind is None else f"node {name} ({kind})"
 
 
 def _node_types() -> dict[str, type]:
@@ -155,7 +160,7 @@ class Reader:
         stack: list[tuple[h5py.Group, str, int, _Spec | None, str]] = [(top, ROOT, 0, None, "")]
         while stack:
             group, where, depth, parent, name = stack.pop()
-            self.at(f"node {where}")
+            self.at(_node(where))
             if depth > self.limits.max_depth:
                 raise self.fail(
                     f"is nested more than {self.limits.max_depth} graphs deep "
@@ -177,7 +182,7 @@ class Reader:
                     item = members[child]
                     if not isinstance(item, h5py.Group):
                         raise self.fail(f"has a member {child_name!r} that is not a group.")
-                    stack.append((item, repr(child_where), depth + 1, spec, child_name))
+                    stack.append((item, child_where, depth + 1, spec, child_name))
         assert root is not None
         return root
 
@@ -203,7 +208,7 @@ class Reader:
         kind = NODE_TYPES.get(kind_name)
         if kind is None or kind is nir.NIRNode:
             raise self.fail(f"has unknown type {kind_name!r} (not a nir 1.0.8 node).")
-        self.at(f"node {where} ({kind_name})")
+        self.at(_node(where, kind_name))
         required, allowed = _fields(kind)
         if missing := required - keys:
             raise self.fail(f"lacks field(s) {sorted(missing)}.")
@@ -335,7 +340,7 @@ class Reader:
             stack.extend(spec.children.values())
         built: dict[int, nir.NIRNode] = {}
         for spec in reversed(order):
-            self.at(f"node {spec.where} ({spec.kind.__name__})")
+            self.at(_node(spec.where, spec.kind.__name__))
             built[id(spec)] = self.build_node(spec, built)
         return built[id(root)]
 
