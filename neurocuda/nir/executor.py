@@ -14,6 +14,8 @@ agree bit for bit.
 
 from __future__ import annotations
 
+import dataclasses
+
 import nir
 import numpy as np
 import torch
@@ -170,13 +172,9 @@ class Executor(nn.Module):
             raise NIRFormatError(
                 f"Node {name!r} ({kind}) cannot take inputs of shape {in_shape}: {error}"
             ) from error
-        out_shape = tuple(out.shape[1:])
-        if (op.stateful or op.elementwise) and out_shape != in_shape:
-            raise NIRFormatError(
-                f"Node {name!r} ({kind}) has parameters that do not fit its input shape "
-                f"{in_shape} (they would broadcast it to {out_shape})."
-            )
-        return in_shape, out_shape
+        if op.stateful or op.elementwise:
+            _check_parameter_shapes(name, self.schedule.graph.nodes[name], in_shape)
+        return in_shape, tuple(out.shape[1:])
 
     def _feedforward_sum(self, name: str, values: dict[str, Value]) -> Value:
         total, constant = None, True
@@ -280,3 +278,24 @@ def _declared_shape(node: nir.NIRNode) -> tuple[int, ...] | None:
     else:
         return None
     return None if shape is None else tuple(int(s) for s in np.atleast_1d(shape))
+
+
+def _check_parameter_shapes(name: str, node: nir.NIRNode, shape: tuple[int, ...]) -> None:
+    """Per-neuron parameters must have the input's shape (or broadcast to it unchanged).
+
+    Checked on the node, not the op: ops keep constant parameters compacted to size 1, which
+    would hide a parameter of the wrong shape.
+    """
+    for item in dataclasses.fields(node):
+        value = getattr(node, item.name)
+        if item.name in ("input_type", "output_type") or not isinstance(value, np.ndarray):
+            continue
+        try:
+            fits = np.broadcast_shapes(value.shape, shape) == shape
+        except ValueError:
+            fits = False
+        if not fits:
+            raise NIRFormatError(
+                f"Node {name!r} ({type(node).__name__}) has {item.name} of shape {value.shape}, "
+                f"which does not fit its input shape {shape}."
+            )

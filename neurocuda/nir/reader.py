@@ -149,8 +149,10 @@ class Reader:
                 f"{self.path}: the top-level node is a {root.kind.__name__}, not a NIRGraph."
             )
         graph = self.build(root)
-        self.at("the graph")
-        check_flat_names(graph)
+        try:
+            check_flat_names(graph)
+        except NIRFormatError as error:
+            raise NIRFormatError(f"{self.path}: {error}") from None
         return graph
 
     # -- pass 1: headers only -------------------------------------------------------------------
@@ -351,6 +353,7 @@ class Reader:
         if spec.kind is nir.NIRGraph:
             nodes = {name: built[id(child)] for name, child in spec.children.items()}
             edges = self.edge_list(spec.edges, nodes)
+            self.field = None
             try:
                 return nir.NIRGraph(nodes=nodes, edges=edges, **extra)
             except Exception as error:  # nir's type inference on a malformed graph
