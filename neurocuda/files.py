@@ -1,9 +1,18 @@
-"""Atomic file output: readers never see a half-written checkpoint, report, plot or NIR file."""
+"""Atomic file output: readers never see a half-written checkpoint, report, plot or NIR file.
+
+A write goes to a temp file ``.<name>.<random>.tmp`` beside the target, is fsynced, renamed onto the
+target, and the folder is fsynced, so after a crash or power loss the target is either the old or
+the new file. Temp files left by interrupted writes (older than this process) are removed by the
+next write to the same folder. A full or read-only disk raises :class:`WriteError` naming the path.
+"""
 
 from __future__ import annotations
 
+import errno
 import os
+import re
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -11,30 +20,85 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:  # only the type: importing a file helper must not load matplotlib
     from matplotlib.figure import Figure
 
+_STARTED = time.time()
+_TEMP_NAME = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp$")  # tempfile.mkstemp's names, as used here
+
+
+class WriteError(OSError):
+    """A file could not be written (disk full, read-only, no permission); nothing was left."""
+
+    def __init__(self, path: Path, error: OSError) -> None:
+        reason = os.strerror(error.errno) if error.errno else str(error)
+        super().__init__(error.errno, f"cannot write {path}: {reason[:1].lower()}{reason[1:]}")
+        self.path = path
+
+    def __str__(self) -> str:
+        return self.strerror
+
 
 def atomic_write(path: str | os.PathLike[str], write: Callable[[str], object]) -> Path:
     """Call ``write(tmp_path)`` on a temp file beside ``path``, then rename it onto ``path``.
 
-    On any error the temp file is removed and ``path`` is left as it was.
+    On any error the temp file is removed and ``path`` is left as it was; an ``OSError`` (full or
+    read-only disk) becomes a :class:`WriteError` naming ``path``.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    tmp: str | None = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temp_files(path.parent)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
         write(tmp)
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the usual permissions
+        _fsync(tmp, os.O_RDONLY)
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        tmp = None
+        _fsync(path.parent, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError as error:
+        raise WriteError(path, error) from error
+    finally:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
     return path
+
+
+def _fsync(path: str | os.PathLike[str], flags: int) -> None:
+    fd = os.open(path, flags)
+    try:
+        os.fsync(fd)
+    except OSError as error:  # some file systems cannot fsync a directory
+        if error.errno not in (errno.EINVAL, errno.EBADF, errno.ENOTSUP):
+            raise
+    finally:
+        os.close(fd)
+
+
+def remove_stale_temp_files(folder: Path) -> list[Path]:
+    """Remove temp files of interrupted atomic writes in ``folder`` older than this process."""
+    removed = []
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            if not _TEMP_NAME.match(entry.name):
+                continue
+            try:
+                if entry.is_file(follow_symlinks=False) and entry.stat().st_mtime < _STARTED:
+                    os.unlink(entry.path)
+                    removed.append(Path(entry.path))
+            except FileNotFoundError:  # another process cleaned it up first
+                continue
+    return removed
 
 
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
+    """Write ``data`` atomically with plain Python I/O (ENOSPC surfaces as ``WriteError``)."""
+    return atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:

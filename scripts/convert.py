@@ -6,7 +6,7 @@
 Overrides are Hydra overrides of configs/ (``conversion.*``, ``data.*``), as for train.py. Data
 settings default to those the checkpoint was trained with (its saved datamodule hyperparameters);
 ``data.*`` overrides replace them. Writes ``<ckpt>.snn.{md,json,png}`` beside the checkpoint (or
-in --out).
+in --out). Errors (a full disk, bad input) print one line; ``--debug`` shows the traceback.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from rich.console import Console
 from rich.table import Table
 
 from neurocuda.checkpoint import checkpoint_datamodule, export_snn, snn_from_checkpoint
+from neurocuda.cli import run_cli
 from neurocuda.conversion import ConversionConfig, SNNEvaluation, evaluate_snn
 from neurocuda.nir import save
 from neurocuda.reporting.accuracy_plots import save_accuracy_report
@@ -41,7 +42,7 @@ def print_table(console: Console, ckpt: Path, evaluation: SNNEvaluation) -> None
     )
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
@@ -53,7 +54,7 @@ def main() -> None:
     parser.add_argument(
         "--nir", action="store_true", help="also export the SNN as <checkpoint>.nir (faithful)"
     )
-    args = parser.parse_intermixed_args()  # overrides may come before or after the options
+    args = parser.parse_intermixed_args(argv)  # overrides may come before or after the options
     if not args.checkpoint.is_file():
         parser.error(f"checkpoint {args.checkpoint} does not exist.")
     out_dir = args.out or args.checkpoint.parent
@@ -85,4 +86,4 @@ def main() -> None:
 
 if __name__ == "__main__":
     os.environ.setdefault("HYDRA_FULL_ERROR", "1")
-    main()
+    run_cli(main)

@@ -6,6 +6,7 @@
 Takes the project's Hydra configs (``configs/train.yaml``; any override works) for the data module
 and the ``deploy`` group, runs the same library call as the Deployment callback and writes
 ``deploy_<target>.{json,md,png}`` into ``--out`` (default: ``<FILE>_deploy/`` beside the file).
+Errors (a malformed file, a full disk) print one line; ``--debug`` shows the traceback.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import hydra
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from neurocuda.cli import run_cli  # noqa: E402
 from neurocuda.deploy.run import run_deployment  # noqa: E402
 from neurocuda.training.compose import compose_train_config  # noqa: E402
 
@@ -61,4 +63,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

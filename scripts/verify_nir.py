@@ -4,6 +4,8 @@
     python scripts/verify_nir.py logs/.../checkpoints/last.nir --checkpoint logs/.../last.ckpt
     python scripts/verify_nir.py FILE.nir --checkpoint CKPT conversion.correction.timesteps=0
 
+Errors (a malformed file, bad metadata) print one line; ``--debug`` shows the traceback.
+
 Prints the graph's accuracy per T. With ``--checkpoint`` the checkpoint is converted again
 (conversion settings from the file's metadata, ``conversion.*`` overrides replacing some;
 calibration reads the fixed, un-augmented calibration images, so it gives the same thresholds and
@@ -14,7 +16,6 @@ printed too. Test images come from the configured data source (``data.*`` overri
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import hydra
@@ -24,9 +25,12 @@ from rich.progress import Progress
 from rich.table import Table
 
 from neurocuda.checkpoint import settings_with_overrides, snn_from_checkpoint
-from neurocuda.conversion import ConversionConfig
+from neurocuda.cli import run_cli
+from neurocuda.conversion import ConversionConfig, ConversionError
 from neurocuda.data import CheckpointDataError, CIFAR10DataModule, datamodule_from_checkpoint
 from neurocuda.nir import Executor, load
+from neurocuda.nir.errors import NIRFormatError
+from neurocuda.nir.metadata import check_timesteps
 from neurocuda.nir.verify import RoundTripReport, compare
 from neurocuda.snn import SpikingModel
 from neurocuda.training.compose import compose_train_config
@@ -94,10 +98,15 @@ def main(argv: list[str]) -> int:
     console = Console()
     graph = load(args.file)
     cfg = compose_train_config(args.overrides, ROOT / "logs" / "verify_nir")
-    settings = settings_with_overrides(
-        ConversionConfig.from_metadata(graph.metadata), cfg, args.overrides
-    )
-    timesteps = args.timesteps or list(settings.timesteps)
+    try:
+        recorded = ConversionConfig.from_metadata(graph.metadata)
+    except ConversionError as error:
+        raise NIRFormatError(f"{args.file}: its metadata is invalid: {error}") from error
+    settings = settings_with_overrides(recorded, cfg, args.overrides)
+    if args.timesteps:
+        timesteps = check_timesteps(args.timesteps, "--timesteps")
+    else:
+        timesteps = list(settings.timesteps)
     dm = test_data(args, cfg)
     try:
         snn = native_model(args, settings) if args.checkpoint else None
@@ -120,4 +129,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    run_cli(main)

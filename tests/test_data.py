@@ -12,10 +12,12 @@ import torch
 from neurocuda.data import (
     CheckpointDataError,
     CIFAR10DataModule,
+    CorruptDatasetError,
     DatasetNotFoundError,
     datamodule_from_checkpoint,
 )
 from neurocuda.data.dataset import ImageArrayDataset, balanced_subset
+from neurocuda.data.sources import load_jpeg
 from tests.conftest import SHARED_ARCHIVE
 
 
@@ -127,3 +129,39 @@ def test_datamodule_from_checkpoint_restores_settings_and_applies_overrides(
     torch.save({"state_dict": {}}, ckpt)
     with pytest.raises(CheckpointDataError, match="holds no datamodule settings"):
         datamodule_from_checkpoint(ckpt)
+
+
+def test_cache_on_a_full_disk_warns_and_leaves_nothing(tiny_archive, small_tmpfs, caplog) -> None:
+    """The decoded tiny archive (~1 MB) does not fit a 200 KB tmpfs: run on without a cache."""
+    splits = load_jpeg(tiny_archive, small_tmpfs)
+    assert len(splits["train"].labels) == 240
+    assert f"cannot write {small_tmpfs}/cifar10-jpeg-" in caplog.text
+    assert "no space left on device; continuing without the cache" in caplog.text
+    assert list(small_tmpfs.iterdir()) == []
+
+
+def test_damaged_cache_is_rebuilt_with_a_warning(tiny_archive, tmp_path, caplog) -> None:
+    first = load_jpeg(tiny_archive, tmp_path)
+    (cache,) = tmp_path.glob("cifar10-jpeg-*.npz")
+    data = cache.read_bytes()
+    for damaged in (data[: len(data) // 2], b"garbage", data[:100] + bytes(100) + data[200:]):
+        cache.write_bytes(damaged)
+        splits = load_jpeg(tiny_archive, tmp_path)
+        assert "is damaged" in caplog.text and "rebuilding it" in caplog.text
+        assert np.array_equal(splits["test"].images, first["test"].images)
+        assert cache.read_bytes() == data  # rewritten whole
+        caplog.clear()
+
+
+def test_damaged_archive_gives_one_error_naming_it_and_the_fix(tiny_archive, tmp_path) -> None:
+    data = tiny_archive.read_bytes()
+    for name, damaged in (("truncated", data[: len(data) // 2]), ("flipped", _flip(data))):
+        archive = tmp_path / f"{name}.tar.gz"
+        archive.write_bytes(damaged)
+        with pytest.raises(CorruptDatasetError, match=f"{archive} is corrupt or truncated"):
+            load_jpeg(archive, tmp_path / "cache")
+
+
+def _flip(data: bytes) -> bytes:
+    middle = len(data) // 2
+    return data[:middle] + bytes([data[middle] ^ 0xFF]) + data[middle + 1 :]

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import h5py
 import nir
@@ -10,7 +14,12 @@ import numpy as np
 import pytest
 import torch
 
-from neurocuda.nir import Executor, load, save
+from neurocuda.cli import run_cli
+from neurocuda.files import WriteError
+from neurocuda.nir import Executor, NIRFormatError, load, save
+from tests.conftest import remount_read_only
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def small_graph() -> nir.NIRGraph:
@@ -115,3 +124,99 @@ def test_cycle_without_state_fails_at_execution(tmp_path):
     loaded = load(save(graph, tmp_path / "g.nir"))
     with pytest.raises(ValueError, match=r"\['a', 'b'\] form a cycle without a stateful node"):
         Executor(loaded)
+
+
+SAVE_SCRIPT = """
+import sys, nir, numpy as np
+from neurocuda.cli import run_cli
+from neurocuda.nir import save
+
+def main(argv):
+    weight = np.random.default_rng(0).standard_normal((300, 300)).astype(np.float32)
+    graph = nir.NIRGraph.from_list(nir.Affine(weight=weight, bias=np.zeros(300, np.float32)))
+    save(graph, argv[0])
+
+run_cli(main)
+"""
+
+
+def save_in_subprocess(path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run(
+        [sys.executable, "-c", SAVE_SCRIPT, str(path)], capture_output=True, text=True, env=env
+    )
+
+
+def test_full_or_read_only_disk_gives_one_line_error_and_leaves_nothing(small_tmpfs):
+    """A 360 KB graph on a 200 KB tmpfs: libhdf5 used to die there with SIGSEGV (exit 139)."""
+    target = small_tmpfs / "sub" / "g.nir"
+    result = save_in_subprocess(target)
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.count("\n") == 1, result.stderr  # one line, no traceback
+    assert f"cannot write {target}: no space left on device" in result.stderr
+    assert [p.name for p in target.parent.iterdir()] == []  # no partial file, no temp file
+
+    remount_read_only(small_tmpfs)
+    result = save_in_subprocess(small_tmpfs / "sub" / "h.nir")
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert "cannot write" in result.stderr and "read-only file system" in result.stderr
+
+
+def test_stale_temp_files_of_interrupted_writes_are_removed(tmp_path):
+    stale = tmp_path / ".g.nir.ab12cd34.tmp"
+    fresh = tmp_path / ".other.nir.zz99yy88.tmp"  # another writer's, started after this process
+    unrelated = tmp_path / ".notes.tmp"
+    for path in (stale, fresh, unrelated):
+        path.write_bytes(b"partial")
+    os.utime(stale, (time.time() - 3600, time.time() - 3600))
+    os.utime(unrelated, (time.time() - 3600, time.time() - 3600))
+    save(small_graph(), tmp_path / "h.nir")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [fresh.name, unrelated.name, "h.nir"]
+    )
+
+
+def test_write_error_names_the_path(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.raises(WriteError, match=f"cannot write {blocker}/g.nir: "):
+        save(small_graph(), blocker / "g.nir")
+
+
+def test_run_cli_prints_one_line_and_debug_shows_the_traceback(capsys, monkeypatch):
+    def main(argv):
+        raise NIRFormatError("g.nir: node 'x' (Affine), field 'weight' holds 1 NaN\nsecond line")
+
+    monkeypatch.setattr(sys, "argv", ["verify_nir.py"])
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(main, ["g.nir"])
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err
+    assert err == (
+        "verify_nir.py: error: g.nir: node 'x' (Affine), field 'weight' holds 1 NaN second line "
+        "(--debug shows the traceback)\n"
+    )
+    with pytest.raises(NIRFormatError):
+        run_cli(main, ["g.nir", "--debug"])
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(lambda argv: 3, [])
+    assert exit_info.value.code == 3
+
+
+def test_verify_nir_reports_a_bad_file_in_one_line(tmp_path):
+    graph = small_graph()
+    graph.metadata = {"timesteps": "0"}
+    path = save(graph, tmp_path / "g.nir")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    command = [sys.executable, str(ROOT / "scripts" / "verify_nir.py"), str(path)]
+    result = subprocess.run(command, capture_output=True, text=True, env=env)
+    assert result.returncode == 1
+    assert result.stderr.count("\n") == 1 and "metadata is invalid" in result.stderr
+    assert "conversion.timesteps=(0,) must be a non-empty list of integers in [1, 4096]" in (
+        result.stderr
+    )
+    path.write_bytes(path.read_bytes()[:1000])
+    result = subprocess.run([*command, "--debug"], capture_output=True, text=True, env=env)
+    assert result.returncode == 1
+    assert "Traceback" in result.stderr and "NIRFormatError" in result.stderr

@@ -16,10 +16,8 @@ from dataclasses import dataclass, fields
 from typing import Any, get_args
 
 from neurocuda.conversion.errors import ConversionError
+from neurocuda.nir.metadata import MAX_TIMESTEPS
 from neurocuda.snn import Encoding, ResetMode
-
-MAX_TIMESTEPS = 4096
-"""Largest T accepted from a config or a file (a guard against typos and hostile metadata)."""
 
 # Field -> key in the ``conversion`` config group (the group nests calibration and correction).
 _GROUP_KEYS = {

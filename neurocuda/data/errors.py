@@ -1,4 +1,4 @@
-"""The one error users see when CIFAR-10 cannot be found."""
+"""The errors users see when CIFAR-10 cannot be found or is damaged."""
 
 from __future__ import annotations
 
@@ -15,3 +15,13 @@ class DatasetNotFoundError(FileNotFoundError):
 
     def __init__(self, problem: str) -> None:
         super().__init__(f"CIFAR-10 not available: {problem}\n{HOW_TO_PROVIDE}")
+
+
+class CorruptDatasetError(ValueError):
+    """A CIFAR-10 archive or folder cannot be read (truncated download, damaged file)."""
+
+    def __init__(self, path: object, error: BaseException) -> None:
+        super().__init__(
+            f"CIFAR-10 archive {path} is corrupt or truncated ({type(error).__name__}: {error}); "
+            "copy or download it again (or point data.archive at a good copy)."
+        )

@@ -5,9 +5,8 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
-import os
 import tarfile
-import tempfile
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,8 +15,8 @@ import numpy as np
 from PIL import Image
 from rich.progress import Progress
 
-from neurocuda.data.errors import DatasetNotFoundError
-from neurocuda.files import atomic_write
+from neurocuda.data.errors import CorruptDatasetError, DatasetNotFoundError
+from neurocuda.files import WriteError, atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +60,8 @@ def _iter_archive(path: Path) -> Iterator[tuple[str, bytes]]:
                 handle = tar.extractfile(member)
                 if handle is not None:
                     yield member.name, handle.read()
+        while tar.fileobj.read(1 << 20):  # read to the end: gzip/bz2/xz then check their CRC
+            pass
 
 
 def _iter_folder(path: Path) -> Iterator[tuple[str, bytes]]:
@@ -69,22 +70,31 @@ def _iter_folder(path: Path) -> Iterator[tuple[str, bytes]]:
             yield str(file.relative_to(path)), file.read_bytes()
 
 
+# What a damaged archive raises: tarfile/gzip (ReadError, BadGzipFile, EOFError, zlib.error) and
+# PIL on a damaged JPEG (UnidentifiedImageError and "image file is truncated" are OSErrors).
+ARCHIVE_ERRORS = (tarfile.TarError, EOFError, zlib.error, OSError)
+
+
 def _decode(path: Path) -> dict[str, Split]:
+    """Decode every image; a damaged archive raises one :class:`CorruptDatasetError`."""
     images: dict[str, list[np.ndarray]] = {"train": [], "test": []}
     labels: dict[str, list[int]] = {"train": [], "test": []}
     members = _iter_archive(path) if path.is_file() else _iter_folder(path)
     with Progress(transient=True) as progress:
         task = progress.add_task(f"Decoding {path.name} (once; cached afterwards)", total=60_000)
-        for name, payload in members:
-            key = _member_split_and_label(name)
-            if key is None:
-                continue
-            image = np.asarray(Image.open(io.BytesIO(payload)).convert("RGB"), dtype=np.uint8)
-            if image.shape != (32, 32, 3):
-                raise ValueError(f"{path}:{name} is {image.shape}, expected 32x32 RGB.")
-            images[key[0]].append(image)
-            labels[key[0]].append(key[1])
-            progress.advance(task)
+        try:
+            for name, payload in members:
+                key = _member_split_and_label(name)
+                if key is None:
+                    continue
+                image = np.asarray(Image.open(io.BytesIO(payload)).convert("RGB"), np.uint8)
+                if image.shape != (32, 32, 3):
+                    raise ValueError(f"{path}:{name} is {image.shape}, expected 32x32 RGB.")
+                images[key[0]].append(image)
+                labels[key[0]].append(key[1])
+                progress.advance(task)
+        except ARCHIVE_ERRORS as error:
+            raise CorruptDatasetError(path, error) from error
     if not images["train"] or not images["test"]:
         raise DatasetNotFoundError(
             f"{path} holds no images in the layout cifar10-jpeg/{{train,test}}/<class>/*.jpg "
@@ -108,9 +118,8 @@ def load_jpeg(path: str | Path, cache_dir: str | Path) -> dict[str, Split]:
     if not path.exists():
         raise DatasetNotFoundError(f"no JPEG archive or folder at {path}.")
     cache = Path(cache_dir).expanduser() / f"cifar10-jpeg-{_cache_key(path)}.npz"
-    if cache.exists():
-        with np.load(cache) as z:
-            return {s: Split(z[f"{s}_x"], z[f"{s}_y"]) for s in ("train", "test")}
+    if cache.exists() and (splits := _read_cache(cache)) is not None:
+        return splits
     splits = _decode(path)
     arrays = {
         f"{s}_{k}": getattr(v, a)
@@ -122,8 +131,31 @@ def load_jpeg(path: str | Path, cache_dir: str | Path) -> dict[str, Split]:
         with open(tmp, "wb") as handle:  # a file object: np.savez would add ".npz" to a name
             np.savez(handle, **arrays)
 
-    atomic_write(cache, write)
-    log.info("Cached decoded CIFAR-10 at %s", cache)
+    try:
+        atomic_write(cache, write)
+    except WriteError as error:  # the images are decoded: run on, decode again next time
+        log.warning("%s; continuing without the cache.", error)
+    else:
+        log.info("Cached decoded CIFAR-10 at %s", cache)
+    return splits
+
+
+def _read_cache(cache: Path) -> dict[str, Split] | None:
+    """The cached splits, or ``None`` (with a warning, the file removed) when it is damaged."""
+    try:
+        with np.load(cache) as z:
+            splits = {s: Split(z[f"{s}_x"], z[f"{s}_y"]) for s in ("train", "test")}
+        for name, split in splits.items():
+            images, labels = split.images, split.labels
+            if images.dtype != np.uint8 or images.shape[1:] != (32, 32, 3):
+                raise ValueError(f"{name} images are {images.dtype} {images.shape}")
+            if labels.shape != images.shape[:1] or not np.isin(labels, range(10)).all():
+                raise ValueError(f"{name} labels do not match the images")
+    except Exception as error:  # numpy raises anything from BadZipFile to SyntaxError on damage
+        log.warning("Cache %s is damaged (%s: %s); rebuilding it.", cache, type(error).__name__,
+                    error)  # fmt: skip
+        cache.unlink(missing_ok=True)
+        return None
     return splits
 
 
@@ -147,7 +179,8 @@ def load_torchvision(root: str | Path, download: bool) -> dict[str, Split]:
 def load_cifar10(
     source: str, root: str | Path, archive: str | Path | None, download: bool, cache_dir: str | Path
 ) -> dict[str, Split]:
-    """Load CIFAR-10 from ``source`` = ``jpeg``, ``torchvision`` or ``auto`` (jpeg, then batches)."""
+    """Load CIFAR-10 from ``source`` = ``jpeg``, ``torchvision`` or ``auto`` (jpeg, then
+    batches)."""
     if source == "jpeg":
         if archive is None:
             raise DatasetNotFoundError("data.source=jpeg needs data.archive.")

@@ -14,11 +14,14 @@ agree bit for bit.
 
 from __future__ import annotations
 
+import dataclasses
+
 import nir
 import numpy as np
 import torch
 from torch import nn
 
+from neurocuda.nir.errors import NIRFormatError
 from neurocuda.nir.primitives import make_op
 from neurocuda.nir.schedule import Schedule, Stage, build_schedule
 from neurocuda.snn.chunking import sub_batch_size
@@ -30,7 +33,9 @@ Value = tuple[torch.Tensor, bool]
 class Executor(nn.Module):
     """Run ``graph`` with time step ``dt``; ``forward(x[T, B, ...]) -> output node's [T, B, ...]``.
 
-    State starts at zero on every call. Parameters are cast to ``dtype``.
+    State starts at zero on every call. Parameters are cast to ``dtype``. Shapes are checked
+    before anything runs (at construction when the Input node declares its shape, else on the
+    first call): a node whose inputs or parameters do not fit raises :class:`NIRFormatError`.
     """
 
     def __init__(self, graph: nir.NIRGraph, dt: float = 1.0, dtype: torch.dtype = torch.float32):
@@ -50,6 +55,9 @@ class Executor(nn.Module):
         input_node = self.schedule.graph.nodes[self.schedule.graph.input]
         shape = input_node.input_type["input"]
         self.input_shape = None if shape is None else tuple(int(s) for s in np.atleast_1d(shape))
+        self._checked_shape: tuple[int, ...] | None = None
+        if self.input_shape is not None:
+            self._check_shapes(self.input_shape)
 
     def _release_plan(self) -> list[list[str]]:
         """Per stage, the values no later stage reads: dropped as soon as that stage has run.
@@ -107,6 +115,66 @@ class Executor(nn.Module):
                 f"Executor input has per-sample shape {tuple(x.shape[2:])}, but the graph's Input "
                 f"node expects {self.input_shape}; pass a [T, B, *{self.input_shape}] tensor."
             )
+        if self._checked_shape != tuple(x.shape[2:]):
+            self._check_shapes(tuple(x.shape[2:]))
+
+    def _check_shapes(self, shape: tuple[int, ...]) -> None:
+        """Propagate per-sample shapes through the graph on empty batches (no arithmetic).
+
+        Every node's feed-forward and recurrent inputs must have one shape, its op must accept it,
+        elementwise and stateful ops must keep it (a parameter of another shape would broadcast),
+        and Input/Output nodes must receive the shape they declare.
+        """
+        graph = self.schedule.graph
+        device = next(self.buffers(), torch.empty(0)).device
+        received: dict[str, tuple[int, ...]] = {}
+        produced = {graph.input: shape}
+        for stage in self.schedule.stages:
+            for name in stage.members:
+                if name == graph.input:
+                    received[name] = shape
+                else:
+                    received[name], produced[name] = self._node_shapes(name, produced, device)
+        for name, sources in self.schedule.inputs.items():
+            for src, recurrent in sources:
+                if recurrent and produced[src] != received[name]:
+                    raise NIRFormatError(
+                        f"Node {name!r} receives shape {received[name]} but its recurrent input "
+                        f"from {src!r} has shape {produced[src]}."
+                    )
+        for name, node in graph.nodes.items():
+            declared = _declared_shape(node)
+            if declared is not None and declared != received[name]:
+                raise NIRFormatError(
+                    f"Node {name!r} ({type(node).__name__}) declares shape {declared} but "
+                    f"receives {received[name]}."
+                )
+        self._checked_shape = shape
+
+    def _node_shapes(
+        self, name: str, produced: dict[str, tuple[int, ...]], device: torch.device
+    ) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """(input shape, output shape) of node ``name`` given its sources' output shapes."""
+        feeds = {
+            src: produced[src] for src, recurrent in self.schedule.inputs[name] if not recurrent
+        }
+        if not feeds:
+            raise NIRFormatError(f"Node {name!r} has no feed-forward input; connect it.")
+        if len(set(feeds.values())) > 1:
+            raise NIRFormatError(f"Node {name!r} sums inputs of different shapes {feeds}.")
+        in_shape = next(iter(feeds.values()))
+        op = self.op(name)
+        kind = type(self.schedule.graph.nodes[name]).__name__
+        x = torch.zeros((0, *in_shape), device=device)
+        try:
+            out = op.step(x, None)[0] if op.stateful else op(x)
+        except (RuntimeError, ValueError) as error:
+            raise NIRFormatError(
+                f"Node {name!r} ({kind}) cannot take inputs of shape {in_shape}: {error}"
+            ) from error
+        if op.stateful or op.elementwise:
+            _check_parameter_shapes(name, self.schedule.graph.nodes[name], in_shape)
+        return in_shape, tuple(out.shape[1:])
 
     def _feedforward_sum(self, name: str, values: dict[str, Value]) -> Value:
         total, constant = None, True
@@ -199,3 +267,35 @@ class Executor(nn.Module):
         for part in parts[2:]:
             total.add_(part)
         return total
+
+
+def _declared_shape(node: nir.NIRNode) -> tuple[int, ...] | None:
+    """The shape an Input or Output node declares (per sample), if any."""
+    if isinstance(node, nir.Input):
+        shape = node.input_type.get("input")
+    elif isinstance(node, nir.Output):
+        shape = node.output_type.get("output")
+    else:
+        return None
+    return None if shape is None else tuple(int(s) for s in np.atleast_1d(shape))
+
+
+def _check_parameter_shapes(name: str, node: nir.NIRNode, shape: tuple[int, ...]) -> None:
+    """Per-neuron parameters must have the input's shape (or broadcast to it unchanged).
+
+    Checked on the node, not the op: ops keep constant parameters compacted to size 1, which
+    would hide a parameter of the wrong shape.
+    """
+    for item in dataclasses.fields(node):
+        value = getattr(node, item.name)
+        if item.name in ("input_type", "output_type") or not isinstance(value, np.ndarray):
+            continue
+        try:
+            fits = np.broadcast_shapes(value.shape, shape) == shape
+        except ValueError:
+            fits = False
+        if not fits:
+            raise NIRFormatError(
+                f"Node {name!r} ({type(node).__name__}) has {item.name} of shape {value.shape}, "
+                f"which does not fit its input shape {shape}."
+            )

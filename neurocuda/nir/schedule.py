@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 
 import nir
 
+from neurocuda.nir.errors import NIRFormatError
+
 STATEFUL_TYPES: tuple[type, ...] = (
     nir.I,
     nir.IF,
@@ -59,11 +61,38 @@ def _endpoints(graph: nir.NIRGraph, where: str) -> tuple[str, str]:
     inputs = [k for k, n in graph.nodes.items() if isinstance(n, nir.Input)]
     outputs = [k for k, n in graph.nodes.items() if isinstance(n, nir.Output)]
     if len(inputs) != 1 or len(outputs) != 1:
-        raise ValueError(
+        raise NIRFormatError(
             f"{where} has Input nodes {inputs} and Output nodes {outputs}; the executor runs "
             "graphs with exactly one Input and one Output node (merge or split the graph)."
         )
     return inputs[0], outputs[0]
+
+
+def _member_prefix(prefix: str, name: str) -> str:
+    """Prefix of the members of nested graph ``name``: they are named ``<graph>.<member>``."""
+    return f"{prefix}{name}."
+
+
+def check_flat_names(graph: nir.NIRGraph) -> None:
+    """Raise when two nodes get the same name once nested graphs are inlined.
+
+    A top-level node named ``sub.reset`` and member ``reset`` of nested graph ``sub`` would become
+    one node of the flat graph: one of them would silently replace the other.
+    """
+    seen: set[str] = set()
+    stack = [(graph, "")]
+    while stack:
+        level, prefix = stack.pop()
+        for name, node in level.nodes.items():
+            if isinstance(node, nir.NIRGraph):
+                stack.append((node, _member_prefix(prefix, name)))
+            elif (flat := prefix + name) in seen:
+                raise NIRFormatError(
+                    f"Two nodes are both named {flat!r} once nested graphs are inlined (a node "
+                    "named with a '.' collides with a nested graph's member); rename one."
+                )
+            else:
+                seen.add(flat)
 
 
 def flatten_graph(graph: nir.NIRGraph, prefix: str = "") -> FlatGraph:
@@ -76,7 +105,7 @@ def flatten_graph(graph: nir.NIRGraph, prefix: str = "") -> FlatGraph:
     exit_: dict[str, str] = {}
     for name, node in graph.nodes.items():
         if isinstance(node, nir.NIRGraph):
-            inner = flatten_graph(node, f"{prefix}{name}.")
+            inner = flatten_graph(node, _member_prefix(prefix, name))
             nodes.update(inner.nodes)
             edges.extend(inner.edges)
             entry[name], exit_[name] = inner.input, inner.output
@@ -85,7 +114,7 @@ def flatten_graph(graph: nir.NIRGraph, prefix: str = "") -> FlatGraph:
     for src, dst in graph.edges:
         for end in (src, dst):
             if end not in graph.nodes:
-                raise ValueError(
+                raise NIRFormatError(
                     f"Edge ({src!r}, {dst!r}) in {where} refers to node {end!r}, which does not "
                     f"exist; nodes are {sorted(graph.nodes)}. Fix or remove the edge."
                 )
@@ -117,7 +146,7 @@ def _recurrent_edges(g: FlatGraph) -> set[int]:
             stack.append((dst, iter(out[dst])))
     unreachable = [n for n, s in state.items() if s == 0]
     if unreachable:
-        raise ValueError(
+        raise NIRFormatError(
             f"Nodes {unreachable} cannot be reached from the input node {g.input!r}; every node "
             "must receive data from the Input (connect or remove them)."
         )
@@ -187,6 +216,7 @@ def _kahn(items: list[str], edges: list[tuple[str, str]], rank: dict[str, int]) 
 
 def build_schedule(graph: nir.NIRGraph) -> Schedule:
     """Flatten ``graph`` and order its work; raise on cycles that carry no state."""
+    check_flat_names(graph)
     g = flatten_graph(graph)
     recurrent = _recurrent_edges(g)
     inputs: dict[str, list[tuple[str, bool]]] = {n: [] for n in g.nodes}
@@ -197,7 +227,7 @@ def build_schedule(graph: nir.NIRGraph) -> Schedule:
         if i in recurrent:
             inputs[dst].append((src, True))
     if inputs[g.input]:
-        raise ValueError(f"The Input node {g.input!r} has incoming edges; remove them.")
+        raise NIRFormatError(f"The Input node {g.input!r} has incoming edges; remove them.")
 
     rank = {n: i for i, n in enumerate(g.nodes)}
     comp_of: dict[str, str] = {}
@@ -217,7 +247,7 @@ def build_schedule(graph: nir.NIRGraph) -> Schedule:
             stages.append(Stage(kind, comp))
             continue
         if not any(isinstance(g.nodes[n], STATEFUL_TYPES) for n in comp):
-            raise ValueError(
+            raise NIRFormatError(
                 f"Nodes {sorted(comp)} form a cycle without a stateful node (I, IF, LI, LIF, "
                 "CubaLI, CubaLIF, Delay); such a loop has no defined value. Add a stateful node to "
                 "the loop or remove the cycle."

@@ -117,6 +117,7 @@ def run_finetune(
     finetuner: L.Trainer = hydra.utils.instantiate(
         cfg.trainer,
         max_epochs=int(settings.epochs),
+        limit_train_batches=settings.get("train_batches") or 1.0,
         precision="32-true",
         callbacks=callbacks,
         logger=trainer.loggers,
