@@ -13,9 +13,11 @@ from typing import Any
 
 import hydra
 import lightning as L
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 import neurocuda.training.resolvers  # noqa: F401  (registers ${sweep_group:} and ${job_label:})
+from neurocuda.training.compose import saved_run_config
 from neurocuda.training.instantiate import (
     finish_loggers,
     instantiate_callbacks,
@@ -57,6 +59,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 @hydra.main(version_base="1.3", config_path="configs", config_name="train.yaml")
 def main(cfg: DictConfig) -> float | None:
     """Hydra entry point; returns ``optimized_metric`` for sweepers."""
+    if cfg.get("resume"):  # a killed run continues with its own saved config
+        hydra_cfg = HydraConfig.get()
+        cfg = saved_run_config(hydra_cfg.runtime.output_dir, hydra_cfg.overrides.task)
     metrics = train(cfg)
     name = cfg.get("optimized_metric")
     if name is None:
