@@ -24,6 +24,7 @@ from neurocuda.training.instantiate import (
     instantiate_loggers,
     resolve_ckpt_path,
 )
+from neurocuda.training.settings import validate_run_settings
 
 log = logging.getLogger(__name__)
 os.environ.setdefault("PROJECT_ROOT", str(Path(__file__).resolve().parent))  # paths.root_dir
@@ -31,6 +32,7 @@ os.environ.setdefault("PROJECT_ROOT", str(Path(__file__).resolve().parent))  # p
 
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit and test the model described by ``cfg``; return the logged metrics."""
+    validate_run_settings(cfg)  # bad settings fail here, before any data or training
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
     datamodule: L.LightningDataModule = hydra.utils.instantiate(cfg.data)
