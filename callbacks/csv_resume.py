@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import lightning as L
+from lightning.pytorch.trainer.states import TrainerFn
 
 from neurocuda.training.csv_logger import ResumableCSVLogger
 
@@ -13,7 +14,8 @@ from neurocuda.training.csv_logger import ResumableCSVLogger
 class CSVResume(L.Callback):
     """At every checkpoint save, write each :class:`ResumableCSVLogger`'s recorded metrics and
     store its row count in the checkpoint; when fit restores a checkpoint, cut each file back to
-    that count (rows the killed run logged after the checkpoint are logged again)."""
+    that count (rows the killed run logged after the checkpoint are logged again). Testing from a
+    checkpoint leaves the file alone."""
 
     KEY = "csv_metrics_rows"
 
@@ -31,6 +33,8 @@ class CSVResume(L.Callback):
     def on_load_checkpoint(
         self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
     ) -> None:
+        if trainer.state.fn != TrainerFn.FITTING:  # test/validate load weights, not the run
+            return
         rows = checkpoint.get(self.KEY, [])  # none in a checkpoint from before this callback
         for i, logger in enumerate(self._loggers(trainer)):
             logger.experiment.keep_rows(rows[i] if i < len(rows) else None)

@@ -12,14 +12,15 @@ import lightning as L
 class ExitAfterEpoch(L.Callback):
     """Kill the process (exit code 17) once ``epoch`` has finished, like a preempted job.
 
-    ModelCheckpoint has saved ``last.ckpt`` at that epoch's validation end, before this hook.
+    ModelCheckpoint has saved ``last.ckpt`` at that epoch's validation end, before this hook. A
+    resumed run (which re-creates this callback from the saved config) is not stopped.
     """
 
     def __init__(self, epoch: int) -> None:
         self.epoch = epoch
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.current_epoch == self.epoch:
+        if trainer.current_epoch == self.epoch and trainer.ckpt_path is None:
             os._exit(17)
 
 
