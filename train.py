@@ -14,9 +14,11 @@ from typing import Any
 
 import hydra
 import lightning as L
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 import neurocuda.training.resolvers  # noqa: F401  (registers ${sweep_group:} and ${job_label:})
+from neurocuda.training.compose import saved_run_config
 from neurocuda.training.finetune_stage import (
     best_ann,
     check_finetune_settings,
@@ -30,6 +32,7 @@ from neurocuda.training.instantiate import (
     instantiate_loggers,
     resolve_ckpt_path,
 )
+from neurocuda.training.settings import validate_run_settings
 
 log = logging.getLogger(__name__)
 os.environ.setdefault("PROJECT_ROOT", str(Path(__file__).resolve().parent))  # paths.root_dir
@@ -38,6 +41,9 @@ os.environ.setdefault("PROJECT_ROOT", str(Path(__file__).resolve().parent))  # p
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit (and fine-tune the SNN, with ``finetune``) and test the model described by ``cfg``;
     return the logged metrics, with the SNN's on the test set (``test/snn_acc_T{t}``)."""
+    validate_run_settings(cfg)  # bad settings fail here, before any data or training
+    if cfg.get("finetune"):
+        check_finetune_settings(cfg)
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
     datamodule: L.LightningDataModule = hydra.utils.instantiate(cfg.data)
@@ -48,8 +54,6 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     for logger in loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
 
-    if cfg.get("finetune"):
-        check_finetune_settings(cfg)
     try:
         if cfg.get("train", True):
             trainer.fit(model, datamodule=datamodule, ckpt_path=resolve_ckpt_path(cfg))
@@ -81,6 +85,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 @hydra.main(version_base="1.3", config_path="configs", config_name="train.yaml")
 def main(cfg: DictConfig) -> float | None:
     """Hydra entry point; returns ``optimized_metric`` for sweepers."""
+    if cfg.get("resume"):  # a killed run continues with its own saved config
+        hydra_cfg = HydraConfig.get()
+        cfg = saved_run_config(hydra_cfg.runtime.output_dir, hydra_cfg.overrides.task)
     metrics = train(cfg)
     name = cfg.get("optimized_metric")
     if name is None:

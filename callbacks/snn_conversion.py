@@ -10,6 +10,7 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from neurocuda.conversion import ConversionConfig, ConversionResult, convert, evaluate_snn
+from neurocuda.training.checkpoints import checkpoint_step
 
 log = logging.getLogger(__name__)
 
@@ -99,15 +100,22 @@ def _calibration_data(trainer: L.Trainer) -> object:
 
 
 def _saved_this_step(trainer: L.Trainer) -> list[str]:
-    """Checkpoint files that ModelCheckpoint callbacks wrote at this global step (these weights).
+    """Checkpoint files that hold the weights of this global step (the weights converted here).
 
-    Each callback's ``best_model_path`` (and ``last_model_path``, for ``save_last``) is the file it
-    wrote last; only callbacks that saved at the current step wrote the weights converted here.
+    Each ModelCheckpoint's ``best_model_path`` (and ``last_model_path``, for ``save_last``) is the
+    file it wrote last: the files of callbacks that saved at the current step. A resumed run first
+    finishes the epoch of the checkpoint it restored (saved at validation end, before this hook);
+    there its callbacks have saved nothing yet, and the restored files of this step are the ones.
     """
     paths: list[str] = []
     for cb in trainer.checkpoint_callbacks:
-        if isinstance(cb, ModelCheckpoint) and cb._last_global_step_saved == trainer.global_step:
-            paths += [p for p in (cb.best_model_path, cb.last_model_path) if p and p not in paths]
+        if not isinstance(cb, ModelCheckpoint):
+            continue
+        written = [p for p in (cb.best_model_path, cb.last_model_path) if p and p not in paths]
+        if cb._last_global_step_saved == trainer.global_step:
+            paths += written
+        elif cb._last_global_step_saved == 0 and trainer.ckpt_path:  # nothing saved since restore
+            paths += [p for p in written if checkpoint_step(p) == trainer.global_step]
     return paths
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import signal
+from pathlib import Path
 
 import lightning as L
 
@@ -10,14 +12,15 @@ import lightning as L
 class ExitAfterEpoch(L.Callback):
     """Kill the process (exit code 17) once ``epoch`` has finished, like a preempted job.
 
-    ModelCheckpoint has saved ``last.ckpt`` at that epoch's validation end, before this hook.
+    ModelCheckpoint has saved ``last.ckpt`` at that epoch's validation end, before this hook. A
+    resumed run (which re-creates this callback from the saved config) is not stopped.
     """
 
     def __init__(self, epoch: int) -> None:
         self.epoch = epoch
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.current_epoch == self.epoch:
+        if trainer.current_epoch == self.epoch and trainer.ckpt_path is None:
             os._exit(17)
 
 
@@ -31,3 +34,33 @@ class PrintThroughput(L.Callback):
             self.start = time.perf_counter()
         if batch_idx == 45:
             print(f"THROUGHPUT {40 * len(batch[0]) / (time.perf_counter() - self.start):.0f} img/s")
+
+
+class KillOnce(L.Callback):
+    """SIGKILL this process at each of ``at`` once, like a preempted job; ``marker`` (a file) lists
+    the points already killed at, so a resumed run, which re-creates this callback from the saved
+    config, passes them.
+
+    Points: ``step:N`` (before the training batch at global step N, mid-epoch) and ``epoch_end:E``
+    (in epoch E's ``on_train_epoch_end``: after its checkpoints, before the conversion callbacks,
+    which are listed after this one).
+    """
+
+    def __init__(self, at: list[str], marker: str) -> None:
+        self.at = list(at)
+        self.marker = Path(marker)
+
+    def _kill_at(self, point: str) -> None:
+        done = self.marker.read_text().split() if self.marker.is_file() else []
+        if point in self.at and point not in done:
+            with self.marker.open("a") as file:
+                file.write(point + "\n")
+                file.flush()
+                os.fsync(file.fileno())
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    def on_train_batch_start(self, trainer: L.Trainer, *_: object) -> None:
+        self._kill_at(f"step:{trainer.global_step}")
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._kill_at(f"epoch_end:{trainer.current_epoch}")

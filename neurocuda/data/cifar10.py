@@ -3,17 +3,41 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Sized
 from pathlib import Path
 
 import lightning as L
 import numpy as np
-from torch.utils.data import DataLoader
+import torch
+from torch.utils.data import DataLoader, RandomSampler
 
 from neurocuda.data.dataset import ImageArrayDataset, balanced_subset, collate_batch
 from neurocuda.data.sources import load_cifar10
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """A seed for one epoch's draws that depends on ``seed`` and ``epoch`` only."""
+    return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
+
+
+class EpochShuffle(RandomSampler):
+    """A random order of the training set that is a function of (seed, epoch) only.
+
+    Lightning calls :meth:`set_epoch` before every training epoch. The generator restarts there,
+    and the DataLoader draws its worker seeds from it (without workers, the augmentation draws from
+    it too), so a resumed run shuffles and augments every epoch exactly as an uninterrupted one.
+    """
+
+    def __init__(self, data_source: Sized, seed: int) -> None:
+        super().__init__(data_source, generator=torch.Generator())
+        self.seed = seed
+        self.set_epoch(0)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.generator.manual_seed(epoch_seed(self.seed, epoch))
 
 
 class CIFAR10DataModule(L.LightningDataModule):
@@ -75,21 +99,30 @@ class CIFAR10DataModule(L.LightningDataModule):
             "test": ImageArrayDataset(test.images[test_idx], test.labels[test_idx], **norm),
         }
 
-    def _loader(self, split: str, shuffle: bool, batch_size: int) -> DataLoader:
+    def _loader(self, split: str, batch_size: int, order: EpochShuffle | None = None) -> DataLoader:
         if not self.datasets:
             self.setup()
+        shuffle = order is not None
         return DataLoader(
             self.datasets[split],
             batch_size=batch_size,
-            shuffle=shuffle,
+            sampler=order,
             drop_last=shuffle and len(self.datasets[split]) > batch_size,
             num_workers=self.hparams.num_workers,
-            persistent_workers=self.hparams.num_workers > 0,
+            # a shuffled loader restarts its workers every epoch: their seeds come from the epoch
+            persistent_workers=self.hparams.num_workers > 0 and not shuffle,
+            generator=order.generator if shuffle else None,
             collate_fn=collate_batch,
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", True, self.hparams.batch_size)
+        if not self.datasets:
+            self.setup()
+        train = self.datasets["train"]
+        order = EpochShuffle(train, self.hparams.seed)
+        if self.hparams.num_workers == 0:  # workers augment with their own, per-epoch seeded RNG
+            train.generator = order.generator
+        return self._loader("train", self.hparams.batch_size, order)
 
     def calibration_dataloader(self) -> DataLoader:
         """Training images without augmentation in a fixed (class-interleaved) order.
@@ -102,10 +135,10 @@ class CIFAR10DataModule(L.LightningDataModule):
         calibration = copy.copy(self.datasets["train"])  # shares the image tensors
         calibration.augment = False
         self.datasets["calibration"] = calibration
-        return self._loader("calibration", False, self.hparams.batch_size)
+        return self._loader("calibration", self.hparams.batch_size)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader("val", False, self.hparams.eval_batch_size or self.hparams.batch_size)
+        return self._loader("val", self.hparams.eval_batch_size or self.hparams.batch_size)
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader("test", False, self.hparams.eval_batch_size or self.hparams.batch_size)
+        return self._loader("test", self.hparams.eval_batch_size or self.hparams.batch_size)

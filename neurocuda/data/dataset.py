@@ -25,6 +25,7 @@ class ImageArrayDataset(Dataset):
         std: Sequence[float],
         augment: bool = False,
         pad: int = 4,
+        generator: torch.Generator | None = None,
     ) -> None:
         self.images = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()  # NCHW
         self.labels = torch.from_numpy(labels)
@@ -32,6 +33,9 @@ class ImageArrayDataset(Dataset):
         self.std = torch.tensor(std).view(1, 3, 1, 1) * 255
         self.augment = augment
         self.pad = pad
+        self.generator = generator
+        """Source of the crop and flip draws; None: torch's global generator (in a DataLoader
+        worker, the worker's own, seeded by the loader)."""
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -51,11 +55,11 @@ class ImageArrayDataset(Dataset):
         """Random crop after zero padding by ``pad``, and random horizontal flip, per image."""
         b, c, h, w = x.shape
         padded = torch.nn.functional.pad(x, (self.pad,) * 4)
-        dy = torch.randint(0, 2 * self.pad + 1, (b, 1))
-        dx = torch.randint(0, 2 * self.pad + 1, (b, 1))
+        dy = torch.randint(0, 2 * self.pad + 1, (b, 1), generator=self.generator)
+        dx = torch.randint(0, 2 * self.pad + 1, (b, 1), generator=self.generator)
         rows = dy + torch.arange(h)
         cols = dx + torch.arange(w)
-        flip = torch.rand(b, 1) < 0.5
+        flip = torch.rand(b, 1, generator=self.generator) < 0.5
         cols = torch.where(flip, cols.flip(1), cols)
         batch = torch.arange(b).view(b, 1, 1, 1)
         chan = torch.arange(c).view(1, c, 1, 1)

@@ -8,7 +8,7 @@ from typing import Any
 import lightning as L
 import torch
 from torch import nn
-from torchmetrics import MaxMetric, MeanMetric
+from torchmetrics import MaxMetric, MeanMetric, Metric
 from torchmetrics.classification import MulticlassAccuracy
 
 from neurocuda.models import build_model
@@ -70,10 +70,14 @@ class ClassifierModule(L.LightningModule):
         logits = self(x)
         loss = self.criterion(logits, y)
         loss_metric, acc_metric = self.metrics[f"{split}_loss"], self.metrics[f"{split}_acc"]
+        if split == "train":  # epoch values are logged by on_train_epoch_end
+            loss_metric.update(loss)
+            acc_metric.update(logits, y)
+            self.log("train/loss_step", loss, on_step=True, on_epoch=False, prog_bar=True)
+            return loss
         loss_metric(loss)
         acc_metric(logits, y)
-        on_step = split == "train"
-        self.log(f"{split}/loss", loss_metric, on_step=on_step, on_epoch=True, prog_bar=True)
+        self.log(f"{split}/loss", loss_metric, on_step=False, on_epoch=True, prog_bar=True)
         self.log(f"{split}/acc", acc_metric, on_step=False, on_epoch=True, prog_bar=True)
         return loss
 
@@ -87,7 +91,39 @@ class ClassifierModule(L.LightningModule):
         self._step(batch, "test")
 
     def on_train_start(self) -> None:
-        self.val_acc_best.reset()
+        if self.trainer.ckpt_path is None:  # a resumed fit keeps the restored best
+            self.val_acc_best.reset()
+
+    def on_train_epoch_end(self) -> None:
+        """Log the epoch's training loss and accuracy, then reset them for the next epoch.
+
+        Logged here from the metrics' own states, which checkpoints keep: a resumed run first
+        finishes the epoch of its (validation-end) checkpoint and logs the same values.
+        """
+        for name, key in (("train/loss_epoch", "train_loss"), ("train/acc", "train_acc")):
+            self.log(name, self.metrics[key].compute(), prog_bar=True)
+            self.metrics[key].reset()
+
+    def _checkpointed_metrics(self) -> dict[str, Metric]:
+        """Metrics whose state outlives a checkpoint: the best validation accuracy so far and
+        the current epoch's training loss and accuracy."""
+        return {
+            "val_acc_best": self.val_acc_best,
+            "train_loss": self.metrics["train_loss"],
+            "train_acc": self.metrics["train_acc"],
+        }
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["metric_states"] = {
+            name: {key: value.detach().cpu().clone() for key, value in metric.metric_state.items()}
+            for name, metric in self._checkpointed_metrics().items()
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        metrics = self._checkpointed_metrics()
+        for name, states in checkpoint.get("metric_states", {}).items():  # none in older files
+            for key, value in states.items():
+                setattr(metrics[name], key, value.to(self.device))
 
     def on_validation_epoch_end(self) -> None:
         if self.trainer.sanity_checking:

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 import neurocuda.training.resolvers  # noqa: F401  (the configs use ${sweep_group:} etc.)
 
+log = logging.getLogger(__name__)
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 
 
@@ -32,4 +35,24 @@ def compose_train_config(overrides: list[str], output_dir: str | Path) -> DictCo
         cfg.hydra.job.num = 0
     HydraConfig.instance().set_config(cfg)
     output_dir.mkdir(parents=True, exist_ok=True)
+    return cfg
+
+
+def saved_run_config(run_dir: str | Path, overrides: Sequence[str] = ()) -> DictConfig:
+    """The config the run in ``run_dir`` started with (Hydra's ``.hydra/config.yaml``), set to
+    resume; ``overrides`` given on the resuming command line are ignored with a warning (the run
+    continues exactly as it started)."""
+    path = Path(run_dir) / ".hydra" / "config.yaml"
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"resume=true but {path} does not exist: point hydra.run.dir at the killed run's "
+            "directory (python train.py hydra.run.dir=RUN_DIR resume=true), or start from a "
+            "checkpoint with ckpt_path=FILE.ckpt."
+        )
+    ignored = [o for o in overrides if o.split("=")[0].lstrip("+~") != "resume"]
+    if ignored:
+        log.warning("resume=true continues with %s; ignoring overrides %s", path, ignored)
+    cfg = OmegaConf.load(path)
+    cfg.resume = True
+    OmegaConf.set_struct(cfg, True)
     return cfg

@@ -11,6 +11,7 @@ from lightning.pytorch.loggers import Logger, WandbLogger
 from omegaconf import DictConfig
 
 from neurocuda.conversion import ConversionConfig
+from neurocuda.training.checkpoints import newest_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -79,19 +80,21 @@ def finish_loggers(loggers: list[Logger]) -> None:
 
 
 def resolve_ckpt_path(cfg: DictConfig) -> str | None:
-    """``ckpt_path`` if set; with ``resume=true`` the run's own ``checkpoints/last.ckpt``."""
+    """``ckpt_path`` if set; with ``resume=true`` the run's newest complete checkpoint."""
     if cfg.get("ckpt_path"):
         path = Path(cfg.ckpt_path)
         if not path.is_file():
             raise FileNotFoundError(f"ckpt_path={path} does not exist.")
         return str(path)
     if cfg.get("resume"):
-        last = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
-        if not last.is_file():
+        directory = Path(cfg.paths.output_dir) / "checkpoints"
+        newest = newest_checkpoint(directory)
+        if newest is None:
             raise FileNotFoundError(
-                f"resume=true but {last} does not exist: point hydra.run.dir at the killed run's "
-                "directory (python train.py hydra.run.dir=RUN_DIR resume=true) or set ckpt_path=."
+                f"resume=true but {directory} holds no complete checkpoint: point hydra.run.dir at "
+                "the killed run's directory (python train.py hydra.run.dir=RUN_DIR resume=true) or "
+                "set ckpt_path=."
             )
-        log.info("Resuming from %s", last)
-        return str(last)
+        log.info("Resuming from %s", newest)
+        return str(newest)
     return None

@@ -40,6 +40,12 @@ def fast_precision(accelerator: str = "cpu") -> str:
     return "bf16-mixed" if _cpu_has_bf16() else "32-true"
 
 
+def hydra_output_subdir(resume: bool) -> str | None:
+    """Where Hydra saves the composed config in the run directory: ``.hydra``; none when resuming,
+    so the run's own saved config (which ``train.py`` resumes with) is kept."""
+    return None if resume else ".hydra"
+
+
 @functools.cache
 def _cpu_has_bf16() -> bool:
     try:
@@ -52,3 +58,4 @@ def _cpu_has_bf16() -> bool:
 OmegaConf.register_new_resolver("sweep_group", sweep_group, replace=True)
 OmegaConf.register_new_resolver("job_label", job_label, replace=True)
 OmegaConf.register_new_resolver("fast_precision", fast_precision, replace=True)
+OmegaConf.register_new_resolver("hydra_output_subdir", hydra_output_subdir, replace=True)

@@ -1,0 +1,172 @@
+"""The run's ``data``, ``deploy`` and ``trainer`` settings, checked before anything is built.
+
+:func:`validate_run_settings` runs first in ``train.py``: a wrong type, an out-of-range value or an
+unknown key fails at once (before any data is decoded or any epoch trained) with one
+:class:`SettingsError` naming the key, the value and what is allowed. The ``conversion`` group is
+checked the same way by :class:`~neurocuda.conversion.ConversionConfig`.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from neurocuda.conversion.settings import MAX_TIMESTEPS
+
+CIFAR10_TRAIN_IMAGES = 50_000
+"""Training images of CIFAR-10: the validation split is carved from them."""
+
+Rule = Callable[[str, Any], None]
+"""Checks ``value`` of setting ``key``; raises :class:`SettingsError`."""
+
+
+class SettingsError(ValueError):
+    """A setting has a wrong type, is out of range or unknown; the message names the key, the
+    value and what is allowed."""
+
+
+def _fail(key: str, value: Any, allowed: str) -> SettingsError:
+    return SettingsError(f"{key}={value!r} must be {allowed}.")
+
+
+def integer(low: int, high: int | None = None, *, optional: bool = False) -> Rule:
+    """An integer in ``[low, high]`` (``high`` None: no upper bound); None too if ``optional``."""
+    allowed = f"an integer >= {low}" if high is None else f"an integer in [{low}, {high}]"
+    allowed += " or null" if optional else ""
+
+    def check(key: str, value: Any) -> None:
+        if value is None and optional:
+            return
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise _fail(key, value, allowed)
+        if value < low or (high is not None and value > high):
+            raise _fail(key, value, allowed)
+
+    return check
+
+
+def boolean() -> Rule:
+    def check(key: str, value: Any) -> None:
+        if not isinstance(value, bool):
+            raise _fail(key, value, "true or false")
+
+    return check
+
+
+def choice(*allowed: str) -> Rule:
+    def check(key: str, value: Any) -> None:
+        if value not in allowed:
+            raise _fail(key, value, " or ".join(allowed))
+
+    return check
+
+
+def text(*, optional: bool = False) -> Rule:
+    def check(key: str, value: Any) -> None:
+        if not (isinstance(value, str) or (value is None and optional)):
+            raise _fail(key, value, "a path or name" + (" or null" if optional else ""))
+
+    return check
+
+
+def numbers(count: int, *, positive: bool = False) -> Rule:
+    """``count`` finite numbers (each > 0 if ``positive``)."""
+    allowed = f"a list of {count} finite {'positive ' if positive else ''}numbers"
+
+    def check(key: str, value: Any) -> None:
+        if not isinstance(value, Sequence) or isinstance(value, str) or len(value) != count:
+            raise _fail(key, value, allowed)
+        for v in value:
+            if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+                raise _fail(key, value, allowed)
+            if positive and v <= 0:
+                raise _fail(key, value, allowed)
+
+    return check
+
+
+def mapping() -> Rule:
+    def check(key: str, value: Any) -> None:
+        if not isinstance(value, Mapping):
+            raise _fail(key, value, "a mapping of settings")
+
+    return check
+
+
+DATA_RULES: dict[str, Rule] = {
+    "source": choice("auto", "jpeg", "torchvision"),
+    "root": text(),
+    "archive": text(optional=True),
+    "download": boolean(),
+    "cache_dir": text(optional=True),
+    "val_size": integer(0, CIFAR10_TRAIN_IMAGES - 1),
+    "train_subset": integer(1, optional=True),
+    "val_subset": integer(1, optional=True),
+    "test_subset": integer(1, optional=True),
+    "batch_size": integer(1),
+    "eval_batch_size": integer(1, optional=True),
+    "num_workers": integer(0),
+    "augment": boolean(),
+    "mean": numbers(3),
+    "std": numbers(3, positive=True),
+    "seed": integer(0),
+}
+"""``data`` group: the arguments of :class:`~neurocuda.data.CIFAR10DataModule`."""
+
+
+def deploy_backend(key: str, value: Any) -> None:
+    """A ``Backend`` node: a ``_target_`` and only that class's arguments."""
+    if not isinstance(value, Mapping) or "_target_" not in value:
+        raise SettingsError(f"{key} must name a Backend class with _target_; got {value!r}.")
+    validate_group(key, value, {}, _arguments(value["_target_"]))
+
+
+DEPLOY_RULES: dict[str, Rule] = {
+    "backend": deploy_backend,
+    "timesteps": integer(1, MAX_TIMESTEPS),
+    "max_images": integer(1, optional=True),
+    "calibration_batches": integer(1),
+    "callbacks": mapping(),
+}
+"""``deploy`` group (``configs/deploy/*.yaml``)."""
+
+TRAINER_RULES: dict[str, Rule] = {"max_epochs": integer(1)}
+"""``trainer`` group: values checked here; its keys are the Trainer's arguments."""
+
+HYDRA_KEYS = {"_target_", "_convert_", "_recursive_", "_partial_", "_args_"}
+
+
+def validate_group(
+    group: str, values: Mapping[str, Any], rules: Mapping[str, Rule], known: set[str]
+) -> None:
+    """Check each value of ``group`` that has a rule, and that every key is in ``known``."""
+    for key, value in values.items():
+        if key not in known | HYDRA_KEYS:
+            raise SettingsError(
+                f"{group}.{key} is not a setting of the {group} group; known: "
+                f"{', '.join(sorted(known))}."
+            )
+        if key in rules:
+            rules[key](f"{group}.{key}", value)
+
+
+def _arguments(target: str) -> set[str]:
+    """The keyword arguments the ``_target_`` class or function takes."""
+    parameters = inspect.signature(hydra.utils.get_object(target)).parameters.values()
+    return {p.name for p in parameters if p.kind is not p.VAR_KEYWORD}
+
+
+def validate_run_settings(cfg: DictConfig) -> None:
+    """Check the ``data``, ``deploy`` (when selected) and ``trainer`` groups of a run's config."""
+    data = OmegaConf.to_container(cfg.data, resolve=True)
+    validate_group("data", data, DATA_RULES, set(DATA_RULES))
+    if cfg.get("deploy"):
+        deploy = OmegaConf.to_container(cfg.deploy, resolve=True)
+        validate_group("deploy", deploy, DEPLOY_RULES, set(DEPLOY_RULES))
+    trainer = OmegaConf.to_container(cfg.trainer, resolve=True)
+    validate_group("trainer", trainer, TRAINER_RULES, _arguments(trainer["_target_"]))
