@@ -127,3 +127,16 @@ def test_datamodule_from_checkpoint_restores_settings_and_applies_overrides(
     torch.save({"state_dict": {}}, ckpt)
     with pytest.raises(CheckpointDataError, match="holds no datamodule settings"):
         datamodule_from_checkpoint(ckpt)
+
+
+def test_epoch_order_and_augmentation_depend_on_seed_and_epoch_only(tiny_datamodule) -> None:
+    def epoch(loader, number: int) -> list[torch.Tensor]:
+        loader.sampler.set_epoch(number)  # what Lightning does before each training epoch
+        return [x for x, _ in loader]
+
+    loader = tiny_datamodule.train_dataloader()
+    first, second = epoch(loader, 0), epoch(loader, 1)
+    torch.manual_seed(123)  # the global RNG plays no part
+    resumed = epoch(tiny_datamodule.train_dataloader(), 1)
+    assert all(torch.equal(a, b) for a, b in zip(second, resumed, strict=True))
+    assert not torch.equal(first[0], second[0])
