@@ -165,3 +165,16 @@ def test_damaged_archive_gives_one_error_naming_it_and_the_fix(tiny_archive, tmp
 def _flip(data: bytes) -> bytes:
     middle = len(data) // 2
     return data[:middle] + bytes([data[middle] ^ 0xFF]) + data[middle + 1 :]
+
+
+def test_epoch_order_and_augmentation_depend_on_seed_and_epoch_only(tiny_datamodule) -> None:
+    def epoch(loader, number: int) -> list[torch.Tensor]:
+        loader.sampler.set_epoch(number)  # what Lightning does before each training epoch
+        return [x for x, _ in loader]
+
+    loader = tiny_datamodule.train_dataloader()
+    first, second = epoch(loader, 0), epoch(loader, 1)
+    torch.manual_seed(123)  # the global RNG plays no part
+    resumed = epoch(tiny_datamodule.train_dataloader(), 1)
+    assert all(torch.equal(a, b) for a, b in zip(second, resumed, strict=True))
+    assert not torch.equal(first[0], second[0])
