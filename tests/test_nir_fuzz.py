@@ -543,6 +543,8 @@ def test_fuzz_load(base: Path, tmp_path: Path) -> None:
             by_expectation[expectation][outcome] += 1
             if outcome in ("crash", "hang", "silent change", "wrongly rejected"):
                 failures.append(f"{name} -> {outcome} ({path.name}): {str(answer[1])[:300]}")
+            elif expectation == "any" and outcome == "parameter change":
+                print(f"\n{path.name}: loads with changed parameter values: {diff(base, path)}")
     finally:
         worker.close()
     elapsed = time.perf_counter() - start
@@ -550,6 +552,19 @@ def test_fuzz_load(base: Path, tmp_path: Path) -> None:
     for expectation, found in by_expectation.items():
         print(f"  {expectation}: {_counts(found)}")
     assert not failures, "\n".join(failures)
+
+
+def diff(base: Path, mutant: Path) -> list[str]:
+    """HDF5 datasets whose values differ between two files with the same layout."""
+    found: list[str] = []
+    with h5py.File(base, "r") as a, h5py.File(mutant, "r") as b:
+
+        def compare(name: str, item: Any) -> None:
+            if isinstance(item, h5py.Dataset) and not np.array_equal(item[()], b[name][()]):
+                found.append(f"{name} (compression {item.compression})")
+
+        a.visititems(compare)
+    return found
 
 
 def _counts(counter: Counter[str]) -> str:
@@ -601,10 +616,10 @@ def test_gzip_bomb_is_refused_before_decompressing(base: Path, tmp_path: Path) -
         f[node].create_dataset(key, data=zeros, compression="gzip", compression_opts=9)
     assert path.stat().st_size < base.stat().st_size + 2**20
     limits = LoadLimits(max_decompressed_bytes=2**23)
-    start = time.perf_counter()
+    start = time.process_time()  # CPU time: the machine may be busy
     with pytest.raises(NIRFormatError, match="max_decompressed_bytes"):
         load(path, limits)
-    assert time.perf_counter() - start < 1.0
+    assert time.process_time() - start < 1.0
     assert shape != zeros.shape
 
 
@@ -626,10 +641,10 @@ def test_node_count_and_nesting_fail_fast(base: Path, tmp_path: Path) -> None:
     with h5py.File(deep_file, "r+") as f:
         wrap(f, 400)
     for path, match in ((chain, "max_edges|max_nodes"), (deep_file, "max_depth")):
-        start = time.perf_counter()
+        start = time.process_time()
         with pytest.raises(NIRFormatError, match=match):
             load(path)
-        assert time.perf_counter() - start < 1.0
+        assert time.process_time() - start < 1.0
 
 
 def test_flat_name_collision_is_refused(base: Path, tmp_path: Path) -> None:
