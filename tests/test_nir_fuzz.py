@@ -11,14 +11,16 @@ a crash inside libhdf5 is counted instead of stopping the test. Each mutation ha
 - ``any`` (byte flips, truncation, zeroed blocks): NIRFormatError, or a graph with the original's
   structure (nodes, types, edges, non-parameter fields) whose parameters are as the bytes say.
 
-Anything else is a crash (another exception, or the worker died), a hang (no answer within
-``TIME_LIMIT`` s) or a silent change. The counts are printed (``-s``) and in docs/results.md.
+Anything else is a crash (another exception, or the worker died), a hang (no answer after
+``CPU_LIMIT`` s of the worker's CPU time, or ``WALL_LIMIT`` s) or a silent change. The counts are
+printed (``-s``) and recorded in docs/results.md.
 """
 
 from __future__ import annotations
 
 import itertools
 import multiprocessing
+import os
 import shutil
 import time
 from collections import Counter
@@ -38,7 +40,9 @@ from neurocuda.nir import Executor, LoadLimits, NIRFormatError, export, load, sa
 from neurocuda.nir.reader import FIELD_KINDS
 
 SEED = 13
-TIME_LIMIT = 30.0  # wall seconds per mutant (load + run; ~0.1 s of CPU) on a busy machine
+# Per mutant (load + run take ~0.1 s of CPU). CPU time, not wall time, decides: on a machine
+# shared with training a clean load can wait 15 s for a core.
+CPU_LIMIT, WALL_LIMIT = 10.0, 300.0
 T, BATCH, SHAPE = 3, 2, (3, 8, 8)
 STRING = h5py.string_dtype()
 
@@ -128,16 +132,19 @@ class Worker:
         self.process = self.context.Process(target=_serve, args=(child, str(self.base)))
         self.process.start()
         child.close()
-        assert self.conn.poll(120), "the fuzz worker did not start"
+        assert self.conn.poll(WALL_LIMIT), "the fuzz worker did not start"
         _, self.reference, self.structure = self.conn.recv()
 
     def ask(self, job: tuple) -> tuple:
         self.conn.send(job)
-        if not self.conn.poll(TIME_LIMIT):
-            self.process.kill()
-            self.process.join()
-            self.start()
-            return ("hang", f"no answer within {TIME_LIMIT} s")
+        cpu, wall = self.cpu_seconds(), time.monotonic()
+        while not self.conn.poll(0.2):
+            used = self.cpu_seconds() - cpu
+            if used > CPU_LIMIT or time.monotonic() - wall > WALL_LIMIT:
+                self.process.kill()
+                self.process.join()
+                self.start()
+                return ("hang", f"no answer after {used:.1f} s of CPU")
         try:
             return self.conn.recv()
         except EOFError:
@@ -145,6 +152,14 @@ class Worker:
             code = self.process.exitcode
             self.start()
             return ("crash", f"worker died with exit code {code}")
+
+    def cpu_seconds(self) -> float:
+        """The worker's user + system CPU time (Linux /proc; 0 elsewhere: wall limit only)."""
+        try:
+            fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return 0.0
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def close(self) -> None:
         self.conn.send(None)
@@ -518,22 +533,42 @@ def test_fuzz_load(base: Path, tmp_path: Path) -> None:
 
     worker = Worker(base)
     counts: Counter[str] = Counter()
+    by_expectation = {k: Counter() for k in ("reject", "same", "param", "any")}
     failures: list[str] = []
     try:
         for expectation, name, path, edit in jobs:
             answer = worker.ask(("load", str(path)))
             outcome = classify(worker, expectation, answer, edit)
             counts[outcome] += 1
+            by_expectation[expectation][outcome] += 1
             if outcome in ("crash", "hang", "silent change", "wrongly rejected"):
                 failures.append(f"{name} -> {outcome} ({path.name}): {str(answer[1])[:300]}")
+            elif expectation == "any" and outcome == "parameter change":
+                print(f"\n{path.name}: loads with changed parameter values: {diff(base, path)}")
     finally:
         worker.close()
     elapsed = time.perf_counter() - start
-    print(
-        f"\n{len(jobs)} mutants in {elapsed:.1f} s: "
-        + ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
-    )
+    print(f"\n{len(jobs)} mutants in {elapsed:.1f} s: {_counts(counts)}")
+    for expectation, found in by_expectation.items():
+        print(f"  {expectation}: {_counts(found)}")
     assert not failures, "\n".join(failures)
+
+
+def diff(base: Path, mutant: Path) -> list[str]:
+    """HDF5 datasets whose values differ between two files with the same layout."""
+    found: list[str] = []
+    with h5py.File(base, "r") as a, h5py.File(mutant, "r") as b:
+
+        def compare(name: str, item: Any) -> None:
+            if isinstance(item, h5py.Dataset) and not np.array_equal(item[()], b[name][()]):
+                found.append(f"{name} (compression {item.compression})")
+
+        a.visititems(compare)
+    return found
+
+
+def _counts(counter: Counter[str]) -> str:
+    return ", ".join(f"{k} {v}" for k, v in sorted(counter.items()))
 
 
 def classify(worker: Worker, expectation: str, answer: tuple, edit: Any) -> str:
@@ -581,16 +616,15 @@ def test_gzip_bomb_is_refused_before_decompressing(base: Path, tmp_path: Path) -
         f[node].create_dataset(key, data=zeros, compression="gzip", compression_opts=9)
     assert path.stat().st_size < base.stat().st_size + 2**20
     limits = LoadLimits(max_decompressed_bytes=2**23)
-    start = time.perf_counter()
+    start = time.process_time()  # CPU time: the machine may be busy
     with pytest.raises(NIRFormatError, match="max_decompressed_bytes"):
         load(path, limits)
-    assert time.perf_counter() - start < 1.0
+    assert time.process_time() - start < 1.0
     assert shape != zeros.shape
 
 
 def test_node_count_and_nesting_fail_fast(base: Path, tmp_path: Path) -> None:
-    """A 20,000-node graph and 400-level nesting: the limit error at once (< 1 s quiet; 5 s
-    allowed on a loaded CI machine), not after a 65 s parse or a RecursionError."""
+    """A 20,000-node graph and 400-level nesting: the limit error in well under a second."""
     chain = tmp_path / "chain.nir"
     with h5py.File(chain, "w") as f:
         nodes = f.create_group("node/nodes")
@@ -607,10 +641,10 @@ def test_node_count_and_nesting_fail_fast(base: Path, tmp_path: Path) -> None:
     with h5py.File(deep_file, "r+") as f:
         wrap(f, 400)
     for path, match in ((chain, "max_edges|max_nodes"), (deep_file, "max_depth")):
-        start = time.perf_counter()
+        start = time.process_time()
         with pytest.raises(NIRFormatError, match=match):
             load(path)
-        assert time.perf_counter() - start < 5.0
+        assert time.process_time() - start < 1.0
 
 
 def test_flat_name_collision_is_refused(base: Path, tmp_path: Path) -> None:

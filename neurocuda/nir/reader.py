@@ -178,13 +178,17 @@ class Reader:
                 if not isinstance(members, h5py.Group):
                     raise self.fail("has a 'nodes' field that is not a group.")
                 self.count_nodes(len(members))
+                children = []
                 for child in members:
                     child_name = self.name(child, "node name")
                     child_where = child_name if where == ROOT else f"{where}.{child_name}"
                     item = members[child]
                     if not isinstance(item, h5py.Group):
                         raise self.fail(f"has a member {child_name!r} that is not a group.")
-                    stack.append((item, child_where, depth + 1, spec, child_name))
+                    children.append((item, child_where, depth + 1, spec, child_name))
+                stack.extend(
+                    reversed(children)
+                )  # popped in file order: nodes keep nir.read's order
         assert root is not None
         return root
 
