@@ -8,7 +8,7 @@ import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from callbacks.nir_round_trip import NIRRoundTrip
-from callbacks.snn_conversion import _saved_this_step
+from callbacks.snn_conversion import saved_this_step
 from neurocuda.training import SNNFinetuneModule
 
 
@@ -33,7 +33,7 @@ class FinetuneNIRRoundTrip(NIRRoundTrip):
                 ckpt._save_on_train_epoch_end = False
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: SNNFinetuneModule) -> None:
-        checkpoints = _saved_this_step(trainer)
+        checkpoints = saved_this_step(trainer)
         if not checkpoints:
             return  # no checkpoint at this step (not a new best): nothing to annotate
         hparams = pl_module.hparams

@@ -72,7 +72,7 @@ class SNNConversion(L.Callback):
         self.latest = ConversionResult(
             snn=snn,
             settings=settings,
-            checkpoint_paths=_saved_this_step(trainer),
+            checkpoint_paths=saved_this_step(trainer),
             epoch=trainer.current_epoch,
             accuracy=evaluation.accuracy,
             ann_accuracy=float(evaluation.ann_accuracy),
@@ -99,7 +99,7 @@ def _calibration_data(trainer: L.Trainer) -> object:
     return trainer.train_dataloader
 
 
-def _saved_this_step(trainer: L.Trainer) -> list[str]:
+def saved_this_step(trainer: L.Trainer) -> list[str]:
     """Checkpoint files that hold the weights of this global step (the weights converted here).
 
     Each ModelCheckpoint's ``best_model_path`` (and ``last_model_path``, for ``save_last``) is the
