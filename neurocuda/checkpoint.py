@@ -21,6 +21,7 @@ from torch import nn
 
 from neurocuda.conversion import ConversionConfig, convert
 from neurocuda.data import CheckpointDataError, CIFAR10DataModule, datamodule_from_checkpoint
+from neurocuda.files import verify_checkpoint
 from neurocuda.nir import Profile, export
 from neurocuda.snn import SpikingModel
 from neurocuda.training import ClassifierModule
@@ -73,7 +74,8 @@ def settings_with_overrides(
 
 def load_ann(checkpoint: str | os.PathLike[str], device: str | torch.device = "cpu") -> nn.Module:
     """The trained network of a ``ClassifierModule`` checkpoint, in eval mode."""
-    module = ClassifierModule.load_from_checkpoint(checkpoint, map_location=device)
+    checked = verify_checkpoint(checkpoint)
+    module = ClassifierModule.load_from_checkpoint(checked, map_location=device)
     return module.net.eval()
 
 

@@ -41,14 +41,17 @@ class KillOnce(L.Callback):
     the points already killed at, so a resumed run, which re-creates this callback from the saved
     config, passes them.
 
-    Points: ``step:N`` (before the training batch at global step N, mid-epoch) and ``epoch_end:E``
-    (in epoch E's ``on_train_epoch_end``: after its checkpoints, before the conversion callbacks,
-    which are listed after this one).
+    Points: ``step:N`` (before the training batch at global step N, mid-epoch), ``save:E:K``
+    (while the K-th checkpoint of epoch E in this process is being dumped, before it is written:
+    ``save:E:2`` falls between the best checkpoint and ``last.ckpt``) and ``epoch_end:E`` (in epoch
+    E's ``on_train_epoch_end``: after its checkpoints, before the conversion callbacks, which are
+    listed after this one).
     """
 
     def __init__(self, at: list[str], marker: str) -> None:
         self.at = list(at)
         self.marker = Path(marker)
+        self.saves: dict[int, int] = {}
 
     def _kill_at(self, point: str) -> None:
         done = self.marker.read_text().split() if self.marker.is_file() else []
@@ -61,6 +64,11 @@ class KillOnce(L.Callback):
 
     def on_train_batch_start(self, trainer: L.Trainer, *_: object) -> None:
         self._kill_at(f"step:{trainer.global_step}")
+
+    def on_save_checkpoint(self, trainer: L.Trainer, *_: object) -> None:
+        epoch = trainer.current_epoch
+        self.saves[epoch] = self.saves.get(epoch, 0) + 1
+        self._kill_at(f"save:{epoch}:{self.saves[epoch]}")
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._kill_at(f"epoch_end:{trainer.current_epoch}")

@@ -1,5 +1,6 @@
-"""A train.py run SIGKILLed mid-epoch and during an epoch's end, resumed with only its directory,
-ends exactly like the uninterrupted run: weights, metrics file, checkpoints and .nir files."""
+"""A train.py run SIGKILLed mid-epoch, between an epoch's two checkpoint writes and during an epoch's
+end, resumed with only its directory, ends exactly like the uninterrupted run: weights, metrics
+file, checkpoints and .nir files."""
 
 from __future__ import annotations
 
@@ -16,9 +17,10 @@ import torch
 from neurocuda.training.checkpoints import newest_checkpoint
 from tests.conftest import ROOT, tiny_run_overrides
 
-# Two epochs of 3 batches: killed before global step 4 (mid-epoch 1), resumed, killed again in
-# epoch 1's end (after its checkpoints, before its SNN conversion), resumed again.
-KILLS = "[step:4,epoch_end:1]"
+# Two epochs of 3 batches: killed before global step 4 (mid-epoch 1), resumed, killed between epoch
+# 1's best checkpoint and its last.ckpt, resumed, killed in epoch 1's end (after its checkpoints,
+# before its SNN conversion), resumed again.
+KILLS = "[step:4,save:1:2,epoch_end:1]"
 
 
 def _train(*overrides: str) -> subprocess.CompletedProcess:
@@ -68,11 +70,11 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tiny_archive: Path, tmp_
     first = _train(*base, *kill, f"hydra.run.dir={run}")
     assert first.returncode == -9, first.stderr[-3000:]  # SIGKILL
     saved_config = (run / ".hydra" / "config.yaml").read_text()
-    for expected_kill in (-9, 0):  # killed again in epoch 1's end, then finished
+    for expected_kill in (-9, -9, 0):  # killed again in epoch 1's saves and end, then finished
         resumed = _train(f"hydra.run.dir={run}", "resume=true")
         assert resumed.returncode == expected_kill, resumed.stderr[-3000:]
         assert (run / ".hydra" / "config.yaml").read_text() == saved_config
-    assert (tmp_path / "kills").read_text().split() == ["step:4", "epoch_end:1"]
+    assert (tmp_path / "kills").read_text().split() == ["step:4", "save:1:2", "epoch_end:1"]
 
     assert _files(run) == _files(reference)  # no stray .nir, one metrics file
     ours = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)

@@ -10,9 +10,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
-import torch
-
 from neurocuda.data.cifar10 import CIFAR10DataModule
+from neurocuda.files import read_checkpoint
 
 
 class CheckpointDataError(ValueError):
@@ -21,7 +20,7 @@ class CheckpointDataError(ValueError):
 
 def datamodule_from_checkpoint(checkpoint: str | os.PathLike, **overrides: Any) -> CIFAR10DataModule:
     """``CIFAR10DataModule`` with the checkpoint's saved settings, ``overrides`` replacing some."""
-    saved = torch.load(checkpoint, map_location="cpu", weights_only=False).get(
+    saved = read_checkpoint(checkpoint, map_location="cpu", weights_only=False).get(
         "datamodule_hyper_parameters"
     )
     if not saved:

@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from neurocuda.conversion import ConversionConfig, convert, evaluate_snn
+from neurocuda.files import read_checkpoint, verify_checkpoint
 from neurocuda.snn import SpikingModel
 from neurocuda.training.instantiate import conversion_settings
 from neurocuda.training.snn_finetune import SNNFinetuneModule, snn_structure
@@ -59,7 +60,7 @@ def best_ann(trainer: L.Trainer, model: L.LightningModule) -> nn.Module:
     if not path:
         return model.net
     best = copy.deepcopy(model)
-    state = torch.load(path, map_location=model.device, weights_only=True)["state_dict"]
+    state = read_checkpoint(path, map_location=model.device)["state_dict"]
     best.load_state_dict(state)
     log.info("Converting the best ANN checkpoint %s", path)
     return best.net
@@ -127,7 +128,9 @@ def run_finetune(
     metrics = {k: float(v) for k, v in finetuner.callback_metrics.items()}
     best = finetuner.checkpoint_callback.best_model_path if finetuner.checkpoint_callback else ""
     if best:
-        module = SNNFinetuneModule.load_from_checkpoint(best, map_location=module.device)
+        module = SNNFinetuneModule.load_from_checkpoint(
+            verify_checkpoint(best), map_location=module.device
+        )
     return FinetuneResult(snn=module.spiking_model(), checkpoint=best, metrics=metrics)
 
 

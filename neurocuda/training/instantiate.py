@@ -11,7 +11,8 @@ from lightning.pytorch.loggers import Logger, WandbLogger
 from omegaconf import DictConfig
 
 from neurocuda.conversion import ConversionConfig
-from neurocuda.training.checkpoints import newest_checkpoint
+from neurocuda.files import verify_checkpoint
+from neurocuda.training.checkpoints import newest_checkpoint, restore_last_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +86,7 @@ def resolve_ckpt_path(cfg: DictConfig) -> str | None:
         path = Path(cfg.ckpt_path)
         if not path.is_file():
             raise FileNotFoundError(f"ckpt_path={path} does not exist.")
-        return str(path)
+        return str(verify_checkpoint(path))  # a damaged file fails here, before any training
     if cfg.get("resume"):
         directory = Path(cfg.paths.output_dir) / "checkpoints"
         newest = newest_checkpoint(directory)
@@ -96,5 +97,5 @@ def resolve_ckpt_path(cfg: DictConfig) -> str | None:
                 "set ckpt_path=."
             )
         log.info("Resuming from %s", newest)
-        return str(newest)
+        return str(restore_last_checkpoint(newest))
     return None

@@ -1,0 +1,135 @@
+"""Checkpoint files: written atomically in place (full or read-only disk: one error, nothing left),
+refused when damaged (every flipped byte either detected or harmless), and a stale last.ckpt
+restored on resume."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import hydra
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from neurocuda.files import DamagedCheckpointError, WriteError, read_checkpoint, verify_checkpoint
+from neurocuda.training.checkpoints import (
+    SafeCheckpointIO,
+    newest_checkpoint,
+    restore_last_checkpoint,
+)
+from neurocuda.training.instantiate import resolve_ckpt_path
+from tests.conftest import remount_read_only
+
+
+def _checkpoint(size: int = 64) -> dict:
+    generator = torch.Generator().manual_seed(0)
+    return {
+        "global_step": 6,
+        "epoch": 1,
+        "state_dict": {
+            "conv.weight": torch.randn(size, 3, 3, 3, generator=generator),
+            "conv.bias": torch.randn(size, generator=generator),
+        },
+        "hyper_parameters": {"lr": 0.1, "name": "cifarnet"},
+    }
+
+
+def _same(a: dict, b: dict) -> bool:
+    return (
+        a.keys() == b.keys()
+        and a["global_step"] == b["global_step"]
+        and a["hyper_parameters"] == b["hyper_parameters"]
+        and a["state_dict"].keys() == b["state_dict"].keys()
+        and all(torch.equal(a["state_dict"][k], v) for k, v in b["state_dict"].items())
+    )
+
+
+def test_every_flipped_byte_is_refused_or_harmless(tmp_path: Path) -> None:
+    path = tmp_path / "epoch_001.ckpt"
+    SafeCheckpointIO().save_checkpoint(_checkpoint(), path)
+    original = path.read_bytes()
+    reference = read_checkpoint(path)
+    rng = random.Random(0)
+    positions = rng.sample(range(len(original)), 300)
+    data_start = original.index(b"data/0") + 64  # the first tensor's bytes, after its header
+    positions += [data_start + 4, len(original) // 2]  # certainly inside tensor data
+    refused = silent = 0
+    for position in positions:
+        damaged = bytearray(original)
+        damaged[position] ^= 1 << rng.randrange(8)
+        path.write_bytes(damaged)
+        try:
+            loaded = read_checkpoint(path)
+        except DamagedCheckpointError as error:
+            assert str(path) in str(error) and "resume" in str(error)
+            refused += 1
+            continue
+        silent += not _same(loaded, reference)
+    assert silent == 0
+    assert refused >= len(positions) * 0.8  # most bytes are data or structure; a few are padding
+
+
+def test_cut_short_and_missing_files(tmp_path: Path) -> None:
+    path = tmp_path / "last.ckpt"
+    torch.save(_checkpoint(), path)
+    path.write_bytes(path.read_bytes()[:-200])
+    with pytest.raises(DamagedCheckpointError, match="last.ckpt is damaged"):
+        verify_checkpoint(path)
+    with pytest.raises(FileNotFoundError):
+        verify_checkpoint(tmp_path / "none.ckpt")
+
+
+def test_save_writes_in_place_and_load_checks(tmp_path: Path) -> None:
+    io = SafeCheckpointIO()
+    path = tmp_path / "checkpoints" / "last.ckpt"
+    io.save_checkpoint(_checkpoint(), path)
+    assert [p.name for p in path.parent.iterdir()] == ["last.ckpt"]  # no temp file left
+    assert _same(io.load_checkpoint(path), _checkpoint())
+    path.write_bytes(path.read_bytes()[:1000])
+    with pytest.raises(DamagedCheckpointError):
+        io.load_checkpoint(path)
+
+
+def test_full_or_read_only_disk_gives_one_error_and_leaves_nothing(small_tmpfs: Path) -> None:
+    target = small_tmpfs / "checkpoints" / "last.ckpt"
+    with pytest.raises(WriteError, match=f"cannot write {target}: no space left on device"):
+        SafeCheckpointIO().save_checkpoint(_checkpoint(size=4000), target)  # 430 KB > 200 KB
+    assert list(target.parent.iterdir()) == []
+    remount_read_only(small_tmpfs)
+    with pytest.raises(WriteError, match="read-only file system"):
+        SafeCheckpointIO().save_checkpoint(_checkpoint(size=1), small_tmpfs / "x.ckpt")
+
+
+def test_trainer_config_uses_the_safe_io(train_cfg) -> None:
+    cfg = train_cfg()
+    trainer = hydra.utils.instantiate(cfg.trainer, logger=False, enable_checkpointing=False)
+    assert isinstance(trainer.strategy.checkpoint_io, SafeCheckpointIO)
+
+
+def test_resume_restores_a_stale_last_checkpoint(tmp_path: Path) -> None:
+    directory = tmp_path / "run" / "checkpoints"
+    directory.mkdir(parents=True)
+    behind, ahead = _checkpoint(), _checkpoint(size=8)
+    behind["global_step"] = 3
+    torch.save(behind, directory / "last.ckpt")  # killed before last.ckpt's write of epoch 1
+    torch.save(ahead, directory / "epoch_001.ckpt")
+    cfg = OmegaConf.create({"resume": True, "paths": {"output_dir": str(tmp_path / "run")}})
+    assert resolve_ckpt_path(cfg) == str(directory / "last.ckpt")
+    assert _same(read_checkpoint(directory / "last.ckpt"), ahead)
+    assert sorted(p.name for p in directory.iterdir()) == ["epoch_001.ckpt", "last.ckpt"]
+    assert restore_last_checkpoint(directory / "last.ckpt") == directory / "last.ckpt"
+
+
+def test_resume_skips_a_damaged_newest_checkpoint(tmp_path: Path) -> None:
+    older, newer = _checkpoint(), _checkpoint()
+    older["global_step"] = 3
+    torch.save(older, tmp_path / "epoch_000.ckpt")
+    torch.save(newer, tmp_path / "epoch_001.ckpt")
+    damaged = bytearray((tmp_path / "epoch_001.ckpt").read_bytes())
+    damaged[len(damaged) // 2] ^= 0xFF  # inside a tensor: torch.load alone would not notice
+    (tmp_path / "epoch_001.ckpt").write_bytes(damaged)
+    assert newest_checkpoint(tmp_path) == tmp_path / "epoch_000.ckpt"
+    cfg = OmegaConf.create({"ckpt_path": str(tmp_path / "epoch_001.ckpt")})
+    with pytest.raises(DamagedCheckpointError, match="epoch_001.ckpt is damaged"):
+        resolve_ckpt_path(cfg)
