@@ -74,7 +74,7 @@ def test_cut_short_and_missing_files(tmp_path: Path) -> None:
     path = tmp_path / "last.ckpt"
     torch.save(_checkpoint(), path)
     path.write_bytes(path.read_bytes()[:-200])
-    with pytest.raises(DamagedCheckpointError, match="last.ckpt is damaged"):
+    with pytest.raises(DamagedCheckpointError, match=r"last\.ckpt is damaged"):
         verify_checkpoint(path)
     with pytest.raises(FileNotFoundError):
         verify_checkpoint(tmp_path / "none.ckpt")
@@ -131,5 +131,5 @@ def test_resume_skips_a_damaged_newest_checkpoint(tmp_path: Path) -> None:
     (tmp_path / "epoch_001.ckpt").write_bytes(damaged)
     assert newest_checkpoint(tmp_path) == tmp_path / "epoch_000.ckpt"
     cfg = OmegaConf.create({"ckpt_path": str(tmp_path / "epoch_001.ckpt")})
-    with pytest.raises(DamagedCheckpointError, match="epoch_001.ckpt is damaged"):
+    with pytest.raises(DamagedCheckpointError, match=r"epoch_001\.ckpt is damaged"):
         resolve_ckpt_path(cfg)

@@ -1,6 +1,6 @@
-"""A train.py run SIGKILLed mid-epoch, between an epoch's two checkpoint writes and during an epoch's
-end, resumed with only its directory, ends exactly like the uninterrupted run: weights, metrics
-file, checkpoints and .nir files."""
+"""A train.py run SIGKILLed mid-epoch, between an epoch's two checkpoint writes and during an
+epoch's end, resumed with only its directory, ends exactly like the uninterrupted run: weights,
+metrics file, checkpoints and .nir files."""
 
 from __future__ import annotations
 
