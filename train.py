@@ -20,7 +20,8 @@ from omegaconf import DictConfig, OmegaConf
 import neurocuda.training.resolvers  # noqa: F401  (registers ${sweep_group:} and ${job_label:})
 from neurocuda.training.compose import saved_run_config
 from neurocuda.training.finetune_stage import (
-    best_ann,
+    ann_checkpoint,
+    ann_with_weights,
     check_finetune_settings,
     convert_for_run,
     run_finetune,
@@ -64,13 +65,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             snn = finetuned.snn
             metrics.update(finetuned.metrics)
         if cfg.get("test", True):
-            best = (
-                trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-            )
+            best = ann_checkpoint(cfg, trainer)
             trainer.test(model, datamodule=datamodule, ckpt_path=best or None)
             metrics.update(trainer.callback_metrics)
             if cfg.get("conversion"):  # the fine-tuned SNN, else the best ANN converted
-                snn = snn or convert_for_run(cfg, datamodule, best_ann(trainer, model))
+                snn = snn or convert_for_run(cfg, datamodule, ann_with_weights(model, best))
                 metrics.update(
                     snn_test_metrics(
                         cfg, snn, datamodule, float(metrics["test/acc"]), loggers,

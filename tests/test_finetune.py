@@ -169,3 +169,22 @@ def test_train_py_reports_the_converted_snn_without_fine_tuning(train_cfg) -> No
 def test_fine_tuning_without_the_conversion_group_fails_at_once(train_cfg) -> None:
     with pytest.raises(ValueError, match="~conversion"):
         train(train_cfg("finetune=snn", "~conversion"))
+
+
+def test_train_py_fine_tunes_a_given_checkpoint_without_fitting(train_cfg, tmp_path: Path) -> None:
+    ann = train(train_cfg("~conversion"))
+    checkpoint = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    cfg = train_cfg("train=false", "finetune=snn", "finetune.timesteps=2",
+                    f"finetune.start_from={checkpoint}", "conversion.timesteps=[2]",
+                    "conversion.calibration.batches=1", "conversion.eval_subset=8")  # fmt: skip
+    metrics = train(cfg)
+    assert metrics["test/acc"] == ann["test/acc"]  # the given ANN was tested, not fresh weights
+    assert {"finetune/acc", "test/snn_acc_T2", "test/snn_gap_T2"} <= set(metrics)
+    assert (tmp_path / "run" / "checkpoints" / "finetune" / "last.nir").is_file()
+
+
+def test_fine_tuning_without_a_fit_needs_a_checkpoint_file(train_cfg, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"finetune\.start_from=FILE\.ckpt"):
+        train(train_cfg("train=false", "finetune=snn"))
+    with pytest.raises(FileNotFoundError, match=r"none\.ckpt"):
+        train(train_cfg("finetune=snn", f"finetune.start_from={tmp_path / 'none.ckpt'}"))

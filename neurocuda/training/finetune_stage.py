@@ -50,20 +50,34 @@ def check_finetune_settings(cfg: DictConfig) -> None:
             f"finetune.timesteps={finetune.timesteps} and finetune.epochs={finetune.epochs} must "
             "be >= 1."
         )
-    if finetune.start_from not in ("best", "last"):
-        raise ValueError(f"finetune.start_from={finetune.start_from!r}: use best or last.")
+    if finetune.start_from in ("best", "last"):
+        if not cfg.get("train", True):
+            raise ValueError(
+                f"finetune.start_from={finetune.start_from} needs the ANN fit of this run; with "
+                "train=false give the ANN checkpoint to fine-tune: finetune.start_from=FILE.ckpt."
+            )
+    else:  # a checkpoint file: it must exist and be intact before any work starts
+        verify_checkpoint(finetune.start_from)
 
 
-def best_ann(trainer: L.Trainer, model: L.LightningModule) -> nn.Module:
-    """The ANN (``model.net``) with the weights of the trainer's best checkpoint, if it has one."""
-    path = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-    if not path:
+def ann_checkpoint(cfg: DictConfig, trainer: L.Trainer) -> str:
+    """The ANN checkpoint the run tests and converts: the fit's best; without a fit
+    (``train=false``) a ``finetune.start_from`` file, else ``ckpt_path``; "" for none."""
+    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    if best or cfg.get("train", True):
+        return best
+    start = cfg.finetune.start_from if cfg.get("finetune") else "best"
+    return start if start not in ("best", "last") else cfg.get("ckpt_path") or ""
+
+
+def ann_with_weights(model: L.LightningModule, checkpoint: str) -> nn.Module:
+    """The ANN (``model.net``) with the weights of ``checkpoint`` ("": as it is)."""
+    if not checkpoint:
         return model.net
-    best = copy.deepcopy(model)
-    state = read_checkpoint(path, map_location=model.device)["state_dict"]
-    best.load_state_dict(state)
-    log.info("Converting the best ANN checkpoint %s", path)
-    return best.net
+    loaded = copy.deepcopy(model)
+    loaded.load_state_dict(read_checkpoint(checkpoint, map_location=model.device)["state_dict"])
+    log.info("Converting the ANN checkpoint %s", checkpoint)
+    return loaded.net
 
 
 def conversion_config(cfg: DictConfig, datamodule: L.LightningDataModule) -> ConversionConfig:
@@ -89,13 +103,15 @@ def convert_for_run(
 def run_finetune(
     cfg: DictConfig, trainer: L.Trainer, datamodule: L.LightningDataModule, ann: L.LightningModule
 ) -> FinetuneResult:
-    """Convert the ANN (``finetune.start_from``: best checkpoint or last weights) and train the
+    """Convert the ANN (``finetune.start_from``: best checkpoint, last weights or a checkpoint
+    file, see :func:`ann_checkpoint`) and train the
     SNN at ``finetune.timesteps`` with a second trainer (the run's trainer settings and loggers,
     float32, ``finetune.epochs``) and the ``finetune.callbacks`` (checkpoints under
     ``checkpoints/finetune`` with verified ``.nir`` files)."""
     check_finetune_settings(cfg)
     settings = cfg.finetune
-    net = best_ann(trainer, ann) if settings.start_from == "best" else ann.net
+    last = settings.start_from == "last"
+    net = ann.net if last else ann_with_weights(ann, ann_checkpoint(cfg, trainer))
     snn = convert_for_run(cfg, datamodule, net)
     module = SNNFinetuneModule(
         snn,
