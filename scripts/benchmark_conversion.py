@@ -1,13 +1,16 @@
-"""Benchmark ANN -> SNN conversion: ANN accuracy and SNN accuracy at T = 1..32, relu and qcfs.
+"""Conversion ablation: ReLU vs QCFS, correction off/on, SNN fine-tuning off/on, accuracy per T.
 
-    python scripts/benchmark_conversion.py                     # trains with experiment=cifarnet_cpu
     python scripts/benchmark_conversion.py --relu-ckpt A.ckpt --qcfs-ckpt B.ckpt   # either or both
-    python scripts/benchmark_conversion.py --quick             # ~minutes: small net, data subset
+    python scripts/benchmark_conversion.py --experiment resnet20_cpu --relu-ckpt R.ckpt
+    python scripts/benchmark_conversion.py --relu-ckpt A.ckpt --finetune-batches 150 --images 10000
+    python scripts/benchmark_conversion.py --quick     # tiny: trains both on a subset, all rows
 
-Trains through train.py's own ``train`` (Hydra config), converts with several choices (thresholds
-per layer / per channel, initial membrane 0 / theta/2, soft / hard reset, initial-membrane
-correction off / at T=4 / at T=8) and evaluates each on the test set (or a subset), printing a
-table and writing it as JSON into --out.
+For each checkpoint (trained here with ``--experiment`` and ``model.activation`` when not given)
+three rows: converted without the initial-membrane correction, with it (the default conversion),
+and the default conversion fine-tuned at ``--finetune-timesteps`` for ``--finetune-batches``
+training batches (``train.py train=false finetune=snn finetune.start_from=CKPT``). Each row is
+evaluated on the test set (default: all of it) at T = 1, 2, 4, 8, 16, 32, beside the ANN, with the
+CPU minutes (all threads of this process) each stage cost. Prints a table, writes JSON to --out.
 """
 
 from __future__ import annotations
@@ -16,7 +19,10 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from rich.console import Console
@@ -28,94 +34,147 @@ sys.path.insert(0, str(ROOT))
 from neurocuda.checkpoint import snn_from_checkpoint  # noqa: E402
 from neurocuda.conversion import ConversionConfig, evaluate_snn  # noqa: E402
 from neurocuda.data import datamodule_from_checkpoint  # noqa: E402
+from neurocuda.files import atomic_write_text, verify_checkpoint  # noqa: E402
+from neurocuda.training import SNNFinetuneModule  # noqa: E402
 from neurocuda.training.compose import compose_train_config  # noqa: E402
 from train import train  # noqa: E402
 
 TIMESTEPS = [1, 2, 4, 8, 16, 32]
-OFF = {"correction_timesteps": 0}
-VARIANTS = {
-    "relu": [
-        ("layer, v0=theta/2", {"per_channel": False, **OFF}),
-        ("channel, v0=theta/2", {"per_channel": True, **OFF}),
-        ("channel, v0=0", {"per_channel": True, "v_init": 0.0, **OFF}),
-        ("channel, hard reset", {"per_channel": True, "reset": "zero", **OFF}),
-        ("channel, corrected at T=4 (default)", {"per_channel": True}),
-        ("channel, corrected at T=8", {"per_channel": True, "correction_timesteps": 8}),
-    ],
-    "qcfs": [
-        ("learned, v0=theta/2", {**OFF}),
-        ("learned, corrected at T=4 (default)", {}),
-        ("learned, corrected at T=8", {"correction_timesteps": 8}),
-    ],
-}
+QUICK = ["data=cifar10_subset", "data.train_subset=2000", "data.val_subset=200",
+         "trainer.max_epochs=2", "++model.arch_kwargs.widths=[16,32,32,64]"]  # fmt: skip
 
 
-def train_checkpoint(activation: str, out: Path, quick: bool, extra: list[str]) -> Path:
-    """Train cifarnet with ``activation`` through train.py; return its last checkpoint."""
+@dataclass
+class Row:
+    """One conversion of one checkpoint, evaluated at every T."""
+
+    activation: str
+    variant: str
+    checkpoint: str
+    ann: float
+    snn: dict[int, float]
+    images: int
+    cpu_minutes: dict[str, float] = field(default_factory=dict)
+
+
+def cpu_minutes(stage: Callable[[], Any]) -> tuple[Any, float]:
+    """``stage()`` and the CPU minutes this process spent in it (every thread counted)."""
+    start = time.process_time()
+    result = stage()
+    return result, (time.process_time() - start) / 60
+
+
+def train_checkpoint(experiment: str, activation: str, out: Path, extra: list[str]) -> Path:
+    """Train ``experiment`` with ``model.activation=activation`` through train.py; its last
+    checkpoint."""
     run = out / f"train_{activation}"
-    overrides = ["experiment=cifarnet_cpu", f"model.activation={activation}", "~conversion",
-                 "test=false", "logger=csv", "~callbacks.rich_progress_bar"]  # fmt: skip
-    if quick:
-        overrides += ["data=cifar10_subset", "data.train_subset=2000", "data.val_subset=200",
-                      "trainer.max_epochs=2",
-                      "+model.arch_kwargs.widths=[16,32,32,64]"]  # fmt: skip
-    cfg = compose_train_config([*overrides, *extra], run)
-    train(cfg)
+    overrides = [f"experiment={experiment}", f"model.activation={activation}", "~conversion",
+                 "test=false", *extra]  # fmt: skip
+    train(compose_train_config(overrides, run))
     return run / "checkpoints" / "last.ckpt"
 
 
-def benchmark(ckpt: Path, activation: str, images: int, device: str) -> list[dict]:
+def finetune_checkpoint(
+    experiment: str, ckpt: Path, timesteps: int, batches: int, out: Path, extra: list[str]
+) -> Path:
+    """Fine-tune the default conversion of ``ckpt`` at ``timesteps`` for one epoch of
+    ``batches`` batches, exactly as ``train.py`` does; the fine-tuning checkpoint."""
+    run = out / f"finetune_{ckpt.parent.parent.name}_T{timesteps}"
+    overrides = [f"experiment={experiment}", "train=false", "test=false", "finetune=snn",
+                 f"finetune.start_from={ckpt}", f"finetune.timesteps={timesteps}",
+                 "finetune.epochs=1", f"finetune.train_batches={batches}",
+                 f"conversion.timesteps=[{timesteps}]", *extra]  # fmt: skip
+    train(compose_train_config(overrides, run))
+    return run / "checkpoints" / "finetune" / "last.ckpt"  # one epoch: also the best
+
+
+def benchmark(ckpt: Path, activation: str, args: argparse.Namespace, extra: list[str]) -> list[Row]:
+    """The three rows of one checkpoint."""
     datamodule = datamodule_from_checkpoint(ckpt)
     rows = []
-    for name, options in VARIANTS[activation]:
-        start = time.perf_counter()
-        settings = ConversionConfig(**options)
-        converted = snn_from_checkpoint(ckpt, settings, datamodule, device)
-        ev = evaluate_snn(converted.snn, datamodule.test_dataloader(), TIMESTEPS,
-                          ann=converted.ann, max_images=images)  # fmt: skip
-        rows.append({"activation": activation, "variant": name, "ann": ev.ann_accuracy,
-                     "snn": ev.accuracy, "images": ev.images, "synops": ev.synops_per_image,
-                     "seconds": time.perf_counter() - start, "checkpoint": str(ckpt)})  # fmt: skip
+
+    def evaluate(variant: str, snn: Any, ann: Any, minutes: dict[str, float]) -> None:
+        test = datamodule.test_dataloader()
+        ev, minutes["evaluate"] = cpu_minutes(
+            lambda: evaluate_snn(snn, test, TIMESTEPS, ann=ann, max_images=args.images)
+        )
+        row = Row(activation, variant, str(ckpt), ev.ann_accuracy, ev.accuracy, ev.images, minutes)
+        rows.append(row)
+        print_rows(rows)
+
+    for variant, settings in (
+        ("no correction", ConversionConfig(correction_timesteps=0)),
+        ("corrected (default)", ConversionConfig()),
+    ):
+        converted, convert = cpu_minutes(
+            lambda s=settings: snn_from_checkpoint(ckpt, s, datamodule, args.device)
+        )
+        evaluate(variant, converted.snn, converted.ann, {"convert": convert})
+    if args.finetune_batches:
+        steps, batches = args.finetune_timesteps, args.finetune_batches
+        finetuned, minutes = cpu_minutes(
+            lambda: finetune_checkpoint(args.experiment, ckpt, steps, batches, args.out, extra)
+        )
+        module = SNNFinetuneModule.load_from_checkpoint(verify_checkpoint(finetuned), "cpu")
+        variant = f"corrected + fine-tuned at T={steps} ({batches} batches)"
+        evaluate(variant, module.spiking_model(), converted.ann, {"fine-tune": minutes})
     return rows
 
 
-def print_rows(rows: list[dict]) -> None:
-    table = Table(title="ANN vs SNN accuracy (%) per T; gap = ANN - SNN (pp)")
-    for col in ("model", "conversion", "ANN", *(f"T={t}" for t in TIMESTEPS)):
+def print_rows(rows: list[Row]) -> None:
+    table = Table(title="SNN accuracy (%) per T on the test set; (gap = ANN - SNN, pp)")
+    for col in ("model", "conversion", "images", "ANN", *(f"T={t}" for t in TIMESTEPS),
+                "CPU min"):  # fmt: skip
         table.add_column(col, justify="right")
     for r in rows:
-        cells = [
-            f"{100 * r['snn'][t]:.2f} ({100 * (r['ann'] - r['snn'][t]):+.2f})" for t in TIMESTEPS
-        ]
-        table.add_row(r["activation"], r["variant"], f"{100 * r['ann']:.2f}", *cells)
-    Console(width=200).print(table)  # full width also when logged to a file
+        cells = [f"{100 * r.snn[t]:.2f} ({100 * (r.ann - r.snn[t]):+.2f})" for t in TIMESTEPS]
+        minutes = ", ".join(f"{k} {v:.1f}" for k, v in r.cpu_minutes.items())
+        table.add_row(r.activation, r.variant, str(r.images), f"{100 * r.ann:.2f}", *cells, minutes)
+    Console(width=220).print(table)  # full width also when logged to a file
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
+    parser.add_argument("--experiment", default="cifarnet_cpu", help="configs/experiment recipe")
     parser.add_argument("--relu-ckpt", type=Path)
     parser.add_argument("--qcfs-ckpt", type=Path)
+    parser.add_argument("--finetune-timesteps", type=int, default=4)
+    parser.add_argument("--finetune-batches", type=int, default=150,
+                        help="fine-tuning batches (0: no fine-tuning row)")  # fmt: skip
     parser.add_argument("--quick", action="store_true", help="small net, data subset, 2 epochs")
     parser.add_argument("--images", type=int, help="test images (default: all; --quick: 500)")
     parser.add_argument("--out", type=Path, default=ROOT / "logs" / "benchmark_conversion")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("overrides", nargs="*", help="extra train.py overrides when training")
+    parser.add_argument("overrides", nargs="*", help="extra train.py overrides (train, fine-tune)")
     args = parser.parse_args()
-    images = args.images or (500 if args.quick else None)
-    rows = []
+    extra = [*(QUICK if args.quick else []), *args.overrides]
+    if args.quick:
+        args.images = args.images or 500
+        args.finetune_batches = min(args.finetune_batches, 4)
     given = {"relu": args.relu_ckpt, "qcfs": args.qcfs_ckpt}
+    for ckpt in filter(None, given.values()):
+        verify_checkpoint(ckpt)  # a missing or damaged file fails before any work
     train_both = not any(given.values())  # with one checkpoint given, only that one is measured
+    rows: list[Row] = []
     for activation, ckpt in given.items():
         if ckpt is None and not train_both:
             continue
-        ckpt = ckpt or train_checkpoint(activation, args.out, args.quick, args.overrides)
-        rows += benchmark(ckpt, activation, images, args.device)
-        print_rows(rows)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "results.json").write_text(json.dumps(rows, indent=2))
-    Console().print(f"Wrote {args.out / 'results.json'}")
+        train_minutes = 0.0
+        if ckpt is None:
+            ckpt, train_minutes = cpu_minutes(
+                lambda a=activation: train_checkpoint(args.experiment, a, args.out, extra)
+            )
+        measured = benchmark(ckpt, activation, args, extra)
+        if train_minutes:
+            for row in measured:
+                row.cpu_minutes = {"train": train_minutes, **row.cpu_minutes}
+        rows += measured
+    path = atomic_write_text(args.out / "results.json",
+                             json.dumps([asdict(r) for r in rows], indent=2))  # fmt: skip
+    print_rows(rows)
+    Console().print(f"Wrote {path}")
 
 
 if __name__ == "__main__":

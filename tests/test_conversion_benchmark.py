@@ -1,0 +1,36 @@
+"""scripts/benchmark_conversion.py on a tiny checkpoint: every row of the ablation, its JSON."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.conftest import ROOT, tiny_run_overrides
+from train import train
+
+
+def test_ablation_rows_of_a_checkpoint(train_cfg, tiny_archive: Path, tmp_path: Path) -> None:
+    train(train_cfg("~conversion", "test=false"))
+    ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    tiny = [o.replace("+model.", "++model.") for o in tiny_run_overrides(tiny_archive, tmp_path)]
+    out = tmp_path / "bench"
+    command = [sys.executable, "scripts/benchmark_conversion.py", "--relu-ckpt", str(ckpt),
+               "--images", "16", "--finetune-batches", "2", "--out", str(out), *tiny]  # fmt: skip
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=1200)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = json.loads((out / "results.json").read_text())
+    assert [r["variant"] for r in rows] == [
+        "no correction",
+        "corrected (default)",
+        "corrected + fine-tuned at T=4 (2 batches)",
+    ]
+    assert {r["ann"] for r in rows} == {rows[0]["ann"]}  # one ANN, the checkpoint's
+    for row in rows:
+        assert row["images"] == 16
+        assert sorted(map(int, row["snn"])) == [1, 2, 4, 8, 16, 32]
+        assert all(0.0 <= a <= 1.0 for a in row["snn"].values())
+        assert row["cpu_minutes"]["evaluate"] > 0
+    assert rows[0]["cpu_minutes"]["convert"] > 0 and rows[2]["cpu_minutes"]["fine-tune"] > 0
+    assert "corrected + fine-tuned" in result.stdout  # the printed table
