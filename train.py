@@ -18,6 +18,8 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 import neurocuda.training.resolvers  # noqa: F401  (registers ${sweep_group:} and ${job_label:})
+from callbacks.summary import run_summary
+from neurocuda.reporting.run_summary import report_summary
 from neurocuda.training.compose import saved_run_config
 from neurocuda.training.finetune_stage import (
     best_ann,
@@ -58,7 +60,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         if cfg.get("train", True):
             trainer.fit(model, datamodule=datamodule, ckpt_path=resolve_ckpt_path(cfg))
         metrics = dict(trainer.callback_metrics)
-        snn = None
+        snn = finetuned = None
         if cfg.get("finetune"):
             finetuned = run_finetune(cfg, trainer, datamodule, model)
             snn = finetuned.snn
@@ -77,9 +79,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                         trainer.global_step,
                     )
                 )  # fmt: skip
+        metrics = {k: float(v) for k, v in metrics.items()}
+        if trainer.is_global_zero:  # one summary (console and summary.json) per run
+            report_summary(run_summary(trainer, metrics, cfg.paths.output_dir, finetuned))
     finally:
         finish_loggers(loggers)
-    return {k: float(v) for k, v in metrics.items()}
+    return metrics
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="train.yaml")

@@ -29,11 +29,14 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class FinetuneResult:
-    """The fine-tuned SNN (its best checkpoint's weights), the stage's metrics and checkpoint."""
+    """The fine-tuned SNN (its best checkpoint's weights), the stage's metrics and checkpoint,
+    and the trainer that ran it (its callbacks hold the NIR checks)."""
 
     snn: SpikingModel
+    timesteps: int
     checkpoint: str
     metrics: dict[str, float] = field(default_factory=dict)
+    trainer: L.Trainer | None = None
 
 
 def check_finetune_settings(cfg: DictConfig) -> None:
@@ -128,7 +131,11 @@ def run_finetune(
     best = finetuner.checkpoint_callback.best_model_path if finetuner.checkpoint_callback else ""
     if best:
         module = SNNFinetuneModule.load_from_checkpoint(best, map_location=module.device)
-    return FinetuneResult(snn=module.spiking_model(), checkpoint=best, metrics=metrics)
+    return FinetuneResult(
+        snn=module.spiking_model(),
+        timesteps=int(settings.timesteps),
+        checkpoint=best, metrics=metrics, trainer=finetuner
+    )
 
 
 def snn_test_metrics(
