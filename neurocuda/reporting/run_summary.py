@@ -130,7 +130,7 @@ def _nir_line(check: NIRCheck) -> str:
 
 
 def _shown(path: str, run_dir: str) -> str:
-    """``path`` relative to the run directory when it lies inside it (summary.json keeps it whole)."""
+    """``path`` relative to ``run_dir`` when inside it (summary.json keeps it whole)."""
     if run_dir and path and Path(path).is_relative_to(run_dir):
         return str(Path(path).relative_to(run_dir))
     return path or "-"
@@ -168,7 +168,8 @@ def render(summary: RunSummary) -> Panel:
             f"{_percent(deploy.accuracy)} on {deploy.images} test images at T={deploy.timesteps}",
         )
         if deploy.cores is not None:
-            table.add_row("Loihi 2 resources", f"{deploy.cores} neuro-cores, {deploy.chips} chip(s)")
+            resources = f"{deploy.cores} neuro-cores, {deploy.chips} chip(s)"
+            table.add_row("Loihi 2 resources", resources)
         table.add_row(
             "Energy per image",
             f"{deploy.energy_uj_per_image:.3f} uJ (Loihi estimate; ANN fp32 "

@@ -134,7 +134,9 @@ def run_finetune(
     return FinetuneResult(
         snn=module.spiking_model(),
         timesteps=int(settings.timesteps),
-        checkpoint=best, metrics=metrics, trainer=finetuner
+        checkpoint=best,
+        metrics=metrics,
+        trainer=finetuner,
     )
 
 
