@@ -87,7 +87,7 @@ class Deployment(L.Callback):
             out_dir = Path(self.output_dir or trainer.default_root_dir) / "deploy"
             report, self.report_paths = run_deployment(
                 graph, self.backend, loader, self.timesteps, out_dir, self.max_images,
-                self.calibration_batches, source=source, progress=False,
+                self.calibration_batches, source=source,
             )  # fmt: skip
         self.report = report
         for logger in trainer.loggers:

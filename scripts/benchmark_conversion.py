@@ -54,7 +54,7 @@ def train_checkpoint(activation: str, out: Path, quick: bool, extra: list[str]) 
     """Train cifarnet with ``activation`` through train.py; return its last checkpoint."""
     run = out / f"train_{activation}"
     overrides = ["experiment=cifarnet_cpu", f"model.activation={activation}", "~conversion",
-                 "test=false", "logger=csv", "~callbacks.rich_progress_bar"]  # fmt: skip
+                 "test=false", "logger=csv", "~callbacks.progress_bar"]  # fmt: skip
     if quick:
         overrides += ["data=cifar10_subset", "data.train_subset=2000", "data.val_subset=200",
                       "trainer.max_epochs=2",

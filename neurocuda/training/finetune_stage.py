@@ -116,6 +116,8 @@ def run_finetune(
         for node in (settings.get("callbacks") or {}).values()
         if isinstance(node, DictConfig) and "_target_" in node
     ]
+    if (cfg.get("callbacks") or {}).get("progress_bar"):  # the run's progress display
+        callbacks.append(hydra.utils.instantiate(cfg.callbacks.progress_bar))
     # float32 whatever the ANN used: the trained network is the float32 one the runtime runs
     finetuner: L.Trainer = hydra.utils.instantiate(
         cfg.trainer,
