@@ -16,12 +16,14 @@ from neurocuda.progress import progress as show_progress
 
 
 def _ann_macs_by_layer(backend: Backend) -> dict[str, int]:
-    """ANN MACs of each weight node, keyed by the population its output feeds."""
+    """ANN MACs of each weight node, keyed by the layer name of the population its output feeds."""
     net = backend.network
+    labels = {pop.name: pop.label or pop.name for pop in net.populations}
     macs: dict[str, int] = {}
     for proj in net.projections:
         if proj.label in net.macs:
-            macs[proj.target] = macs.get(proj.target, 0) + net.macs[proj.label]
+            layer = labels[proj.target]
+            macs[layer] = macs.get(layer, 0) + net.macs[proj.label]
     return macs
 
 
@@ -81,7 +83,7 @@ def deploy(
         per_image = spikes.get(pop.name, 0) / images
         layers.append(
             LayerReport(
-                name=pop.name,
+                name=pop.label or pop.name,  # as the model names it (layers.0.act1)
                 neurons=neurons,
                 spikes_per_image=per_image,
                 spike_rate=per_image / (neurons * timesteps),
