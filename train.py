@@ -34,6 +34,7 @@ from neurocuda.training.instantiate import (
     instantiate_loggers,
     resolve_ckpt_path,
 )
+from neurocuda.training.library_warnings import filter_library_warnings
 from neurocuda.training.settings import validate_run_settings
 
 log = logging.getLogger(__name__)
@@ -44,6 +45,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit (and fine-tune the SNN, with ``finetune``) and test the model described by ``cfg``;
     return the logged metrics, with the SNN's on the test set (``test/snn_acc_T{t}``)."""
     validate_run_settings(cfg)  # bad settings fail here, before any data or training
+    filter_library_warnings()
     if cfg.get("finetune"):
         check_finetune_settings(cfg)
     if cfg.get("seed") is not None:

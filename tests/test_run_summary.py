@@ -33,6 +33,7 @@ def quickstart_run(tmp_path_factory: pytest.TempPathFactory, tiny_archive: Path)
         "deploy=loihi2",
         "deploy.timesteps=8",
         "deploy.max_images=16",
+        "trainer.log_every_n_steps=1",  # 3 batches: Lightning warns about a longer interval
         f"hydra.run.dir={run}",
     ]
     with (tmp / "out.txt").open("w") as out:  # not a terminal: text progress, plain panel
@@ -113,6 +114,12 @@ def test_progress_lines_appear_in_a_log_file(quickstart_run: Path) -> None:
     assert re.search(r"^SNN eval T<=8: 100% \(40/40 images\), .*acc@T8", out, re.MULTILINE)
     assert re.search(r"^deploy\[loihi2\] T=8: 100% \(16/16 images\)", out, re.MULTILINE)
     assert "\r" not in out  # nothing redrawn
+
+
+def test_a_normal_run_prints_no_warnings(quickstart_run: Path) -> None:
+    out = (quickstart_run.parent / "out.txt").read_text()
+    warned = re.findall(r"^.*\.py:\d+: .*$", out, re.MULTILINE)  # warnings.warn's "file.py:N: "
+    assert not warned, warned
 
 
 def test_line_progress_prints_each_step_once(capsys: pytest.CaptureFixture[str]) -> None:
