@@ -111,10 +111,9 @@ class SpikingModel(nn.Module):
         names = {module: name for name, module in self.network.named_modules()}
         for name, module in self.network.named_modules():
             children = list(module.children())
-            wrapper = isinstance(module, nn.Sequential) and (
-                isinstance(children[0], IFNeuron) or isinstance(children[-1], OutputIntegrator)
-            )
-            if name and wrapper:
+            if not name or not isinstance(module, nn.Sequential) or not children:
+                continue
+            if isinstance(children[0], IFNeuron) or isinstance(children[-1], OutputIntegrator):
                 names |= dict.fromkeys(children, name)
         return names
 
