@@ -95,4 +95,5 @@ def test_deploy_script_on_a_nir_file(
     assert summary["report_path"] == str(tmp_path / "out" / "deploy_cpu.md")
     printed = capsys.readouterr().out
     assert "neurocuda run summary" in printed
-    assert re.search(rf"Deployment \(cpu\) +{100 * data['accuracy']:.2f}% on 16 test images", printed)
+    row = rf"Deployment \(cpu\) +{100 * data['accuracy']:.2f}% on 16 test images"
+    assert re.search(row, printed), printed
