@@ -10,7 +10,6 @@ from callbacks.deployment import Deployment
 from callbacks.finetune_nir import FinetuneNIRRoundTrip
 from callbacks.lookup import find_callback
 from callbacks.nir_round_trip import NIRRoundTrip
-from callbacks.snn_conversion import SNNConversion
 from neurocuda.deploy.report import summarize
 from neurocuda.reporting.run_summary import (
     FinetuneSummary,
@@ -41,23 +40,28 @@ def run_summary(
     ckpt = trainer.checkpoint_callback
     checkpoint = ckpt.best_model_path or ckpt.last_model_path if ckpt is not None else ""
     deployment = find_callback(trainer, Deployment)
+    snn_test = accuracy_per_timestep(metrics, "test/snn_acc_T")
     summary = RunSummary(
         run_dir=run_dir,
         checkpoint=checkpoint,
         ann_test_accuracy=float(metrics["test/acc"]) if "test/acc" in metrics else None,
-        snn_test_accuracy=accuracy_per_timestep(metrics, "test/snn_acc_T"),
+        snn_test_accuracy=snn_test,
         nir=_nir_check(find_callback(trainer, NIRRoundTrip), checkpoint),
     )
-    if find_callback(trainer, SNNConversion) is not None or finetuned is not None:
-        summary.snn_source = "the best ANN checkpoint converted"
+    if snn_test:  # which SNN train.py tested (finetune_stage.best_ann, run_finetune)
+        summary.snn_source = (
+            f"the fine-tuned SNN (trained at T={finetuned.timesteps})"
+            if finetuned is not None
+            else "the best ANN checkpoint, converted"
+            if ckpt is not None and ckpt.best_model_path
+            else "the final ANN weights, converted"
+        )
     if deployment is not None and deployment.report is not None:
         summary.deployment = summarize(deployment.report, deployment.report_paths["markdown"])
     if finetuned is not None:
         round_trip = finetuned.trainer and find_callback(finetuned.trainer, FinetuneNIRRoundTrip)
-        timesteps = finetuned.timesteps
-        summary.snn_source = f"the fine-tuned SNN (trained at T={timesteps})"
         summary.finetune = FinetuneSummary(
-            timesteps=timesteps,
+            timesteps=finetuned.timesteps,
             checkpoint=finetuned.checkpoint,
             val_accuracy=accuracy_per_timestep(finetuned.metrics, "val/snn_acc_T"),
             nir=_nir_check(round_trip, finetuned.checkpoint),

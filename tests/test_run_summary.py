@@ -65,7 +65,7 @@ def test_summary_json_holds_the_runs_figures(quickstart_run: Path) -> None:
         "8": pytest.approx(logged["test/snn_acc_T8"]),
     }
     assert summary["snn_test_gap"]["8"] == pytest.approx(logged["test/snn_gap_T8"], abs=1e-6)
-    assert summary["snn_source"] == "the best ANN checkpoint converted"
+    assert summary["snn_source"] == "the best ANN checkpoint, converted"
     checkpoint = Path(summary["checkpoint"])
     assert checkpoint.is_file() and checkpoint.parent == quickstart_run / "checkpoints"
     nir = summary["nir"]
