@@ -18,6 +18,8 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 import neurocuda.training.resolvers  # noqa: F401  (registers ${sweep_group:} and ${job_label:})
+from callbacks.summary import run_summary
+from neurocuda.reporting.run_summary import report_summary
 from neurocuda.training.compose import saved_run_config
 from neurocuda.training.finetune_stage import (
     ann_checkpoint,
@@ -33,6 +35,7 @@ from neurocuda.training.instantiate import (
     instantiate_loggers,
     resolve_ckpt_path,
 )
+from neurocuda.training.library_warnings import filter_library_warnings
 from neurocuda.training.settings import validate_run_settings
 
 log = logging.getLogger(__name__)
@@ -43,6 +46,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit (and fine-tune the SNN, with ``finetune``) and test the model described by ``cfg``;
     return the logged metrics, with the SNN's on the test set (``test/snn_acc_T{t}``)."""
     validate_run_settings(cfg)  # bad settings fail here, before any data or training
+    filter_library_warnings()
     if cfg.get("finetune"):
         check_finetune_settings(cfg)
     if cfg.get("seed") is not None:
@@ -59,7 +63,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         if cfg.get("train", True):
             trainer.fit(model, datamodule=datamodule, ckpt_path=resolve_ckpt_path(cfg))
         metrics = dict(trainer.callback_metrics)
-        snn = None
+        snn = finetuned = None
         if cfg.get("finetune"):
             finetuned = run_finetune(cfg, trainer, datamodule, model)
             snn = finetuned.snn
@@ -76,9 +80,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                         trainer.global_step,
                     )
                 )  # fmt: skip
+        metrics = {k: float(v) for k, v in metrics.items()}
+        if trainer.is_global_zero:  # one summary (console and summary.json) per run
+            report_summary(run_summary(trainer, metrics, cfg.paths.output_dir, finetuned))
     finally:
         finish_loggers(loggers)
-    return {k: float(v) for k, v in metrics.items()}
+    return metrics
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="train.yaml")

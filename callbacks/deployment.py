@@ -20,7 +20,7 @@ from callbacks.snn_conversion import SNNConversion
 from neurocuda.checkpoint import export_snn, snn_from_checkpoint
 from neurocuda.conversion import ConversionConfig
 from neurocuda.deploy import Backend, run_deployment
-from neurocuda.deploy.report import report_metrics
+from neurocuda.deploy.report import DeploymentReport, report_metrics
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,9 @@ class Deployment(L.Callback):
         self.max_images = max_images
         self.calibration_batches = calibration_batches
         self.output_dir = output_dir
-        self.report = None
+        self.report: DeploymentReport | None = None
+        self.report_paths: dict[str, Path] = {}
+        """The report's files (``json``, ``markdown``, ``plot``)."""
 
     @staticmethod
     def _graph(trainer: L.Trainer, sample: torch.Tensor) -> tuple[nir.NIRGraph | Path, str]:
@@ -83,9 +85,9 @@ class Deployment(L.Callback):
         with torch.autocast(pl_module.device.type, enabled=False):
             graph, source = self._graph(trainer, sample)
             out_dir = Path(self.output_dir or trainer.default_root_dir) / "deploy"
-            report, _ = run_deployment(
+            report, self.report_paths = run_deployment(
                 graph, self.backend, loader, self.timesteps, out_dir, self.max_images,
-                self.calibration_batches, source=source, progress=False,
+                self.calibration_batches, source=source,
             )  # fmt: skip
         self.report = report
         for logger in trainer.loggers:

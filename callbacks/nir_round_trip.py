@@ -16,7 +16,7 @@ from callbacks.lookup import find_callback
 from callbacks.snn_conversion import SNNConversion
 from neurocuda.conversion import ConversionResult
 from neurocuda.nir import Profile
-from neurocuda.nir.verify import export_and_compare
+from neurocuda.nir.verify import RoundTripReport, export_and_compare
 from neurocuda.snn import Encoding, SpikingModel
 
 log = logging.getLogger(__name__)
@@ -51,6 +51,8 @@ class NIRRoundTrip(L.Callback):
         self.on_mismatch = on_mismatch
         self.log_artifact = log_artifact
         self._batch: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.checks: dict[str, RoundTripReport] = {}
+        """The round-trip report of every ``.nir`` file written, by path (the run summary's)."""
 
     @staticmethod
     def _conversion(trainer: L.Trainer) -> SNNConversion:
@@ -122,6 +124,7 @@ class NIRRoundTrip(L.Callback):
         paths, report = export_and_compare(
             snn, paths, x, y, timesteps, encoding, self.profile, metadata
         )
+        self.checks |= dict.fromkeys(map(str, paths), report)
         path = paths[0]
         diff, divergent = report.worst_diff, report.total_divergent
         pl_module.log_dict(

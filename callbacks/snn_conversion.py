@@ -67,7 +67,7 @@ class SNNConversion(L.Callback):
             snn = convert(ann, _calibration_data(trainer), settings)
             evaluation = evaluate_snn(
                 snn, val_loader, settings.timesteps, ann=ann, encoding=settings.encoding,
-                max_images=self.eval_subset, progress=False,
+                max_images=self.eval_subset,
             )  # fmt: skip
         self.latest = ConversionResult(
             snn=snn,

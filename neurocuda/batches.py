@@ -13,3 +13,13 @@ def first_images(batches: Iterable, count: int | None = None) -> Iterator[torch.
     or ``x``."""
     for batch in itertools.islice(batches, count):
         yield batch[0] if isinstance(batch, (tuple, list)) else batch
+
+
+def image_count(batches: Iterable, max_images: int | None = None) -> int | None:
+    """Images a pass over ``batches`` (capped at ``max_images``) will see, when the loader's
+    dataset has a length or the cap is set; else None."""
+    dataset = getattr(batches, "dataset", None)
+    total = len(dataset) if hasattr(dataset, "__len__") else None
+    if max_images is not None:
+        return max_images if total is None else min(total, max_images)
+    return total

@@ -4,8 +4,9 @@
     python scripts/deploy.py FILE.nir deploy=cpu deploy.timesteps=16 --out reports/
 
 Takes the project's Hydra configs (``configs/train.yaml``; any override works) for the data module
-and the ``deploy`` group, runs the same library call as the Deployment callback and writes
-``deploy_<target>.{json,md,png}`` into ``--out`` (default: ``<FILE>_deploy/`` beside the file).
+and the ``deploy`` group, runs the same library call as the Deployment callback, writes
+``deploy_<target>.{json,md,png}`` into ``--out`` (default: ``<FILE>_deploy/`` beside the file) and
+prints the run summary train.py prints for its deployment (also ``summary.json`` in ``--out``).
 Errors (a malformed file, a full disk) print one line; ``--debug`` shows the traceback.
 """
 
@@ -22,7 +23,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from neurocuda.cli import run_cli  # noqa: E402
+from neurocuda.deploy.report import summarize  # noqa: E402
 from neurocuda.deploy.run import run_deployment  # noqa: E402
+from neurocuda.reporting.run_summary import RunSummary, report_summary  # noqa: E402
 from neurocuda.training.compose import compose_train_config  # noqa: E402
 
 
@@ -56,10 +59,7 @@ def main(argv: list[str] | None = None) -> None:
         int(deploy_cfg.calibration_batches),
         source=str(args.nir_file),
     )
-    print(
-        f"accuracy {100 * report.accuracy:.2f}% on {report.images} images; "
-        f"report: {paths['markdown']}"
-    )
+    report_summary(RunSummary(run_dir=str(out), deployment=summarize(report, paths["markdown"])))
 
 
 if __name__ == "__main__":

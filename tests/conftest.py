@@ -83,7 +83,7 @@ def tiny_run_overrides(archive: Path, tmp_path: Path) -> list[str]:
         "+trainer.limit_train_batches=3",
         "+trainer.enable_model_summary=false",
         "logger=csv",
-        "~callbacks.rich_progress_bar",
+        "~callbacks.progress_bar",
     ]
 
 

@@ -169,7 +169,7 @@ def test_snn_accuracy_approaches_ann_as_t_grows(trained_relu: nn.Module) -> None
     assert acc[1] < acc[16] and acc[2] <= acc[16]
     assert result.ann_accuracy - acc[16] <= 0.05
     assert result.images == 256
-    assert set(result.spike_rates) == {n for n in snn.neuron_layers()}
+    assert set(result.spike_rates) == {snn.layer_names()[n] for n in snn.neuron_layers().values()}
     assert all(0 < r < 1 for r in result.spike_rates.values())
     assert result.synops_per_image > 0 and result.input_ops_per_image > 0
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -75,7 +76,9 @@ def test_loihi2_accuracy_within_bound_of_float_snn(trained_run: Path, tiny_datam
     assert (float_pred == int_pred).float().mean().item() >= 0.9
 
 
-def test_deploy_script_on_a_nir_file(trained_run: Path, tiny_archive: Path, tmp_path: Path) -> None:
+def test_deploy_script_on_a_nir_file(
+    trained_run: Path, tiny_archive: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     import scripts.deploy as deploy_script
 
     nir_file = json.loads((trained_run / "deploy" / "deploy_loihi2.json").read_text())["source"]
@@ -86,3 +89,11 @@ def test_deploy_script_on_a_nir_file(trained_run: Path, tiny_archive: Path, tmp_
     ])  # fmt: skip
     data = json.loads((tmp_path / "out" / "deploy_cpu.json").read_text())
     assert data["target"] == "cpu" and data["images"] == 16 and data["latency_timesteps"] == 4
+    # the run summary train.py prints, for this deployment
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())["deployment"]
+    assert summary["accuracy"] == data["accuracy"] and summary["source"] == nir_file
+    assert summary["report_path"] == str(tmp_path / "out" / "deploy_cpu.md")
+    printed = capsys.readouterr().out
+    assert "neurocuda run summary" in printed
+    row = rf"Deployment \(cpu\) +{100 * data['accuracy']:.2f}% on 16 test images"
+    assert re.search(row, printed), printed

@@ -147,3 +147,30 @@ def test_trained_model_round_trip(tmp_path):
     snn = convert(ann, [x[:32]], ConversionConfig(calibration_batches=1))
     native, executed, _ = round_trip(snn, x[:8], tmp_path)
     assert (native - executed).abs().max().item() == 0.0
+
+
+def test_layers_keep_the_models_names_in_the_file_and_the_deploy_network(tmp_path):
+    """Node names stay NIR ids (no dots); metadata["layer"] and population labels read like the
+    model, and a deployment report lists them."""
+    from neurocuda.deploy.evaluate import deploy
+    from neurocuda.deploy.loihi2.backend import Loihi2Backend
+    from neurocuda.deploy.network import compile_graph
+
+    snn = converted("resnet20")
+    _, _, graph = round_trip(snn, torch.randn(2, 3, 32, 32), tmp_path)
+    assert graph.nodes["layers_3_conv1"].metadata["layer"] == "layers.3.conv1"
+    assert graph.nodes["layers_3_act1_0"].metadata["layer"] == "layers.3.act1"  # the IF subgraph
+    assert graph.nodes["fc_0"].metadata["layer"] == graph.nodes["fc_1"].metadata["layer"] == "fc"
+    neurons = [f"layers.{b}.act{i}" for b in range(9) for i in (1, 2)]
+    labels = [pop.label for pop in compile_graph(graph).populations]
+    assert labels == ["stem.2", *neurons, "fc"]
+    backend = Loihi2Backend()
+    backend.prepare(graph)
+    x = torch.rand(2, 3, 32, 32)
+    backend.calibrate([(x, torch.zeros(2, dtype=torch.long))])
+    report = deploy(backend, [(x, torch.zeros(2, dtype=torch.long))], 2, progress=False)
+    assert [row.name for row in report.layers] == labels
+    assert {row["name"] for row in report.energy["layers"]} == set(labels)
+    resources = [row["name"] for row in report.target_info["resources"]["layers"]]
+    quantized = [row["name"] for row in report.target_info["quantization"]["layers"]]
+    assert resources == quantized == labels

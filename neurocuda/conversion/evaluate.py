@@ -6,10 +6,11 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import torch
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from torch import nn
 
+from neurocuda.batches import image_count
 from neurocuda.metrics.spikes import SpikeMonitor
+from neurocuda.progress import progress as show_progress
 from neurocuda.snn import Encoding, SpikingModel, encode
 
 
@@ -32,18 +33,6 @@ class SNNEvaluation:
         return {t: self.ann_accuracy - acc for t, acc in self.accuracy.items()}
 
 
-def _progress(enabled: bool) -> Progress:
-    return Progress(
-        TextColumn("[bold]SNN eval[/] T={task.fields[steps]}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("acc@T{task.fields[steps]} {task.fields[acc]:.2%}"),
-        TimeElapsedColumn(),
-        disable=not enabled,
-        transient=True,
-    )
-
-
 @torch.inference_mode()
 def evaluate_snn(
     snn: SpikingModel,
@@ -58,7 +47,8 @@ def evaluate_snn(
     """Run ``snn`` once at ``max(timesteps)`` per batch; the output trace gives every shorter T.
 
     ``ann`` (optional) is evaluated on the same images (its training flag is restored).
-    ``max_images`` stops after that many images (a validation subset).
+    ``max_images`` stops after that many images (a validation subset). ``progress`` shows a
+    bar on a terminal, periodic lines otherwise (:func:`neurocuda.progress.progress`).
     """
     steps = sorted({int(t) for t in timesteps})
     if not steps or steps[0] < 1:
@@ -69,12 +59,14 @@ def evaluate_snn(
     correct = dict.fromkeys(steps, 0)
     ann_correct, seen = 0, 0
     ann_was_training = ann.training if ann is not None else False
-    total = len(dataloader) if hasattr(dataloader, "__len__") else None
+    total = image_count(dataloader, max_images)
     try:
         if ann is not None:
             ann.eval()
-        with SpikeMonitor(snn) as monitor, _progress(progress) as bar:
-            task = bar.add_task("eval", total=total, steps=t_max, acc=0.0)
+        with (
+            SpikeMonitor(snn) as monitor,
+            show_progress(f"SNN eval T<={t_max}", total, enabled=progress) as advance,
+        ):
             for x, y in dataloader:
                 if max_images is not None and seen >= max_images:
                     break
@@ -87,7 +79,7 @@ def evaluate_snn(
                 if ann is not None:
                     ann_correct += int((ann(x).argmax(-1) == y).sum())
                 seen += len(y)
-                bar.update(task, advance=1, acc=correct[t_max] / seen)
+                advance(len(y), status=f"acc@T{t_max} {correct[t_max] / seen:.2%}")
         stats = monitor.stats()
     finally:
         if ann is not None:

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from rich.progress import Progress
 
 from neurocuda.data.errors import CorruptDatasetError, DatasetNotFoundError
 from neurocuda.files import WriteError, atomic_write
+from neurocuda.progress import progress
 
 log = logging.getLogger(__name__)
 
@@ -80,8 +80,7 @@ def _decode(path: Path) -> dict[str, Split]:
     images: dict[str, list[np.ndarray]] = {"train": [], "test": []}
     labels: dict[str, list[int]] = {"train": [], "test": []}
     members = _iter_archive(path) if path.is_file() else _iter_folder(path)
-    with Progress(transient=True) as progress:
-        task = progress.add_task(f"Decoding {path.name} (once; cached afterwards)", total=60_000)
+    with progress(f"Decoding {path.name} (once; cached afterwards)", 60_000) as advance:
         try:
             for name, payload in members:
                 key = _member_split_and_label(name)
@@ -92,7 +91,7 @@ def _decode(path: Path) -> dict[str, Split]:
                     raise ValueError(f"{path}:{name} is {image.shape}, expected 32x32 RGB.")
                 images[key[0]].append(image)
                 labels[key[0]].append(key[1])
-                progress.advance(task)
+                advance()
         except ARCHIVE_ERRORS as error:
             raise CorruptDatasetError(path, error) from error
     if not images["train"] or not images["test"]:

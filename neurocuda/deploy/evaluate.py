@@ -6,21 +6,24 @@ import time
 from collections.abc import Iterable
 
 import torch
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from torchmetrics.classification import MulticlassAccuracy
 
+from neurocuda.batches import image_count
 from neurocuda.deploy.base import Backend
 from neurocuda.deploy.report import DeploymentReport, LayerReport
 from neurocuda.metrics.energy import estimate_energy
+from neurocuda.progress import progress as show_progress
 
 
 def _ann_macs_by_layer(backend: Backend) -> dict[str, int]:
-    """ANN MACs of each weight node, keyed by the population its output feeds."""
+    """ANN MACs of each weight node, keyed by the layer name of the population its output feeds."""
     net = backend.network
+    labels = {pop.name: pop.label or pop.name for pop in net.populations}
     macs: dict[str, int] = {}
     for proj in net.projections:
         if proj.label in net.macs:
-            macs[proj.target] = macs.get(proj.target, 0) + net.macs[proj.label]
+            layer = labels[proj.target]
+            macs[layer] = macs.get(layer, 0) + net.macs[proj.label]
     return macs
 
 
@@ -48,16 +51,9 @@ def deploy(
     updates: dict[str, int] = {}
     extra: dict[str, int] = {}
     images, steps_run, seconds = 0, timesteps, 0.0
-    columns = (
-        TextColumn(f"deploy[{backend.name}] T={timesteps}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-    )
-    total = max_images
     per_run = max(1, MAX_SAMPLE_STEPS // timesteps)
-    with Progress(*columns, disable=not progress, transient=True) as bar:
-        task = bar.add_task("deploy", total=total)
+    description = f"deploy[{backend.name}] T={timesteps}"
+    with show_progress(description, image_count(batches, max_images), enabled=progress) as advance:
         for x, y in batches:
             if max_images is not None and images >= max_images:
                 break
@@ -78,7 +74,7 @@ def deploy(
                         target[k] = target.get(k, 0) + v
                 images += x_part.shape[0]
                 steps_run = out.steps_run
-                bar.update(task, advance=x_part.shape[0])
+                advance(x_part.shape[0], status=f"acc {float(accuracy.compute()):.2%}")
     if images == 0:
         raise ValueError("deploy got no images; check the data loader / deploy.max_images.")
     layers = []
@@ -87,7 +83,7 @@ def deploy(
         per_image = spikes.get(pop.name, 0) / images
         layers.append(
             LayerReport(
-                name=pop.name,
+                name=pop.label or pop.name,  # as the model names it (layers.0.act1)
                 neurons=neurons,
                 spikes_per_image=per_image,
                 spike_rate=per_image / (neurons * timesteps),

@@ -61,6 +61,9 @@ class FloatPopulation:
     bias: torch.Tensor
     spike_tap: tuple[str, str] = ("", "output")
     """Where the float executor shows this population's spikes: (node, ``output`` | ``input``)."""
+    label: str = ""
+    """The layer as the model names it (``layers.0.act1``; the exporter's node metadata), for
+    reports; the node name where the file has none."""
 
 
 @dataclass
@@ -134,8 +137,16 @@ def _schedule(graph: nir.NIRGraph) -> Schedule:
         raise GraphCompileError(str(err)) from err
 
 
+def _label(graph: nir.NIRGraph, name: str) -> str:
+    """``metadata["layer"]`` of the top-level node holding flattened ``name``, else ``name``."""
+    node = graph.nodes.get(name.split(".", 1)[0])
+    layer = (getattr(node, "metadata", None) or {}).get("layer")
+    return str(layer) if layer else name
+
+
 class _Compiler:
     def __init__(self, graph: nir.NIRGraph) -> None:
+        self.graph = graph
         self.schedule = _schedule(graph)
         flat = self.schedule.graph
         self.nodes = flat.nodes
@@ -315,6 +326,7 @@ class _Compiler:
             v_init=_broadcast(v_init, shape),
             bias=bias,
             spike_tap=self._spike_tap(out_node) if kind != "readout" else ("", ""),
+            label=_label(self.graph, pop_node),
         )
         return pop, projections
 

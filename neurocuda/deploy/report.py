@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from neurocuda.files import atomic_write_text, save_figure
+from neurocuda.reporting.run_summary import DeploymentSummary
 
 
 @dataclass
@@ -181,3 +182,20 @@ def report_metrics(report: DeploymentReport) -> dict[str, float]:
         metrics[f"{prefix}/cores"] = float(resources["cores"])
         metrics[f"{prefix}/chips"] = float(resources["chips"])
     return metrics
+
+
+def summarize(report: DeploymentReport, report_path: str | os.PathLike) -> DeploymentSummary:
+    """The figures of ``report`` that a run's summary shows (accuracy, cores/chips, energy)."""
+    resources = report.target_info.get("resources") or {}
+    return DeploymentSummary(
+        target=report.target,
+        accuracy=report.accuracy,
+        images=report.images,
+        timesteps=report.timesteps,
+        energy_uj_per_image=float(report.energy["loihi_uj"]),
+        ann_fp32_uj_per_image=float(report.energy["ann_fp32_uj"]),
+        report_path=str(report_path),
+        source=report.source,
+        cores=resources.get("cores"),
+        chips=resources.get("chips"),
+    )

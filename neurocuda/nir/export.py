@@ -257,11 +257,15 @@ def export(
     sample = sample_input.to(next(iter(network.buffers())).device)
     shapes = _record_shapes(snn, sample)
 
+    layers = snn.layer_names()  # readable names for reports (node names cannot hold dots)
+
     def bind(mapper: Callable[[Any, tuple[int, ...]], Any]) -> Callable[[nn.Module], Any]:
         def mapped(module: nn.Module) -> Any:
             if module not in shapes:
                 raise ValueError(f"{module} was not called on the sample input; remove it.")
-            return mapper(module, shapes[module])
+            node = mapper(module, shapes[module])
+            node.metadata = {**(node.metadata or {}), "layer": layers[module]}
+            return node
 
         return mapped
 

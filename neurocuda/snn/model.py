@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from neurocuda.snn.chunking import sub_batch_size
-from neurocuda.snn.neurons import IFNeuron, MultiStepModule
+from neurocuda.snn.neurons import IFNeuron, MultiStepModule, OutputIntegrator
 
 
 @dataclass(frozen=True)
@@ -101,14 +101,32 @@ class SpikingModel(nn.Module):
         """The IF neurons by qualified name (relative to ``network``)."""
         return {n: m for n, m in self.network.named_modules() if isinstance(m, IFNeuron)}
 
+    def layer_names(self) -> dict[nn.Module, str]:
+        """Each module's layer as the ANN names it (``layers.0.conv1``, ``layers.0.act1``).
+
+        Conversion wraps an activation as ``Sequential(IFNeuron, Scale)`` and the final linear
+        layer as ``Sequential(Linear, OutputIntegrator)``; their members take the wrapped layer's
+        name. Reports and NIR node metadata (``layer``) use these names.
+        """
+        names = {module: name for name, module in self.network.named_modules()}
+        for name, module in self.network.named_modules():
+            children = list(module.children())
+            if not name or not isinstance(module, nn.Sequential) or not children:
+                continue
+            if isinstance(children[0], IFNeuron) or isinstance(children[-1], OutputIntegrator):
+                names |= dict.fromkeys(children, name)
+        return names
+
     def spike_counts(self) -> list[LayerSpikes]:
-        """Spikes per IF layer during the last call (in network order)."""
+        """Spikes per IF layer (named by :meth:`layer_names`) during the last call, in network
+        order."""
         if self._last_shape is None:
             raise RuntimeError("spike_counts() needs a forward call first.")
         steps, batch = self._last_shape
+        layers = self.layer_names()
         return [
             LayerSpikes(
-                name=name,
+                name=layers[neuron],
                 spikes=float(neuron.last_spike_count),
                 neurons=neuron.last_neurons_per_sample,
                 timesteps=steps,

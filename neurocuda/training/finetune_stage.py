@@ -30,11 +30,14 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class FinetuneResult:
-    """The fine-tuned SNN (its best checkpoint's weights), the stage's metrics and checkpoint."""
+    """The fine-tuned SNN (its best checkpoint's weights), the stage's metrics and checkpoint,
+    and the trainer that ran it (its callbacks hold the NIR checks)."""
 
     snn: SpikingModel
+    timesteps: int
     checkpoint: str
     metrics: dict[str, float] = field(default_factory=dict)
+    trainer: L.Trainer | None = None
 
 
 def check_finetune_settings(cfg: DictConfig) -> None:
@@ -130,6 +133,8 @@ def run_finetune(
         for node in (settings.get("callbacks") or {}).values()
         if isinstance(node, DictConfig) and "_target_" in node
     ]
+    if (cfg.get("callbacks") or {}).get("progress_bar"):  # the run's progress display
+        callbacks.append(hydra.utils.instantiate(cfg.callbacks.progress_bar))
     # float32 whatever the ANN used: the trained network is the float32 one the runtime runs
     finetuner: L.Trainer = hydra.utils.instantiate(
         cfg.trainer,
@@ -147,7 +152,13 @@ def run_finetune(
         module = SNNFinetuneModule.load_from_checkpoint(
             verify_checkpoint(best), map_location=module.device
         )
-    return FinetuneResult(snn=module.spiking_model(), checkpoint=best, metrics=metrics)
+    return FinetuneResult(
+        snn=module.spiking_model(),
+        timesteps=int(settings.timesteps),
+        checkpoint=best,
+        metrics=metrics,
+        trainer=finetuner,
+    )
 
 
 def snn_test_metrics(

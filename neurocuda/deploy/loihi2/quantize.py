@@ -228,7 +228,7 @@ def quantize(
         if mode == "lava":
             lsb = max(lsb, float(pop.theta.max()) / (64 * VTH_MAX_LAVA))
         lsb = _power_of_two(lsb)
-        layer = LayerQuantization(pop.name, lsb, [], 0.0)
+        layer = LayerQuantization(pop.label or pop.name, lsb, [], 0.0)
         layer.channel_gains = gains.tolist() if gains is not None else [1.0] * pop.shape[0]
         err_num = err_den = 0.0
         for p, w, g in zip(incoming, weights, graded, strict=True):

@@ -92,7 +92,7 @@ def _layer(network: FloatNetwork, pop) -> LayerResources:
     options = {"neurons": by_neurons, "memory": by_memory}
     limited_by = max(options, key=options.get)
     return LayerResources(
-        name=pop.name,
+        name=pop.label or pop.name,
         neurons=neurons,
         synapses=synapses,
         fan_in=fan_in,

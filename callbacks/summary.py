@@ -1,0 +1,69 @@
+"""Gather a run's :class:`~neurocuda.reporting.run_summary.RunSummary` from its callbacks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+
+from callbacks.deployment import Deployment
+from callbacks.finetune_nir import FinetuneNIRRoundTrip
+from callbacks.lookup import find_callback
+from callbacks.nir_round_trip import NIRRoundTrip
+from neurocuda.deploy.report import summarize
+from neurocuda.reporting.run_summary import (
+    FinetuneSummary,
+    NIRCheck,
+    RunSummary,
+    accuracy_per_timestep,
+)
+from neurocuda.training.finetune_stage import FinetuneResult
+
+
+def _nir_check(round_trip: NIRRoundTrip | None, checkpoint: str) -> NIRCheck | None:
+    """The check of ``<checkpoint>.nir``; else of the newest file checked (the last conversion)."""
+    if round_trip is None or not round_trip.checks:
+        return None
+    wanted = str(Path(checkpoint).with_suffix(".nir")) if checkpoint else ""
+    path = wanted if wanted in round_trip.checks else next(reversed(round_trip.checks))
+    return NIRCheck.from_report(path, round_trip.checks[path])
+
+
+def run_summary(
+    trainer: L.Trainer,
+    metrics: dict[str, float],
+    run_dir: str,
+    finetuned: FinetuneResult | None = None,
+) -> RunSummary:
+    """The summary of a finished run: test metrics (``test/acc``, ``test/snn_acc_T{t}``), the
+    NIR check of the tested checkpoint's file, the deployment report and the checkpoints."""
+    ckpt = trainer.checkpoint_callback
+    checkpoint = ckpt.best_model_path or ckpt.last_model_path if ckpt is not None else ""
+    deployment = find_callback(trainer, Deployment)
+    snn_test = accuracy_per_timestep(metrics, "test/snn_acc_T")
+    summary = RunSummary(
+        run_dir=run_dir,
+        checkpoint=checkpoint,
+        ann_test_accuracy=float(metrics["test/acc"]) if "test/acc" in metrics else None,
+        snn_test_accuracy=snn_test,
+        nir=_nir_check(find_callback(trainer, NIRRoundTrip), checkpoint),
+    )
+    if snn_test:  # which SNN train.py tested (finetune_stage.best_ann, run_finetune)
+        summary.snn_source = (
+            f"the fine-tuned SNN (trained at T={finetuned.timesteps})"
+            if finetuned is not None
+            else "the best ANN checkpoint, converted"
+            if ckpt is not None and ckpt.best_model_path
+            else "the final ANN weights, converted"
+        )
+    if deployment is not None and deployment.report is not None:
+        summary.deployment = summarize(deployment.report, deployment.report_paths["markdown"])
+    if finetuned is not None:
+        round_trip = finetuned.trainer and find_callback(finetuned.trainer, FinetuneNIRRoundTrip)
+        summary.finetune = FinetuneSummary(
+            timesteps=finetuned.timesteps,
+            checkpoint=finetuned.checkpoint,
+            val_accuracy=accuracy_per_timestep(finetuned.metrics, "val/snn_acc_T"),
+            nir=_nir_check(round_trip, finetuned.checkpoint),
+        )
+    return summary
