@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from neurocuda.nir.errors import NIRFormatError
+from neurocuda.nir.metadata import ResetConvention
 from neurocuda.nir.primitives import make_op
 from neurocuda.nir.schedule import Schedule, Stage, build_schedule
 from neurocuda.snn.chunking import sub_batch_size
@@ -33,13 +34,25 @@ Value = tuple[torch.Tensor, bool]
 class Executor(nn.Module):
     """Run ``graph`` with time step ``dt``; ``forward(x[T, B, ...]) -> output node's [T, B, ...]``.
 
+    ``convention`` is how spiking neurons reset: ``"nir"`` (to ``v_reset``, NIR's semantics) or
+    ``"subtract"`` (by their threshold; files whose metadata records ``reset_convention``
+    ``subtract``, such as the ``portable-soft`` profile, and producers that subtract).
+
     State starts at zero on every call. Parameters are cast to ``dtype``. Shapes are checked
     before anything runs (at construction when the Input node declares its shape, else on the
     first call): a node whose inputs or parameters do not fit raises :class:`NIRFormatError`.
     """
 
-    def __init__(self, graph: nir.NIRGraph, dt: float = 1.0, dtype: torch.dtype = torch.float32):
+    def __init__(
+        self,
+        graph: nir.NIRGraph,
+        dt: float = 1.0,
+        dtype: torch.dtype = torch.float32,
+        convention: ResetConvention = "nir",
+    ):
         super().__init__()
+        if convention not in ("nir", "subtract"):
+            raise ValueError(f"convention={convention!r}: use 'nir' or 'subtract'.")
         if not isinstance(graph, nir.NIRGraph):
             raise TypeError(f"Executor needs a nir.NIRGraph, got {type(graph).__name__}.")
         if dt <= 0:
@@ -49,7 +62,8 @@ class Executor(nn.Module):
         names = list(self.schedule.graph.nodes)
         self._index = {name: i for i, name in enumerate(names)}
         self.ops = nn.ModuleList(
-            make_op(name, node, dt, dtype) for name, node in self.schedule.graph.nodes.items()
+            make_op(name, node, dt, dtype, convention)
+            for name, node in self.schedule.graph.nodes.items()
         )
         self._release = self._release_plan()
         input_node = self.schedule.graph.nodes[self.schedule.graph.input]
