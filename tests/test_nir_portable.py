@@ -83,7 +83,7 @@ def test_snntorch_encoding_equals_portable_hard_exactly():
 
 def test_portable_profile_refuses_the_other_reset():
     snn, images = _converted("cifarnet", "subtract", widths=(8, 8, 8, 8))
-    with pytest.raises(ValueError, match="conversion.reset=zero"):
+    with pytest.raises(ValueError, match=r"conversion\.reset=zero"):
         export(snn, images[:1], profile="portable-hard")
 
 
