@@ -65,7 +65,7 @@ def test_portable_graph_uses_only_plain_nodes():
     snn, images = _converted("cifarnet", "zero", widths=(8, 16, 16, 32))
     graph = export(snn, images[:1], profile="spikingjelly")
     kinds = {type(node).__name__ for node in graph.nodes.values()}
-    assert kinds == {"Input", "Conv2d", "IF", "AvgPool2d", "Flatten", "Linear", "Affine", "Output"}
+    assert kinds == {"Input", "Conv2d", "IF", "AvgPool2d", "Flatten", "Affine", "Output"}
     thresholds = {float(n.v_threshold.max()) for n in graph.nodes.values() if isinstance(n, nir.IF)}
     assert thresholds == {float(torch.nextafter(torch.tensor(1.0), torch.tensor(2.0)))}
     flatten = [n for n in graph.nodes.values() if isinstance(n, nir.Flatten)]
