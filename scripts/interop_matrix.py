@@ -1,24 +1,22 @@
-"""Import our NIR graphs into third-party SNN libraries and compare them with our native SNN.
+"""Run our NIR export profiles in third-party SNN libraries and compare them with our executor.
 
-    python scripts/interop_matrix.py [--importers spikingjelly sinabs norse snntorch]
-        [--timesteps 4] [--images 4] [--checkpoint CKPT] [--v-init 0.5]
-        [--out docs/interop_matrix.md]
+    python scripts/interop_matrix.py [--checkpoints CKPT ...] [--images 64] [--timesteps 8]
+        [--importers spikingjelly snntorch norse sinabs spyx rockpool] [--venvs DIR]
+        [--out docs/interop_matrix.md] [--install-only]
 
-Each importer runs in its own venv under ``.cache/interop/<importer>`` (created on first use, with
-the nir / nirtorch versions that importer needs) through ``scripts/interop_runner.py`` in a
-subprocess of its own (process group, timeout); the graph goes over as a ``.nir`` file, images
-and outputs as ``.npy``. One failing importer only fills its own rows. Profiles:
+Each importer runs in a venv of its own (``DIR/<importer>``, default ``.cache/interop`` or
+``$NEUROCUDA_INTEROP_VENVS``; created on first use with the pinned release below; torch is not
+reinstalled but shared from this venv through a ``.pth`` overlay, ``build_torch_overlay``) through
+``scripts/interop_runner.py`` in a subprocess (process group, timeout); graphs go over as ``.nir``
+files, inputs and outputs as ``.npy``. ``--install-only`` only builds the venvs.
 
-- ``faithful``: soft-reset model, ``export(profile="faithful")`` (I + Threshold + recurrent Scale).
-- ``portable``: hard-reset model (``conversion.reset=zero``), ``export(profile="portable")``.
-- ``portable-reduced``: the portable file with each ``Scale(theta)`` folded into the next weighted
-  layer and the output integrator ``I`` removed (the runner sums the outputs over time), so that
-  importers without ``Scale``/``I`` mappings can run it; compared with our executor on that file.
-- ``portable-reduced-ulp``: the same with each IF threshold raised by one float32 ulp, so that
-  importers firing on ``v >= threshold`` compute NIR's ``v > threshold``; same reference.
-
-The first two are compared with the native ``SpikingModel``; max abs diff is over the whole output
-trace ``[T, B, classes]``, agreement is on ``argmax`` after T steps.
+For each model (a checkpoint converted with the default settings, once with reset by subtraction
+and once with ``reset=zero``; without checkpoints a random-init cifarnet) and each export profile,
+the input (the first ``--images`` test images as a constant current for T steps, with the
+profile's indicator channel, ``InputSignature``) is run by our ``Executor`` and by each importer.
+A row gives prediction agreement (argmax after T steps) and max abs diff of the integrated output
+trace ``[T, B, classes]`` against our Executor on the same file and against the native
+``SpikingModel`` (soft or hard reset, as the profile's model).
 """
 
 from __future__ import annotations
@@ -46,60 +44,102 @@ from neurocuda.files import atomic_write_text
 from neurocuda.models import build_model
 from neurocuda.nir import Executor, export, save
 from neurocuda.nir.interop import run_with_nirtorch
+from neurocuda.nir.metadata import InputSignature
+from neurocuda.nir.portable import RESET_OF_PROFILE
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNNER = ROOT / "scripts" / "interop_runner.py"
-ENV_ROOT = ROOT / ".cache" / "interop"
-TORCH_OVERLAY = ENV_ROOT / "torch-overlay"
+DEFAULT_VENVS = Path(os.environ.get("NEUROCUDA_INTEROP_VENVS", ROOT / ".cache" / "interop"))
 SHARED_WITH_VENV = {"pip", "setuptools", "wheel"}  # each venv keeps its own installer tools
 
 IMPORTERS: dict[str, tuple[str, ...]] = {
-    # spikingjelly 2.0 imports nirtorch without declaring it and reads nir >= 1.0.6 IF fields.
+    # spikingjelly and snntorch import nir / nirtorch without declaring them.
     "spikingjelly": ("spikingjelly==2.0.0", "nir>=1.0.6", "nirtorch>=2.0.5"),
-    "sinabs": ("sinabs==3.1.3",),  # pins nir <= 1.0.4 itself
-    "norse": ("norse==1.1.0",),
-    # snntorch's NIR support needs these (its README), it does not require them.
     "snntorch": ("snntorch==1.0.0", "nir>=1.0.6", "nirtorch>=2.0.5"),
+    "norse": ("norse==1.1.0",),
+    "sinabs": ("sinabs==3.1.3",),  # pins nir <= 1.0.4 itself
+    "spyx": ("spyx==1.0.0",),
+    "rockpool": ("rockpool==3.1.0", "nir", "nirtorch"),
 }
-# Semantic differences read in each importer's source, reported when its output is not identical.
-FIRES_ON_GE = "fires on v >= threshold (NIR: >)"  # neutralized by the ``-ulp`` profile
-KNOWN_DIFFERENCES: dict[str, tuple[str, ...]] = {
-    "spikingjelly": ("its IFNode starts at v = v_reset (-v_init here), NIR's IF at 0", FIRES_ON_GE),
-    "sinabs": ("multi-spike subtract reset, ignores v_reset", FIRES_ON_GE),
-    "norse": ("IAF resets to 0 (ignores v_reset)", "Flatten uses NIR's batch-free dims on batches"),
-    "snntorch": ("IF imported as Leaky(beta=0.9), a leak NIR's IF does not have",),
+# Profiles each importer is given: its own variant first, then the generic portable ones.
+PROFILES_OF: dict[str, tuple[str, ...]] = {
+    "spikingjelly": ("spikingjelly", "portable-hard"),
+    "snntorch": ("snntorch", "portable-hard"),
+    "norse": ("portable-soft", "portable-hard"),
+    "sinabs": ("portable-soft", "portable-hard"),
+    "spyx": ("portable-soft", "portable-hard"),
+    "rockpool": ("portable-hard",),
 }
-PROFILES = ("faithful", "portable", "portable-reduced", "portable-reduced-ulp")
+OUR_PROFILES = (
+    "faithful",
+    "portable",
+    "portable-soft",
+    "portable-hard",
+    "spikingjelly",
+    "snntorch",
+)
+# Semantic differences read in each importer's source, given when its output is not identical.
+KNOWN_DIFFERENCES: dict[str, str] = {
+    "spikingjelly": "IFNode fires on v >= threshold (the file's threshold is 1 + 1 ulp)",
+    "snntorch": "Leaky(beta=1) computes mem + x; our LIF step at dt = 1e-4 rounds differently "
+    "only when x is tiny",
+    "norse": "IF imported as IAF (reset to 0, no reset_method)",
+    "sinabs": "IAF emits several spikes per step and floors v at -threshold",
+    "spyx": "fires on the previous step's membrane; unmapped nodes are dropped",
+    "rockpool": "no Conv2d/IF import",
+}
 HEADER = (
+    "model",
     "importer",
     "profile",
     "runs?",
-    "prediction agreement",
-    "max abs diff",
+    "agreement vs Executor",
+    "max abs diff vs Executor",
+    "agreement vs native",
+    "max abs diff vs native",
     "why not identical",
 )
 
 
 @dataclasses.dataclass
 class Row:
+    model: str
     importer: str
     profile: str
     runs: bool
     agreement: float | None = None
     max_abs_diff: float | None = None
+    native_agreement: float | None = None
+    native_max_abs_diff: float | None = None
     reason: str = "-"
 
     def cells(self) -> tuple[str, ...]:
-        agreement = "-" if self.agreement is None else f"{self.agreement:.0%}"
-        diff = "-" if self.max_abs_diff is None else f"{self.max_abs_diff:.3g}"
+        def share(value: float | None) -> str:
+            return "-" if value is None else f"{value:.0%}"
+
+        def diff(value: float | None) -> str:
+            return "-" if value is None else f"{value:.3g}"
+
         return (
+            self.model,
             self.importer,
             self.profile,
             "yes" if self.runs else "no",
-            agreement,
-            diff,
+            share(self.agreement),
+            diff(self.max_abs_diff),
+            share(self.native_agreement),
+            diff(self.native_max_abs_diff),
             self.reason,
         )
+
+
+def _compare(out: np.ndarray, ref: np.ndarray) -> tuple[float | None, float | None]:
+    """(argmax agreement after the last step, max abs diff) of two ``[T, B, classes]`` traces."""
+    out, ref = np.asarray(out, dtype=np.float32), np.asarray(ref, dtype=np.float32)
+    if out.shape != ref.shape:
+        return None, None
+    agreement = float(np.mean(out[-1].argmax(-1) == ref[-1].argmax(-1)))
+    return agreement, float(np.abs(out - ref).max())
 
 
 # ----------------------------------------------------------------------------- environments
@@ -126,18 +166,18 @@ def _torch_distributions() -> list[metadata.Distribution]:
     return list(found.values())
 
 
-def build_torch_overlay() -> None:
+def build_torch_overlay(overlay: Path) -> None:
     """Symlink our torch and its CUDA wheels (~5 GB) into one folder shared by the importer venvs.
 
     A venv cannot inherit packages from another venv, and installing torch four times costs 20 GB
     and minutes of unzipping; a ``.pth`` file in each importer venv puts this folder on its path,
     after its own site-packages, so pip sees torch as installed and the importer's pins still win.
     """
-    TORCH_OVERLAY.mkdir(parents=True, exist_ok=True)
+    overlay.mkdir(parents=True, exist_ok=True)
     for dist in _torch_distributions():
         base = Path(dist.locate_file(""))
         for top in {Path(str(file)).parts[0] for file in dist.files or []}:
-            link = TORCH_OVERLAY / top
+            link = overlay / top
             if top not in ("..", "__pycache__") and not link.is_symlink():
                 link.symlink_to(base / top)
 
@@ -148,16 +188,19 @@ def _pip_error(output: str) -> str:
     return (errors or lines or ["pip failed without output"])[0]
 
 
-def ensure_env(importer: str, console: Console) -> tuple[Path | None, str]:
-    """The importer venv's python (created and installed if needed) and a versions label.
+def ensure_env(importer: str, root: Path, console: Console) -> tuple[Path | None, str]:
+    """The importer venv's python (``root/<importer>``, created and installed if needed) and a
+    versions label. Returns ``(None, reason)`` when it cannot be built (pip's first error line).
 
-    Returns ``(None, reason)`` when the venv cannot be built (pip's first error line).
+    pip runs with a constraint ``torch==<ours>``: an importer that pins another torch fails to
+    install, and that is its result (it would not run beside our model anyway).
     """
-    venv = ENV_ROOT / importer
+    venv = root / importer
     python = venv / "bin" / "python"
     stamp = venv / "requirements.txt"
     requirements = IMPORTERS[importer]
-    build_torch_overlay()
+    overlay = root / "torch-overlay"
+    build_torch_overlay(overlay)
     if not (python.exists() and stamp.exists() and stamp.read_text() == "\n".join(requirements)):
         console.print(
             f"[bold]{importer}[/]: creating {venv} and installing {' '.join(requirements)}"
@@ -169,9 +212,11 @@ def ensure_env(importer: str, console: Console) -> tuple[Path | None, str]:
             capture_output=True,
             text=True,
         ).stdout.strip()
-        Path(purelib, "neurocuda_torch_overlay.pth").write_text(f"{TORCH_OVERLAY}\n")
+        Path(purelib, "neurocuda_torch_overlay.pth").write_text(f"{overlay}\n")
+        constraints = venv / "constraints.txt"
+        constraints.write_text(f"torch=={metadata.version('torch').split('+')[0]}\n")
         pip = subprocess.run(
-            [str(python), "-m", "pip", "install", *requirements],
+            [str(python), "-m", "pip", "install", "-c", str(constraints), *requirements],
             capture_output=True,
             text=True,
         )
@@ -179,7 +224,7 @@ def ensure_env(importer: str, console: Console) -> tuple[Path | None, str]:
         if pip.returncode != 0:
             return None, f"pip install failed: {_pip_error(pip.stdout + pip.stderr)}"
         stamp.write_text("\n".join(requirements))
-    names = [Requirement(r).name for r in requirements[:1]] + ["nir", "nirtorch"]
+    names = [Requirement(r).name for r in requirements[:1]] + ["nir"]
     versions = subprocess.run(
         [
             str(python),
@@ -192,58 +237,74 @@ def ensure_env(importer: str, console: Console) -> tuple[Path | None, str]:
     ).stdout.split()
     if len(versions) != len(names):
         return python, importer
-    label = f"{importer} {versions[0]} (nir {versions[1]}, nirtorch {versions[2]})"
-    return python, label
+    return python, f"{importer} {versions[0]} (nir {versions[1]})"
 
 
-# ----------------------------------------------------------------------------- graphs
+# ----------------------------------------------------------------------------- models and graphs
 
 
-def reduce_portable(graph: nir.NIRGraph, threshold_up: bool = False) -> nir.NIRGraph:
-    """Fold each uniform ``Scale`` into the next Conv2d/Affine/Linear and drop the output ``I``.
+@dataclasses.dataclass
+class Case:
+    """One exported file: its input, our executor's and the native model's integrated outputs."""
 
-    The scale passes through AvgPool2d/Flatten (linear, per-neuron uniform scale commutes) and
-    multiplies the weights, not the bias. Raises for per-channel scales (``per_channel=True``).
-    ``threshold_up`` raises every IF threshold by one float32 ulp, so that an importer firing on
-    ``v >= threshold`` computes NIR's ``v > threshold`` exactly.
-    """
-    nodes = dict(graph.nodes)
-    edges = list(graph.edges)
+    graph: nir.NIRGraph
+    signature: InputSignature
+    inputs: np.ndarray  # [T, B, C(+indicator), H, W]
+    executor: np.ndarray
+    native: np.ndarray
 
-    def successor(name: str) -> str:
-        targets = [t for s, t in edges if s == name]
-        if len(targets) != 1:
-            raise ValueError(f"node {name!r} has {len(targets)} successors; reduce needs a chain")
-        return targets[0]
 
-    def bypass(name: str) -> None:
-        sources = [s for s, t in edges if t == name]
-        target = successor(name)
-        edges[:] = [(s, t) for s, t in edges if name not in (s, t)]
-        edges.extend((source, target) for source in sources)
-        del nodes[name]
+def load_model(checkpoint: Path | None, images: int, seed: int) -> tuple[str, object, torch.Tensor]:
+    """(label, ANN, test images) for a checkpoint, or a random-init cifarnet on random images."""
+    if checkpoint is None:
+        torch.manual_seed(seed)
+        ann = build_model("cifarnet", widths=(8, 16, 16, 32)).eval()
+        # Random init: with the final bias, every image gets the same argmax, so agreement would
+        # not tell anything; without it the prediction depends on the image.
+        torch.nn.init.zeros_(ann[-1].bias)
+        return "random-init cifarnet (8, 16, 16, 32)", ann, torch.randn(images, 3, 32, 32)
+    from neurocuda.checkpoint import load_ann
+    from neurocuda.data.from_checkpoint import datamodule_from_checkpoint
 
-    for name, node in list(nodes.items()):
-        if isinstance(node, nir.Scale):
-            values = np.unique(node.scale)
-            if values.size != 1:
-                raise ValueError(f"Scale {name!r} is per channel; export with per_channel=false")
-            target = successor(name)
-            while isinstance(nodes[target], (nir.AvgPool2d, nir.Flatten)):
-                target = successor(target)
-            layer = nodes[target]
-            if not isinstance(layer, (nir.Conv2d, nir.Affine, nir.Linear)):
-                raise ValueError(f"cannot fold Scale {name!r} into {type(layer).__name__}")
-            weight = (layer.weight * values[0]).astype(layer.weight.dtype)
-            nodes[target] = dataclasses.replace(layer, weight=weight)
-            bypass(name)
-        elif isinstance(node, nir.I) and isinstance(nodes[successor(name)], nir.Output):
-            bypass(name)
-        elif isinstance(node, nir.IF) and threshold_up:
-            threshold = np.asarray(node.v_threshold, dtype=np.float32)
-            above = np.nextafter(threshold, np.float32(np.inf))
-            nodes[name] = dataclasses.replace(node, v_threshold=above)
-    return nir.NIRGraph(nodes=nodes, edges=edges, metadata=dict(graph.metadata))
+    datamodule = datamodule_from_checkpoint(checkpoint)
+    datamodule.prepare_data()
+    datamodule.setup("test")
+    batches, count = [], 0
+    for x, _ in datamodule.test_dataloader():
+        batches.append(x)
+        count += len(x)
+        if count >= images:
+            break
+    label = f"{checkpoint.parent.parent.name} ({checkpoint.name})"
+    return label, load_ann(checkpoint, "cpu"), torch.cat(batches)[:images]
+
+
+def build_cases(
+    ann: object, images: torch.Tensor, calibration: object, timesteps: int
+) -> tuple[dict[str, Case], list[tuple[str, np.ndarray, np.ndarray]]]:
+    """Every profile's case, and (profile, nirtorch output, native) for our nirtorch node map."""
+    cases: dict[str, Case] = {}
+    seq = images.expand(timesteps, *images.shape)
+    extra = []
+    for reset in ("subtract", "zero"):
+        snn = convert(ann, calibration, ConversionConfig(reset=reset))
+        with torch.no_grad():
+            native = snn(images, timesteps).numpy()
+        for profile in OUR_PROFILES:
+            if {"faithful": "subtract", "portable": "zero"}.get(profile) not in (None, reset):
+                continue
+            if profile in RESET_OF_PROFILE and RESET_OF_PROFILE[profile] != reset:
+                continue
+            graph = export(snn, images[:1], profile=profile)
+            signature = InputSignature.from_metadata(graph.metadata)
+            inputs = signature.encode(seq)
+            executor = Executor(graph, dt=signature.dt, convention=signature.reset_convention)
+            with torch.no_grad():
+                out = signature.integrate(executor(inputs)).numpy()
+                if profile == "faithful":
+                    extra.append((profile, run_with_nirtorch(graph, seq).numpy(), native))
+            cases[profile] = Case(graph, signature, inputs.numpy(), out, native)
+    return cases, extra
 
 
 def node_types(graph: nir.NIRGraph, prefix: str = "") -> dict[str, str]:
@@ -257,63 +318,6 @@ def node_types(graph: nir.NIRGraph, prefix: str = "") -> dict[str, str]:
             for inner, kind in node_types(node).items():
                 types.setdefault(inner, kind)
     return types
-
-
-@dataclasses.dataclass
-class Case:
-    graph: nir.NIRGraph
-    reference: np.ndarray
-
-
-def build_cases(args: argparse.Namespace) -> tuple[np.ndarray, dict[str, Case], list[Row]]:
-    """Images, the three graphs with their references, and our own executors' rows."""
-    torch.manual_seed(args.seed)
-    if args.checkpoint:
-        from neurocuda.training import ClassifierModule
-
-        ann = ClassifierModule.load_from_checkpoint(args.checkpoint, map_location="cpu").net
-    else:
-        ann = build_model("cifarnet", widths=(8, 16, 16, 32))
-        # Random init: with the final bias, every image gets the same argmax, so agreement would
-        # not tell anything; without it the prediction depends on the image.
-        torch.nn.init.zeros_(ann[-1].bias)
-    images = torch.randn(args.images, 3, 32, 32)
-    seq = images.expand(args.timesteps, *images.shape)
-    cases: dict[str, Case] = {}
-    rows: list[Row] = []
-    for profile, reset in (("faithful", "subtract"), ("portable", "zero")):
-        # one initial membrane for all neurons (--v-init): importers whose neurons start from a
-        # scalar state can then be compared; the per-channel correction would rule them out
-        config = ConversionConfig(
-            reset=reset, calibration_batches=1, v_init=args.v_init, correction_timesteps=0
-        )
-        snn = convert(ann, [images], config)
-        with torch.no_grad():
-            native = snn(images, args.timesteps)
-            graph = export(snn, images[:1], profile=profile)
-            cases[profile] = Case(graph, native.numpy())
-            rows.append(_compare("neurocuda Executor", profile, Executor(graph)(seq), native))
-            nirtorch_out = run_with_nirtorch(graph, seq)
-            label = f"nirtorch {metadata.version('nirtorch')} + our node map"
-            rows.append(_compare(label, profile, nirtorch_out, native))
-    reduced = reduce_portable(cases["portable"].graph)
-    with torch.no_grad():
-        reference = Executor(reduced)(seq).cumsum(0).numpy()
-    cases["portable-reduced"] = Case(reduced, reference)
-    # Same reference: firing on v >= (threshold + 1 ulp) is NIR's v > threshold.
-    cases["portable-reduced-ulp"] = Case(
-        reduce_portable(cases["portable"].graph, threshold_up=True), reference
-    )
-    return images.numpy(), cases, rows
-
-
-def _compare(importer: str, profile: str, out: torch.Tensor, ref: torch.Tensor) -> Row:
-    out, ref = np.asarray(out, dtype=np.float32), np.asarray(ref, dtype=np.float32)
-    if out.shape != ref.shape:
-        reason = f"output shape {tuple(out.shape)}, expected {tuple(ref.shape)}"
-        return Row(importer, profile, True, reason=reason)
-    agreement = float(np.mean(out[-1].argmax(-1) == ref[-1].argmax(-1)))
-    return Row(importer, profile, True, agreement, float(np.abs(out - ref).max()))
 
 
 # ----------------------------------------------------------------------------- running
@@ -345,53 +349,79 @@ def _excerpt(text: str, limit: int) -> str:
 
 
 def run_importer(
-    python: Path, importer: str, profile: str, workdir: Path, args: argparse.Namespace
+    python: Path, importer: str, profile: str, case: Case, workdir: Path, timeout: float
 ) -> tuple[np.ndarray | None, str]:
     """Run the importer on ``workdir/<profile>.nir`` in a process group of its own.
 
-    Returns ``(output, "")`` or ``(None, error line)``.
+    Returns ``(integrated output, "")`` or ``(None, error line)``.
     """
     graph_file = workdir / f"{profile}.nir"
     out_file = workdir / f"{importer}-{profile}.npy"
-    command = [str(python), str(RUNNER), importer, str(graph_file), str(workdir / "images.npy")]
-    command += [str(args.timesteps), str(out_file)]
-    command += ["--running-sum"] if profile.startswith("portable-reduced") else []
+    command = [str(python), str(RUNNER), importer, str(graph_file), str(workdir / f"{profile}.npy")]
+    command += [str(out_file), "--dt", str(case.signature.dt)]
+    command += ["--reset", case.signature.reset_convention]
     process = subprocess.Popen(
         command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
     )
     try:
-        output, _ = process.communicate(timeout=args.timeout)
+        output, _ = process.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         os.killpg(process.pid, signal.SIGKILL)
         process.communicate()
-        return None, f"TimeoutError: no result within {args.timeout:.0f} s"
+        return None, f"TimeoutError: no result within {timeout:.0f} s"
     if process.returncode == 0 and out_file.exists():
-        return np.load(out_file), ""
+        return case.signature.integrate(torch.from_numpy(np.load(out_file))).numpy(), ""
     errors = [line[len("ERROR: ") :] for line in output.splitlines() if line.startswith("ERROR: ")]
     tail = output.strip().splitlines()[-1:] or [f"exit code {process.returncode}"]
     return None, (errors or tail)[-1]
 
 
 def importer_rows(
-    importer: str, cases: dict[str, Case], workdir: Path, args: argparse.Namespace, console: Console
+    importer: str,
+    python: Path | None,
+    label: str,
+    model: str,
+    cases: dict[str, Case],
+    workdir: Path,
+    timeout: float,
 ) -> list[Row]:
-    python, label = ensure_env(importer, console)
+    """One row per profile the importer is given (``PROFILES_OF``)."""
+    profiles = PROFILES_OF[importer]
     if python is None:
-        return [Row(importer, profile, False, reason=label) for profile in PROFILES]
+        return [Row(model, importer, profile, False, reason=label) for profile in profiles]
     rows = []
-    for profile, case in cases.items():
-        out, error = run_importer(python, importer, profile, workdir, args)
+    for profile in profiles:
+        case = cases[profile]
+        out, error = run_importer(python, importer, profile, case, workdir, timeout)
         if out is None:
             reason = classify_error(error, node_types(case.graph), label)
-            rows.append(Row(label, profile, False, reason=reason))
+            rows.append(Row(model, label, profile, False, reason=reason))
             continue
-        row = _compare(label, profile, out, case.reference)
-        if row.max_abs_diff not in (None, 0.0):
-            causes = KNOWN_DIFFERENCES[importer]
-            if profile.endswith("ulp"):
-                causes = tuple(cause for cause in causes if cause is not FIRES_ON_GE)
-            row.reason = "; ".join(causes)
+        agreement, diff = _compare(out, case.executor)
+        native_agreement, native_diff = _compare(out, case.native)
+        row = Row(model, label, profile, True, agreement, diff, native_agreement, native_diff)
+        if diff is None:
+            row.reason = f"output shape {out.shape}, expected {case.executor.shape}"
+        elif diff != 0.0:
+            row.reason = KNOWN_DIFFERENCES[importer]
         rows.append(row)
+    return rows
+
+
+def our_rows(model: str, cases: dict[str, Case], extra: list) -> list[Row]:
+    rows = []
+    for profile, case in cases.items():
+        native_agreement, native_diff = _compare(case.executor, case.native)
+        rows.append(
+            Row(model, "neurocuda Executor", profile, True, 1.0, 0.0, native_agreement, native_diff)
+        )
+    for profile, out, native in extra:
+        agreement, diff = _compare(out, cases[profile].executor)
+        native_agreement, native_diff = _compare(out, native)
+        label = f"nirtorch {metadata.version('nirtorch')} + our node map"
+        rows.append(
+            Row(model, label, profile, True, agreement, diff, native_agreement, native_diff)
+        )
     return rows
 
 
@@ -408,50 +438,62 @@ def markdown_table(rows: list[Row]) -> str:
 
 
 def report(rows: list[Row], args: argparse.Namespace) -> str:
-    model = args.checkpoint or "random-init cifarnet, widths (8, 16, 16, 32), final bias zeroed"
+    command = "python scripts/interop_matrix.py " + " ".join(args.argv)
     return (
         "# NIR interop matrix (generated by `scripts/interop_matrix.py`)\n\n"
-        f"Model: {model}; v_init = {args.v_init} theta; {args.images} random images (seed "
-        f"{args.seed}) as constant input current for T = {args.timesteps} steps; ReLU thresholds "
-        "calibrated on those images.\n"
-        "`portable-reduced` = the portable file with `Scale` folded into the next layer's weights "
-        "and the output `I` replaced by a running sum in the runner, compared with our executor "
-        "on that file; `portable-reduced-ulp`: the same with every IF threshold raised by one "
-        "float32 ulp (so `v >= threshold` computes NIR's `v > threshold`), same reference.\n\n"
-        + markdown_table(rows)
+        f"Command: `{command}`\n\n"
+        f"{args.images} test images (the first of the test split; random images without "
+        f"checkpoints) as a constant input current for T = {args.timesteps} steps; models "
+        "converted with the default settings (reset by subtraction for `faithful`/`portable-soft`, "
+        "`reset=zero` for the others). Diffs are over the integrated output trace "
+        "`[T, B, classes]`; agreement is on the argmax after T steps. Profiles: "
+        "docs/interop.md.\n\n" + markdown_table(rows)
     )
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--importers", nargs="+", choices=sorted(IMPORTERS), default=[*IMPORTERS])
-    parser.add_argument("--timesteps", type=int, default=4)
-    parser.add_argument("--images", type=int, default=4)
-    parser.add_argument("--checkpoint", type=Path, help="a trained ClassifierModule checkpoint")
+    parser.add_argument("--checkpoints", nargs="+", type=Path, default=[None])
+    parser.add_argument("--timesteps", type=int, default=8)
+    parser.add_argument("--images", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--v-init", type=float, default=0.5, help="initial membrane / theta")
-    parser.add_argument("--timeout", type=float, default=300.0, help="seconds per importer run")
+    parser.add_argument("--timeout", type=float, default=600.0, help="seconds per importer run")
+    parser.add_argument("--venvs", type=Path, default=DEFAULT_VENVS)
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "interop_matrix.md")
-    return parser.parse_args(argv)
+    parser.add_argument("--install-only", action="store_true", help="only build the venvs")
+    args = parser.parse_args(argv)
+    args.argv = argv
+    return args
 
 
-def main(argv: list[str]) -> None:
+def main(argv: list[str]) -> list[Row]:
     args = parse_args(argv)
     console = Console()
-    images, cases, rows = build_cases(args)
-    with tempfile.TemporaryDirectory(prefix="interop-") as tmp:
-        workdir = Path(tmp)
-        np.save(workdir / "images.npy", images)
-        for profile, case in cases.items():
-            save(case.graph, workdir / f"{profile}.nir")
-        for importer in args.importers:
-            rows += importer_rows(importer, cases, workdir, args, console)
+    envs = {name: ensure_env(name, args.venvs, console) for name in args.importers}
+    for name, (python, label) in envs.items():
+        console.print(f"{name}: {label if python is None else python}")
+    if args.install_only:
+        return []
+    rows: list[Row] = []
+    for checkpoint in args.checkpoints:
+        model, ann, images = load_model(checkpoint, args.images, args.seed)
+        cases, extra = build_cases(ann, images, [images], args.timesteps)
+        rows += our_rows(model, cases, extra)
+        with tempfile.TemporaryDirectory(prefix="interop-") as tmp:
+            workdir = Path(tmp)
+            for profile, case in cases.items():
+                save(case.graph, workdir / f"{profile}.nir")
+                np.save(workdir / f"{profile}.npy", case.inputs)
+            for name, (python, label) in envs.items():
+                rows += importer_rows(name, python, label, model, cases, workdir, args.timeout)
     table = Table(*HEADER, title="NIR interop", show_lines=True)
     for row in rows:
         table.add_row(*row.cells())
     console.print(table)
     atomic_write_text(args.out, report(rows, args))
     console.print(f"wrote {args.out}")
+    return rows
 
 
 if __name__ == "__main__":

@@ -1,64 +1,66 @@
-"""scripts/interop_matrix.py without venvs: graph reduction, error classification, table output."""
+"""scripts/interop_matrix.py: our rows, error classification, the table, and one importer (CI)."""
 
 from __future__ import annotations
 
-import itertools
+import sys
+from pathlib import Path
 
-import nir
 import numpy as np
-import torch
+import pytest
 
-from neurocuda.nir import Executor
-from scripts.interop_matrix import Row, classify_error, markdown_table, reduce_portable
-
-
-def _portable_chain() -> nir.NIRGraph:
-    """Input -> Affine -> IF -> Scale(theta) -> Affine -> I -> Output, as the portable export."""
-    rng = np.random.default_rng(0)
-    theta = np.full(4, 0.75, dtype=np.float32)
-    nodes = {
-        "input": nir.Input(input_type=np.array([3])),
-        "fc1": nir.Affine(
-            weight=rng.normal(size=(4, 3)).astype(np.float32),
-            bias=rng.normal(size=4).astype(np.float32),
-        ),
-        "if1": nir.IF(r=np.ones(4, np.float32), v_threshold=theta / 2, v_reset=-theta / 2),
-        "scale1": nir.Scale(scale=theta),
-        "fc2": nir.Affine(
-            weight=rng.normal(size=(2, 4)).astype(np.float32),
-            bias=rng.normal(size=2).astype(np.float32),
-        ),
-        "out_i": nir.I(r=np.ones(2, np.float32)),
-        "output": nir.Output(output_type=np.array([2])),
-    }
-    names = list(nodes)
-    return nir.NIRGraph(nodes=nodes, edges=list(itertools.pairwise(names)))
+from neurocuda.nir import save
+from scripts.interop_matrix import (
+    Row,
+    build_cases,
+    classify_error,
+    importer_rows,
+    load_model,
+    markdown_table,
+    our_rows,
+)
 
 
-def test_reduce_portable_folds_scale_and_drops_output_integrator() -> None:
-    graph = _portable_chain()
-    reduced = reduce_portable(graph)
-    assert [type(node).__name__ for node in reduced.nodes.values()] == [
-        "Input", "Affine", "IF", "Affine", "Output",
-    ]  # fmt: skip
-    assert ("if1", "fc2") in reduced.edges and ("fc2", "output") in reduced.edges
-    np.testing.assert_array_equal(reduced.nodes["fc2"].weight, graph.nodes["fc2"].weight * 0.75)
-    x = torch.randn(6, 5, 3).expand(6, 5, 3)
-    # 0.75 * w is exact in float32 here only up to rounding: compare closely, not bitwise.
-    torch.testing.assert_close(Executor(reduced)(x).cumsum(0), Executor(graph)(x))
+@pytest.fixture(scope="module")
+def tiny_cases():
+    model, ann, images = load_model(None, images=4, seed=0)
+    cases, extra = build_cases(ann, images, [images], timesteps=4)
+    return model, cases, extra
 
 
-def test_reduce_portable_threshold_up_is_one_ulp() -> None:
-    graph = _portable_chain()
-    raised = reduce_portable(graph, threshold_up=True).nodes["if1"].v_threshold
-    original = graph.nodes["if1"].v_threshold
-    assert np.all(raised > original)
-    np.testing.assert_array_equal(raised, np.nextafter(original, np.float32(np.inf)))
+def test_our_executor_rows_are_exact_for_exact_profiles(tiny_cases):
+    model, cases, extra = tiny_cases
+    rows = {(row.importer.split()[0], row.profile): row for row in our_rows(model, cases, extra)}
+    for profile in ("faithful", "portable"):
+        assert rows["neurocuda", profile].native_max_abs_diff == 0.0
+    assert rows["nirtorch", "faithful"].max_abs_diff == 0.0
+    for profile in ("portable-soft", "portable-hard", "spikingjelly", "snntorch"):
+        assert rows["neurocuda", profile].native_agreement == 1.0
+
+
+def test_snntorch_runs_its_profile_identically_to_our_executor(tiny_cases, tmp_path: Path):
+    """The CI subset of the matrix: snntorch (a dev extra, no dependencies of its own) runs the
+    `snntorch` profile of a small cifarnet with max abs diff 0.0 against our executor."""
+    import snntorch  # a dev extra: pip install -e ".[dev]"
+
+    model, cases, _ = tiny_cases
+    for profile, case in cases.items():
+        save(case.graph, tmp_path / f"{profile}.nir")
+        np.save(tmp_path / f"{profile}.npy", case.inputs)
+    label = f"snntorch {snntorch.__version__}"
+    rows = importer_rows("snntorch", Path(sys.executable), label, model, cases, tmp_path, 300.0)
+    by_profile = {row.profile: row for row in rows}
+    own = by_profile["snntorch"]
+    assert own.runs, own.reason
+    assert own.agreement == 1.0 and own.max_abs_diff == 0.0
+    assert own.native_agreement == 1.0
+    # snntorch 1.0.0 imports nir.IF as Leaky(beta=0.9): the plain IF profile is not identical
+    hard = by_profile["portable-hard"]
+    assert not (hard.runs and hard.max_abs_diff == 0.0)
 
 
 def test_classify_error_names_the_node_type_and_nir_version() -> None:
     types = {"integrator": "I", "_2_1": "Scale"}
-    versions = "sinabs 3.1.3 (nir 1.0.4, nirtorch 2.0.2)"
+    versions = "sinabs 3.1.3 (nir 1.0.4)"
     assert classify_error("KeyError: 'integrator'", types, versions).startswith(
         "no mapping for `I` (node `integrator`)"
     )
@@ -72,15 +74,16 @@ def test_classify_error_names_the_node_type_and_nir_version() -> None:
 
 def test_markdown_table_formats_and_escapes_cells() -> None:
     rows = [
-        Row("ours", "faithful", True, 1.0, 0.0),
-        Row("lib", "portable", False, reason="a | b"),
-        Row("lib", "portable-reduced", True, 0.5, 6.0412345, "starts at v_reset"),
+        Row("m", "ours", "faithful", True, 1.0, 0.0, 1.0, 0.0),
+        Row("m", "lib", "portable-hard", False, reason="a | b"),
+        Row("m", "lib", "portable-soft", True, 0.5, 6.0412345, 0.25, 1e-7, "starts at v_reset"),
     ]
     lines = markdown_table(rows).splitlines()
+    assert lines[0].startswith("| model | importer | profile | runs? |")
+    assert lines[1] == "|" + "---|" * 9
+    assert lines[2] == "| m | ours | faithful | yes | 100% | 0 | 100% | 0 | - |"
+    assert lines[3] == "| m | lib | portable-hard | no | - | - | - | - | a \\| b |"
     assert (
-        lines[0].startswith("| importer | profile | runs? |")
-        and lines[1] == "|---|---|---|---|---|---|"
+        lines[4]
+        == "| m | lib | portable-soft | yes | 50% | 6.04 | 25% | 1e-07 | starts at v_reset |"
     )
-    assert lines[2] == "| ours | faithful | yes | 100% | 0 | - |"
-    assert lines[3] == "| lib | portable | no | - | - | a \\| b |"
-    assert lines[4] == "| lib | portable-reduced | yes | 50% | 6.04 | starts at v_reset |"

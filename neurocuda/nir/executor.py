@@ -15,6 +15,7 @@ agree bit for bit.
 from __future__ import annotations
 
 import dataclasses
+import warnings
 
 import nir
 import numpy as np
@@ -22,6 +23,7 @@ import torch
 from torch import nn
 
 from neurocuda.nir.errors import NIRFormatError
+from neurocuda.nir.metadata import ResetConvention
 from neurocuda.nir.primitives import make_op
 from neurocuda.nir.schedule import Schedule, Stage, build_schedule
 from neurocuda.snn.chunking import sub_batch_size
@@ -33,13 +35,25 @@ Value = tuple[torch.Tensor, bool]
 class Executor(nn.Module):
     """Run ``graph`` with time step ``dt``; ``forward(x[T, B, ...]) -> output node's [T, B, ...]``.
 
+    ``convention`` is how spiking neurons reset: ``"nir"`` (to ``v_reset``, NIR's semantics) or
+    ``"subtract"`` (by their threshold; files whose metadata records ``reset_convention``
+    ``subtract``, such as the ``portable-soft`` profile, and producers that subtract).
+
     State starts at zero on every call. Parameters are cast to ``dtype``. Shapes are checked
     before anything runs (at construction when the Input node declares its shape, else on the
     first call): a node whose inputs or parameters do not fit raises :class:`NIRFormatError`.
     """
 
-    def __init__(self, graph: nir.NIRGraph, dt: float = 1.0, dtype: torch.dtype = torch.float32):
+    def __init__(
+        self,
+        graph: nir.NIRGraph,
+        dt: float = 1.0,
+        dtype: torch.dtype = torch.float32,
+        convention: ResetConvention = "nir",
+    ):
         super().__init__()
+        if convention not in ("nir", "subtract"):
+            raise ValueError(f"convention={convention!r}: use 'nir' or 'subtract'.")
         if not isinstance(graph, nir.NIRGraph):
             raise TypeError(f"Executor needs a nir.NIRGraph, got {type(graph).__name__}.")
         if dt <= 0:
@@ -49,13 +63,16 @@ class Executor(nn.Module):
         names = list(self.schedule.graph.nodes)
         self._index = {name: i for i, name in enumerate(names)}
         self.ops = nn.ModuleList(
-            make_op(name, node, dt, dtype) for name, node in self.schedule.graph.nodes.items()
+            make_op(name, node, dt, dtype, convention)
+            for name, node in self.schedule.graph.nodes.items()
         )
         self._release = self._release_plan()
+        _warn_time_constants(self.schedule.graph.nodes, dt)
         input_node = self.schedule.graph.nodes[self.schedule.graph.input]
         shape = input_node.input_type["input"]
         self.input_shape = None if shape is None else tuple(int(s) for s in np.atleast_1d(shape))
         self._checked_shape: tuple[int, ...] | None = None
+        self._received: dict[str, tuple[int, ...]] = {}
         if self.input_shape is not None:
             self._check_shapes(self.input_shape)
 
@@ -101,7 +118,7 @@ class Executor(nn.Module):
             if stage.kind == "stateless":
                 values[stage.members[0]] = self._stateless(stage.members[0], values, steps, batch)
             else:
-                values.update(self._stepped(stage, values, steps))
+                values.update(self._stepped(stage, values, steps, batch, x))
             for name in released:
                 values.pop(name, None)
         out, is_constant = values[graph.output]
@@ -144,11 +161,17 @@ class Executor(nn.Module):
                     )
         for name, node in graph.nodes.items():
             declared = _declared_shape(node)
-            if declared is not None and declared != received[name]:
-                raise NIRFormatError(
-                    f"Node {name!r} ({type(node).__name__}) declares shape {declared} but "
-                    f"receives {received[name]}."
-                )
+            if declared is None or declared == received[name]:
+                continue
+            message = (
+                f"Node {name!r} ({type(node).__name__}) declares shape {declared} but receives "
+                f"{received[name]}"
+            )
+            if isinstance(node, nir.Input):
+                raise NIRFormatError(message + ".")
+            # the data's shape is well defined: run it (files of other tools declare wrong ones)
+            warnings.warn(message + f"; it outputs {received[name]}.", stacklevel=3)
+        self._received = received
         self._checked_shape = shape
 
     def _node_shapes(
@@ -198,8 +221,13 @@ class Executor(nn.Module):
         out = op(total.reshape(steps * batch, *total.shape[2:]))
         return out.reshape(steps, batch, *out.shape[1:]), False
 
-    def _stepped(self, stage: Stage, values: dict[str, Value], steps: int) -> dict[str, Value]:
+    def _stepped(
+        self, stage: Stage, values: dict[str, Value], steps: int, batch: int, like: torch.Tensor
+    ) -> dict[str, Value]:
         """Run a stateful node or a cycle step by step; return the members read downstream.
+
+        At t = 0 a recurrent edge delivers its source's value one step before the start
+        (:meth:`_before_start`): zero, unless a bias lies on the way.
 
         For speed (as the native runtime) values live in buffers reused at every step: a member
         read downstream writes step t into row t of its preallocated trace, others overwrite one
@@ -212,9 +240,16 @@ class Executor(nn.Module):
         current: dict[str, torch.Tensor] = {}
         sums: dict[str, torch.Tensor] = {}
         state: dict[str, object] = dict.fromkeys(stage.members)
+        cache: dict[str, torch.Tensor | None] = {}
+        initial = {
+            src: value
+            for name in stage.members
+            for src, recurrent in self.schedule.inputs[name]
+            if recurrent and (value := self._before_start(src, batch, like, cache)) is not None
+        }
         for t in range(steps):
             for name in stage.members:
-                total = self._step_input(name, t, values, current, members, sums)
+                total = self._step_input(name, t, values, current, members, sums, initial)
                 op = self.op(name)
                 if op.stateful:
                     current[name], state[name] = op.step_(total, state[name])
@@ -233,6 +268,39 @@ class Executor(nn.Module):
                     current[name] = op.into(total, out)
         return {name: (traces[name], False) for name in kept}
 
+    def _before_start(
+        self, name: str, batch: int, like: torch.Tensor, cache: dict[str, torch.Tensor | None]
+    ) -> torch.Tensor | None:
+        """Node ``name``'s value one step before t = 0; ``None`` where it is zero everywhere.
+
+        Before the start, neurons (stateful nodes and ``Threshold``) and the Input emit zeros;
+        other stateless nodes are evaluated on the sum of their inputs there, so a loop
+        ``LIF -> Affine(bias) -> LIF`` receives the bias at t = 0 (snnTorch's recurrent layers).
+        """
+        graph = self.schedule.graph
+        todo = [name]
+        while todo:  # iterative post-order over the stateless ancestors
+            node = todo[-1]
+            if node in cache:
+                todo.pop()
+                continue
+            op = self.op(node)
+            if op.stateful or node == graph.input or isinstance(graph.nodes[node], nir.Threshold):
+                cache[todo.pop()] = None
+                continue
+            missing = [s for s, _ in self.schedule.inputs[node] if s not in cache]
+            if missing:
+                todo.extend(missing)
+                continue
+            parts = [cache[s] for s, _ in self.schedule.inputs[node] if cache[s] is not None]
+            shape = (batch, *self._received[node])
+            total = torch.zeros(shape, dtype=like.dtype, device=like.device)
+            for part in parts:
+                total = total + part
+            value = op(total)
+            cache[todo.pop()] = value if bool(value.ne(0).any()) else None
+        return cache[name]
+
     @staticmethod
     def _row(traces: dict, name: str, like: torch.Tensor, steps: int, t: int) -> torch.Tensor:
         if name not in traces:
@@ -247,13 +315,16 @@ class Executor(nn.Module):
         current: dict[str, torch.Tensor],
         members: set[str],
         sums: dict[str, torch.Tensor],
+        initial: dict[str, torch.Tensor],
     ) -> torch.Tensor:
         """Sum of a member's inputs at step t (feed-forward first, then recurrent, in order)."""
         parts = []
         for src, recurrent in self.schedule.inputs[name]:
             if recurrent:
-                if t > 0:  # nothing arrives on a recurrent edge at the first step
+                if t > 0:
                     parts.append(current[src])
+                elif src in initial:  # a bias before the start (else nothing arrives at t = 0)
+                    parts.append(initial[src])
             elif src in members:
                 parts.append(current[src])
             else:
@@ -267,6 +338,34 @@ class Executor(nn.Module):
         for part in parts[2:]:
             total.add_(part)
         return total
+
+
+TIME_CONSTANT_RATIO = 10.0
+"""Warn when ``dt`` exceeds a time constant by this factor (forward Euler overshoots past 1)."""
+
+
+def _warn_time_constants(nodes: dict[str, nir.NIRNode], dt: float) -> None:
+    """Warn once, naming the first node whose time constant is far below ``dt``.
+
+    Files from other tools give ``tau`` in seconds (e.g. 1e-3) and run at their own step (1e-4);
+    at our default ``dt = 1`` such a neuron's decay factor ``dt / tau`` is 1000.
+    """
+    for name, node in nodes.items():
+        for field in ("tau", "tau_syn", "tau_mem"):
+            tau = getattr(node, field, None)
+            if tau is None or not np.size(tau):
+                continue
+            smallest = float(np.min(tau))
+            if dt / smallest >= TIME_CONSTANT_RATIO:
+                warnings.warn(
+                    f"Node {name!r} ({type(node).__name__}) has {field} = {smallest:g} but the "
+                    f"executor runs at dt = {dt:g} (dt / {field} = {dt / smallest:g}): the "
+                    "file's time constants are in another unit than its time step. Pass the "
+                    "step its producer used, e.g. Executor(graph, dt=1e-4) (snnTorch, "
+                    "spikingjelly) or dt=1e-3 (norse).",
+                    stacklevel=3,
+                )
+                return
 
 
 def _declared_shape(node: nir.NIRNode) -> tuple[int, ...] | None:

@@ -28,9 +28,14 @@ import torch
 from torch import fx, nn
 
 import neurocuda
+from neurocuda.nir.metadata import InputSignature
+from neurocuda.nir.portable import PORTABLE_PROFILES, RESET_OF_PROFILE, NeuronMarker, make_portable
 from neurocuda.snn import IFNeuron, OutputIntegrator, Scale, SpikingModel
 
-Profile = Literal["faithful", "portable"]
+Profile = Literal[
+    "faithful", "portable", "portable-hard", "portable-soft", "spikingjelly", "snntorch"
+]
+PROFILES: tuple[str, ...] = ("faithful", "portable", *PORTABLE_PROFILES)
 Shapes = dict[nn.Module, tuple[int, ...]]
 
 
@@ -139,6 +144,15 @@ def _soft_reset_if(neuron: IFNeuron, shape: tuple[int, ...]) -> nir.NIRGraph:
 
 def _map_if(profile: Profile) -> Callable[[IFNeuron, tuple[int, ...]], nir.NIRNode]:
     def mapper(neuron: IFNeuron, shape: tuple[int, ...]) -> nir.NIRNode:
+        if profile in PORTABLE_PROFILES:
+            if neuron.reset != RESET_OF_PROFILE[profile]:
+                raise ValueError(
+                    f"profile={profile!r} is for models with reset={RESET_OF_PROFILE[profile]!r}, "
+                    f"but this model has reset={neuron.reset!r}; convert with "
+                    f"conversion.reset={RESET_OF_PROFILE[profile]} or choose another profile "
+                    "(docs/interop.md)."
+                )
+            return NeuronMarker(_array(neuron.threshold, shape), _array(neuron.v_init, shape))
         if neuron.reset == "zero":  # NIR's IF (nir >= 1.0.6): v = v_reset after a spike
             return nir.IF(
                 r=np.ones(shape, dtype=np.float32),
@@ -242,11 +256,15 @@ def export(
     """Export ``snn`` (traced on ``sample_input``, ``[B, *input_shape]``) as a NIR graph.
 
     ``profile="faithful"`` represents the soft-reset IF neuron exactly in standard primitives;
-    ``"portable"`` requires a hard-reset model (``conversion.reset=zero``) and writes ``nir.IF``.
+    ``"portable"`` requires a hard-reset model (``conversion.reset=zero``) and writes ``nir.IF``
+    (exact, NIR's semantics). ``"portable-hard"``, ``"portable-soft"``, ``"spikingjelly"`` and
+    ``"snntorch"`` write plain nodes that importers map, with an indicator input channel that
+    carries the initial membrane (:mod:`neurocuda.nir.portable`; the input signature is in the
+    metadata, :class:`neurocuda.nir.metadata.InputSignature`).
     ``metadata`` (e.g. encoding, timesteps) is recorded in the graph; nothing reads it to run.
     """
-    if profile not in ("faithful", "portable"):
-        raise ValueError(f"profile={profile!r}: use 'faithful' or 'portable'.")
+    if profile not in PROFILES:
+        raise ValueError(f"profile={profile!r}: use one of {', '.join(PROFILES)}.")
     if not isinstance(snn, SpikingModel):
         raise TypeError(
             f"export takes a SpikingModel (neurocuda.conversion.convert), got {type(snn).__name__}."
@@ -283,6 +301,9 @@ def export(
         if isinstance(node, nir.Input):
             node.input_type = node.output_type = {"input": np.array(snn.input_shape)}
             node.output_type = {"output": np.array(snn.input_shape)}
+    signature = InputSignature()
+    if profile in PORTABLE_PROFILES:
+        nodes, edges, signature = make_portable(nodes, edges, tuple(snn.input_shape), profile)
     reset = {n.reset for n in network.modules() if isinstance(n, IFNeuron)}
     meta = {
         "producer": "neurocuda",
@@ -290,12 +311,17 @@ def export(
         "nir_version": nir.version,
         "profile": profile,
         "reset": ",".join(sorted(reset)),
-        "dt": 1.0,
+        "dt": signature.dt,
+        **signature.to_metadata(),
         "time_step_convention": (
-            "dt = 1 and r = 1: an integrator adds its summed input once per step; recurrent edges "
-            "deliver the previous step's value; NIR shapes exclude the batch dimension"
+            f"dt = {signature.dt}: an integrator adds its summed input once per step; recurrent "
+            "edges deliver the previous step's value; NIR shapes exclude the batch dimension"
         ),
-        "output": "integrated output layer o_t = o_(t-1) + y_t; prediction argmax(o_T)",
+        "output": (
+            "integrated output layer o_t = o_(t-1) + y_t; prediction argmax(o_T)"
+            if signature.output == "integrated"
+            else "the output layer's current y_t per step; prediction argmax(sum_t y_t)"
+        ),
         **(metadata or {}),
     }
     return nir.NIRGraph(nodes=nodes, edges=edges, metadata=meta, type_check=True)

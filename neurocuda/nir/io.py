@@ -25,16 +25,20 @@ def save(graph: nir.NIRGraph, path: str | os.PathLike[str]) -> Path:
     return atomic_write_bytes(path, buffer.getvalue())
 
 
-def load(path: str | os.PathLike[str], limits: LoadLimits | None = None) -> nir.NIRGraph:
+def load(
+    path: str | os.PathLike[str], limits: LoadLimits | None = None, strict: bool = True
+) -> nir.NIRGraph:
     """Read a NIR graph; ``FileNotFoundError`` or :class:`NIRFormatError` say what is wrong.
 
     Sizes, counts and nesting depth are checked against ``limits`` (default :class:`LoadLimits`)
-    before any data is read.
+    before any data is read. ``strict=False`` loads a file whose declared node types disagree with
+    nir's type inference (other tools write such files; they run) with a warning naming the nodes
+    and both shapes, instead of raising.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"NIR file {path} does not exist.")
-    reader = Reader(path, limits or LoadLimits())
+    reader = Reader(path, limits or LoadLimits(), strict)
     try:
         with h5py.File(path, "r") as file:
             return reader.read(file)

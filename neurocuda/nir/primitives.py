@@ -217,14 +217,20 @@ class IntegratorOp(Stateful):
 
 
 class SpikingMixin:
-    """Threshold and reset shared by IF, LIF and CubaLIF."""
+    """Threshold and reset shared by IF, LIF and CubaLIF.
+
+    ``subtract`` (the ``subtract`` reset convention of some producers) subtracts ``v_threshold``
+    after a spike instead of setting ``v_reset`` (NIR's semantics).
+    """
 
     threshold: torch.Tensor
     v_reset: torch.Tensor
+    subtract = False
 
     def fire(self, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         spikes = v > self.threshold
-        return spikes.to(v.dtype), torch.where(spikes, self.v_reset, v)
+        after = v - self.threshold if self.subtract else self.v_reset
+        return spikes.to(v.dtype), torch.where(spikes, after, v)
 
 
 class IFOp(Stateful, SpikingMixin):
@@ -309,8 +315,20 @@ class DelayOp(Stateful):
         return y, history
 
 
-def make_op(name: str, node: nir.NIRNode, dt: float, dtype: torch.dtype) -> nn.Module:
-    """Build the torch op for ``node``; raise for node types the executor does not run."""
+def make_op(
+    name: str, node: nir.NIRNode, dt: float, dtype: torch.dtype, convention: str = "nir"
+) -> nn.Module:
+    """Build the torch op for ``node``; raise for node types the executor does not run.
+
+    ``convention="subtract"`` makes spiking neurons reset by subtracting their threshold.
+    """
+    op = _make_op(name, node, dt, dtype)
+    if isinstance(op, SpikingMixin):
+        op.subtract = convention == "subtract"
+    return op
+
+
+def _make_op(name: str, node: nir.NIRNode, dt: float, dtype: torch.dtype) -> nn.Module:
     if isinstance(node, nir.Input | nir.Output):
         return Identity()
     if isinstance(node, nir.Affine):

@@ -96,7 +96,14 @@ def export_and_compare(
     metadata: dict[str, Any] | None = None,
 ) -> tuple[list[Path], RoundTripReport]:
     """Export ``snn`` to every file in ``paths``, read the first back, execute it and
-    :func:`compare` it with ``snn`` on ``images`` at ``timesteps``; return the files and report."""
+    :func:`compare` it with ``snn`` on ``images`` at ``timesteps``; return the files and report.
+
+    Only the bit-exact profiles (``faithful``, ``portable``) can be compared this way."""
+    if profile not in ("faithful", "portable"):
+        raise ValueError(
+            f"profile={profile!r}: the NIR round trip checks the bit-exact profiles 'faithful' and "
+            "'portable'; export the importer profiles with neurocuda.nir.export (docs/interop.md)."
+        )
     graph = export(snn, images[:1], profile, metadata)
     written = [save(graph, path) for path in paths]
     executor = Executor(load(written[0])).to(images.device)
