@@ -61,7 +61,10 @@ def _run(graph: nir.NIRGraph, x: torch.Tensor) -> np.ndarray:
 
 
 def _is_parameter(key: str) -> bool:
-    return key != "type" and FIELD_KINDS.get(key, "float") in ("float", "positive")
+    """A float field (a node's ``metadata`` group, e.g. its layer name, is not one)."""
+    if key in ("type", "metadata"):
+        return False
+    return FIELD_KINDS.get(key, "float") in ("float", "positive")
 
 
 def structure(graph: nir.NIRGraph) -> list:
