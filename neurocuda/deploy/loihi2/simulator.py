@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from neurocuda.deploy.loihi2.network import IntNetwork, Population, Projection
+from torch.profiler import record_function
 from neurocuda.metrics.fanout import fan_out_map
 
 SimMode = Literal["lava", "loihi2"]
@@ -149,15 +150,22 @@ class _CompiledProjection:
     def apply(self, source: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Integer synaptic input for ``source`` (``[B, *source_shape]``) and its wrap count."""
         p = self.proj
-        x = source.to(self.weight.dtype)
-        if p.kind == "dense":
-            acc = x.reshape(x.shape[0], -1) @ self.weight.T
-        else:
-            acc = F.conv2d(x, self.weight, None, p.stride, p.padding, p.dilation, p.groups)
+        with record_function("loihi2.matmul/conv"):
+            x = source.to(self.weight.dtype)
+            if p.kind == "dense":
+                acc = x.reshape(x.shape[0], -1) @ self.weight.T
+            else:
+                acc = F.conv2d(x, self.weight, None, p.stride, p.padding, p.dilation, p.groups)
+        with record_function("loihi2.int conversion+shift+wrap"):
+            return self._to_int(acc)
+
+    def _to_int(self, acc: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        p = self.proj
         acc = acc.round().to(torch.int64)
         if self.mode == "lava" and p.kind == "conv":
             wrapped = wrap_signed(acc, UV_BITS)
-            return wrapped, (wrapped != acc).sum()
+            with record_function("loihi2.saturation counting"):
+                return wrapped, (wrapped != acc).sum()
         # Lava shifts the sum by weight_exp (and the neuron shifts it by 6 more); Loihi scales each
         # weight by 2**(6 + weight_exp) (NxSDK's documented effective weight), keeping those 6
         # fractional bits: loihi2 mode shifts once by 6 + weight_exp and its neurons by 0.
@@ -165,7 +173,8 @@ class _CompiledProjection:
         shifted = acc << shift if shift > 0 else acc >> -shift
         # Lava's a_out is an int32 array; Loihi's dendritic accumulator is 24 bits
         wrapped = wrap_signed(shifted, 32 if self.mode == "lava" else UV_BITS)
-        return wrapped, (wrapped != shifted).sum()
+        with record_function("loihi2.saturation counting"):
+            return wrapped, (wrapped != shifted).sum()
 
 
 class _PopulationState:
@@ -192,14 +201,16 @@ class _PopulationState:
             decayed_u = rtz_shift(self.u * (DECAY_UNITY - (pop.du + 1)), DECAY_SHIFT)
         current = decayed_u + wrap_signed(a_in << pop.act_shift, 32)
         self.u = lava_wrap24(current)
-        counters["current_wraps"] += (self.u != current).sum()
+        with record_function("loihi2.saturation counting"):
+            counters["current_wraps"] += (self.u != current).sum()
         if pop.dv == 0:
             decayed_v = self.v
         else:
             decayed_v = rtz_shift(self.v * (DECAY_UNITY - pop.dv), DECAY_SHIFT)
         voltage = decayed_v + self.u + self.bias
         self.v = voltage.clamp(-(MAX_UV - 1), MAX_UV - 1)
-        counters["voltage_clips"] += (self.v != voltage).sum()
+        with record_function("loihi2.saturation counting"):
+            counters["voltage_clips"] += (self.v != voltage).sum()
         if not pop.spiking:
             return
         fired = self.v > self.vth
@@ -208,7 +219,8 @@ class _PopulationState:
             self.v = torch.where(fired, torch.zeros_like(self.v), self.v)
         else:
             self.v = self.v - self.s * self.reset_amount
-        counters["spikes"] += self.s.sum()
+        with record_function("loihi2.spike/synop counting"):
+            counters["spikes"] += self.s.sum()
 
 
 def _effective_bias(pop: Population) -> torch.Tensor:
@@ -269,22 +281,28 @@ def simulate(
         for t in range(steps):
             outputs = {n: _input_at(inputs, n, t, shapes[n]) for n in network.inputs}
             for pop in network.populations:
-                a_in = torch.zeros((batch, *pop.shape), dtype=torch.int64, device=device)
-                for proj in projections[pop.name]:
-                    src = proj.proj.source
-                    signal = outputs[src] if src in network.inputs else states[src].s
-                    contribution, wraps = proj.apply(signal)
-                    a_in = a_in + contribution.reshape(a_in.shape)
-                    tally[pop.name]["dendrite_wraps"] += wraps
-                    if src not in network.inputs:
-                        tally[src]["synops"] += (signal * proj.fan_out).sum()
-                if mode == "lava":
-                    a_in, pending[pop.name] = pending[pop.name], a_in
-                states[pop.name].step(a_in, tally[pop.name])
-                if record:
-                    for key in ("u", "v", "s"):
-                        traces[pop.name][key].append(getattr(states[pop.name], key).clone())
-            readout.append(states[network.output].v.clone())
+                with record_function(f"loihi2.layer.{pop.name}"):
+                    a_in = torch.zeros((batch, *pop.shape), dtype=torch.int64, device=device)
+                    for proj in projections[pop.name]:
+                        src = proj.proj.source
+                        signal = outputs[src] if src in network.inputs else states[src].s
+                        contribution, wraps = proj.apply(signal)
+                        with record_function("loihi2.neuron state update"):
+                            a_in = a_in + contribution.reshape(a_in.shape)
+                        with record_function("loihi2.saturation counting"):
+                            tally[pop.name]["dendrite_wraps"] += wraps
+                        if src not in network.inputs:
+                            with record_function("loihi2.spike/synop counting"):
+                                tally[src]["synops"] += (signal * proj.fan_out).sum()
+                    if mode == "lava":
+                        a_in, pending[pop.name] = pending[pop.name], a_in
+                    with record_function("loihi2.neuron state update"):
+                        states[pop.name].step(a_in, tally[pop.name])
+                    if record:
+                        for key in ("u", "v", "s"):
+                            traces[pop.name][key].append(getattr(states[pop.name], key).clone())
+            with record_function("loihi2.recording"):
+                readout.append(states[network.output].v.clone())
     stacked = (
         {n: {k: torch.stack(v) for k, v in d.items()} for n, d in traces.items()} if record else {}
     )
