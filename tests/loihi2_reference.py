@@ -1,4 +1,7 @@
-"""Batched fixed-point simulation of Loihi neuro-cores in PyTorch (CPU or GPU).
+"""Reference for tests/test_loihi2_reference.py: neurocuda/deploy/loihi2/simulator.py as of commit
+04e9244 (step by step, int64 state), kept unchanged. Its docstring follows.
+
+Batched fixed-point simulation of Loihi neuro-cores in PyTorch (CPU or GPU).
 
 Every state variable is an int64 tensor and every update is integer arithmetic reproducing
 lava-nc 0.10.0's bit-accurate process models (read from the sources):
