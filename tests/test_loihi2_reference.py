@@ -14,9 +14,15 @@ from dataclasses import asdict
 import pytest
 import torch
 
+from neurocuda.conversion import ConversionConfig, convert
+from neurocuda.deploy.loihi2.backend import Loihi2Backend
+from neurocuda.deploy.loihi2.encoding import InputEncoding
 from neurocuda.deploy.loihi2.network import IntNetwork, Population, Projection
 from neurocuda.deploy.loihi2.simulator import simulate
+from neurocuda.models import build_model
+from neurocuda.nir import export
 from tests import loihi2_reference
+from tests.test_loihi2_pinned import seeded_graph
 
 
 def _assert_same(network: IntNetwork, inputs: dict, steps: int, mode: str) -> None:
@@ -107,3 +113,29 @@ def test_many_images_run_in_passes_with_the_same_result() -> None:
     network = random_net(0, "loihi2", 16, False, False)
     x = torch.randint(-128, 128, (21, 3, 8, 8), generator=torch.Generator().manual_seed(3))
     _assert_same(network, {"x": x}, 8, "loihi2")
+
+
+@pytest.mark.parametrize(
+    ("hard_reset", "mode"), [(False, "loihi2"), (True, "loihi2"), (False, "lava")]
+)
+def test_quantized_graphs_match_the_reference_at_t32(hard_reset: bool, mode: str) -> None:
+    """The pinned test's graph, quantized by the backend, over 32 steps and 12 images."""
+    x = torch.randn(12, 2, 4, 4, generator=torch.Generator().manual_seed(11))
+    backend = Loihi2Backend(mode=mode, input_encoding=InputEncoding.from_batches([(x, None)], 1))
+    backend.prepare(seeded_graph(hard_reset))
+    payload, _ = backend.input_encoding.encode(x)
+    network = backend.int_network
+    _assert_same(network, {next(iter(network.inputs)): payload}, 32, mode)
+
+
+def test_converted_cifarnet_matches_the_reference() -> None:
+    """A random-init CifarNet (8, 8, 16, 16) converted, exported and quantized, T=32."""
+    torch.manual_seed(0)
+    x = torch.randn(8, 3, 32, 32)
+    model = build_model("cifarnet", widths=(8, 8, 16, 16)).eval()
+    graph = export(convert(model, [(x, None)], ConversionConfig(calibration_batches=1)), x[:1])
+    backend = Loihi2Backend(input_encoding=InputEncoding.from_batches([(x, None)], 1))
+    backend.prepare(graph)
+    payload, _ = backend.input_encoding.encode(x[:3])
+    network = backend.int_network
+    _assert_same(network, {next(iter(network.inputs)): payload}, 32, "loihi2")
