@@ -292,7 +292,8 @@ class _Population:
             and bool(synapses)
             and int(self.bias.abs().max()) < MAX_UV
             and int(self.v_init.abs().max()) <= MAX_V
-            and int(self.vth.abs().max()) <= MAX_V
+            and int(self.vth.min()) >= 0
+            and int(self.vth.max()) <= MAX_V
             and int(self.reset_amount.min()) >= 0
             and int(self.reset_amount.max()) <= MAX_V
         )
@@ -340,8 +341,8 @@ class _Population:
                 if a_lo < -MAX_UV or a_hi > MAX_UV - 1:  # a 24-bit dendritic wrap
                     return None
                 lo, hi, reach = lo + a_lo, hi + a_hi, reach + max(-a_lo, a_hi)
-                if not value.constant:
-                    acc = acc.reshape(steps, batch, *acc.shape[1:])
+                acc = acc.reshape(-1 if value.constant else steps, batch, *self.pop.shape)
+                acc = acc[0] if value.constant else acc
                 parts.append((acc.float(), value.constant))
             # the 32-bit wrap and Lava's one-fold 24-bit current wrap change nothing in this range
             if reach > FLOAT32_EXACT or lo <= -MAX_UV or hi > MAX_UV:
