@@ -7,7 +7,9 @@ spikingjelly is only needed here (not a project dependency): install it apart, e
 same weights: our converted network with each IF neuron replaced by ``IFNode(step_mode="m")`` (soft
 reset, same threshold) and every stateless layer wrapped in ``SeqToANNContainer``, fed the usual
 ``[T, B, C, H, W]`` repeated input. Thresholds are per layer and the initial membrane 0 here, as
-spikingjelly's IFNode supports. Timings: median of --repeats runs, alternating the three methods.
+spikingjelly's IFNode supports. Timings: --repeats rounds, the three methods alternating within
+each round (this machine's speed drifts between runs); images/s are medians over rounds, and the
+ratios (ours / T ANN forwards in time, spikingjelly / ours in time) medians of per-round ratios.
 """
 
 from __future__ import annotations
@@ -78,7 +80,15 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
-    from spikingjelly.activation_based import functional
+    try:
+        from spikingjelly.activation_based import functional
+    except ImportError:
+        parser.exit(
+            1,
+            "spikingjelly is not installed (not a project dependency): run\n"
+            "  pip install --no-deps --target /tmp/sj_pkgs spikingjelly==0.0.0.0.14\n"
+            "and PYTHONPATH=/tmp/sj_pkgs python scripts/benchmark_snn_speed.py ...\n",
+        )
 
     torch.manual_seed(0)
     if args.ckpt:
@@ -114,6 +124,17 @@ def main() -> None:
             for name, fn in methods.items():
                 times[name].append(timed(fn))
     speed = {name: args.batch / statistics.median(t[1:]) for name, t in times.items()}
+    rounds = list(zip(*(times[name][1:] for name in methods), strict=True))
+    ann_name = f"{steps} x ANN"
+    names = list(methods)
+    per_round = {
+        f"neurocuda time / {ann_name} time": [
+            r[names.index("neurocuda")] / r[names.index(ann_name)] for r in rounds
+        ],
+        "spikingjelly time / neurocuda time": [
+            r[names.index("spikingjelly")] / r[names.index("neurocuda")] for r in rounds
+        ],
+    }
     table = Table(title=f"{args.arch} T={steps} batch={args.batch} on {args.device}")
     for col in ("method", "images/s", "neurocuda speed-up"):
         table.add_column(col, justify="right")
@@ -121,6 +142,11 @@ def main() -> None:
         table.add_row(name, f"{ips:.1f}", f"{speed['neurocuda'] / ips:.2f}x")
     console = Console()
     console.print(table)
+    for name, ratios in per_round.items():
+        console.print(
+            f"{name}: {statistics.median(ratios):.3f} (median of {len(ratios)} interleaved rounds; "
+            f"min {min(ratios):.3f}, max {max(ratios):.3f})"
+        )
     console.print(f"prediction agreement neurocuda vs spikingjelly ('>' vs '>='): {agree:.2%}")
 
 

@@ -131,7 +131,9 @@ class IFNeuron(MultiStepModule):
         """In-place ops into preallocated buffers (1.5x faster on CPU than the out-of-place form).
 
         Float addition is commutative bit for bit, so ``u += (-theta * s) + x`` is exactly the
-        contract's ``u = u + (x + (-theta) * s)``.
+        contract's ``u = u + (x + (-theta) * s)``; ``addcmul`` forms it in one pass, and as ``s``
+        is 0 or 1 the product ``s * (-theta)`` is exact, so the one rounding is the addition's
+        (fused multiply-add or not).
         """
         x = x.detach()
         # Dense standard layout whatever x's strides (a conv may return channels_last): the layers
@@ -145,8 +147,7 @@ class IFNeuron(MultiStepModule):
             neg_threshold = -self.threshold
             recurrent = torch.empty_like(x[0])
             for t in range(x.shape[0]):
-                torch.mul(neg_threshold, s, out=recurrent)
-                recurrent.add_(x[t])
+                torch.addcmul(x[t], s, neg_threshold, out=recurrent)
                 u.add_(recurrent)
                 s = spikes[t]
                 torch.gt(u, self.fire_level, out=s)
