@@ -101,7 +101,7 @@ def test_spiking_model_matches_a_hand_written_loop() -> None:
     out = snn(x, timesteps=3)
     assert torch.equal(out, torch.stack(expected))
     (layer,) = snn.spike_counts()
-    assert layer.name == "1.0"
+    assert layer.name == "1"  # the ANN activation the neuron replaced (layer_names)
     assert layer.spikes == total_spikes > 0
     assert layer.neurons == 6 and layer.timesteps == 3 and layer.samples == 2
     assert 0.0 <= layer.rate <= 1.0
