@@ -21,6 +21,7 @@ from torch import nn
 
 from neurocuda.conversion import ConversionConfig, convert
 from neurocuda.data import CheckpointDataError, CIFAR10DataModule, datamodule_from_checkpoint
+from neurocuda.devices import resolve_device
 from neurocuda.nir import Profile, export
 from neurocuda.snn import SpikingModel
 from neurocuda.training import ClassifierModule
@@ -72,8 +73,9 @@ def settings_with_overrides(
 
 
 def load_ann(checkpoint: str | os.PathLike[str], device: str | torch.device = "cpu") -> nn.Module:
-    """The trained network of a ``ClassifierModule`` checkpoint, in eval mode."""
-    module = ClassifierModule.load_from_checkpoint(checkpoint, map_location=device)
+    """The trained network of a ``ClassifierModule`` checkpoint, in eval mode, on ``device``
+    (:func:`neurocuda.devices.resolve_device`: ``auto`` is the GPU when there is one)."""
+    module = ClassifierModule.load_from_checkpoint(checkpoint, map_location=resolve_device(device))
     return module.net.eval()
 
 

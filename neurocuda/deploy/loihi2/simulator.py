@@ -23,7 +23,11 @@ wrap-around are counted per population, never silent.
 
 Matrix products run in floating point on integer values, which is exact while every partial sum
 stays below 2**24 (float32) or 2**53 (float64); :func:`_exact_dtype` picks the type from a bound
-computed on the weights, and TF32 is disabled during a run.
+computed on the weights, and TF32 is disabled during a run. Off the CPU, convolutions run as
+patches times weights in one matrix product (:func:`conv2d_as_gemm`): cuDNN may pick Winograd or
+FFT algorithms, whose intermediate values are not integers, so their results could be off by the
+rounding error; a product of integers summed below those bounds is exact in any order. Everything
+else is int64 arithmetic, exact on every device.
 """
 
 from __future__ import annotations
@@ -85,6 +89,36 @@ def _exact_dtype(weight: torch.Tensor, max_input: int) -> torch.dtype:
     return torch.float32 if per_output * max_input < 2**24 else torch.float64
 
 
+def conv2d_as_gemm(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    stride: tuple[int, int],
+    padding: tuple[int, int],
+    dilation: tuple[int, int],
+    groups: int,
+) -> torch.Tensor:
+    """``F.conv2d(x, weight, None, stride, padding, dilation, groups)`` as one batched matrix
+    product of the input's patches with the weights: exact on integer values in any summation
+    order (see the module docstring)."""
+    b = x.shape[0]
+    out_c, c_group, kh, kw = weight.shape
+    (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
+    padded = F.pad(x, (pw, pw, ph, ph))
+    patches = padded.unfold(2, dh * (kh - 1) + 1, sh).unfold(3, dw * (kw - 1) + 1, sw)
+    patches = patches[..., ::dh, ::dw]  # [B, C, H_out, W_out, kh, kw]
+    h_out, w_out = patches.shape[2:4]
+    patches = patches.reshape(b, groups, c_group, h_out, w_out, kh, kw)
+    kernels = weight.reshape(groups, out_c // groups, c_group, kh, kw)
+    out = torch.einsum("bgchwij,gocij->bgohw", patches, kernels)
+    return out.reshape(b, out_c, h_out, w_out)
+
+
+def convolves_as_gemm(device: torch.device) -> bool:
+    """Whether convolutions on ``device`` run as :func:`conv2d_as_gemm`: everywhere but the CPU,
+    whose ``F.conv2d`` the Lava cross-check and the pinned digests verified exact."""
+    return device.type != "cpu"
+
+
 @contextlib.contextmanager
 def _no_tf32() -> Iterator[None]:
     saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
@@ -135,6 +169,7 @@ class _CompiledProjection:
         if proj.graded:
             dtype = torch.float64
         self.weight = weight.to(device=device, dtype=dtype)
+        self.conv_as_gemm = convolves_as_gemm(torch.device(device))
         self.fan_out = fan_out_map(
             proj.kind,
             tuple(proj.weight.shape),
@@ -152,6 +187,8 @@ class _CompiledProjection:
         x = source.to(self.weight.dtype)
         if p.kind == "dense":
             acc = x.reshape(x.shape[0], -1) @ self.weight.T
+        elif self.conv_as_gemm:
+            acc = conv2d_as_gemm(x, self.weight, p.stride, p.padding, p.dilation, p.groups)
         else:
             acc = F.conv2d(x, self.weight, None, p.stride, p.padding, p.dilation, p.groups)
         acc = acc.round().to(torch.int64)
