@@ -13,7 +13,8 @@
 #        bash scripts/gpu_session.sh --dry-run
 #
 # Environment: PYTHON (default python3), OUT (default logs/gpu_session), GPU_DIR (default .gpu),
-# BENCH_ARGS (extra benchmark_gpu.py arguments and train.py overrides, e.g. "--epochs 20"),
+# BENCH_OUT (the benchmark's own folder, default logs/benchmark_gpu), BENCH_ARGS (extra
+# benchmark_gpu.py arguments and train.py overrides, e.g. "--epochs 20"),
 # NEUROCUDA_CIFAR10_ARCHIVE (default $GPU_DIR/cifar10-jpeg.tar.gz; for --prepare, the source).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -42,17 +43,15 @@ run_benchmark() {
     local quick=$1
     OUT=${OUT:-$ROOT/logs/gpu_session}
     mkdir -p "$OUT"
-    local missing=0
-    for package in "${PACKAGES[@]}"; do
-        "$PYTHON" -c "import $package" 2>/dev/null || missing=1
-    done
-    if [[ $missing == 1 ]]; then
+    local imports
+    imports=$(IFS=,; echo "${PACKAGES[*]}")
+    if ! "$PYTHON" -c "import $imports" 2>/dev/null; then
         [[ -d $GPU_DIR/site ]] || { echo "Packages missing and no $GPU_DIR/site: run --prepare here first." >&2; exit 1; }
         export PYTHONPATH="$GPU_DIR/site${PYTHONPATH:+:$PYTHONPATH}"
     fi
     export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 WANDB_MODE=disabled
     export NEUROCUDA_CIFAR10_ARCHIVE=${NEUROCUDA_CIFAR10_ARCHIVE:-$GPU_DIR/cifar10-jpeg.tar.gz}
-    local bench_out=$ROOT/logs/benchmark_gpu
+    local bench_out=${BENCH_OUT:-$ROOT/logs/benchmark_gpu}
     local args=(--out "$bench_out")
     [[ $quick == 1 ]] && args+=(--quick)
     local extra=()

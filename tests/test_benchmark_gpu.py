@@ -46,7 +46,8 @@ def test_session_dry_run_benchmarks_the_whole_path(tiny_archive, tmp_path) -> No
     env = {
         "OUT": str(out),
         "NEUROCUDA_CIFAR10_ARCHIVE": str(tiny_archive),
-        "BENCH_ARGS": f"--out {bench} {data}",
+        "BENCH_OUT": str(bench),
+        "BENCH_ARGS": data,
     }
     done = _session(["--dry-run"], env)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
