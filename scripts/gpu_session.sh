@@ -2,7 +2,7 @@
 # The one script a session with a lent GPU runs: scripts/benchmark_gpu.py in full, its JSON, the
 # training metrics and the log written to $OUT. It must end within 8 minutes (15 minutes of device
 # time per session, machine start and transfers included): the benchmark gets BENCH_TIMEOUT
-# seconds (default 450).
+# seconds (default 450; --dry-run 1800).
 #
 #   1. here, once (copies the CIFAR-10 archive and the pure-Python packages the GPU image lacks,
 #      hydra-core, omegaconf, antlr4, nir, nirtorch, into the git-ignored folder .gpu/):
@@ -63,7 +63,7 @@ run_benchmark() {
         "$PYTHON" -c "import sys, torch, lightning; print('python', sys.version.split()[0], 'torch', torch.__version__, 'lightning', lightning.__version__, 'cuda', torch.cuda.is_available())"
         echo "benchmark_gpu.py ${args[*]}"
         local status=0
-        timeout "${BENCH_TIMEOUT:-450}" "$PYTHON" scripts/benchmark_gpu.py "${args[@]}" || status=$?
+        timeout "${BENCH_TIMEOUT:-$((quick ? 1800 : 450))}" "$PYTHON" scripts/benchmark_gpu.py "${args[@]}" || status=$?
         echo "benchmark_gpu.py exit status $status"
         date -u
     } 2>&1 | tee "$OUT/gpu_session.log"

@@ -20,7 +20,7 @@ def _session(args: list[str], env: dict[str, str]) -> subprocess.CompletedProces
         env={**os.environ, "PYTHON": sys.executable, **env},
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=1800,
     )
 
 
