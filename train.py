@@ -1,7 +1,7 @@
 """Train an ANN, then convert, export, verify and deploy it, all as configured with Hydra.
 
 python train.py experiment=quickstart
-python train.py model=resnet18 trainer=gpu deploy=loihi2
+python train.py model=resnet18 deploy=loihi2        # the GPU when there is one
 python train.py experiment=quickstart finetune=snn finetune.timesteps=4 finetune.epochs=2
 """
 
@@ -73,11 +73,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             trainer.test(model, datamodule=datamodule, ckpt_path=best or None)
             metrics.update(trainer.callback_metrics)
             if cfg.get("conversion"):  # the fine-tuned SNN, else the best ANN converted
-                snn = snn or convert_for_run(cfg, datamodule, ann_with_weights(model, best))
+                device = trainer.strategy.root_device  # the trainer's: trainer=cpu stays on CPU
+                snn = snn or convert_for_run(cfg, datamodule, ann_with_weights(model, best), device)
                 metrics.update(
                     snn_test_metrics(
                         cfg, snn, datamodule, float(metrics["test/acc"]), loggers,
-                        trainer.global_step,
+                        trainer.global_step, device,
                     )
                 )  # fmt: skip
         metrics = {k: float(v) for k, v in metrics.items()}

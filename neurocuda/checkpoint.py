@@ -21,6 +21,7 @@ from torch import nn
 
 from neurocuda.conversion import ConversionConfig, convert
 from neurocuda.data import CheckpointDataError, CIFAR10DataModule, datamodule_from_checkpoint
+from neurocuda.devices import resolve_device
 from neurocuda.files import verify_checkpoint
 from neurocuda.nir import Profile, export
 from neurocuda.snn import SpikingModel
@@ -73,9 +74,10 @@ def settings_with_overrides(
 
 
 def load_ann(checkpoint: str | os.PathLike[str], device: str | torch.device = "cpu") -> nn.Module:
-    """The trained network of a ``ClassifierModule`` checkpoint, in eval mode."""
+    """The trained network of a ``ClassifierModule`` checkpoint, in eval mode, on ``device``
+    (:func:`neurocuda.devices.resolve_device`: ``auto`` is the GPU when there is one)."""
     checked = verify_checkpoint(checkpoint)
-    module = ClassifierModule.load_from_checkpoint(checked, map_location=device)
+    module = ClassifierModule.load_from_checkpoint(checked, map_location=resolve_device(device))
     return module.net.eval()
 
 

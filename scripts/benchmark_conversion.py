@@ -24,7 +24,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
 from rich.console import Console
 from rich.table import Table
 
@@ -146,7 +145,9 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="small net, data subset, 2 epochs")
     parser.add_argument("--images", type=int, help="test images (default: all; --quick: 500)")
     parser.add_argument("--out", type=Path, default=ROOT / "logs" / "benchmark_conversion")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument(
+        "--device", default="auto", help="auto (the GPU when there is one), gpu, cuda:N or cpu"
+    )
     parser.add_argument("overrides", nargs="*", help="extra train.py overrides (train, fine-tune)")
     args = parser.parse_args()
     extra = [*(QUICK if args.quick else []), *args.overrides]

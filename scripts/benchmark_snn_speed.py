@@ -26,6 +26,7 @@ from rich.table import Table
 from torch import nn
 
 from neurocuda.conversion import ConversionConfig, convert
+from neurocuda.devices import resolve_device
 from neurocuda.models import build_model
 from neurocuda.snn import IFNeuron, OutputIntegrator, Scale, SpikingModel
 from neurocuda.training import ClassifierModule
@@ -78,8 +79,11 @@ def main() -> None:
     parser.add_argument("--timesteps", type=int, default=8)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument(
+        "--device", default="auto", help="auto (the GPU when there is one), gpu, cuda:N or cpu"
+    )
     args = parser.parse_args()
+    args.device = resolve_device(args.device)
     try:
         from spikingjelly.activation_based import functional
     except ImportError:

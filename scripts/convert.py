@@ -1,6 +1,6 @@
 """Convert a saved checkpoint to an SNN and report its accuracy per T.
 
-    python scripts/convert.py CKPT [--out DIR] [--split test|val] [--device cpu|cuda] [overrides]
+    python scripts/convert.py CKPT [--out DIR] [--split test|val] [--device auto] [overrides]
     python scripts/convert.py logs/train/runs/X/checkpoints/last.ckpt conversion.timesteps=[1,2,4]
 
 Overrides are Hydra overrides of configs/ (``conversion.*``, ``data.*``), as for train.py. Data
@@ -15,13 +15,13 @@ import argparse
 import os
 from pathlib import Path
 
-import torch
 from rich.console import Console
 from rich.table import Table
 
 from neurocuda.checkpoint import checkpoint_datamodule, export_snn, snn_from_checkpoint
 from neurocuda.cli import run_cli
 from neurocuda.conversion import ConversionConfig, SNNEvaluation, evaluate_snn
+from neurocuda.devices import resolve_device
 from neurocuda.nir import save
 from neurocuda.reporting.accuracy_plots import save_accuracy_report
 from neurocuda.training.compose import compose_train_config
@@ -50,7 +50,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. conversion.reset=zero")
     parser.add_argument("--out", type=Path, help="output folder (default: beside the checkpoint)")
     parser.add_argument("--split", choices=("test", "val"), default="test")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument(
+        "--device", default="auto", help="auto (the GPU when there is one), gpu, cuda:N or cpu"
+    )
     parser.add_argument(
         "--nir", action="store_true", help="also export the SNN as <checkpoint>.nir (faithful)"
     )
@@ -61,7 +63,8 @@ def main(argv: list[str] | None = None) -> None:
     cfg = compose_train_config(args.overrides, out_dir)
     settings = ConversionConfig.from_group(cfg.conversion)
     datamodule = checkpoint_datamodule(args.checkpoint, cfg, args.overrides)
-    converted = snn_from_checkpoint(args.checkpoint, settings, datamodule, args.device)
+    device = resolve_device(args.device)
+    converted = snn_from_checkpoint(args.checkpoint, settings, datamodule, device)
     loader = datamodule.test_dataloader() if args.split == "test" else datamodule.val_dataloader()
     evaluation = evaluate_snn(
         converted.snn, loader, settings.timesteps, ann=converted.ann, encoding=settings.encoding

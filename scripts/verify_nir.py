@@ -28,6 +28,7 @@ from neurocuda.checkpoint import settings_with_overrides, snn_from_checkpoint
 from neurocuda.cli import run_cli
 from neurocuda.conversion import ConversionConfig, ConversionError
 from neurocuda.data import CheckpointDataError, CIFAR10DataModule, datamodule_from_checkpoint
+from neurocuda.devices import resolve_device
 from neurocuda.nir import Executor, load
 from neurocuda.nir.errors import NIRFormatError
 from neurocuda.nir.metadata import check_timesteps
@@ -47,8 +48,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--num-images", type=int, default=1000, help="test images (0 = all)")
     parser.add_argument("--batch-size", type=int, default=100)
     parser.add_argument("--archive", type=Path, help="JPEG archive (default: data.archive)")
-    parser.add_argument("--device", default="cpu")
-    return parser.parse_intermixed_args(argv)
+    parser.add_argument(
+        "--device", default="auto", help="auto (the GPU when there is one), gpu, cuda:N or cpu"
+    )
+    args = parser.parse_intermixed_args(argv)
+    args.device = resolve_device(args.device)
+    return args
 
 
 def test_data(args: argparse.Namespace, cfg: DictConfig) -> CIFAR10DataModule:

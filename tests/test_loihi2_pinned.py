@@ -14,9 +14,10 @@ import numpy as np
 import pytest
 import torch
 
+from neurocuda.deploy.loihi2 import simulator
 from neurocuda.deploy.loihi2.backend import Loihi2Backend
 from neurocuda.deploy.loihi2.encoding import InputEncoding
-from neurocuda.deploy.loihi2.simulator import simulate
+from neurocuda.deploy.loihi2.simulator import conv2d_as_gemm, simulate
 
 T = 5
 
@@ -116,8 +117,13 @@ PINNED = {
 }
 
 
+@pytest.mark.parametrize("conv_as_gemm", [False, True], ids=["conv2d", "gemm"])
 @pytest.mark.parametrize(("hard_reset", "mode"), list(PINNED))
-def test_simulator_outputs_are_pinned(hard_reset: bool, mode: str) -> None:
+def test_simulator_outputs_are_pinned(
+    hard_reset: bool, mode: str, conv_as_gemm: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Also with the convolutions the simulator runs on a GPU (patches times weights)."""
+    monkeypatch.setattr(simulator, "convolves_as_gemm", lambda device: conv_as_gemm)
     x = torch.randn(6, 2, 4, 4, generator=torch.Generator().manual_seed(7))
     encoding = InputEncoding.from_batches([(x, None)], 1)
     backend = Loihi2Backend(mode=mode, input_encoding=encoding)
@@ -149,3 +155,18 @@ def test_simulator_outputs_are_pinned(hard_reset: bool, mode: str) -> None:
     }
     assert clipped == 0
     assert got == PINNED[(hard_reset, mode)]
+
+
+@pytest.mark.parametrize(
+    ("stride", "padding", "dilation", "groups"),
+    [((1, 1), (1, 1), (1, 1), 1), ((2, 1), (0, 2), (1, 1), 2), ((1, 2), (2, 1), (2, 1), 4)],
+)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_conv2d_as_gemm_equals_conv2d_on_integers(stride, padding, dilation, groups, dtype) -> None:
+    g = torch.Generator().manual_seed(3)
+    x = torch.randint(-128, 128, (3, 8, 9, 7), generator=g).to(dtype)
+    weight = torch.randint(-128, 128, (12, 8 // groups, 3, 2), generator=g).to(dtype)
+    expected = torch.nn.functional.conv2d(x, weight, None, stride, padding, dilation, groups)
+    got = conv2d_as_gemm(x, weight, stride, padding, dilation, groups)
+    assert got.shape == expected.shape
+    assert torch.equal(got, expected)

@@ -1,4 +1,12 @@
-"""CIFAR-10 LightningDataModule: offline JPEG archive, torchvision batches, or download."""
+"""CIFAR-10 LightningDataModule: offline JPEG archive, torchvision batches, or download.
+
+Training batches are assembled on the CPU by the DataLoader, or, on a GPU (``on_device``), on
+the GPU itself: the uint8 training images are copied there once, the loader yields only indices
+and augmentation draws (:class:`~neurocuda.data.dataset.IndexBatch`), and
+:meth:`CIFAR10DataModule.on_after_batch_transfer` gathers, crops, flips and normalizes the whole
+batch there. The draws come from the same per-epoch generator either way, so both paths give the
+same batches and a resumed run the same epochs.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +19,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, RandomSampler
 
-from neurocuda.data.dataset import ImageArrayDataset, balanced_subset, collate_batch
+from neurocuda.data.dataset import ImageArrayDataset, IndexBatch, balanced_subset, collate_batch
 from neurocuda.data.sources import load_cifar10
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
@@ -41,7 +49,12 @@ class EpochShuffle(RandomSampler):
 
 
 class CIFAR10DataModule(L.LightningDataModule):
-    """CIFAR-10 with a seeded validation split carved from train and optional subsets."""
+    """CIFAR-10 with a seeded validation split carved from train and optional subsets.
+
+    ``on_device``: where training batches are assembled. ``"auto"``: on the trainer's device when
+    it is not the CPU; ``True``: on the device the batch is moved to, also the CPU (what the GPU
+    path computes, testable without one); ``False``: the CPU DataLoader.
+    """
 
     num_classes = 10
 
@@ -63,10 +76,14 @@ class CIFAR10DataModule(L.LightningDataModule):
         mean: tuple[float, ...] = CIFAR10_MEAN,
         std: tuple[float, ...] = CIFAR10_STD,
         seed: int = 0,
+        on_device: bool | str = "auto",
     ) -> None:
         super().__init__()
+        if on_device not in ("auto", True, False):
+            raise ValueError(f"data.on_device={on_device!r}: use auto, true or false.")
         self.save_hyperparameters(logger=False)
         self.datasets: dict[str, ImageArrayDataset] = {}
+        self._device_train: ImageArrayDataset | None = None
 
     def prepare_data(self) -> None:
         """Download or decode once (rank 0); the cache makes ``setup`` fast on every rank."""
@@ -122,7 +139,25 @@ class CIFAR10DataModule(L.LightningDataModule):
         order = EpochShuffle(train, self.hparams.seed)
         if self.hparams.num_workers == 0:  # workers augment with their own, per-epoch seeded RNG
             train.generator = order.generator
+        train.deferred = self.assembles_on_device()
         return self._loader("train", self.hparams.batch_size, order)
+
+    def assembles_on_device(self) -> bool:
+        """Whether training batches are assembled where they land (see ``on_device``)."""
+        if self.hparams.on_device == "auto":
+            trainer = self.trainer
+            return trainer is not None and trainer.strategy.root_device.type != "cpu"
+        return bool(self.hparams.on_device)
+
+    def on_after_batch_transfer(self, batch: object, dataloader_idx: int) -> object:
+        """Assemble an :class:`IndexBatch` on its device from the training images copied there
+        once; other batches pass unchanged."""
+        if not isinstance(batch, IndexBatch):
+            return batch
+        device = batch.index.device
+        if self._device_train is None or self._device_train.images.device != device:
+            self._device_train = self.datasets["train"].to(device)
+        return self._device_train.assemble(batch.index, batch.draws)
 
     def calibration_dataloader(self) -> DataLoader:
         """Training images without augmentation in a fixed (class-interleaved) order.
@@ -133,7 +168,7 @@ class CIFAR10DataModule(L.LightningDataModule):
         if not self.datasets:
             self.setup()
         calibration = copy.copy(self.datasets["train"])  # shares the image tensors
-        calibration.augment = False
+        calibration.augment = calibration.deferred = False
         self.datasets["calibration"] = calibration
         return self._loader("calibration", self.hparams.batch_size)
 

@@ -1,12 +1,51 @@
-"""An in-memory CIFAR dataset that augments and normalizes whole batches at once."""
+"""An in-memory CIFAR dataset that augments and normalizes whole batches at once, on any device."""
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
+
+
+class AugmentDraws(NamedTuple):
+    """One batch's random augmentation: crop offsets in ``0..2*pad`` and horizontal flips."""
+
+    dy: torch.Tensor  # [B, 1] int64
+    dx: torch.Tensor  # [B, 1] int64
+    flip: torch.Tensor  # [B, 1] bool
+
+
+class IndexBatch(NamedTuple):
+    """A training batch before its images are assembled: indices into the dataset and the
+    augmentation drawn for them. The data module assembles it where it lands (on the GPU)."""
+
+    index: torch.Tensor  # [B] int64
+    draws: AugmentDraws | None
+
+
+def draw_augmentation(batch: int, pad: int, generator: torch.Generator | None) -> AugmentDraws:
+    """Crop offsets and flips for ``batch`` images, drawn on the CPU from ``generator``."""
+    dy = torch.randint(0, 2 * pad + 1, (batch, 1), generator=generator)
+    dx = torch.randint(0, 2 * pad + 1, (batch, 1), generator=generator)
+    flip = torch.rand(batch, 1, generator=generator) < 0.5
+    return AugmentDraws(dy, dx, flip)
+
+
+def crop_and_flip(x: torch.Tensor, draws: AugmentDraws, pad: int) -> torch.Tensor:
+    """Crop every image of ``x`` (``[B, C, H, W]``) at its offset after zero padding by ``pad``,
+    and flip it horizontally where drawn: one gather for the whole batch, on ``x``'s device."""
+    b, c, h, w = x.shape
+    padded = torch.nn.functional.pad(x, (pad,) * 4)
+    rows = draws.dy + torch.arange(h, device=x.device)
+    cols = draws.dx + torch.arange(w, device=x.device)
+    cols = torch.where(draws.flip, cols.flip(1), cols)
+    batch = torch.arange(b, device=x.device).view(b, 1, 1, 1)
+    chan = torch.arange(c, device=x.device).view(1, c, 1, 1)
+    return padded[batch, chan, rows.view(b, 1, h, 1), cols.view(b, 1, 1, w)]
 
 
 class ImageArrayDataset(Dataset):
@@ -14,7 +53,10 @@ class ImageArrayDataset(Dataset):
 
     Written by hand instead of torchvision transforms: on a 2-core machine per-image PIL transforms
     cost as much as training a small net, while one batched gather does pad-crop and flip for the
-    whole batch (the DataLoader calls ``__getitems__`` with a batch of indices).
+    whole batch (the DataLoader calls ``__getitems__`` with a batch of indices). With ``deferred``
+    it returns :class:`IndexBatch` instead, and :meth:`assemble` on a copy moved to the GPU
+    (:meth:`to`) makes the same batch there: the same draws from the same generator, so both
+    paths give identical batches.
     """
 
     def __init__(
@@ -36,34 +78,46 @@ class ImageArrayDataset(Dataset):
         self.generator = generator
         """Source of the crop and flip draws; None: torch's global generator (in a DataLoader
         worker, the worker's own, seeded by the loader)."""
+        self.deferred = False
+        """Return :class:`IndexBatch` (images assembled later, on the device) instead of images."""
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        x, y = self.__getitems__([index])
+        x, y = self.assemble(torch.as_tensor([index]), self._draws(1))
         return x[0], y[0]
 
-    def __getitems__(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitems__(
+        self, indices: Sequence[int]
+    ) -> tuple[torch.Tensor, torch.Tensor] | IndexBatch:
         index = torch.as_tensor(indices)
+        draws = self._draws(len(index))
+        if self.deferred:
+            return IndexBatch(index, draws)
+        return self.assemble(index, draws)
+
+    def _draws(self, batch: int) -> AugmentDraws | None:
+        return draw_augmentation(batch, self.pad, self.generator) if self.augment else None
+
+    def assemble(
+        self, index: torch.Tensor, draws: AugmentDraws | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images ``index`` cropped and flipped by ``draws`` (if any), normalized, with labels;
+        computed where this dataset's tensors are."""
+        device = self.images.device
+        index = index.to(device)
         x = self.images[index]
-        if self.augment:
-            x = self._crop_and_flip(x)
+        if draws is not None:
+            x = crop_and_flip(x, AugmentDraws(*(d.to(device) for d in draws)), self.pad)
         return (x.float() - self.mean) / self.std, self.labels[index]
 
-    def _crop_and_flip(self, x: torch.Tensor) -> torch.Tensor:
-        """Random crop after zero padding by ``pad``, and random horizontal flip, per image."""
-        b, c, h, w = x.shape
-        padded = torch.nn.functional.pad(x, (self.pad,) * 4)
-        dy = torch.randint(0, 2 * self.pad + 1, (b, 1), generator=self.generator)
-        dx = torch.randint(0, 2 * self.pad + 1, (b, 1), generator=self.generator)
-        rows = dy + torch.arange(h)
-        cols = dx + torch.arange(w)
-        flip = torch.rand(b, 1, generator=self.generator) < 0.5
-        cols = torch.where(flip, cols.flip(1), cols)
-        batch = torch.arange(b).view(b, 1, 1, 1)
-        chan = torch.arange(c).view(1, c, 1, 1)
-        return padded[batch, chan, rows.view(b, 1, h, 1), cols.view(b, 1, 1, w)]
+    def to(self, device: torch.device | str) -> ImageArrayDataset:
+        """A copy whose images, labels and normalization live on ``device`` (copied once)."""
+        moved = copy.copy(self)
+        for name in ("images", "labels", "mean", "std"):
+            setattr(moved, name, getattr(self, name).to(device))
+        return moved
 
 
 def collate_batch(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -82,4 +136,3 @@ def balanced_subset(labels: np.ndarray, size: int | None, seed: int) -> np.ndarr
     longest = max(map(len, per_class), default=0)  # 0 for an empty split (data.val_size=0)
     order = [idx[i] for i in range(longest) for idx in per_class if i < len(idx)]
     return np.asarray(order[:size] if size is not None else order, dtype=np.int64)
-

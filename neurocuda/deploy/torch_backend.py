@@ -5,32 +5,24 @@ from __future__ import annotations
 import torch
 
 from neurocuda.deploy.base import Backend, BatchOutput
-
-
-def resolve_device(device: str) -> torch.device:
-    """``cuda``/``gpu`` need a visible CUDA device; the error says what to do otherwise."""
-    if device in ("gpu", "cuda") or device.startswith("cuda:"):
-        if not torch.cuda.is_available():
-            raise RuntimeError(
-                "deploy=gpu needs a CUDA GPU, but torch.cuda.is_available() is False on this "
-                "machine. Use deploy=cpu (same float graph on the CPU) or deploy=loihi2."
-            )
-        return torch.device("cuda" if device == "gpu" else device)
-    if device != "cpu":
-        raise ValueError(f"Unknown torch device {device!r}; use 'gpu' or 'cpu'.")
-    return torch.device("cpu")
+from neurocuda.devices import resolve_device
 
 
 class TorchBackend(Backend):
-    """Runs the exported graph with :class:`neurocuda.nir.Executor` in float32.
+    """Runs the exported graph with :class:`neurocuda.nir.Executor` in float32 on ``device``
+    (:func:`neurocuda.devices.resolve_device`: ``auto``, ``gpu``, ``cpu``...).
 
     Spikes are read with forward hooks on each population's spiking node (or on the node that
     consumes its spikes), so the executor itself is unchanged.
     """
 
-    def __init__(self, device: str = "cpu") -> None:
+    def __init__(self, device: str = "auto") -> None:
         super().__init__()
-        self.device = resolve_device(device)
+        try:
+            self.device = resolve_device(device)
+        except RuntimeError as error:  # no GPU: say it in the deploy group's terms
+            hint = "Here: deploy=cpu, or deploy.backend.device=auto."
+            raise RuntimeError(f"{error} {hint}") from error
         self.name = "gpu" if self.device.type == "cuda" else "cpu"
 
     def _prepare(self) -> None:

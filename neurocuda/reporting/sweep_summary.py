@@ -17,7 +17,6 @@ from matplotlib.figure import Figure
 from omegaconf import OmegaConf
 
 from neurocuda.files import atomic_write_text, save_figure
-from neurocuda.reporting.wandb_offline import last_values, read_offline_run
 
 _ACC_T = re.compile(r"^snn/acc_T(\d+)$")
 
@@ -73,6 +72,8 @@ def csv_metrics(run: Path) -> dict[str, float]:
 
 def _last_metrics(run: Path) -> dict[str, float]:
     """Last value of every metric from the CSV logger and from offline W&B runs, if any."""
+    from neurocuda.reporting.wandb_offline import last_values, read_offline_run  # loads wandb
+
     metrics = csv_metrics(run)
     for wandb_run in sorted(run.glob("wandb/offline-run-*")):
         logged = last_values(read_offline_run(wandb_run)["history"])

@@ -91,9 +91,15 @@ def conversion_config(cfg: DictConfig, datamodule: L.LightningDataModule) -> Con
 
 
 def convert_for_run(
-    cfg: DictConfig, datamodule: L.LightningDataModule, ann: nn.Module
+    cfg: DictConfig,
+    datamodule: L.LightningDataModule,
+    ann: nn.Module,
+    device: torch.device | None = None,
 ) -> SpikingModel:
-    """``ann`` converted with :func:`conversion_config` on the calibration images."""
+    """``ann`` converted with :func:`conversion_config` on the calibration images, on ``device``
+    (default: where ``ann`` is; after a fit Lightning has moved it back to the CPU)."""
+    if device is not None:
+        ann = ann.to(device)
     data = (
         datamodule.calibration_dataloader()
         if hasattr(datamodule, "calibration_dataloader")
@@ -115,7 +121,7 @@ def run_finetune(
     settings = cfg.finetune
     last = settings.start_from == "last"
     net = ann.net if last else ann_with_weights(ann, ann_checkpoint(cfg, trainer))
-    snn = convert_for_run(cfg, datamodule, net)
+    snn = convert_for_run(cfg, datamodule, net, trainer.strategy.root_device)
     module = SNNFinetuneModule(
         snn,
         timesteps=int(settings.timesteps),
@@ -168,9 +174,13 @@ def snn_test_metrics(
     ann_accuracy: float,
     loggers: list[Logger],
     step: int = 0,
+    device: torch.device | None = None,
 ) -> dict[str, float]:
     """``test/snn_acc_T{t}`` and ``test/snn_gap_T{t}`` (``ann_accuracy`` minus SNN) on the test
-    set for every T of ``conversion.timesteps``; also logged to ``loggers``."""
+    set for every T of ``conversion.timesteps``, run on ``device`` (default: where ``snn`` is);
+    also logged to ``loggers``."""
+    if device is not None:
+        snn = snn.to(device)
     evaluation = evaluate_snn(
         snn, datamodule.test_dataloader(), list(cfg.conversion.timesteps),
         encoding=cfg.conversion.encoding,

@@ -58,6 +58,14 @@ def boolean() -> Rule:
     return check
 
 
+def auto_or_boolean() -> Rule:
+    def check(key: str, value: Any) -> None:
+        if value != "auto" and not isinstance(value, bool):
+            raise _fail(key, value, "auto, true or false")
+
+    return check
+
+
 def choice(*allowed: str) -> Rule:
     def check(key: str, value: Any) -> None:
         if value not in allowed:
@@ -115,6 +123,7 @@ DATA_RULES: dict[str, Rule] = {
     "mean": numbers(3),
     "std": numbers(3, positive=True),
     "seed": integer(0),
+    "on_device": auto_or_boolean(),
 }
 """``data`` group: the arguments of :class:`~neurocuda.data.CIFAR10DataModule`."""
 

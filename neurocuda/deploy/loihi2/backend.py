@@ -11,7 +11,7 @@ from neurocuda.deploy.loihi2.encoding import InputEncoding
 from neurocuda.deploy.loihi2.quantize import QuantizationReport, quantize
 from neurocuda.deploy.loihi2.resources import map_resources
 from neurocuda.deploy.loihi2.simulator import SimMode, simulate
-from neurocuda.deploy.torch_backend import resolve_device
+from neurocuda.devices import resolve_device
 
 
 class Loihi2Backend(Backend):
@@ -22,13 +22,14 @@ class Loihi2Backend(Backend):
     readout integrates T layer outputs). ``input_encoding``: how inputs become 8-bit graded
     payloads; ``None`` fits it in :meth:`calibrate` (or, without calibration, to the first batch
     run). ``channel_gains``: per-channel weight gains in the quantizer (see
-    :mod:`neurocuda.deploy.loihi2.quantize`).
+    :mod:`neurocuda.deploy.loihi2.quantize`). ``device``: where the integer simulation runs
+    (:func:`neurocuda.devices.resolve_device`; bit-exact on CUDA too, see the simulator).
     """
 
     def __init__(
         self,
         mode: SimMode = "loihi2",
-        device: str = "cpu",
+        device: str = "auto",
         input_encoding: InputEncoding | None = None,
         headroom_bits: int = 6,
         readout_headroom_bits: int = 8,

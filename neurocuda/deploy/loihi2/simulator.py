@@ -39,6 +39,10 @@ and pass of the batch, and anything else (decays, ``lava`` mode, a wrap or a cli
 rule out) runs the step-by-step int64 datapath. Saturation counters are tallied from range checks
 on whole stacked tensors; a membrane range check runs only at steps where interval bounds carried
 from the inputs' ranges do not exclude a clip.
+
+Off the CPU, convolutions run as patches times weights in one matrix product
+(:func:`conv2d_as_gemm`): cuDNN may pick Winograd or FFT algorithms, whose intermediate values are
+not integers; a product of integers summed below those bounds is exact in any order.
 """
 
 from __future__ import annotations
@@ -98,6 +102,47 @@ def lava_dense_weights(weight: torch.Tensor, num_weight_bits: int) -> torch.Tens
     w = (sign * w).clamp(lo, hi)
     drop = 8 - num_weight_bits + mixed
     return sign * ((w >> drop) << drop)
+
+
+def conv2d_as_gemm(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    stride: tuple[int, int],
+    padding: tuple[int, int],
+    dilation: tuple[int, int],
+    groups: int,
+) -> torch.Tensor:
+    """``F.conv2d(x, weight, None, stride, padding, dilation, groups)`` as one batched matrix
+    product of the input's patches with the weights: exact on integer values in any summation
+    order (see the module docstring)."""
+    b = x.shape[0]
+    out_c, c_group, kh, kw = weight.shape
+    (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
+    padded = F.pad(x, (pw, pw, ph, ph))
+    patches = padded.unfold(2, dh * (kh - 1) + 1, sh).unfold(3, dw * (kw - 1) + 1, sw)
+    patches = patches[..., ::dh, ::dw]  # [B, C, H_out, W_out, kh, kw]
+    h_out, w_out = patches.shape[2:4]
+    patches = patches.reshape(b, groups, c_group, h_out, w_out, kh, kw)
+    kernels = weight.reshape(groups, out_c // groups, c_group, kh, kw)
+    out = torch.einsum("bgchwij,gocij->bgohw", patches, kernels)
+    return out.reshape(b, out_c, h_out, w_out)
+
+
+def convolves_as_gemm(device: torch.device) -> bool:
+    """Whether convolutions on ``device`` run as :func:`conv2d_as_gemm`: everywhere but the CPU,
+    whose ``F.conv2d`` the Lava cross-check and the pinned digests verified exact."""
+    return device.type != "cpu"
+
+
+def _conv2d(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    stride: tuple[int, int],
+    padding: tuple[int, int],
+    dilation: tuple[int, int],
+    groups: int,
+) -> torch.Tensor:
+    return F.conv2d(x, weight, None, stride, padding, dilation, groups)
 
 
 @contextlib.contextmanager
@@ -186,6 +231,7 @@ class _Synapses:
             self.stride = (proj.stride[0] // ph, proj.stride[1] // pw)
             self.padding = (proj.padding[0] // ph, proj.padding[1] // pw)
         self.int_weight = weight.to(device)
+        self.conv_as_gemm = convolves_as_gemm(torch.device(device))
         self.fan_out = fan_out_map(
             proj.kind,
             tuple(proj.weight.shape),
@@ -239,7 +285,8 @@ class _Synapses:
             else:
                 if self.pool != (1, 1):
                     x = F.avg_pool2d(x, self.pool, self.pool, divisor_override=1)
-                acc = F.conv2d(x, w, None, self.stride, self.padding, p.dilation, p.groups)
+                conv = conv2d_as_gemm if self.conv_as_gemm else _conv2d
+                acc = conv(x, w, self.stride, self.padding, p.dilation, p.groups)
         if shifted and self.shift < 0:
             acc = acc.floor_()
         return acc

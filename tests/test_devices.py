@@ -1,0 +1,72 @@
+"""Device settings: ``auto`` follows the machine, explicit choices are kept, errors are clear.
+
+This machine has no GPU: CUDA is simulated by patching ``torch.cuda.is_available`` (no tensor is
+moved, only the chosen ``torch.device`` is checked)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import hydra
+import pytest
+import torch
+
+from neurocuda.deploy.loihi2.backend import Loihi2Backend
+from neurocuda.deploy.torch_backend import TorchBackend
+from neurocuda.devices import resolve_device
+from neurocuda.training.compose import compose_train_config
+
+
+@pytest.fixture
+def cuda_visible(monkeypatch: pytest.MonkeyPatch):
+    """``cuda_visible(flag)`` makes ``torch.cuda.is_available()`` return ``flag``."""
+    return lambda flag: monkeypatch.setattr(torch.cuda, "is_available", lambda: flag)
+
+
+def test_auto_is_the_cpu_without_cuda(cuda_visible) -> None:
+    cuda_visible(False)
+    assert resolve_device("auto") == torch.device("cpu")
+    assert resolve_device() == torch.device("cpu")
+
+
+def test_auto_picks_cuda_when_there_is_one(cuda_visible) -> None:
+    cuda_visible(True)
+    assert resolve_device("auto") == torch.device("cuda")
+    assert resolve_device("gpu") == torch.device("cuda")
+    assert resolve_device("cuda:1") == torch.device("cuda:1")
+    assert resolve_device("cpu") == torch.device("cpu")  # an explicit CPU stays the CPU
+
+
+def test_gpu_without_cuda_and_unknown_names_are_clear_errors(cuda_visible) -> None:
+    cuda_visible(False)
+    with pytest.raises(RuntimeError, match=r"needs a CUDA GPU.*device=auto"):
+        resolve_device("gpu")
+    with pytest.raises(ValueError, match="Unknown device 'tpu'; use one of: auto, gpu"):
+        resolve_device("tpu")
+
+
+def test_deploy_backends_default_to_auto(cuda_visible) -> None:
+    cuda_visible(True)
+    assert Loihi2Backend().device == torch.device("cuda")
+    backend = TorchBackend()
+    assert (backend.device, backend.name) == (torch.device("cuda"), "gpu")
+    cuda_visible(False)
+    assert Loihi2Backend().device == TorchBackend().device == torch.device("cpu")
+
+
+@pytest.mark.parametrize(
+    ("overrides", "cuda", "expected"),
+    [
+        ([], True, "cuda"),  # default trainer: accelerator auto
+        ([], False, "cpu"),
+        (["trainer=cpu"], True, "cpu"),  # trainer=cpu keeps the simulator on the CPU too
+        (["deploy.backend.device=cpu"], True, "cpu"),
+    ],
+)
+def test_loihi2_simulator_follows_the_trainer(
+    overrides: list[str], cuda: bool, expected: str, cuda_visible, tmp_path: Path
+) -> None:
+    cuda_visible(cuda)
+    cfg = compose_train_config(["deploy=loihi2", *overrides], tmp_path)
+    backend = hydra.utils.instantiate(cfg.deploy.backend)
+    assert backend.device == torch.device(expected)
