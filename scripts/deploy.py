@@ -23,10 +23,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from neurocuda.cli import run_cli  # noqa: E402
+from neurocuda.deploy.base import load_graph  # noqa: E402
 from neurocuda.deploy.report import summarize  # noqa: E402
 from neurocuda.deploy.run import run_deployment  # noqa: E402
 from neurocuda.reporting.run_summary import RunSummary, report_summary  # noqa: E402
 from neurocuda.training.compose import compose_train_config  # noqa: E402
+from neurocuda.training.settings import validate_run_settings  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -44,13 +46,15 @@ def main(argv: list[str] | None = None) -> None:
         overrides.append("deploy=loihi2")
     cfg = compose_train_config(overrides, args.nir_file.parent)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    validate_run_settings(cfg)  # bad settings and a bad file fail here, before the data loads
+    graph = load_graph(args.nir_file)
     deploy_cfg = cfg.deploy
     backend = hydra.utils.instantiate(deploy_cfg.backend)
     datamodule = hydra.utils.instantiate(cfg.data)
     datamodule.setup("test")
     out = args.out or args.nir_file.with_name(args.nir_file.stem + "_deploy")
     report, paths = run_deployment(
-        args.nir_file,
+        graph,
         backend,
         datamodule.test_dataloader(),
         int(deploy_cfg.timesteps),

@@ -220,3 +220,14 @@ def test_verify_nir_reports_a_bad_file_in_one_line(tmp_path):
     result = subprocess.run([*command, "--debug"], capture_output=True, text=True, env=env)
     assert result.returncode == 1
     assert "Traceback" in result.stderr and "NIRFormatError" in result.stderr
+
+
+def test_deploy_script_refuses_a_bad_file_before_loading_data(tmp_path):
+    path = save(small_graph(), tmp_path / "g.nir")
+    path.write_bytes(path.read_bytes()[:1000])
+    command = [sys.executable, str(ROOT / "scripts" / "deploy.py"), str(path), "deploy=cpu",
+               "data.source=jpeg", f"data.archive={tmp_path / 'none.tar.gz'}"]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert result.stderr.count("\n") == 1 and "g.nir" in result.stderr  # the file, not the data
+    assert "none.tar.gz" not in result.stderr
