@@ -99,7 +99,6 @@ def train_overrides(args: argparse.Namespace, run_dir: Path) -> list[str]:
         f"conversion.every_n_epochs={args.epochs}",
         f"conversion.timesteps=[{','.join(map(str, TIMESTEPS))}]",
         "logger=csv",
-        "~callbacks.rich_progress_bar",  # output goes to a log file
         "+callbacks.throughput._target_=callbacks.throughput.TrainingThroughput",
         f"hydra.run.dir={run_dir}",
     ]
