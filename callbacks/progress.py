@@ -9,6 +9,7 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.callbacks import ProgressBar, RichProgressBar
 
+from neurocuda.batches import batch_images
 from neurocuda.progress import EVERY_PERCENT, LineProgress, duration
 
 
@@ -56,7 +57,7 @@ class TextProgressBar(ProgressBar):
     ) -> None:
         if not self._enabled or self._lines is None:
             return
-        self._images += _batch_size(batch)
+        self._images += batch_images(batch)
         elapsed = max(self._lines.elapsed, 1e-9)
         loss = self.get_metrics(trainer, pl_module).get("train/loss_step")
         status = f"{self._images / elapsed:.0f} images/s"
@@ -80,8 +81,3 @@ class TextProgressBar(ProgressBar):
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(prefix)}
         shown = ", ".join(f"{k} {v:.4g}" for k, v in sorted(metrics.items()))
         print(f"{what}: {shown or 'no metrics'}", flush=True)
-
-
-def _batch_size(batch: Any) -> int:
-    first = batch[0] if isinstance(batch, list | tuple) else batch
-    return int(first.shape[0]) if hasattr(first, "shape") else 0

@@ -16,6 +16,8 @@ from typing import Any
 import lightning as L
 import torch
 
+from neurocuda.batches import batch_images
+
 
 def _synchronize(module: L.LightningModule) -> None:
     if module.device.type == "cuda":
@@ -62,7 +64,7 @@ class TrainingThroughput(L.Callback):
     ) -> None:
         if self._epoch_start is None:
             return
-        self._images += int(batch[0].shape[0])  # images (x, y) or indices (IndexBatch) alike
+        self._images += batch_images(batch)
         if batch_idx + 1 == trainer.num_training_batches:
             _synchronize(pl_module)
             self._seconds = time.perf_counter() - self._epoch_start

@@ -15,6 +15,12 @@ def first_images(batches: Iterable, count: int | None = None) -> Iterator[torch.
         yield batch[0] if isinstance(batch, (tuple, list)) else batch
 
 
+def batch_images(batch: object) -> int:
+    """Images in one batch: ``(x, y)``, ``[x, y]`` or ``x`` (an index batch counts its indices)."""
+    first = batch[0] if isinstance(batch, (tuple, list)) else batch
+    return int(first.shape[0]) if hasattr(first, "shape") else 0
+
+
 def image_count(batches: Iterable, max_images: int | None = None) -> int | None:
     """Images a pass over ``batches`` (capped at ``max_images``) will see, when the loader's
     dataset has a length or the cap is set; else None."""

@@ -10,6 +10,7 @@ import pytest
 import torch
 from scipy.stats import chi2
 
+from neurocuda.batches import batch_images
 from neurocuda.data import CIFAR10DataModule
 from neurocuda.data.dataset import ImageArrayDataset, IndexBatch
 from train import train
@@ -148,3 +149,11 @@ def test_train_py_runs_the_device_path_on_the_cpu(train_cfg, monkeypatch) -> Non
     on_cpu = train(train_cfg("~conversion", "data.on_device=false", "test=false"))
     assert assembled.count(True) == 0
     assert on_device["train/loss_epoch"] == on_cpu["train/loss_epoch"]
+
+
+def test_batch_images_counts_image_and_index_batches_alike() -> None:
+    images = torch.zeros(5, 3, 32, 32)
+    assert batch_images((images, torch.zeros(5))) == 5
+    assert batch_images([images, torch.zeros(5)]) == 5
+    assert batch_images(images) == 5
+    assert batch_images(IndexBatch(torch.arange(7), None)) == 7
