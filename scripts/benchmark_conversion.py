@@ -6,11 +6,13 @@
     python scripts/benchmark_conversion.py --quick     # tiny: trains both on a subset, all rows
 
 For each checkpoint (trained here with ``--experiment`` and ``model.activation`` when not given)
-three rows: converted without the initial-membrane correction, with it (the default conversion),
-and the default conversion fine-tuned at ``--finetune-timesteps`` for ``--finetune-batches``
-training batches (``train.py train=false finetune=snn finetune.start_from=CKPT``). Each row is
-evaluated on the test set (default: all of it) at T = 1, 2, 4, 8, 16, 32, beside the ANN, with the
-CPU minutes (all threads of this process) each stage cost. Prints a table, writes JSON to --out.
+three rows (``--variants``): converted without the initial-membrane correction, with it (the
+default conversion), and the default conversion fine-tuned at ``--finetune-timesteps`` for
+``--finetune-batches`` training batches (``train.py train=false finetune=snn
+finetune.start_from=CKPT``), or a given ``--finetuned-ckpt``. Each row is evaluated on the test set
+(default: all of it) at T = 1, 2, 4, 8, 16, 32 (``--timesteps``; the cost grows with the largest),
+beside the ANN, with the CPU minutes (all threads of this process) each stage cost. Prints a
+table, writes JSON to --out.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from rich.table import Table
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from neurocuda.checkpoint import snn_from_checkpoint  # noqa: E402
+from neurocuda.checkpoint import load_ann, snn_from_checkpoint  # noqa: E402
 from neurocuda.conversion import ConversionConfig, evaluate_snn  # noqa: E402
 from neurocuda.data import datamodule_from_checkpoint  # noqa: E402
 from neurocuda.files import atomic_write_text, verify_checkpoint  # noqa: E402
@@ -39,6 +41,7 @@ from neurocuda.training.compose import compose_train_config  # noqa: E402
 from train import train  # noqa: E402
 
 TIMESTEPS = [1, 2, 4, 8, 16, 32]
+VARIANTS = ["uncorrected", "corrected", "finetuned"]
 QUICK = ["data=cifar10_subset", "data.train_subset=2000", "data.val_subset=200",
          "trainer.max_epochs=2", "++model.arch_kwargs.widths=[16,32,32,64]"]  # fmt: skip
 
@@ -95,38 +98,54 @@ def benchmark(ckpt: Path, activation: str, args: argparse.Namespace, extra: list
     def evaluate(variant: str, snn: Any, ann: Any, minutes: dict[str, float]) -> None:
         test = datamodule.test_dataloader()
         ev, minutes["evaluate"] = cpu_minutes(
-            lambda: evaluate_snn(snn, test, TIMESTEPS, ann=ann, max_images=args.images)
+            lambda: evaluate_snn(snn, test, args.timesteps, ann=ann, max_images=args.images)
         )
         row = Row(activation, variant, str(ckpt), ev.ann_accuracy, ev.accuracy, ev.images, minutes)
         rows.append(row)
         print_rows(rows)
 
-    for variant, settings in (
-        ("no correction", ConversionConfig(correction_timesteps=0)),
-        ("corrected (default)", ConversionConfig()),
-    ):
+    conversions = {
+        "uncorrected": ("no correction", ConversionConfig(correction_timesteps=0)),
+        "corrected": ("corrected (default)", ConversionConfig()),
+    }
+    ann = None
+    for key, (variant, settings) in conversions.items():
+        if key not in args.variants:
+            continue
         converted, convert = cpu_minutes(
             lambda s=settings: snn_from_checkpoint(ckpt, s, datamodule, args.device)
         )
-        evaluate(variant, converted.snn, converted.ann, {"convert": convert})
-    if args.finetune_batches:
+        ann = converted.ann
+        evaluate(variant, converted.snn, ann, {"convert": convert})
+    if "finetuned" in args.variants and (args.finetune_batches or args.finetuned_ckpt):
         steps, batches = args.finetune_timesteps, args.finetune_batches
-        finetuned, minutes = cpu_minutes(
-            lambda: finetune_checkpoint(args.experiment, ckpt, steps, batches, args.out, extra)
-        )
+        minutes: dict[str, float] = {}
+        finetuned = args.finetuned_ckpt
+        if finetuned is None:
+            finetuned, minutes["fine-tune"] = cpu_minutes(
+                lambda: finetune_checkpoint(args.experiment, ckpt, steps, batches, args.out, extra)
+            )
         module = SNNFinetuneModule.load_from_checkpoint(verify_checkpoint(finetuned), "cpu")
-        variant = f"corrected + fine-tuned at T={steps} ({batches} batches)"
-        evaluate(variant, module.spiking_model(), converted.ann, {"fine-tune": minutes})
+        if ann is None:
+            ann = load_ann(ckpt, args.device)
+        variant = f"corrected + fine-tuned at T={module.hparams.timesteps}" + (
+            f" ({batches} batches)" if args.finetuned_ckpt is None else f" ({finetuned})"
+        )
+        evaluate(variant, module.spiking_model(), ann, minutes)
     return rows
 
 
 def print_rows(rows: list[Row]) -> None:
     table = Table(title="SNN accuracy (%) per T on the test set; (gap = ANN - SNN, pp)")
-    for col in ("model", "conversion", "images", "ANN", *(f"T={t}" for t in TIMESTEPS),
+    timesteps = sorted({t for r in rows for t in r.snn})
+    for col in ("model", "conversion", "images", "ANN", *(f"T={t}" for t in timesteps),
                 "CPU min"):  # fmt: skip
         table.add_column(col, justify="right")
     for r in rows:
-        cells = [f"{100 * r.snn[t]:.2f} ({100 * (r.ann - r.snn[t]):+.2f})" for t in TIMESTEPS]
+        cells = [
+            f"{100 * r.snn[t]:.2f} ({100 * (r.ann - r.snn[t]):+.2f})" if t in r.snn else "-"
+            for t in timesteps
+        ]
         minutes = ", ".join(f"{k} {v:.1f}" for k, v in r.cpu_minutes.items())
         table.add_row(r.activation, r.variant, str(r.images), f"{100 * r.ann:.2f}", *cells, minutes)
     Console(width=220).print(table)  # full width also when logged to a file
@@ -142,7 +161,14 @@ def main() -> None:
     parser.add_argument("--finetune-timesteps", type=int, default=4)
     parser.add_argument("--finetune-batches", type=int, default=150,
                         help="fine-tuning batches (0: no fine-tuning row)")  # fmt: skip
+    parser.add_argument("--variants", nargs="+", default=VARIANTS, choices=VARIANTS,
+                        help="rows measured per checkpoint (default: all)")  # fmt: skip
+    parser.add_argument("--finetuned-ckpt", type=Path,
+                        help="a fine-tuning checkpoint (train.py finetune=snn) of the one ANN "
+                             "checkpoint given: its fine-tuned row, not re-run")  # fmt: skip
     parser.add_argument("--quick", action="store_true", help="small net, data subset, 2 epochs")
+    parser.add_argument("--timesteps", type=int, nargs="+", default=TIMESTEPS,
+                        help="T values evaluated (default: %(default)s)")  # fmt: skip
     parser.add_argument("--images", type=int, help="test images (default: all; --quick: 500)")
     parser.add_argument("--out", type=Path, default=ROOT / "logs" / "benchmark_conversion")
     parser.add_argument(
@@ -155,8 +181,10 @@ def main() -> None:
         args.images = args.images or 500
         args.finetune_batches = min(args.finetune_batches, 4)
     given = {"relu": args.relu_ckpt, "qcfs": args.qcfs_ckpt}
-    for ckpt in filter(None, given.values()):
+    for ckpt in filter(None, [*given.values(), args.finetuned_ckpt]):
         verify_checkpoint(ckpt)  # a missing or damaged file fails before any work
+    if args.finetuned_ckpt and sum(c is not None for c in given.values()) != 1:
+        parser.error("--finetuned-ckpt needs exactly one of --relu-ckpt / --qcfs-ckpt (its ANN).")
     train_both = not any(given.values())  # with one checkpoint given, only that one is measured
     rows: list[Row] = []
     for activation, ckpt in given.items():
