@@ -9,13 +9,16 @@ recurrent edges (which deliver the previous step's value; nothing at t = 0).
 Constant input (direct encoding: the same image at every step) is detected, and the stateless nodes
 that depend only on it run once on the B images, as the native runtime does: on CPU a
 convolution's result can depend on the batch size, so both sides must run it on the same batch to
-agree bit for bit.
+agree bit for bit. For the same reason convolution weights and 4-D activations are held in the
+native runtime's memory layout (:mod:`neurocuda.snn.layout`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import warnings
+from collections.abc import Callable
+from typing import Self
 
 import nir
 import numpy as np
@@ -27,6 +30,7 @@ from neurocuda.nir.metadata import ResetConvention
 from neurocuda.nir.primitives import make_op
 from neurocuda.nir.schedule import Schedule, Stage, build_schedule
 from neurocuda.snn.chunking import sub_batch_size
+from neurocuda.snn.layout import apply_layout, empty_steps, to_layout
 
 # A value is [T, B, ...] (varying) or [B, ...] (the same at every step).
 Value = tuple[torch.Tensor, bool]
@@ -66,6 +70,7 @@ class Executor(nn.Module):
             make_op(name, node, dt, dtype, convention)
             for name, node in self.schedule.graph.nodes.items()
         )
+        apply_layout(self.ops)
         self._release = self._release_plan()
         _warn_time_constants(self.schedule.graph.nodes, dt)
         input_node = self.schedule.graph.nodes[self.schedule.graph.input]
@@ -95,6 +100,11 @@ class Executor(nn.Module):
                 plan[index].append(name)
         return plan
 
+    def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True) -> Self:
+        super()._apply(fn, recurse)
+        apply_layout(self.ops)  # the layout follows the device
+        return self
+
     def op(self, name: str) -> nn.Module:
         """The torch op of node ``name`` (qualified ``sub.node`` inside nested graphs)."""
         return self.ops[self._index[name]]
@@ -111,7 +121,9 @@ class Executor(nn.Module):
         steps, batch = x.shape[:2]
         constant = steps == 1 or torch.equal(x, x[:1].expand_as(x))
         graph = self.schedule.graph
-        values: dict[str, Value] = {graph.input: (x[0], True) if constant else (x, False)}
+        values: dict[str, Value] = {
+            graph.input: (to_layout(x[0]), True) if constant else (to_layout(x), False)
+        }
         for stage, released in zip(self.schedule.stages, self._release, strict=True):
             if stage.members == [graph.input]:
                 continue
@@ -304,7 +316,7 @@ class Executor(nn.Module):
     @staticmethod
     def _row(traces: dict, name: str, like: torch.Tensor, steps: int, t: int) -> torch.Tensor:
         if name not in traces:
-            traces[name] = torch.empty((steps, *like.shape), dtype=like.dtype, device=like.device)
+            traces[name] = empty_steps(like, steps)
         return traces[name][t]
 
     def _step_input(
