@@ -43,6 +43,11 @@ class Executor(nn.Module):
     ``"subtract"`` (by their threshold; files whose metadata records ``reset_convention``
     ``subtract``, such as the ``portable-soft`` profile, and producers that subtract).
 
+    ``memory_format`` is the layout of conv weights and 4-D activations: ``None`` follows
+    :mod:`neurocuda.snn.layout` (the native runtime's, so its round trip is bit-exact);
+    ``torch.contiguous_format`` computes as tools that run the standard layout (snnTorch, ...),
+    since a convolution rounds differently by layout on CPU.
+
     State starts at zero on every call. Parameters are cast to ``dtype``. Shapes are checked
     before anything runs (at construction when the Input node declares its shape, else on the
     first call): a node whose inputs or parameters do not fit raises :class:`NIRFormatError`.
@@ -54,6 +59,7 @@ class Executor(nn.Module):
         dt: float = 1.0,
         dtype: torch.dtype = torch.float32,
         convention: ResetConvention = "nir",
+        memory_format: torch.memory_format | None = None,
     ):
         super().__init__()
         if convention not in ("nir", "subtract"):
@@ -63,6 +69,7 @@ class Executor(nn.Module):
         if dt <= 0:
             raise ValueError(f"dt must be positive, got {dt}.")
         self.dt = dt
+        self.memory_format = memory_format
         self.schedule: Schedule = build_schedule(graph)
         names = list(self.schedule.graph.nodes)
         self._index = {name: i for i, name in enumerate(names)}
@@ -70,7 +77,7 @@ class Executor(nn.Module):
             make_op(name, node, dt, dtype, convention)
             for name, node in self.schedule.graph.nodes.items()
         )
-        apply_layout(self.ops)
+        apply_layout(self.ops, self.memory_format)
         self._release = self._release_plan()
         _warn_time_constants(self.schedule.graph.nodes, dt)
         input_node = self.schedule.graph.nodes[self.schedule.graph.input]
@@ -102,7 +109,7 @@ class Executor(nn.Module):
 
     def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True) -> Self:
         super()._apply(fn, recurse)
-        apply_layout(self.ops)  # the layout follows the device
+        apply_layout(self.ops, self.memory_format)  # by default the layout follows the device
         return self
 
     def op(self, name: str) -> nn.Module:
@@ -119,10 +126,13 @@ class Executor(nn.Module):
 
     def _run(self, x: torch.Tensor) -> torch.Tensor:
         steps, batch = x.shape[:2]
+        layout = self.memory_format
         constant = steps == 1 or torch.equal(x, x[:1].expand_as(x))
         graph = self.schedule.graph
         values: dict[str, Value] = {
-            graph.input: (to_layout(x[0]), True) if constant else (to_layout(x), False)
+            graph.input: (to_layout(x[0], layout), True)
+            if constant
+            else (to_layout(x, layout), False)
         }
         for stage, released in zip(self.schedule.stages, self._release, strict=True):
             if stage.members == [graph.input]:

@@ -22,12 +22,12 @@ def memory_format(device: torch.device) -> torch.memory_format:
     return torch.channels_last if device.type == "cpu" else torch.contiguous_format
 
 
-def to_layout(x: torch.Tensor) -> torch.Tensor:
-    """``x`` (``[N, C, H, W]`` or time-major ``[T, B, C, H, W]``) in its device's layout; other
-    shapes unchanged. Returns ``x`` itself when it is already laid out so."""
+def to_layout(x: torch.Tensor, fmt: torch.memory_format | None = None) -> torch.Tensor:
+    """``x`` (``[N, C, H, W]`` or time-major ``[T, B, C, H, W]``) in layout ``fmt`` (default: its
+    device's); other shapes unchanged. Returns ``x`` itself when it is already laid out so."""
     if x.dim() not in (4, 5):
         return x
-    fmt = memory_format(x.device)
+    fmt = memory_format(x.device) if fmt is None else fmt
     if x.dim() == 4:
         return x.contiguous(memory_format=fmt)
     rows = x.flatten(0, 1)  # a view when x's rows are dense and laid out alike
@@ -50,14 +50,14 @@ def empty_steps(like: torch.Tensor, steps: int) -> torch.Tensor:
     return torch.empty((steps, *like.shape), dtype=like.dtype, device=like.device)
 
 
-def apply_layout(module: nn.Module) -> None:
-    """Store every 4-D ``weight`` (the conv weights) of ``module``'s submodules in the layout of
-    its device, in place (parameters stay the same objects)."""
+def apply_layout(module: nn.Module, fmt: torch.memory_format | None = None) -> None:
+    """Store every 4-D ``weight`` (the conv weights) of ``module``'s submodules in layout ``fmt``
+    (default: the layout of its device), in place (parameters stay the same objects)."""
     for sub in module.modules():
         weight = getattr(sub, "weight", None)
         if not isinstance(weight, torch.Tensor) or weight.dim() != 4:
             continue
-        fmt = memory_format(weight.device)
-        if not weight.is_contiguous(memory_format=fmt):
+        layout = memory_format(weight.device) if fmt is None else fmt
+        if not weight.is_contiguous(memory_format=layout):
             with torch.no_grad():
-                weight.data = weight.data.contiguous(memory_format=fmt)
+                weight.data = weight.data.contiguous(memory_format=layout)
