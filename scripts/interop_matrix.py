@@ -78,6 +78,10 @@ OUR_PROFILES = (
     "spikingjelly",
     "snntorch",
 )
+# Our own profiles are checked against the native runtime, so the executor runs them in its memory
+# layout (neurocuda.snn.layout); the files for other tools in the standard layout those compute in
+# (on CPU a convolution rounds differently by layout).
+NATIVE_PROFILES = ("faithful", "portable")
 # Semantic differences read in each importer's source, given when its output is not identical.
 KNOWN_DIFFERENCES: dict[str, str] = {
     "spikingjelly": "IFNode fires on v >= threshold (the file's threshold is 1 + 1 ulp)",
@@ -298,7 +302,13 @@ def build_cases(
             graph = export(snn, images[:1], profile=profile)
             signature = InputSignature.from_metadata(graph.metadata)
             inputs = signature.encode(seq)
-            executor = Executor(graph, dt=signature.dt, convention=signature.reset_convention)
+            layout = None if profile in NATIVE_PROFILES else torch.contiguous_format
+            executor = Executor(
+                graph,
+                dt=signature.dt,
+                convention=signature.reset_convention,
+                memory_format=layout,
+            )
             with torch.no_grad():
                 out = signature.integrate(executor(inputs)).numpy()
                 if profile == "faithful":

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from neurocuda.nir import Executor
+from neurocuda.snn.layout import to_layout
 
 T, B = 5, 3
 RNG = np.random.default_rng(0)
@@ -53,8 +54,15 @@ def test_conv1d_and_conv2d_match_torch():
         input_shape=(8, 8), weight=w2, stride=1, padding="same", dilation=2, groups=2, bias=b2
     )
     x = torch.randn(T, B, 4, 8, 8)  # groups=2: 4 input channels, 2 per group
+    # in the executor's memory layout (neurocuda.snn.layout): a conv rounds differently by layout
     ref = F.conv2d(
-        x.reshape(T * B, 4, 8, 8), torch.from_numpy(w2), torch.from_numpy(b2), 1, "same", 2, 2
+        to_layout(x.reshape(T * B, 4, 8, 8)),
+        to_layout(torch.from_numpy(w2)),
+        torch.from_numpy(b2),
+        1,
+        "same",
+        2,
+        2,
     )
     graph = nir.NIRGraph(
         nodes={

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from neurocuda.snn import IFNeuron, OutputIntegrator, Scale, SpikingModel
+from neurocuda.snn.layout import memory_format
 
 
 def run(neuron: IFNeuron, values: list[float]) -> list[float]:
@@ -112,12 +113,16 @@ def test_spiking_model_rejects_a_mismatched_sequence() -> None:
         tiny_snn()(torch.zeros(3, 2, 4), timesteps=4)
 
 
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
 @pytest.mark.parametrize("reset", ["subtract", "zero"])
-def test_spikes_come_out_in_standard_layout_for_constant_input(reset: str) -> None:
-    # Whatever the input's layout (a channels_last image batch gives channels_last conv outputs),
-    # spikes must be dense NCHW: the following conv rounds differently on CPU for other layouts,
-    # and the NIR executor's buffers are NCHW (found as a 1e-3 round-trip diff at T=16).
+def test_spikes_come_out_in_the_runtime_layout_for_constant_input(
+    reset: str, layout: torch.memory_format
+) -> None:
+    # Whatever the input's layout, spikes must be dense in the layout policy's format (on CPU
+    # channels_last): the following conv rounds differently on CPU for other layouts, and the NIR
+    # executor's buffers follow the same policy (found as a 1e-3 round-trip diff at T=16).
     neuron = IFNeuron(torch.full((4, 1, 1), 0.5), torch.full((4, 1, 1), 0.25), reset)
     neuron.begin_run(timesteps=3, batch_size=2)
-    spikes = neuron(torch.randn(2, 4, 5, 5).to(memory_format=torch.channels_last))
-    assert spikes.shape == (6, 4, 5, 5) and spikes.is_contiguous()
+    spikes = neuron(torch.randn(2, 4, 5, 5).to(memory_format=layout))
+    assert spikes.shape == (6, 4, 5, 5)
+    assert spikes.is_contiguous(memory_format=memory_format(spikes.device))

@@ -86,10 +86,8 @@ def _assemble(
     """Replace activations by IF neurons, finalize pools and the output layer, wrap the network."""
     _replace_activations(net, plan, thresholds, config)
     _finalize(net, plan)
-    # Standard (NCHW) weight layout, whatever the ANN trained with (channels_last): NIR files store
-    # plain arrays, and a conv with channels_last weights rounds differently on CPU, so the native
-    # SNN must use the layout every executor of the file will use.
-    net = net.to(memory_format=torch.contiguous_format)
+    # conv weights take the layout of neurocuda.snn.layout (the NIR executor's), whatever the ANN
+    # trained with: a conv rounds differently on CPU in another layout
     return SpikingModel(net, config.input_shape).eval().requires_grad_(False)
 
 

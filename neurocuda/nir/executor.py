@@ -9,13 +9,16 @@ recurrent edges (which deliver the previous step's value; nothing at t = 0).
 Constant input (direct encoding: the same image at every step) is detected, and the stateless nodes
 that depend only on it run once on the B images, as the native runtime does: on CPU a
 convolution's result can depend on the batch size, so both sides must run it on the same batch to
-agree bit for bit.
+agree bit for bit. For the same reason convolution weights and 4-D activations are held in the
+native runtime's memory layout (:mod:`neurocuda.snn.layout`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import warnings
+from collections.abc import Callable
+from typing import Self
 
 import nir
 import numpy as np
@@ -27,6 +30,7 @@ from neurocuda.nir.metadata import ResetConvention
 from neurocuda.nir.primitives import make_op
 from neurocuda.nir.schedule import Schedule, Stage, build_schedule
 from neurocuda.snn.chunking import sub_batch_size
+from neurocuda.snn.layout import apply_layout, empty_steps, to_layout
 
 # A value is [T, B, ...] (varying) or [B, ...] (the same at every step).
 Value = tuple[torch.Tensor, bool]
@@ -39,6 +43,11 @@ class Executor(nn.Module):
     ``"subtract"`` (by their threshold; files whose metadata records ``reset_convention``
     ``subtract``, such as the ``portable-soft`` profile, and producers that subtract).
 
+    ``memory_format`` is the layout of conv weights and 4-D activations: ``None`` follows
+    :mod:`neurocuda.snn.layout` (the native runtime's, so its round trip is bit-exact);
+    ``torch.contiguous_format`` computes as tools that run the standard layout (snnTorch, ...),
+    since a convolution rounds differently by layout on CPU.
+
     State starts at zero on every call. Parameters are cast to ``dtype``. Shapes are checked
     before anything runs (at construction when the Input node declares its shape, else on the
     first call): a node whose inputs or parameters do not fit raises :class:`NIRFormatError`.
@@ -50,6 +59,7 @@ class Executor(nn.Module):
         dt: float = 1.0,
         dtype: torch.dtype = torch.float32,
         convention: ResetConvention = "nir",
+        memory_format: torch.memory_format | None = None,
     ):
         super().__init__()
         if convention not in ("nir", "subtract"):
@@ -59,6 +69,7 @@ class Executor(nn.Module):
         if dt <= 0:
             raise ValueError(f"dt must be positive, got {dt}.")
         self.dt = dt
+        self.memory_format = memory_format
         self.schedule: Schedule = build_schedule(graph)
         names = list(self.schedule.graph.nodes)
         self._index = {name: i for i, name in enumerate(names)}
@@ -66,6 +77,7 @@ class Executor(nn.Module):
             make_op(name, node, dt, dtype, convention)
             for name, node in self.schedule.graph.nodes.items()
         )
+        apply_layout(self.ops, self.memory_format)
         self._release = self._release_plan()
         _warn_time_constants(self.schedule.graph.nodes, dt)
         input_node = self.schedule.graph.nodes[self.schedule.graph.input]
@@ -95,6 +107,11 @@ class Executor(nn.Module):
                 plan[index].append(name)
         return plan
 
+    def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True) -> Self:
+        super()._apply(fn, recurse)
+        apply_layout(self.ops, self.memory_format)  # by default the layout follows the device
+        return self
+
     def op(self, name: str) -> nn.Module:
         """The torch op of node ``name`` (qualified ``sub.node`` inside nested graphs)."""
         return self.ops[self._index[name]]
@@ -109,9 +126,14 @@ class Executor(nn.Module):
 
     def _run(self, x: torch.Tensor) -> torch.Tensor:
         steps, batch = x.shape[:2]
+        layout = self.memory_format
         constant = steps == 1 or torch.equal(x, x[:1].expand_as(x))
         graph = self.schedule.graph
-        values: dict[str, Value] = {graph.input: (x[0], True) if constant else (x, False)}
+        values: dict[str, Value] = {
+            graph.input: (to_layout(x[0], layout), True)
+            if constant
+            else (to_layout(x, layout), False)
+        }
         for stage, released in zip(self.schedule.stages, self._release, strict=True):
             if stage.members == [graph.input]:
                 continue
@@ -304,7 +326,7 @@ class Executor(nn.Module):
     @staticmethod
     def _row(traces: dict, name: str, like: torch.Tensor, steps: int, t: int) -> torch.Tensor:
         if name not in traces:
-            traces[name] = torch.empty((steps, *like.shape), dtype=like.dtype, device=like.device)
+            traces[name] = empty_steps(like, steps)
         return traces[name][t]
 
     def _step_input(

@@ -1,7 +1,8 @@
 """Run NIR graphs with nirtorch 2.6's interpreter (``nir_to_torch``) using our node map.
 
-The map reuses the executor's primitives, so a comparison with :class:`~neurocuda.nir.Executor`
-tests nirtorch's wiring (edge sums, recurrent edges, nested graphs), not different arithmetic.
+The map reuses the executor's primitives, with conv weights in its memory layout
+(:mod:`neurocuda.snn.layout`), so a comparison with :class:`~neurocuda.nir.Executor` tests
+nirtorch's wiring (edge sums, recurrent edges, nested graphs), not different arithmetic.
 nirtorch steps the whole graph once per time step on ``[B, ...]`` inputs.
 """
 
@@ -16,6 +17,7 @@ from torch import nn
 
 from neurocuda.nir.primitives import Stateful, make_op
 from neurocuda.nir.schedule import topological_order
+from neurocuda.snn.layout import apply_layout
 
 
 class _Stepper(nn.Module):
@@ -34,6 +36,7 @@ def nirtorch_node_map(dt: float = 1.0, dtype: torch.dtype = torch.float32) -> di
 
     def build(node: nir.NIRNode) -> nn.Module:
         op = make_op(type(node).__name__, node, dt, dtype)
+        apply_layout(op)
         return _Stepper(op) if op.stateful else op
 
     kinds = [

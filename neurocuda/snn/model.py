@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Self
 
 import torch
 from torch import nn
 
 from neurocuda.snn.chunking import sub_batch_size
+from neurocuda.snn.layout import apply_layout, to_layout
 from neurocuda.snn.neurons import IFNeuron, MultiStepModule, OutputIntegrator
 
 
@@ -37,6 +40,9 @@ class SpikingModel(nn.Module):
     final Linear wrapped as ``nn.Sequential(Linear, OutputIntegrator)``. Stateless layers run on
     the ``T * B`` samples; for a constant input ``[B, C, H, W]`` the layers before the first neuron
     run once on the ``B`` images. State is reset at every call.
+
+    Conv weights and 4-D activations are held in the layout of :mod:`neurocuda.snn.layout` (the
+    NIR executor's), re-applied whenever the model moves to another device or dtype.
     """
 
     def __init__(self, network: nn.Module, input_shape: tuple[int, ...] = (3, 32, 32)) -> None:
@@ -45,6 +51,12 @@ class SpikingModel(nn.Module):
         self.input_shape = tuple(input_shape)
         """Shape of one sample without batch and time, e.g. ``(3, 32, 32)``."""
         self._last_shape: tuple[int, int] | None = None
+        apply_layout(self.network)
+
+    def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True) -> Self:
+        super()._apply(fn, recurse)
+        apply_layout(self.network)
+        return self
 
     def forward(self, x: torch.Tensor, timesteps: int) -> torch.Tensor:
         """Run ``x`` (``[B, *input_shape]`` constant current or ``[T, B, *input_shape]``).
@@ -81,6 +93,7 @@ class SpikingModel(nn.Module):
         """One pass over ``batch`` images; returns ``[T, batch, ...]``."""
         if x.dim() == len(self.input_shape) + 2:
             x = x.reshape(-1, *x.shape[2:])
+        x = to_layout(x)
         for module in self.network.modules():
             if isinstance(module, MultiStepModule):
                 module.begin_run(timesteps, batch)

@@ -17,6 +17,7 @@ from typing import Literal
 import torch
 from torch import nn
 
+from neurocuda.snn.layout import empty_steps, to_layout
 from neurocuda.snn.surrogate import spike
 
 ResetMode = Literal["subtract", "zero"]
@@ -110,7 +111,7 @@ class IFNeuron(MultiStepModule):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         spikes = self.run_sequence(self.as_sequence(x))
-        return spikes.reshape(-1, *spikes.shape[2:])
+        return to_layout(spikes.flatten(0, 1))
 
     def run_sequence(self, x: torch.Tensor) -> torch.Tensor:
         """Run ``x`` of shape ``[T, B, ...]`` from a zero state; return spikes ``[T, B, ...]``.
@@ -133,27 +134,29 @@ class IFNeuron(MultiStepModule):
         Float addition is commutative bit for bit, so ``u += (-theta * s) + x`` is exactly the
         contract's ``u = u + (x + (-theta) * s)``; ``addcmul`` forms it in one pass, and as ``s``
         is 0 or 1 the product ``s * (-theta)`` is exact, so the one rounding is the addition's
-        (fused multiply-add or not).
+        (fused multiply-add or not). The membrane starts as ``u_0 = x_0`` instead of the
+        contract's ``0 + (x_0 + (-theta) * 0)``: the two differ at most in the sign of a zero,
+        and so do all later membranes (``a + b`` only depends on the signs of zeros when it is a
+        zero itself), which no comparison sees, so every spike is the contract's; this saves
+        the zero fills and two passes at ``t = 0``. Spikes (and so the layers after this neuron)
+        keep ``x``'s memory layout (:mod:`neurocuda.snn.layout`).
         """
         x = x.detach()
-        # Dense standard layout whatever x's strides (a conv may return channels_last): the layers
-        # after this neuron then see the same memory layout as in the NIR executor, and convs
-        # round differently on CPU for different layouts.
-        dense = {"dtype": x.dtype, "device": x.device, "memory_format": torch.contiguous_format}
-        u = torch.zeros_like(x[0], **dense)
-        spikes = torch.empty(x.shape, dtype=x.dtype, device=x.device)
-        s = torch.zeros_like(x[0], **dense)
+        steps = x.shape[0]
+        spikes = empty_steps(x[0], steps)
         if self.reset == "subtract":
+            torch.gt(x[0], self.fire_level, out=spikes[0])
             neg_threshold = -self.threshold
             recurrent = torch.empty_like(x[0])
-            for t in range(x.shape[0]):
-                torch.addcmul(x[t], s, neg_threshold, out=recurrent)
-                u.add_(recurrent)
-                s = spikes[t]
-                torch.gt(u, self.fire_level, out=s)
+            u = x[0]
+            for t in range(1, steps):
+                torch.addcmul(x[t], spikes[t - 1], neg_threshold, out=recurrent)
+                u = u + recurrent if t == 1 else u.add_(recurrent)
+                torch.gt(u, self.fire_level, out=spikes[t])
         else:
             neg_v_init = -self.v_init
-            for t in range(x.shape[0]):
+            u = torch.zeros_like(x[0])
+            for t in range(steps):
                 u.add_(x[t])
                 fired = u > self.fire_level
                 spikes[t] = fired
@@ -164,10 +167,9 @@ class IFNeuron(MultiStepModule):
         """The inference loop's float operations, out of place, for backprop through time.
 
         ``fire_level`` is recomputed from the (trainable) threshold and initial membrane with the
-        buffer's own expression, so it holds the same bits. Elementwise ops do not round by memory
-        layout; the contiguous copy only makes the spikes dense like the inference loop's.
+        buffer's own expression, so it holds the same bits (elementwise ops do not round by memory
+        layout; :meth:`forward` puts the spikes in the inference loop's layout).
         """
-        x = x.contiguous()
         threshold = self.threshold
         fire_level = threshold - self.v_init if self.trainable else self.fire_level
         u = torch.zeros_like(x[0])
