@@ -34,7 +34,7 @@ from neurocuda.snn import (
     set_trainable,
 )
 
-_DEFAULT_OPTIMIZER = {"name": "adamw", "lr": 1e-3, "weight_decay": 0.0, "momentum": 0.9}
+_DEFAULT_OPTIMIZER = {"name": "adamw", "lr": 1e-4, "weight_decay": 0.0, "momentum": 0.9}
 
 
 def snn_structure(
