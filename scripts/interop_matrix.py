@@ -65,8 +65,8 @@ IMPORTERS: dict[str, tuple[str, ...]] = {
 PROFILES_OF: dict[str, tuple[str, ...]] = {
     "spikingjelly": ("spikingjelly", "portable-hard"),
     "snntorch": ("snntorch", "portable-hard"),
-    "norse": ("portable-soft", "portable-hard"),
-    "sinabs": ("portable-soft", "portable-hard"),
+    "norse": ("norse", "portable-soft", "portable-hard"),
+    "sinabs": ("sinabs", "portable-soft", "portable-hard"),
     "spyx": ("portable-soft", "portable-hard"),
     "rockpool": ("portable-hard",),
 }
@@ -77,6 +77,8 @@ OUR_PROFILES = (
     "portable-hard",
     "spikingjelly",
     "snntorch",
+    "norse",
+    "sinabs",
 )
 # Semantic differences read in each importer's source, given when its output is not identical.
 KNOWN_DIFFERENCES: dict[str, str] = {

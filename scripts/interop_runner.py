@@ -104,7 +104,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("input")
     parser.add_argument("out")
     parser.add_argument("--dt", type=float, default=1.0)
-    parser.add_argument("--reset", choices=["nir", "subtract"], default="nir")
+    parser.add_argument("--reset", choices=["nir", "subtract", "sinabs"], default="nir")
     args = parser.parse_args(argv)
     x = torch.from_numpy(np.load(args.input)).float()
     try:

@@ -217,19 +217,28 @@ class IntegratorOp(Stateful):
 
 
 class SpikingMixin:
-    """Threshold and reset shared by IF, LIF and CubaLIF.
+    """Threshold and reset shared by IF, LIF and CubaLIF, by ``convention``:
 
-    ``subtract`` (the ``subtract`` reset convention of some producers) subtracts ``v_threshold``
-    after a spike instead of setting ``v_reset`` (NIR's semantics).
+    - ``nir``: spike on ``v > v_threshold``, then ``v = v_reset`` (NIR's semantics);
+    - ``subtract``: spike on ``v > v_threshold``, then ``v -= v_threshold`` (files of producers
+      that subtract, nir < 1.0.6 ``IF``, the ``portable-soft`` profile);
+    - ``sinabs``: sinabs 3.1's ``IAF`` as its ``from_nir`` builds it, operation for operation
+      (``sinabs/layers/functional/lif.py``, ``MultiSpike``, ``MembraneSubtract``): ``n =
+      trunc(v / v_threshold)`` spikes where ``v > 0`` (so ``>=``, several per step), ``v -= n *
+      v_threshold``, then ``v`` is floored at ``-v_threshold`` (``min_v_mem``).
     """
 
     threshold: torch.Tensor
     v_reset: torch.Tensor
-    subtract = False
+    convention = "nir"
 
     def fire(self, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.convention == "sinabs":
+            spikes = (v > 0) * torch.div(v, self.threshold, rounding_mode="trunc")
+            floor = -self.threshold
+            return spikes, F.relu(v - spikes * self.threshold - floor) + floor
         spikes = v > self.threshold
-        after = v - self.threshold if self.subtract else self.v_reset
+        after = v - self.threshold if self.convention == "subtract" else self.v_reset
         return spikes.to(v.dtype), torch.where(spikes, after, v)
 
 
@@ -320,11 +329,12 @@ def make_op(
 ) -> nn.Module:
     """Build the torch op for ``node``; raise for node types the executor does not run.
 
-    ``convention="subtract"`` makes spiking neurons reset by subtracting their threshold.
+    ``convention`` (``nir``, ``subtract``, ``sinabs``): how spiking neurons fire and reset
+    (:class:`SpikingMixin`).
     """
     op = _make_op(name, node, dt, dtype)
     if isinstance(op, SpikingMixin):
-        op.subtract = convention == "subtract"
+        op.convention = convention
     return op
 
 
