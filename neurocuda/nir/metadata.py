@@ -31,8 +31,8 @@ def check_timesteps(values: Iterable[Any], source: str) -> list[int]:
 
 
 OutputForm = Literal["integrated", "per_step"]
-ResetConvention = Literal["nir", "subtract", "sinabs"]
-RESET_CONVENTIONS: tuple[str, ...] = ("nir", "subtract", "sinabs")
+ResetConvention = Literal["nir", "subtract", "snntorch", "sinabs"]
+RESET_CONVENTIONS: tuple[str, ...] = ("nir", "subtract", "snntorch", "sinabs")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,7 +46,8 @@ class InputSignature:
       output layer's current ``y_t``; sum it over time for ``o_t``).
     - ``dt``: the time step to run the graph with.
     - ``reset_convention``: ``nir`` (IF/LIF/CubaLIF reset to ``v_reset``, NIR's semantics) or
-      ``subtract`` (they subtract ``v_threshold``; ``Executor(graph, convention="subtract")``) or
+      ``subtract`` (they subtract ``v_threshold``; ``Executor(graph, convention="subtract")``),
+      ``snntorch`` (snnTorch's ``Leaky`` for ``LIF`` nodes, subtraction one step later) or
       ``sinabs`` (sinabs' ``IAF`` as its NIR import builds it: several spikes per step, see
       :class:`neurocuda.nir.primitives.SpikingMixin`).
     """
