@@ -30,6 +30,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import warnings
 from pathlib import Path
 
 import nir
@@ -42,7 +43,7 @@ from rich.table import Table
 from neurocuda.conversion import ConversionConfig, convert
 from neurocuda.files import atomic_write_text
 from neurocuda.models import build_model
-from neurocuda.nir import Executor, export, save
+from neurocuda.nir import Executor, export, load, save
 from neurocuda.nir.interop import run_with_nirtorch
 from neurocuda.nir.metadata import InputSignature
 from neurocuda.nir.portable import RESET_OF_PROFILE
@@ -90,6 +91,30 @@ KNOWN_DIFFERENCES: dict[str, str] = {
     "spyx": "fires on the previous step's membrane; unmapped nodes are dropped",
     "rockpool": "no Conv2d/IF import",
 }
+# Import side: how we run each producer's files (dt, Executor convention), and why (its source).
+PRODUCED: dict[str, tuple[float, str, str]] = {
+    "snntorch": (
+        1e-4,
+        "snntorch",
+        "Leaky subtracts one step later, undecayed; its exporter writes LIF for dt = 1e-4",
+    ),
+    "norse": (
+        1e-6,
+        "nir",
+        "norse 1.1 writes tau = dt / tau_mem_inv (= dt * tau, dt = 1e-3): run at dt = 1e-3 ** 2",
+    ),
+    "sinabs": (1.0, "sinabs", "IAF: several spikes per step, subtract, v floored at -threshold"),
+    "rockpool": (1e-3, "nir", "LIFTorch is not NIR's Euler CubaLIF (see docs/interop.md)"),
+}
+IMPORT_HEADER = (
+    "producer",
+    "network",
+    "loads?",
+    "dt, convention",
+    "identical spikes",
+    "spikes (producer / ours)",
+    "notes",
+)
 HEADER = (
     "model",
     "importer",
@@ -427,6 +452,64 @@ def our_rows(model: str, cases: dict[str, Case], extra: list) -> list[Row]:
     return rows
 
 
+# ----------------------------------------------------------------------------- import side
+
+
+@dataclasses.dataclass
+class ImportRow:
+    producer: str
+    loads: bool
+    setting: str = "-"
+    identical: float | None = None
+    counts: str = "-"
+    notes: str = "-"
+
+    def cells(self) -> tuple[str, ...]:
+        share = "-" if self.identical is None else f"{self.identical:.1%}"
+        network = "Linear(5, 8) -> neuron -> Linear(8, 4) -> neuron"
+        return (self.producer, network, "yes" if self.loads else "no", self.setting, share,
+                self.counts, self.notes)  # fmt: skip
+
+
+def import_row(
+    producer: str, python: Path | None, label: str, workdir: Path, timeout: float, seed: int
+) -> ImportRow:
+    """Export a producer's small network in its venv, run the file in our Executor with the
+    producer's convention (``PRODUCED``) and compare the output spikes with the producer's own."""
+    if python is None:
+        return ImportRow(producer, False, notes=label)
+    rng = np.random.default_rng(seed)
+    x = 4 * rng.random((20, 4, 5), dtype=np.float32)  # [T, B, features], most neurons fire
+    graph_file, input_file = workdir / f"{producer}-own.nir", workdir / "produce-input.npy"
+    out_file = workdir / f"{producer}-own.npy"
+    np.save(input_file, x)
+    command = [str(python), str(RUNNER), "--produce", producer, str(graph_file), str(input_file)]
+    process = subprocess.run(
+        [*command, str(out_file)], capture_output=True, text=True, timeout=timeout
+    )
+    if process.returncode != 0 or not out_file.exists():
+        errors = [line for line in process.stdout.splitlines() if line.startswith("ERROR: ")]
+        return ImportRow(label, False, notes=(errors or ["no output"])[-1])
+    dt, convention, why = PRODUCED[producer]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        graph = load(graph_file, strict=False)
+        executor = Executor(graph, dt=dt, convention=convention)
+        inputs = torch.from_numpy(x)
+        if executor.input_shape is not None and np.prod(executor.input_shape) == x.shape[-1]:
+            inputs = inputs.reshape(*x.shape[:2], *executor.input_shape)
+        with torch.no_grad():
+            ours = executor(inputs).reshape(*x.shape[:2], -1).numpy()
+    theirs = np.load(out_file).reshape(*x.shape[:2], -1)
+    messages = {str(w.message).replace(f"{workdir}/", "") for w in caught}
+    notes = [why, *sorted(_excerpt(message, 90) for message in messages)]
+    row = ImportRow(label, True, f"{dt:g}, {convention}", notes="; ".join(notes))
+    if ours.shape == theirs.shape:
+        row.identical = float(np.mean(ours == theirs))
+        row.counts = f"{theirs.sum():g} / {ours.sum():g}"
+    return row
+
+
 # ----------------------------------------------------------------------------- report
 
 
@@ -439,8 +522,24 @@ def markdown_table(rows: list[Row]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def report(rows: list[Row], args: argparse.Namespace) -> str:
+def import_table(rows: list[ImportRow]) -> str:
+    lines = ["| " + " | ".join(IMPORT_HEADER) + " |", "|" + "---|" * len(IMPORT_HEADER)]
+    for row in rows:
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in row.cells()) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def report(rows: list[Row], args: argparse.Namespace, produced: list[ImportRow]) -> str:
     command = "python scripts/interop_matrix.py " + " ".join(args.argv)
+    imports = (
+        "\n## Their files in our Executor\n\nEach producer exports a small network of its own with "
+        "its own exporter (`scripts/interop_runner.py --produce`, seeded) and computes its spikes "
+        "on 20 steps x 4 samples of uniform [0, 4) input; our Executor runs the file "
+        "(`load(path, strict=False)`) with the producer's dt and convention; the share of "
+        "identical output spikes:\n\n" + import_table(produced)
+        if produced
+        else ""
+    )
     return (
         "# NIR interop matrix (generated by `scripts/interop_matrix.py`)\n\n"
         f"Command: `{command}`\n\n"
@@ -449,7 +548,7 @@ def report(rows: list[Row], args: argparse.Namespace) -> str:
         "converted with the default settings (reset by subtraction for `faithful`/`portable-soft`, "
         "`reset=zero` for the others). Diffs are over the integrated output trace "
         "`[T, B, classes]`; agreement is on the argmax after T steps. Profiles: "
-        "docs/interop.md.\n\n" + markdown_table(rows)
+        "docs/interop.md.\n\n" + markdown_table(rows) + imports
     )
 
 
@@ -464,6 +563,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--venvs", type=Path, default=DEFAULT_VENVS)
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "interop_matrix.md")
     parser.add_argument("--install-only", action="store_true", help="only build the venvs")
+    parser.add_argument(
+        "--no-export", action="store_true", help="only the import side (their files in ours)"
+    )
     args = parser.parse_args(argv)
     args.argv = argv
     return args
@@ -478,7 +580,7 @@ def main(argv: list[str]) -> list[Row]:
     if args.install_only:
         return []
     rows: list[Row] = []
-    for checkpoint in args.checkpoints:
+    for checkpoint in [] if args.no_export else args.checkpoints:
         model, ann, images = load_model(checkpoint, args.images, args.seed)
         cases, extra = build_cases(ann, images, [images], args.timesteps)
         rows += our_rows(model, cases, extra)
@@ -489,11 +591,20 @@ def main(argv: list[str]) -> list[Row]:
                 np.save(workdir / f"{profile}.npy", case.inputs)
             for name, (python, label) in envs.items():
                 rows += importer_rows(name, python, label, model, cases, workdir, args.timeout)
+    produced = []
+    with tempfile.TemporaryDirectory(prefix="interop-own-") as tmp:
+        for name in (n for n in PRODUCED if n in envs):
+            python, label = envs[name]
+            produced.append(import_row(name, python, label, Path(tmp), args.timeout, args.seed))
     table = Table(*HEADER, title="NIR interop", show_lines=True)
     for row in rows:
         table.add_row(*row.cells())
     console.print(table)
-    atomic_write_text(args.out, report(rows, args))
+    own = Table(*IMPORT_HEADER, title="Their files in our Executor", show_lines=True)
+    for item in produced:
+        own.add_row(*item.cells())
+    console.print(own)
+    atomic_write_text(args.out, report(rows, args, produced))
     console.print(f"wrote {args.out}")
     return rows
 
