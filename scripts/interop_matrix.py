@@ -83,13 +83,18 @@ OUR_PROFILES = (
 )
 # Semantic differences read in each importer's source, given when its output is not identical.
 KNOWN_DIFFERENCES: dict[str, str] = {
-    "spikingjelly": "IFNode fires on v >= threshold (the file's threshold is 1 + 1 ulp)",
+    "spikingjelly": "IFNode fires on v >= threshold (NIR: >)",
     "snntorch": "Leaky(beta=1) computes mem + x; our LIF step at dt = 1e-4 rounds differently "
     "only when x is tiny",
     "norse": "IF imported as IAF (reset to 0, no reset_method)",
     "sinabs": "IAF emits several spikes per step and floors v at -threshold",
     "spyx": "fires on the previous step's membrane; unmapped nodes are dropped",
     "rockpool": "no Conv2d/IF import",
+}
+# Profiles whose file means another model than the native one (said in their rows vs native).
+PROFILE_NOTES: dict[str, str] = {
+    "sinabs": "compared with our Executor reading sinabs' semantics (convention sinabs); vs "
+    "native: several spikes per step and v floored at -threshold are sinabs' model",
 }
 # Import side: how we run each producer's files (dt, Executor convention), and why (its source).
 PRODUCED: dict[str, tuple[float, str, str]] = {
@@ -308,9 +313,10 @@ def load_model(checkpoint: Path | None, images: int, seed: int) -> tuple[str, ob
 
 def build_cases(
     ann: object, images: torch.Tensor, calibration: object, timesteps: int
-) -> tuple[dict[str, Case], list[tuple[str, np.ndarray, np.ndarray]]]:
-    """Every profile's case, and (profile, nirtorch output, native) for our nirtorch node map."""
-    cases: dict[str, Case] = {}
+) -> tuple[dict[str, Case | str], list[tuple[str, np.ndarray, np.ndarray]]]:
+    """Every profile's case (or why the model cannot be exported so, e.g. a chain profile of a
+    residual network), and (profile, nirtorch output, native) for our nirtorch node map."""
+    cases: dict[str, Case | str] = {}
     seq = images.expand(timesteps, *images.shape)
     extra = []
     for reset in ("subtract", "zero"):
@@ -322,7 +328,11 @@ def build_cases(
                 continue
             if profile in RESET_OF_PROFILE and RESET_OF_PROFILE[profile] != reset:
                 continue
-            graph = export(snn, images[:1], profile=profile)
+            try:
+                graph = export(snn, images[:1], profile=profile)
+            except ValueError as error:
+                cases[profile] = f"not exported: {error}"
+                continue
             signature = InputSignature.from_metadata(graph.metadata)
             inputs = signature.encode(seq)
             executor = Executor(graph, dt=signature.dt, convention=signature.reset_convention)
@@ -408,7 +418,7 @@ def importer_rows(
     python: Path | None,
     label: str,
     model: str,
-    cases: dict[str, Case],
+    cases: dict[str, Case | str],
     workdir: Path,
     timeout: float,
 ) -> list[Row]:
@@ -419,6 +429,9 @@ def importer_rows(
     rows = []
     for profile in profiles:
         case = cases[profile]
+        if isinstance(case, str):
+            rows.append(Row(model, label, profile, False, reason=_excerpt(case, 160)))
+            continue
         out, error = run_importer(python, importer, profile, case, workdir, timeout)
         if out is None:
             reason = classify_error(error, node_types(case.graph), label)
@@ -428,16 +441,24 @@ def importer_rows(
         native_agreement, native_diff = _compare(out, case.native)
         row = Row(model, label, profile, True, agreement, diff, native_agreement, native_diff)
         if diff is None:
-            row.reason = f"output shape {out.shape}, expected {case.executor.shape}"
+            row.reason = (
+                f"output shape {out.shape}, expected {case.executor.shape}: "
+                f"{KNOWN_DIFFERENCES[importer]}"
+            )
         elif diff != 0.0:
             row.reason = KNOWN_DIFFERENCES[importer]
+        elif profile in PROFILE_NOTES:
+            row.reason = PROFILE_NOTES[profile]
         rows.append(row)
     return rows
 
 
-def our_rows(model: str, cases: dict[str, Case], extra: list) -> list[Row]:
+def our_rows(model: str, cases: dict[str, Case | str], extra: list) -> list[Row]:
     rows = []
     for profile, case in cases.items():
+        if isinstance(case, str):
+            rows.append(Row(model, "neurocuda Executor", profile, False, reason=case))
+            continue
         native_agreement, native_diff = _compare(case.executor, case.native)
         rows.append(
             Row(model, "neurocuda Executor", profile, True, 1.0, 0.0, native_agreement, native_diff)
@@ -587,6 +608,8 @@ def main(argv: list[str]) -> list[Row]:
         with tempfile.TemporaryDirectory(prefix="interop-") as tmp:
             workdir = Path(tmp)
             for profile, case in cases.items():
+                if isinstance(case, str):
+                    continue
                 save(case.graph, workdir / f"{profile}.nir")
                 np.save(workdir / f"{profile}.npy", case.inputs)
             for name, (python, label) in envs.items():

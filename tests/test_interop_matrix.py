@@ -33,8 +33,9 @@ def test_our_executor_rows_are_exact_for_exact_profiles(tiny_cases):
     for profile in ("faithful", "portable"):
         assert rows["neurocuda", profile].native_max_abs_diff == 0.0
     assert rows["nirtorch", "faithful"].max_abs_diff == 0.0
-    for profile in ("portable-soft", "portable-hard", "spikingjelly", "snntorch"):
+    for profile in ("portable-soft", "portable-hard", "spikingjelly", "snntorch", "norse"):
         assert rows["neurocuda", profile].native_agreement == 1.0
+    assert rows["neurocuda", "sinabs"].runs  # sinabs' semantics: compared, not required equal
 
 
 def test_snntorch_runs_its_profile_identically_to_our_executor(tiny_cases, tmp_path: Path):

@@ -31,8 +31,8 @@ def check_timesteps(values: Iterable[Any], source: str) -> list[int]:
 
 
 OutputForm = Literal["integrated", "per_step"]
-ResetConvention = Literal["nir", "subtract", "snntorch", "sinabs"]
-RESET_CONVENTIONS: tuple[str, ...] = ("nir", "subtract", "snntorch", "sinabs")
+ResetConvention = Literal["nir", "subtract", "spikingjelly", "snntorch", "sinabs"]
+RESET_CONVENTIONS: tuple[str, ...] = ("nir", "subtract", "spikingjelly", "snntorch", "sinabs")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,11 +45,12 @@ class InputSignature:
     - ``output``: ``integrated`` (the output is the running sum ``o_t``) or ``per_step`` (the
       output layer's current ``y_t``; sum it over time for ``o_t``).
     - ``dt``: the time step to run the graph with.
-    - ``reset_convention``: ``nir`` (IF/LIF/CubaLIF reset to ``v_reset``, NIR's semantics) or
-      ``subtract`` (they subtract ``v_threshold``; ``Executor(graph, convention="subtract")``),
+    - ``reset_convention``: how spiking neurons fire and reset, the ``convention`` of
+      ``Executor(graph, convention=...)``: ``nir`` (reset to ``v_reset``, NIR's semantics),
+      ``subtract`` (subtract ``v_threshold``), ``spikingjelly`` (spike on ``v >= v_threshold``),
       ``snntorch`` (snnTorch's ``Leaky`` for ``LIF`` nodes, subtraction one step later) or
-      ``sinabs`` (sinabs' ``IAF`` as its NIR import builds it: several spikes per step, see
-      :class:`neurocuda.nir.primitives.SpikingMixin`).
+      ``sinabs`` (sinabs' ``IAF`` as its NIR import builds it, several spikes per step); see
+      :class:`neurocuda.nir.primitives.SpikingMixin`.
     """
 
     extra_channels: int = 0

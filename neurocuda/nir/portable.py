@@ -23,7 +23,9 @@ graph's metadata by :mod:`neurocuda.nir.metadata`. Profiles (all need per-channe
 - ``portable-soft``: the same ``IF`` read with reset by subtraction (``reset_convention``
   ``subtract``: run it with ``Executor(graph, convention="subtract")``).
 - ``spikingjelly``: ``portable-hard`` with thresholds one float32 ulp above 1 (its ``IFNode`` fires
-  on ``v >= threshold``).
+  on ``v >= threshold``, which for ``1 + ulp`` is ``v > 1``); ``reset_convention``
+  ``spikingjelly``: our executor reads the file as spikingjelly does, and then computes exactly
+  ``portable-hard``.
 - ``snntorch``: ``portable-hard`` with each ``IF`` written as ``LIF(tau=2**60 * 1e-4, r=2**60)``
   at ``dt = 1e-4`` (its ``IF`` import is broken; this ``LIF`` becomes ``Leaky(beta=1)``, reset to
   zero). In NIR's Euler step at ``dt = 1e-4`` the factors are exact powers of two.
@@ -76,6 +78,7 @@ RESET_OF_PROFILE = {
 }
 CONVENTION_OF_PROFILE: dict[str, ResetConvention] = {
     "portable-soft": "subtract",
+    "spikingjelly": "spikingjelly",
     "norse": "subtract",
     "sinabs": "sinabs",
 }

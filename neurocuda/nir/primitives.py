@@ -222,6 +222,8 @@ class SpikingMixin:
     - ``nir``: spike on ``v > v_threshold``, then ``v = v_reset`` (NIR's semantics);
     - ``subtract``: spike on ``v > v_threshold``, then ``v -= v_threshold`` (files of producers
       that subtract, nir < 1.0.6 ``IF``, the ``portable-soft`` profile);
+    - ``spikingjelly``: spike on ``v >= v_threshold`` (its ``IFNode``, ``heaviside(v - v_th)``
+      with ``>= 0``), then ``v = v_reset``;
     - ``snntorch``: snnTorch's ``Leaky`` for ``LIF`` nodes (:meth:`LeakyOp._snntorch_step`);
     - ``sinabs``: sinabs 3.1's ``IAF`` as its ``from_nir`` builds it, operation for operation
       (``sinabs/layers/functional/lif.py``, ``MultiSpike``, ``MembraneSubtract``): ``n =
@@ -238,7 +240,8 @@ class SpikingMixin:
             spikes = (v > 0) * torch.div(v, self.threshold, rounding_mode="trunc")
             floor = -self.threshold
             return spikes, F.relu(v - spikes * self.threshold - floor) + floor
-        spikes = v > self.threshold
+        jelly = self.convention == "spikingjelly"
+        spikes = v >= self.threshold if jelly else v > self.threshold
         after = v - self.threshold if self.convention == "subtract" else self.v_reset
         return spikes.to(v.dtype), torch.where(spikes, after, v)
 
@@ -348,8 +351,8 @@ def make_op(
 ) -> nn.Module:
     """Build the torch op for ``node``; raise for node types the executor does not run.
 
-    ``convention`` (``nir``, ``subtract``, ``snntorch``, ``sinabs``): how spiking neurons fire and
-    reset (:class:`SpikingMixin`).
+    ``convention`` (``nir``, ``subtract``, ``spikingjelly``, ``snntorch``, ``sinabs``): how spiking
+    neurons fire and reset (:class:`SpikingMixin`).
     """
     op = _make_op(name, node, dt, dtype)
     if isinstance(op, SpikingMixin):
