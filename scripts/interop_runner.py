@@ -92,6 +92,9 @@ def run_rockpool(path: str, x: torch.Tensor, args: argparse.Namespace) -> torch.
     return out.transpose(0, 1)
 
 
+CONVENTIONS = ("nir", "subtract", "spikingjelly", "snntorch", "sinabs")
+"""The files' ``signature_reset_convention`` values (``neurocuda.nir.metadata.RESET_CONVENTIONS``;
+this script runs without neurocuda); only norse is told one (``--reset subtract``)."""
 HIDDEN, OUTPUTS = 8, 4
 """Producer networks: ``Linear(features, 8) -> neuron -> Linear(8, 4) -> neuron``."""
 
@@ -222,7 +225,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("input")
     parser.add_argument("out")
     parser.add_argument("--dt", type=float, default=1.0)
-    parser.add_argument("--reset", choices=["nir", "subtract", "sinabs"], default="nir")
+    parser.add_argument("--reset", choices=CONVENTIONS, default="nir")
     args = parser.parse_args(argv)
     x = torch.from_numpy(np.load(args.input)).float()
     try:

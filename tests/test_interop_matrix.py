@@ -88,3 +88,10 @@ def test_markdown_table_formats_and_escapes_cells() -> None:
         lines[4]
         == "| m | lib | portable-soft | yes | 50% | 6.04 | 25% | 1e-07 | starts at v_reset |"
     )
+
+
+def test_the_runner_accepts_every_convention_a_file_records() -> None:
+    from neurocuda.nir.metadata import RESET_CONVENTIONS
+    from scripts.interop_runner import CONVENTIONS
+
+    assert set(CONVENTIONS) == set(RESET_CONVENTIONS)
