@@ -30,6 +30,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import warnings
 from pathlib import Path
 
 import nir
@@ -42,7 +43,7 @@ from rich.table import Table
 from neurocuda.conversion import ConversionConfig, convert
 from neurocuda.files import atomic_write_text
 from neurocuda.models import build_model
-from neurocuda.nir import Executor, export, save
+from neurocuda.nir import Executor, export, load, save
 from neurocuda.nir.interop import run_with_nirtorch
 from neurocuda.nir.metadata import InputSignature
 from neurocuda.nir.portable import RESET_OF_PROFILE
@@ -65,8 +66,8 @@ IMPORTERS: dict[str, tuple[str, ...]] = {
 PROFILES_OF: dict[str, tuple[str, ...]] = {
     "spikingjelly": ("spikingjelly", "portable-hard"),
     "snntorch": ("snntorch", "portable-hard"),
-    "norse": ("portable-soft", "portable-hard"),
-    "sinabs": ("portable-soft", "portable-hard"),
+    "norse": ("norse", "portable-soft", "portable-hard"),
+    "sinabs": ("sinabs", "portable-soft", "portable-hard"),
     "spyx": ("portable-soft", "portable-hard"),
     "rockpool": ("portable-hard",),
 }
@@ -77,6 +78,8 @@ OUR_PROFILES = (
     "portable-hard",
     "spikingjelly",
     "snntorch",
+    "norse",
+    "sinabs",
 )
 # Our own profiles are checked against the native runtime, so the executor runs them in its memory
 # layout (neurocuda.snn.layout); the files for other tools in the standard layout those compute in
@@ -84,7 +87,7 @@ OUR_PROFILES = (
 NATIVE_PROFILES = ("faithful", "portable")
 # Semantic differences read in each importer's source, given when its output is not identical.
 KNOWN_DIFFERENCES: dict[str, str] = {
-    "spikingjelly": "IFNode fires on v >= threshold (the file's threshold is 1 + 1 ulp)",
+    "spikingjelly": "IFNode fires on v >= threshold (NIR: >)",
     "snntorch": "Leaky(beta=1) computes mem + x; our LIF step at dt = 1e-4 rounds differently "
     "only when x is tiny",
     "norse": "IF imported as IAF (reset to 0, no reset_method)",
@@ -92,6 +95,35 @@ KNOWN_DIFFERENCES: dict[str, str] = {
     "spyx": "fires on the previous step's membrane; unmapped nodes are dropped",
     "rockpool": "no Conv2d/IF import",
 }
+# Profiles whose file means another model than the native one (said in their rows vs native).
+PROFILE_NOTES: dict[str, str] = {
+    "sinabs": "compared with our Executor reading sinabs' semantics (convention sinabs); vs "
+    "native: several spikes per step and v floored at -threshold are sinabs' model",
+}
+# Import side: how we run each producer's files (dt, Executor convention), and why (its source).
+PRODUCED: dict[str, tuple[float, str, str]] = {
+    "snntorch": (
+        1e-4,
+        "snntorch",
+        "Leaky subtracts one step later, undecayed; its exporter writes LIF for dt = 1e-4",
+    ),
+    "norse": (
+        1e-6,
+        "nir",
+        "norse 1.1 writes tau = dt / tau_mem_inv (= dt * tau, dt = 1e-3): run at dt = 1e-3 ** 2",
+    ),
+    "sinabs": (1.0, "sinabs", "IAF: several spikes per step, subtract, v floored at -threshold"),
+    "rockpool": (1e-3, "nir", "LIFTorch is not NIR's Euler CubaLIF (see docs/interop.md)"),
+}
+IMPORT_HEADER = (
+    "producer",
+    "network",
+    "loads?",
+    "dt, convention",
+    "identical spikes",
+    "spikes (producer / ours)",
+    "notes",
+)
 HEADER = (
     "model",
     "importer",
@@ -285,9 +317,10 @@ def load_model(checkpoint: Path | None, images: int, seed: int) -> tuple[str, ob
 
 def build_cases(
     ann: object, images: torch.Tensor, calibration: object, timesteps: int
-) -> tuple[dict[str, Case], list[tuple[str, np.ndarray, np.ndarray]]]:
-    """Every profile's case, and (profile, nirtorch output, native) for our nirtorch node map."""
-    cases: dict[str, Case] = {}
+) -> tuple[dict[str, Case | str], list[tuple[str, np.ndarray, np.ndarray]]]:
+    """Every profile's case (or why the model cannot be exported so, e.g. a chain profile of a
+    residual network), and (profile, nirtorch output, native) for our nirtorch node map."""
+    cases: dict[str, Case | str] = {}
     seq = images.expand(timesteps, *images.shape)
     extra = []
     for reset in ("subtract", "zero"):
@@ -299,7 +332,11 @@ def build_cases(
                 continue
             if profile in RESET_OF_PROFILE and RESET_OF_PROFILE[profile] != reset:
                 continue
-            graph = export(snn, images[:1], profile=profile)
+            try:
+                graph = export(snn, images[:1], profile=profile)
+            except ValueError as error:
+                cases[profile] = f"not exported: {error}"
+                continue
             signature = InputSignature.from_metadata(graph.metadata)
             inputs = signature.encode(seq)
             layout = None if profile in NATIVE_PROFILES else torch.contiguous_format
@@ -391,7 +428,7 @@ def importer_rows(
     python: Path | None,
     label: str,
     model: str,
-    cases: dict[str, Case],
+    cases: dict[str, Case | str],
     workdir: Path,
     timeout: float,
 ) -> list[Row]:
@@ -402,6 +439,9 @@ def importer_rows(
     rows = []
     for profile in profiles:
         case = cases[profile]
+        if isinstance(case, str):
+            rows.append(Row(model, label, profile, False, reason=_excerpt(case, 160)))
+            continue
         out, error = run_importer(python, importer, profile, case, workdir, timeout)
         if out is None:
             reason = classify_error(error, node_types(case.graph), label)
@@ -411,16 +451,24 @@ def importer_rows(
         native_agreement, native_diff = _compare(out, case.native)
         row = Row(model, label, profile, True, agreement, diff, native_agreement, native_diff)
         if diff is None:
-            row.reason = f"output shape {out.shape}, expected {case.executor.shape}"
+            row.reason = (
+                f"output shape {out.shape}, expected {case.executor.shape}: "
+                f"{KNOWN_DIFFERENCES[importer]}"
+            )
         elif diff != 0.0:
             row.reason = KNOWN_DIFFERENCES[importer]
+        elif profile in PROFILE_NOTES:
+            row.reason = PROFILE_NOTES[profile]
         rows.append(row)
     return rows
 
 
-def our_rows(model: str, cases: dict[str, Case], extra: list) -> list[Row]:
+def our_rows(model: str, cases: dict[str, Case | str], extra: list) -> list[Row]:
     rows = []
     for profile, case in cases.items():
+        if isinstance(case, str):
+            rows.append(Row(model, "neurocuda Executor", profile, False, reason=case))
+            continue
         native_agreement, native_diff = _compare(case.executor, case.native)
         rows.append(
             Row(model, "neurocuda Executor", profile, True, 1.0, 0.0, native_agreement, native_diff)
@@ -435,6 +483,64 @@ def our_rows(model: str, cases: dict[str, Case], extra: list) -> list[Row]:
     return rows
 
 
+# ----------------------------------------------------------------------------- import side
+
+
+@dataclasses.dataclass
+class ImportRow:
+    producer: str
+    loads: bool
+    setting: str = "-"
+    identical: float | None = None
+    counts: str = "-"
+    notes: str = "-"
+
+    def cells(self) -> tuple[str, ...]:
+        share = "-" if self.identical is None else f"{self.identical:.1%}"
+        network = "Linear(5, 8) -> neuron -> Linear(8, 4) -> neuron"
+        return (self.producer, network, "yes" if self.loads else "no", self.setting, share,
+                self.counts, self.notes)  # fmt: skip
+
+
+def import_row(
+    producer: str, python: Path | None, label: str, workdir: Path, timeout: float, seed: int
+) -> ImportRow:
+    """Export a producer's small network in its venv, run the file in our Executor with the
+    producer's convention (``PRODUCED``) and compare the output spikes with the producer's own."""
+    if python is None:
+        return ImportRow(producer, False, notes=label)
+    rng = np.random.default_rng(seed)
+    x = 4 * rng.random((20, 4, 5), dtype=np.float32)  # [T, B, features], most neurons fire
+    graph_file, input_file = workdir / f"{producer}-own.nir", workdir / "produce-input.npy"
+    out_file = workdir / f"{producer}-own.npy"
+    np.save(input_file, x)
+    command = [str(python), str(RUNNER), "--produce", producer, str(graph_file), str(input_file)]
+    process = subprocess.run(
+        [*command, str(out_file)], capture_output=True, text=True, timeout=timeout
+    )
+    if process.returncode != 0 or not out_file.exists():
+        errors = [line for line in process.stdout.splitlines() if line.startswith("ERROR: ")]
+        return ImportRow(label, False, notes=(errors or ["no output"])[-1])
+    dt, convention, why = PRODUCED[producer]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        graph = load(graph_file, strict=False)
+        executor = Executor(graph, dt=dt, convention=convention)
+        inputs = torch.from_numpy(x)
+        if executor.input_shape is not None and np.prod(executor.input_shape) == x.shape[-1]:
+            inputs = inputs.reshape(*x.shape[:2], *executor.input_shape)
+        with torch.no_grad():
+            ours = executor(inputs).reshape(*x.shape[:2], -1).numpy()
+    theirs = np.load(out_file).reshape(*x.shape[:2], -1)
+    messages = {str(w.message).replace(f"{workdir}/", "") for w in caught}
+    notes = [why, *sorted(_excerpt(message, 90) for message in messages)]
+    row = ImportRow(label, True, f"{dt:g}, {convention}", notes="; ".join(notes))
+    if ours.shape == theirs.shape:
+        row.identical = float(np.mean(ours == theirs))
+        row.counts = f"{theirs.sum():g} / {ours.sum():g}"
+    return row
+
+
 # ----------------------------------------------------------------------------- report
 
 
@@ -447,8 +553,24 @@ def markdown_table(rows: list[Row]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def report(rows: list[Row], args: argparse.Namespace) -> str:
+def import_table(rows: list[ImportRow]) -> str:
+    lines = ["| " + " | ".join(IMPORT_HEADER) + " |", "|" + "---|" * len(IMPORT_HEADER)]
+    for row in rows:
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in row.cells()) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def report(rows: list[Row], args: argparse.Namespace, produced: list[ImportRow]) -> str:
     command = "python scripts/interop_matrix.py " + " ".join(args.argv)
+    imports = (
+        "\n## Their files in our Executor\n\nEach producer exports a small network of its own with "
+        "its own exporter (`scripts/interop_runner.py --produce`, seeded) and computes its spikes "
+        "on 20 steps x 4 samples of uniform [0, 4) input; our Executor runs the file "
+        "(`load(path, strict=False)`) with the producer's dt and convention; the share of "
+        "identical output spikes:\n\n" + import_table(produced)
+        if produced
+        else ""
+    )
     return (
         "# NIR interop matrix (generated by `scripts/interop_matrix.py`)\n\n"
         f"Command: `{command}`\n\n"
@@ -457,7 +579,7 @@ def report(rows: list[Row], args: argparse.Namespace) -> str:
         "converted with the default settings (reset by subtraction for `faithful`/`portable-soft`, "
         "`reset=zero` for the others). Diffs are over the integrated output trace "
         "`[T, B, classes]`; agreement is on the argmax after T steps. Profiles: "
-        "docs/interop.md.\n\n" + markdown_table(rows)
+        "docs/interop.md.\n\n" + markdown_table(rows) + imports
     )
 
 
@@ -472,6 +594,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--venvs", type=Path, default=DEFAULT_VENVS)
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "interop_matrix.md")
     parser.add_argument("--install-only", action="store_true", help="only build the venvs")
+    parser.add_argument(
+        "--no-export", action="store_true", help="only the import side (their files in ours)"
+    )
     args = parser.parse_args(argv)
     args.argv = argv
     return args
@@ -486,22 +611,33 @@ def main(argv: list[str]) -> list[Row]:
     if args.install_only:
         return []
     rows: list[Row] = []
-    for checkpoint in args.checkpoints:
+    for checkpoint in [] if args.no_export else args.checkpoints:
         model, ann, images = load_model(checkpoint, args.images, args.seed)
         cases, extra = build_cases(ann, images, [images], args.timesteps)
         rows += our_rows(model, cases, extra)
         with tempfile.TemporaryDirectory(prefix="interop-") as tmp:
             workdir = Path(tmp)
             for profile, case in cases.items():
+                if isinstance(case, str):
+                    continue
                 save(case.graph, workdir / f"{profile}.nir")
                 np.save(workdir / f"{profile}.npy", case.inputs)
             for name, (python, label) in envs.items():
                 rows += importer_rows(name, python, label, model, cases, workdir, args.timeout)
+    produced = []
+    with tempfile.TemporaryDirectory(prefix="interop-own-") as tmp:
+        for name in (n for n in PRODUCED if n in envs):
+            python, label = envs[name]
+            produced.append(import_row(name, python, label, Path(tmp), args.timeout, args.seed))
     table = Table(*HEADER, title="NIR interop", show_lines=True)
     for row in rows:
         table.add_row(*row.cells())
     console.print(table)
-    atomic_write_text(args.out, report(rows, args))
+    own = Table(*IMPORT_HEADER, title="Their files in our Executor", show_lines=True)
+    for item in produced:
+        own.add_row(*item.cells())
+    console.print(own)
+    atomic_write_text(args.out, report(rows, args, produced))
     console.print(f"wrote {args.out}")
     return rows
 

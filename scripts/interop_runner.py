@@ -1,6 +1,11 @@
 """Run a NIR file in one third-party importer; executed by that importer's own venv.
 
     python interop_runner.py IMPORTER GRAPH.nir INPUT.npy OUT.npy [--dt DT] [--reset subtract]
+    python interop_runner.py --produce PRODUCER GRAPH.nir INPUT.npy OUT.npy
+
+The second form is the import side: PRODUCER builds a small network of its own (seeded), exports
+it with its own NIR exporter to GRAPH.nir and saves the spikes it computes itself on INPUT.npy
+``[T, B, features]`` as OUT.npy ``[T, B, 4]`` (``PRODUCERS``).
 
 Does not import neurocuda (the importer venvs do not have it). INPUT.npy is the whole input
 ``[T, B, C, H, W]`` (the caller appends a portable profile's indicator channel); the graph's output
@@ -87,6 +92,120 @@ def run_rockpool(path: str, x: torch.Tensor, args: argparse.Namespace) -> torch.
     return out.transpose(0, 1)
 
 
+CONVENTIONS = ("nir", "subtract", "spikingjelly", "snntorch", "sinabs")
+"""The files' ``signature_reset_convention`` values (``neurocuda.nir.metadata.RESET_CONVENTIONS``;
+this script runs without neurocuda); only norse is told one (``--reset subtract``)."""
+HIDDEN, OUTPUTS = 8, 4
+"""Producer networks: ``Linear(features, 8) -> neuron -> Linear(8, 4) -> neuron``."""
+
+
+def _weights(features: int) -> list[torch.nn.Linear]:
+    torch.manual_seed(0)
+    first, second = torch.nn.Linear(features, HIDDEN), torch.nn.Linear(HIDDEN, OUTPUTS)
+    with torch.no_grad():  # strong enough that most neurons fire within a few steps
+        first.weight.mul_(3.0)
+        second.weight.mul_(3.0)
+        second.bias.add_(1.0)
+    return [first, second]
+
+
+def produce_snntorch(path: str, x: torch.Tensor) -> torch.Tensor:
+    """``Leaky(beta=0.9)`` with snnTorch's default reset by subtraction; ``beta`` per neuron (a
+    scalar one is exported as a shapeless ``LIF`` that nir's type check refuses), so ``threshold``
+    too."""
+    import nir
+    import snntorch
+    from snntorch.export_nir import export_to_nir
+
+    first, second = _weights(x.shape[-1])
+    net = torch.nn.Sequential(
+        first,
+        snntorch.Leaky(
+            beta=0.9 * torch.ones(HIDDEN), threshold=torch.ones(HIDDEN), init_hidden=True
+        ),
+        second,
+        snntorch.Leaky(
+            beta=0.9 * torch.ones(OUTPUTS),
+            threshold=torch.ones(OUTPUTS),
+            init_hidden=True,
+            output=True,
+        ),
+    )
+    nir.write(path, export_to_nir(net, x[0, 0]))  # one sample: a batch would enter the types
+    import snntorch.utils
+
+    snntorch.utils.reset(net)
+    return torch.stack([net(step)[0] for step in x])
+
+
+def produce_norse(path: str, x: torch.Tensor) -> torch.Tensor:
+    """``LIFBoxCell`` (leaky integrate-and-fire without synapse, reset to 0) at norse's dt 1e-3,
+    with per-neuron parameters (norse's scalar defaults make ``nir.write`` fail)."""
+    import nir
+    import norse.torch
+
+    def cell(size: int) -> torch.nn.Module:
+        ones = torch.ones(size)
+        p = norse.torch.LIFBoxParameters(
+            tau_mem_inv=500 * ones, v_leak=0 * ones, v_th=ones, v_reset=0 * ones
+        )
+        return norse.torch.LIFBoxCell(p)
+
+    first, second = _weights(x.shape[-1])
+    net = norse.torch.SequentialState(first, cell(HIDDEN), second, cell(OUTPUTS))
+    nir.write(path, norse.torch.to_nir(net, x[0, 0]))  # one sample: a batch enters the types
+    return _step_all(net, x)
+
+
+def produce_sinabs(path: str, x: torch.Tensor) -> torch.Tensor:
+    """``IAF`` as sinabs' own ``from_nir`` builds it (multi-spike, subtract, ``min_v_mem`` =
+    ``-threshold``); sinabs layers take ``[B, T, ...]``. Written with sinabs' nir 1.0.4."""
+    import nir
+    import sinabs.layers as sl
+    import sinabs.nir
+
+    steps, batch = x.shape[:2]
+    first, second = _weights(x.shape[-1])
+
+    def iaf() -> torch.nn.Module:
+        return sl.IAFSqueeze(min_v_mem=-1.0, batch_size=batch)
+
+    net = torch.nn.Sequential(first, iaf(), second, iaf())
+    flat = x.transpose(0, 1).reshape(batch * steps, -1)  # [B * T, ...], batch outermost
+    # its exporter drops dim 0 (B * T) from the types and reads the layers' state shapes
+    nir.write(path, sinabs.nir.to_nir(net, flat))
+    for layer in net:
+        if isinstance(layer, sl.IAFSqueeze):
+            layer.reset_states()
+    return net(flat).reshape(batch, steps, -1).transpose(0, 1)
+
+
+def produce_rockpool(path: str, x: torch.Tensor) -> torch.Tensor:
+    """``LinearTorch -> LIFTorch`` (current-based LIF, rockpool's defaults); ``[B, T, ...]``."""
+    import nir
+    from rockpool.nn.combinators import Sequential
+    from rockpool.nn.modules import LIFTorch, LinearTorch
+    from rockpool.nn.modules.torch.nir import to_nir
+
+    first, second = _weights(x.shape[-1])
+    net = Sequential(
+        LinearTorch((x.shape[-1], HIDDEN), weight=first.weight.T, has_bias=False),
+        LIFTorch(HIDDEN),
+        LinearTorch((HIDDEN, OUTPUTS), weight=second.weight.T, has_bias=False),
+        LIFTorch(OUTPUTS),
+    )
+    nir.write(path, to_nir(net))
+    out, _, _ = net(x.transpose(0, 1))
+    return out.transpose(0, 1)
+
+
+PRODUCERS = {
+    "snntorch": produce_snntorch,
+    "norse": produce_norse,
+    "sinabs": produce_sinabs,
+    "rockpool": produce_rockpool,
+}
+
 RUNNERS = {
     "spikingjelly": run_spikingjelly,
     "sinabs": run_sinabs,
@@ -98,19 +217,41 @@ RUNNERS = {
 
 
 def main(argv: list[str]) -> int:
+    if argv[:1] == ["--produce"]:
+        return produce(argv[1:])
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("importer", choices=sorted(RUNNERS))
     parser.add_argument("graph")
     parser.add_argument("input")
     parser.add_argument("out")
     parser.add_argument("--dt", type=float, default=1.0)
-    parser.add_argument("--reset", choices=["nir", "subtract"], default="nir")
+    parser.add_argument("--reset", choices=CONVENTIONS, default="nir")
     args = parser.parse_args(argv)
     x = torch.from_numpy(np.load(args.input)).float()
     try:
         with torch.no_grad():
             out = RUNNERS[args.importer](args.graph, x, args)
     except Exception as error:  # any importer failure is the measurement
+        traceback.print_exc()
+        message = " ".join(str(error).split())
+        print(f"ERROR: {type(error).__name__}: {message}", flush=True)
+        return 1
+    np.save(args.out, out.detach().float().numpy())
+    return 0
+
+
+def produce(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(description="export a producer's network and its spikes")
+    parser.add_argument("producer", choices=sorted(PRODUCERS))
+    parser.add_argument("graph")
+    parser.add_argument("input")
+    parser.add_argument("out")
+    args = parser.parse_args(argv)
+    x = torch.from_numpy(np.load(args.input)).float()
+    try:
+        with torch.no_grad():
+            out = PRODUCERS[args.producer](args.graph, x)
+    except Exception as error:  # any producer failure is the measurement
         traceback.print_exc()
         message = " ".join(str(error).split())
         print(f"ERROR: {type(error).__name__}: {message}", flush=True)

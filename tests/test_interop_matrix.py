@@ -33,8 +33,9 @@ def test_our_executor_rows_are_exact_for_exact_profiles(tiny_cases):
     for profile in ("faithful", "portable"):
         assert rows["neurocuda", profile].native_max_abs_diff == 0.0
     assert rows["nirtorch", "faithful"].max_abs_diff == 0.0
-    for profile in ("portable-soft", "portable-hard", "spikingjelly", "snntorch"):
+    for profile in ("portable-soft", "portable-hard", "spikingjelly", "snntorch", "norse"):
         assert rows["neurocuda", profile].native_agreement == 1.0
+    assert rows["neurocuda", "sinabs"].runs  # sinabs' semantics: compared, not required equal
 
 
 def test_snntorch_runs_its_profile_identically_to_our_executor(tiny_cases, tmp_path: Path):
@@ -87,3 +88,10 @@ def test_markdown_table_formats_and_escapes_cells() -> None:
         lines[4]
         == "| m | lib | portable-soft | yes | 50% | 6.04 | 25% | 1e-07 | starts at v_reset |"
     )
+
+
+def test_the_runner_accepts_every_convention_a_file_records() -> None:
+    from neurocuda.nir.metadata import RESET_CONVENTIONS
+    from scripts.interop_runner import CONVENTIONS
+
+    assert set(CONVENTIONS) == set(RESET_CONVENTIONS)

@@ -84,3 +84,49 @@ def test_time_constants_in_seconds_at_dt_one_warn_once_naming_node_tau_and_dt():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         Executor(graph, dt=1e-4)
+
+
+def _single_if() -> nir.NIRGraph:
+    ones = np.ones(1, np.float32)
+    nodes = {
+        "input": nir.Input(input_type=np.array([1])),
+        "if": nir.IF(r=ones, v_threshold=ones, v_reset=0 * ones),
+        "output": nir.Output(output_type=np.array([1])),
+    }
+    return nir.NIRGraph(nodes=nodes, edges=[("input", "if"), ("if", "output")])
+
+
+def test_sinabs_convention_fires_several_spikes_on_reaching_threshold_and_floors_v():
+    """Hand-computed, threshold 1: v = 2.5 -> 2 spikes, v = 0.5; 0.5 - 3 = -2.5 is floored at -1;
+    -1 + 0.25 = -0.75; -0.75 + 1 = 0.25; 0.25 + 0.75 = 1.0 -> 1 spike (sinabs fires on >=)."""
+    x = torch.tensor([2.5, -3.0, 0.25, 1.0, 0.75]).reshape(5, 1, 1)
+    spikes = Executor(_single_if(), convention="sinabs")(x).flatten().tolist()
+    assert spikes == [2.0, 0.0, 0.0, 0.0, 1.0]
+    # NIR's reset by subtraction: one spike, no floor, and v = 1.0 does not fire
+    assert Executor(_single_if(), convention="subtract")(x).flatten().tolist()[0] == 1.0
+
+
+def test_snntorch_convention_refuses_nodes_snntorch_does_not_write():
+    with pytest.raises(ValueError, match="convention='snntorch' runs the LIF nodes"):
+        Executor(_single_if(), convention="snntorch")
+
+
+def test_a_file_snntorch_writes_runs_with_its_spikes(tmp_path):
+    """snnTorch (a dev extra) exports Linear -> Leaky -> Linear -> Leaky and computes its spikes;
+    our executor with convention='snntorch' at dt = 1e-4 gives the same spikes, bit for bit."""
+    from scripts.interop_runner import produce_snntorch
+
+    x = 4 * torch.rand(20, 4, 5, generator=torch.Generator().manual_seed(0))
+    theirs = produce_snntorch(str(tmp_path / "snntorch.nir"), x)
+    graph = load(tmp_path / "snntorch.nir", strict=False)
+    ours = Executor(graph, dt=1e-4, convention="snntorch")(x)
+    assert theirs.sum() > 20  # the network fires
+    assert torch.equal(ours, theirs)
+    # NIR's own reading (reset to v_reset = 0) of the same file does not reproduce snnTorch
+    assert not torch.equal(Executor(graph, dt=1e-4)(x), theirs)
+
+
+def test_spikingjelly_convention_fires_on_reaching_the_threshold():
+    x = torch.tensor([0.5, 0.5, 0.25]).reshape(3, 1, 1)  # v = 0.5, 1.0 (spike, reset), 0.25
+    assert Executor(_single_if(), convention="spikingjelly")(x).flatten().tolist() == [0, 1, 0]
+    assert Executor(_single_if())(x).flatten().tolist() == [0, 0, 1]  # NIR: v = 1.25 > 1

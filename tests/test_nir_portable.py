@@ -98,3 +98,80 @@ def test_signature_encodes_indicator_and_integrates():
     assert InputSignature.from_metadata(signature.to_metadata()) == signature
     with pytest.raises(ValueError, match="input signature"):
         InputSignature.from_metadata({"signature_output": "spikes"})
+
+
+def _is_chain(graph: nir.NIRGraph) -> bool:
+    return all(
+        sum(s == name for s, _ in graph.edges) <= 1 and sum(d == name for _, d in graph.edges) <= 1
+        for name in graph.nodes
+    )
+
+
+@pytest.mark.parametrize("profile", ["norse", "sinabs"])
+def test_chain_profiles_are_chains_of_mapped_nodes(profile):
+    """norse and sinabs run graphs with nirtorch's legacy executor (not topologically ordered):
+    the initial membrane travels in a carrier channel, AvgPool2d becomes SumPool2d."""
+    snn, images = _converted("cifarnet", "subtract", widths=(8, 16, 16, 32))
+    graph = export(snn, images[:1], profile=profile)
+    assert _is_chain(graph)
+    kinds = {type(node).__name__ for node in graph.nodes.values()}
+    neuron = "CubaLIF" if profile == "norse" else "IF"
+    assert kinds == {"Input", "Conv2d", neuron, "SumPool2d", "Flatten", "Output"}
+    neurons = [n for n in graph.nodes.values() if isinstance(n, nir.IF | nir.CubaLIF)]
+    assert {n.v_threshold.shape[0] for n in neurons} == {8 + 1, 16 + 1, 32 + 1}  # + carrier
+
+
+def test_chain_profile_with_the_subtract_convention_runs_like_the_native_model():
+    """The sinabs file read with plain reset by subtraction is the soft-reset model in a chain
+    (carrier channel, SumPool2d, 1x1-conv output): same predictions, diff within rounding."""
+    snn, images = _converted("cifarnet", "subtract", widths=(8, 16, 16, 32))
+    graph = export(snn, images[:1], profile="sinabs")
+    signature = InputSignature.from_metadata(graph.metadata)
+    assert signature.reset_convention == "sinabs"
+    with torch.no_grad():
+        native = snn(images, T)
+        out = signature.integrate(
+            Executor(graph, convention="subtract")(
+                signature.encode(images.expand(T, *images.shape))
+            )
+        )
+    assert torch.equal(out[-1].argmax(-1), native[-1].argmax(-1))
+    assert (out - native).abs().max() <= 1e-3 * native.abs().max()
+
+
+def test_chain_profile_refuses_a_residual_network():
+    snn, images = _converted("resnet20", "subtract")
+    with pytest.raises(ValueError, match="legacy executor"):
+        export(snn, images[:1], profile="norse")
+
+
+def test_sinabs_profile_is_written_as_nir_1_0_4_reads_it(tmp_path):
+    """IF without v_reset and nodes without metadata (nir 1.0.4 refuses both fields)."""
+    import h5py
+
+    snn, images = _converted("cifarnet", "subtract", widths=(8, 8, 8, 8))
+    graph = export(snn, images[:1], profile="sinabs")
+    path = save(graph, tmp_path / "sinabs.nir")
+    with h5py.File(path) as file:
+        nodes = file["node"]["nodes"]
+        kinds = {name: nodes[name]["type"][()] for name in nodes}
+        assert b"IF" in kinds.values()
+        for name, kind in kinds.items():
+            assert "metadata" not in nodes[name]
+            if kind == b"IF":
+                assert "v_reset" not in nodes[name]
+    loaded = load(path)
+    assert loaded.metadata["profile"] == "sinabs"
+    with torch.no_grad():
+        assert torch.equal(run_profile(loaded, images), run_profile(graph, images))
+
+
+def test_spikingjelly_profile_read_as_spikingjelly_equals_portable_hard_exactly():
+    """Thresholds 1 + 1 ulp fired on v >= threshold (convention 'spikingjelly') is v > 1."""
+    snn, images = _converted("cifarnet", "zero", widths=(8, 8, 8, 8))
+    graph = export(snn, images[:1], profile="spikingjelly")
+    assert InputSignature.from_metadata(graph.metadata).reset_convention == "spikingjelly"
+    with torch.no_grad():
+        jelly = run_profile(graph, images)
+        plain = run_profile(export(snn, images[:1], profile="portable-hard"), images)
+    assert (jelly - plain).abs().max().item() == 0.0

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from neurocuda.nir.errors import NIRFormatError
-from neurocuda.nir.metadata import ResetConvention
+from neurocuda.nir.metadata import RESET_CONVENTIONS, ResetConvention
 from neurocuda.nir.primitives import make_op
 from neurocuda.nir.schedule import Schedule, Stage, build_schedule
 from neurocuda.snn.chunking import sub_batch_size
@@ -62,8 +62,8 @@ class Executor(nn.Module):
         memory_format: torch.memory_format | None = None,
     ):
         super().__init__()
-        if convention not in ("nir", "subtract"):
-            raise ValueError(f"convention={convention!r}: use 'nir' or 'subtract'.")
+        if convention not in RESET_CONVENTIONS:
+            raise ValueError(f"convention={convention!r}: use one of {RESET_CONVENTIONS}.")
         if not isinstance(graph, nir.NIRGraph):
             raise TypeError(f"Executor needs a nir.NIRGraph, got {type(graph).__name__}.")
         if dt <= 0:

@@ -28,12 +28,26 @@ import torch
 from torch import fx, nn
 
 import neurocuda
+from neurocuda.nir.io import IF_FORMAT_KEY, LEGACY_IF_FORMAT
 from neurocuda.nir.metadata import InputSignature
-from neurocuda.nir.portable import PORTABLE_PROFILES, RESET_OF_PROFILE, NeuronMarker, make_portable
+from neurocuda.nir.portable import (
+    LEGACY_IF_PROFILES,
+    PORTABLE_PROFILES,
+    RESET_OF_PROFILE,
+    NeuronMarker,
+    make_portable,
+)
 from neurocuda.snn import IFNeuron, OutputIntegrator, Scale, SpikingModel
 
 Profile = Literal[
-    "faithful", "portable", "portable-hard", "portable-soft", "spikingjelly", "snntorch"
+    "faithful",
+    "portable",
+    "portable-hard",
+    "portable-soft",
+    "spikingjelly",
+    "snntorch",
+    "norse",
+    "sinabs",
 ]
 PROFILES: tuple[str, ...] = ("faithful", "portable", *PORTABLE_PROFILES)
 Shapes = dict[nn.Module, tuple[int, ...]]
@@ -257,10 +271,10 @@ def export(
 
     ``profile="faithful"`` represents the soft-reset IF neuron exactly in standard primitives;
     ``"portable"`` requires a hard-reset model (``conversion.reset=zero``) and writes ``nir.IF``
-    (exact, NIR's semantics). ``"portable-hard"``, ``"portable-soft"``, ``"spikingjelly"`` and
-    ``"snntorch"`` write plain nodes that importers map, with an indicator input channel that
-    carries the initial membrane (:mod:`neurocuda.nir.portable`; the input signature is in the
-    metadata, :class:`neurocuda.nir.metadata.InputSignature`).
+    (exact, NIR's semantics). ``"portable-hard"``, ``"portable-soft"``, ``"spikingjelly"``,
+    ``"snntorch"``, ``"norse"`` and ``"sinabs"`` write plain nodes that importers map, with an
+    indicator input channel that carries the initial membrane (:mod:`neurocuda.nir.portable`; the
+    input signature is in the metadata, :class:`neurocuda.nir.metadata.InputSignature`).
     ``metadata`` (e.g. encoding, timesteps) is recorded in the graph; nothing reads it to run.
     """
     if profile not in PROFILES:
@@ -313,6 +327,7 @@ def export(
         "reset": ",".join(sorted(reset)),
         "dt": signature.dt,
         **signature.to_metadata(),
+        **({IF_FORMAT_KEY: LEGACY_IF_FORMAT} if profile in LEGACY_IF_PROFILES else {}),
         "time_step_convention": (
             f"dt = {signature.dt}: an integrator adds its summed input once per step; recurrent "
             "edges deliver the previous step's value; NIR shapes exclude the batch dimension"

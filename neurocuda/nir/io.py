@@ -13,6 +13,13 @@ from neurocuda.files import atomic_write_bytes
 from neurocuda.nir.errors import NIRFormatError
 from neurocuda.nir.reader import LoadLimits, Reader
 
+IF_FORMAT_KEY = "if_format"
+LEGACY_IF_FORMAT = "pre-1.0.6"
+"""Graph metadata ``if_format = pre-1.0.6``: the file is written as nir 1.0.4 reads it (sinabs
+pins that release, which refuses fields it does not know): ``IF`` nodes without ``v_reset`` (they
+reset by subtraction in nir < 1.0.6; nir >= 1.0.6 reads them with ``v_reset = 0``), and nodes
+other than graphs without their ``metadata`` (our per-layer labels)."""
+
 
 def save(graph: nir.NIRGraph, path: str | os.PathLike[str]) -> Path:
     """Write ``graph`` to ``path`` atomically; a full or read-only disk raises ``WriteError``.
@@ -22,7 +29,21 @@ def save(graph: nir.NIRGraph, path: str | os.PathLike[str]) -> Path:
     """
     buffer = io.BytesIO()
     nir.write(buffer, graph)
+    if graph.metadata.get(IF_FORMAT_KEY) == LEGACY_IF_FORMAT:
+        with h5py.File(buffer, "r+") as file:
+            _to_legacy_format(file["node"])
     return atomic_write_bytes(path, buffer.getvalue())
+
+
+def _to_legacy_format(group: h5py.Group) -> None:
+    """Rewrite node ``group`` and the nodes under it as nir 1.0.4 reads them (``IF_FORMAT_KEY``)."""
+    kind = group["type"][()] if "type" in group else None
+    if kind == b"IF" and "v_reset" in group:
+        del group["v_reset"]
+    if kind != b"NIRGraph" and "metadata" in group:
+        del group["metadata"]
+    for item in group.get("nodes", {}).values():
+        _to_legacy_format(item)
 
 
 def load(

@@ -31,7 +31,8 @@ def check_timesteps(values: Iterable[Any], source: str) -> list[int]:
 
 
 OutputForm = Literal["integrated", "per_step"]
-ResetConvention = Literal["nir", "subtract"]
+ResetConvention = Literal["nir", "subtract", "spikingjelly", "snntorch", "sinabs"]
+RESET_CONVENTIONS: tuple[str, ...] = ("nir", "subtract", "spikingjelly", "snntorch", "sinabs")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,8 +45,12 @@ class InputSignature:
     - ``output``: ``integrated`` (the output is the running sum ``o_t``) or ``per_step`` (the
       output layer's current ``y_t``; sum it over time for ``o_t``).
     - ``dt``: the time step to run the graph with.
-    - ``reset_convention``: ``nir`` (IF/LIF/CubaLIF reset to ``v_reset``, NIR's semantics) or
-      ``subtract`` (they subtract ``v_threshold``; ``Executor(graph, convention="subtract")``).
+    - ``reset_convention``: how spiking neurons fire and reset, the ``convention`` of
+      ``Executor(graph, convention=...)``: ``nir`` (reset to ``v_reset``, NIR's semantics),
+      ``subtract`` (subtract ``v_threshold``), ``spikingjelly`` (spike on ``v >= v_threshold``),
+      ``snntorch`` (snnTorch's ``Leaky`` for ``LIF`` nodes, subtraction one step later) or
+      ``sinabs`` (sinabs' ``IAF`` as its NIR import builds it, several spikes per step); see
+      :class:`neurocuda.nir.primitives.SpikingMixin`.
     """
 
     extra_channels: int = 0
@@ -63,9 +68,9 @@ class InputSignature:
             raise ValueError(f"output={self.output!r}: use 'integrated' or 'per_step'.")
         if not (isinstance(self.dt, float) and math.isfinite(self.dt) and self.dt > 0):
             raise ValueError(f"dt={self.dt!r} must be a positive float.")
-        if self.reset_convention not in ("nir", "subtract"):
+        if self.reset_convention not in RESET_CONVENTIONS:
             raise ValueError(
-                f"reset_convention={self.reset_convention!r}: use 'nir' or 'subtract'."
+                f"reset_convention={self.reset_convention!r}: use one of {RESET_CONVENTIONS}."
             )
 
     def to_metadata(self) -> dict[str, Any]:

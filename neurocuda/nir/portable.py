@@ -23,10 +23,27 @@ graph's metadata by :mod:`neurocuda.nir.metadata`. Profiles (all need per-channe
 - ``portable-soft``: the same ``IF`` read with reset by subtraction (``reset_convention``
   ``subtract``: run it with ``Executor(graph, convention="subtract")``).
 - ``spikingjelly``: ``portable-hard`` with thresholds one float32 ulp above 1 (its ``IFNode`` fires
-  on ``v >= threshold``).
+  on ``v >= threshold``, which for ``1 + ulp`` is ``v > 1``); ``reset_convention``
+  ``spikingjelly``: our executor reads the file as spikingjelly does, and then computes exactly
+  ``portable-hard``.
 - ``snntorch``: ``portable-hard`` with each ``IF`` written as ``LIF(tau=2**60 * 1e-4, r=2**60)``
   at ``dt = 1e-4`` (its ``IF`` import is broken; this ``LIF`` becomes ``Leaky(beta=1)``, reset to
   zero). In NIR's Euler step at ``dt = 1e-4`` the factors are exact powers of two.
+
+Chain profiles, for importers that run graphs through nirtorch's legacy ``load`` (its executor is
+not topologically ordered: a node with two inputs can run before one of them), keep the graph a
+chain: the initial membrane is not injected from the input but travels in a **carrier channel**
+appended to every layer. The first conv reads the indicator channel, every conv or affine layer
+feeding a neuron adds ``v_init / theta`` from the incoming carrier (one kernel tap that always lands
+inside the input) and drives its own carrier neuron with ``CARRIER_DRIVE``, so that the carrier
+fires once, at ``t = 0``, and never again. ``AvgPool2d`` (unmapped there) becomes ``SumPool2d``
+on the spikes, its ``1 / k**2`` folded into the following diagonal conv. Both model the soft reset:
+
+- ``norse``: each neuron is ``CubaLIF(tau_syn=dt, tau_mem=2**60, r=2**60, v_leak=0)`` at
+  ``dt = 1``, run with ``reset_method=reset_subtract`` (norse passes it to ``CubaLIF`` only): the
+  synapse passes its input on, the membrane integrates it without leak (powers of two).
+- ``sinabs``: ``IF(r=1, v_threshold=1)`` in nir's pre-1.0.6 form (no ``v_reset``, which sinabs'
+  pinned nir cannot read), run with sinabs' own semantics (``reset_convention`` ``sinabs``).
 """
 
 from __future__ import annotations
@@ -37,20 +54,43 @@ from typing import Literal
 import nir
 import numpy as np
 
-from neurocuda.nir.metadata import InputSignature
+from neurocuda.nir.metadata import InputSignature, ResetConvention
 
-PortableProfile = Literal["portable-hard", "portable-soft", "spikingjelly", "snntorch"]
-PORTABLE_PROFILES: tuple[str, ...] = ("portable-hard", "portable-soft", "spikingjelly", "snntorch")
+PortableProfile = Literal[
+    "portable-hard", "portable-soft", "spikingjelly", "snntorch", "norse", "sinabs"
+]
+PORTABLE_PROFILES: tuple[str, ...] = (
+    "portable-hard",
+    "portable-soft",
+    "spikingjelly",
+    "snntorch",
+    "norse",
+    "sinabs",
+)
+CHAIN_PROFILES: tuple[str, ...] = ("norse", "sinabs")
 RESET_OF_PROFILE = {
     "portable-hard": "zero",
     "portable-soft": "subtract",
     "spikingjelly": "zero",
     "snntorch": "zero",
+    "norse": "subtract",
+    "sinabs": "subtract",
 }
+CONVENTION_OF_PROFILE: dict[str, ResetConvention] = {
+    "portable-soft": "subtract",
+    "spikingjelly": "spikingjelly",
+    "norse": "subtract",
+    "sinabs": "sinabs",
+}
+"""The ``reset_convention`` each profile is run with (``nir`` where not listed)."""
+LEGACY_IF_PROFILES: tuple[str, ...] = ("sinabs",)
+"""Profiles written with ``IF`` nodes in nir's pre-1.0.6 form (``neurocuda.nir.io.save``)."""
 SNNTORCH_DT = 1e-4
 """snnTorch's importer assumes this step (``snntorch/import_nir.py``, ``dt = 1e-4``)."""
 SNNTORCH_GAIN = float(2**60)
 """``r`` of the snnTorch encoding; ``tau = r * dt``, so that ``dt / tau`` is ``2**-60`` exactly."""
+CARRIER_DRIVE = 1.5
+"""Input of a carrier neuron at ``t = 0``: above the threshold 1 once, below it after any reset."""
 
 
 class NeuronMarker(nir.NIRNode):
@@ -97,6 +137,16 @@ def _diagonal(values: np.ndarray, shape: tuple[int, ...]) -> nir.NIRNode:
 def _neuron(profile: str, shape: tuple[int, ...]) -> nir.NIRNode:
     ones = np.ones(shape, dtype=np.float32)
     zeros = np.zeros(shape, dtype=np.float32)
+    if profile == "norse":
+        return nir.CubaLIF(
+            tau_syn=ones,
+            tau_mem=ones * np.float32(SNNTORCH_GAIN),
+            r=ones * np.float32(SNNTORCH_GAIN),
+            v_leak=zeros,
+            v_threshold=ones,
+            v_reset=zeros,
+            w_in=ones,
+        )
     if profile == "snntorch":
         return nir.LIF(
             tau=ones * np.float32(SNNTORCH_GAIN * SNNTORCH_DT),
@@ -131,6 +181,50 @@ def _injection(
     )
 
 
+def _tap(layer: nir.Conv2d) -> tuple[int, int]:
+    """The kernel tap that reads input pixel ``(i * stride, j * stride)``, inside for any output."""
+    padding = np.broadcast_to(np.asarray(layer.padding), (2,))
+    if padding.dtype.kind not in "iu" or np.any(padding >= np.asarray(layer.weight.shape[2:])):
+        raise ValueError(f"chain profiles need integer padding smaller than the kernel: {layer}.")
+    return int(padding[0]), int(padding[1])
+
+
+def _with_carrier(
+    layer: nir.Conv2d | nir.Affine, injection: np.ndarray, carrier_in: int, has_carrier_in: bool
+) -> nir.Conv2d | nir.Affine:
+    """``layer`` with a carrier output (driven by ``CARRIER_DRIVE`` from the incoming carrier) and
+    the incoming carrier adding ``injection`` to its other outputs.
+
+    ``carrier_in``: how many trailing input features (Affine) or channels (Conv2d) are carrier;
+    ``has_carrier_in``: whether the weight already has them (the first conv reads the indicator).
+    """
+    weight, out = layer.weight, layer.weight.shape[0]
+    if not has_carrier_in:
+        pad = np.zeros((out, carrier_in, *weight.shape[2:]), np.float32)
+        weight = np.concatenate([weight, pad], axis=1)
+    weight = np.concatenate([weight, np.zeros((1, *weight.shape[1:]), np.float32)], axis=0)
+    first = weight.shape[1] - carrier_in  # the first carrier input
+    if isinstance(layer, nir.Conv2d):
+        if int(layer.groups) != 1:
+            raise ValueError(f"chain profiles need ungrouped convolutions: {layer}.")
+        i, j = _tap(layer)
+        weight[:out, first, i, j] = injection
+        weight[out, first, i, j] = CARRIER_DRIVE
+    else:
+        weight[:out, first] = injection
+        weight[out, first] = CARRIER_DRIVE
+    bias = np.append(layer.bias, np.float32(0)).astype(np.float32)
+    return dataclasses.replace(layer, weight=weight, bias=bias)
+
+
+def _chain_error(profile: str, name: str) -> ValueError:
+    return ValueError(
+        f"profile={profile!r} writes a chain (the importer runs graphs with nirtorch's legacy "
+        f"executor, which is not topologically ordered), but node {name!r} has several inputs or "
+        "outputs (a residual network?); use portable-soft, spikingjelly or snntorch."
+    )
+
+
 def make_portable(
     nodes: dict[str, nir.NIRNode],
     edges: list[tuple[str, str]],
@@ -142,6 +236,7 @@ def make_portable(
     if len(image_shape) != 3:
         raise ValueError(f"portable profiles take image inputs [C, H, W], not {image_shape}.")
     input_shape = (image_shape[0] + 1, *image_shape[1:])
+    chain = profile in CHAIN_PROFILES
 
     def sources(name: str) -> list[str]:
         return [s for s, d in edges if d == name]
@@ -149,9 +244,14 @@ def make_portable(
     def targets(name: str) -> list[str]:
         return [d for s, d in edges if s == name]
 
+    if chain:
+        for name in nodes:
+            if len(sources(name)) > 1 or len(targets(name)) > 1:
+                raise _chain_error(profile, name)
     (input_name,) = [k for k, n in nodes.items() if isinstance(n, nir.Input)]
     nodes[input_name] = nir.Input(input_type=np.array(input_shape))
-    for target in targets(input_name):
+    reads_indicator = set(targets(input_name))
+    for target in reads_indicator:
         layer = nodes[target]
         if not isinstance(layer, nir.Conv2d):
             raise ValueError(f"portable profiles need a Conv2d after the input, not {target!r}.")
@@ -159,6 +259,7 @@ def make_portable(
         weight = np.concatenate([layer.weight, pad], axis=1)
         nodes[target] = dataclasses.replace(layer, weight=weight)
     extra: list[tuple[str, nir.NIRNode]] = []
+    carried: set[str] = set()  # layers that already read and write the carrier
     for name, marker in list(nodes.items()):
         if not isinstance(marker, NeuronMarker):
             continue
@@ -168,30 +269,43 @@ def make_portable(
         (scale_name,) = targets(name) or [None]
         if scale_name is None or not isinstance(nodes[scale_name], nir.Scale):
             raise ValueError(f"Neuron {name!r} must be followed by its Scale(theta) node.")
-        nodes[scale_name] = _diagonal(theta, shape)
+        if chain:
+            shape = (shape[0] + 1, *shape[1:])
+            nodes[scale_name] = _diagonal(np.append(theta, np.float32(1)), shape)
+        else:
+            nodes[scale_name] = _diagonal(theta, shape)
         feeds = sources(name)
         layer = nodes[feeds[0]] if len(feeds) == 1 else None
         if isinstance(layer, nir.Conv2d | nir.Affine) and targets(feeds[0]) == [name]:
             factor = theta.reshape(-1, *[1] * (layer.weight.ndim - 1))
-            nodes[feeds[0]] = dataclasses.replace(
+            layer = dataclasses.replace(
                 layer, weight=layer.weight / factor, bias=layer.bias / theta
             )
+            if chain:
+                width = _carrier_width(nodes, sources(feeds[0]), layer)
+                has = feeds[0] in reads_indicator
+                layer = _with_carrier(layer, v_init / theta, width, has)
+                carried.add(feeds[0])
+            nodes[feeds[0]] = layer
+        elif chain:
+            raise _chain_error(profile, name)
         else:  # a sum (residual) or an unweighted input: normalise it with a diagonal node
             norm = f"{name}_norm"
             extra.append((norm, _diagonal(np.float32(1) / theta, shape)))
             edges = [(s, norm if d == name else d) for s, d in edges] + [(norm, name)]
         nodes[name] = _neuron(profile, shape)
-        if np.any(v_init != 0):
-            init = f"{name}_init"
-            extra.append((init, _injection(v_init / theta, input_shape, shape)))
-            if len(shape) == 1:
-                flat = nir.Flatten(
-                    input_type={"input": np.array([len(v_init), 1, 1])}, start_dim=-3
-                )
-                extra.append((f"{init}_flat", flat))
-                edges += [(input_name, init), (init, f"{init}_flat"), (f"{init}_flat", name)]
-            else:
-                edges += [(input_name, init), (init, name)]
+        if chain or not np.any(v_init != 0):
+            continue
+        init = f"{name}_init"
+        extra.append((init, _injection(v_init / theta, input_shape, shape)))
+        if len(shape) == 1:
+            flat = nir.Flatten(input_type={"input": np.array([len(v_init), 1, 1])}, start_dim=-3)
+            extra.append((f"{init}_flat", flat))
+            edges += [(input_name, init), (init, f"{init}_flat"), (f"{init}_flat", name)]
+        else:
+            edges += [(input_name, init), (init, name)]
+    if chain:
+        nodes, edges = _carry_through(nodes, edges, carried)
     for name, node in list(nodes.items()):
         if isinstance(node, nir.Flatten):
             rank = len(node.input_type["input"])
@@ -214,6 +328,115 @@ def make_portable(
         indicator_steps=1,
         output="per_step",
         dt=SNNTORCH_DT if profile == "snntorch" else 1.0,
-        reset_convention="subtract" if RESET_OF_PROFILE[profile] == "subtract" else "nir",
+        reset_convention=CONVENTION_OF_PROFILE.get(profile, "nir"),
     )
     return nodes, edges, signature
+
+
+def _carrier_width(
+    nodes: dict[str, nir.NIRNode], feeds: list[str], layer: nir.Conv2d | nir.Affine
+) -> int:
+    """Carrier inputs of ``layer``: 1 channel (Conv2d, or Affine after a neuron), or the spatial
+    size of the carrier channel that a Flatten before an Affine spreads over features."""
+    source = nodes[feeds[0]] if len(feeds) == 1 else None
+    if isinstance(layer, nir.Affine) and isinstance(source, nir.Flatten):
+        return int(np.prod(source.input_type["input"][1:]))
+    return 1
+
+
+def _carry_through(
+    nodes: dict[str, nir.NIRNode], edges: list[tuple[str, str]], carried: set[str]
+) -> tuple[dict[str, nir.NIRNode], list[tuple[str, str]]]:
+    """After the neurons of a chain profile: pass the carrier through pooling and Flatten nodes,
+    give layers that feed no neuron zero weights for it, and turn ``AvgPool2d`` after a neuron's
+    diagonal conv into ``SumPool2d`` on the spikes with ``1 / k**2`` folded into that conv."""
+    target = dict(edges)  # a chain: one target per node
+    source = {d: s for s, d in edges}
+    for name, node in list(nodes.items()):
+        if isinstance(node, nir.Flatten):
+            shape = np.array(node.input_type["input"])
+            shape[0] += 1
+            nodes[name] = dataclasses.replace(node, input_type={"input": shape})
+        elif isinstance(node, nir.AvgPool2d):
+            diagonal = nodes[source[name]]
+            spikes = source[source[name]]
+            if not isinstance(diagonal, nir.Conv2d) or not isinstance(
+                nodes[spikes], nir.IF | nir.CubaLIF
+            ):
+                raise ValueError(f"chain profiles need AvgPool2d {name!r} after a neuron's scale.")
+            kernel = np.broadcast_to(np.asarray(node.kernel_size), (2,))
+            area = np.float32(1) / np.float32(np.prod(kernel))
+            nodes[name] = nir.SumPool2d(
+                kernel_size=node.kernel_size, stride=node.stride, padding=node.padding
+            )
+            pooled = _pooled_size(diagonal.input_shape, node)
+            nodes[source[name]] = dataclasses.replace(
+                diagonal, weight=diagonal.weight * area, input_shape=pooled
+            )
+            after = target[name]
+            edges = [
+                e
+                for e in edges
+                if e not in ((spikes, source[name]), (source[name], name), (name, after))
+            ] + [(spikes, name), (name, source[name]), (source[name], after)]
+            target, source = dict(edges), {d: s for s, d in edges}
+    for name, node in list(nodes.items()):
+        if name in carried or not isinstance(node, nir.Conv2d | nir.Affine):
+            continue
+        if isinstance(node, nir.Conv2d) and isinstance(nodes[source[name]], nir.IF | nir.CubaLIF):
+            continue  # a neuron's diagonal conv: already carries
+        if isinstance(node, nir.Conv2d) and isinstance(nodes[source[name]], nir.SumPool2d):
+            continue  # the same, after its pooling moved before it
+        width = _carrier_width(nodes, [source[name]], node)
+        pad = np.zeros((node.weight.shape[0], width, *node.weight.shape[2:]), np.float32)
+        nodes[name] = dataclasses.replace(node, weight=np.concatenate([node.weight, pad], axis=1))
+        flatten = nodes[source[name]]
+        if isinstance(node, nir.Affine) and isinstance(flatten, nir.Flatten):
+            shape = tuple(int(s) for s in flatten.input_type["input"])
+            if shape[1:] == (1, 1):
+                nodes, edges = _as_pointwise_conv(nodes, edges, name, source[name], shape)
+    return nodes, edges
+
+
+def _as_pointwise_conv(
+    nodes: dict[str, nir.NIRNode],
+    edges: list[tuple[str, str]],
+    name: str,
+    flatten: str,
+    shape: tuple[int, ...],
+) -> tuple[dict[str, nir.NIRNode], list[tuple[str, str]]]:
+    """``Flatten -> Affine`` on ``[C, 1, 1]`` as ``Conv2d(1x1) -> Flatten``: the same values, but
+    the product no longer depends on the order of the batch rows (sinabs passes ``[B * T]``
+    batch-major, our executor ``[T * B]``; a matrix product rounds a row differently by its
+    position in the batch, a convolution does not)."""
+    affine = nodes[name]
+    weight = affine.weight.reshape(*affine.weight.shape, 1, 1)
+    nodes[name] = nir.Conv2d(
+        input_shape=(1, 1),
+        weight=weight,
+        stride=np.array([1, 1]),
+        padding=np.array([0, 0]),
+        dilation=np.array([1, 1]),
+        groups=1,
+        bias=affine.bias,
+    )
+    rank = len(shape)
+    nodes[flatten] = nir.Flatten(
+        input_type={"input": np.array([weight.shape[0], 1, 1])}, start_dim=-rank, end_dim=-1
+    )
+    (before,) = [s for s, d in edges if d == flatten]
+    (after,) = [d for s, d in edges if s == name]
+    removed = {(before, flatten), (flatten, name), (name, after)}
+    edges = [e for e in edges if e not in removed] + [
+        (before, name),
+        (name, flatten),
+        (flatten, after),
+    ]
+    return nodes, edges
+
+
+def _pooled_size(size: np.ndarray, pool: nir.AvgPool2d) -> np.ndarray:
+    kernel, stride, padding = (
+        np.broadcast_to(np.asarray(v), (2,)) for v in (pool.kernel_size, pool.stride, pool.padding)
+    )
+    return (np.asarray(size) + 2 * padding - kernel) // stride + 1

@@ -217,19 +217,32 @@ class IntegratorOp(Stateful):
 
 
 class SpikingMixin:
-    """Threshold and reset shared by IF, LIF and CubaLIF.
+    """Threshold and reset shared by IF, LIF and CubaLIF, by ``convention``:
 
-    ``subtract`` (the ``subtract`` reset convention of some producers) subtracts ``v_threshold``
-    after a spike instead of setting ``v_reset`` (NIR's semantics).
+    - ``nir``: spike on ``v > v_threshold``, then ``v = v_reset`` (NIR's semantics);
+    - ``subtract``: spike on ``v > v_threshold``, then ``v -= v_threshold`` (files of producers
+      that subtract, nir < 1.0.6 ``IF``, the ``portable-soft`` profile);
+    - ``spikingjelly``: spike on ``v >= v_threshold`` (its ``IFNode``, ``heaviside(v - v_th)``
+      with ``>= 0``), then ``v = v_reset``;
+    - ``snntorch``: snnTorch's ``Leaky`` for ``LIF`` nodes (:meth:`LeakyOp._snntorch_step`);
+    - ``sinabs``: sinabs 3.1's ``IAF`` as its ``from_nir`` builds it, operation for operation
+      (``sinabs/layers/functional/lif.py``, ``MultiSpike``, ``MembraneSubtract``): ``n =
+      trunc(v / v_threshold)`` spikes where ``v > 0`` (so ``>=``, several per step), ``v -= n *
+      v_threshold``, then ``v`` is floored at ``-v_threshold`` (``min_v_mem``).
     """
 
     threshold: torch.Tensor
     v_reset: torch.Tensor
-    subtract = False
+    convention = "nir"
 
     def fire(self, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        spikes = v > self.threshold
-        after = v - self.threshold if self.subtract else self.v_reset
+        if self.convention == "sinabs":
+            spikes = (v > 0) * torch.div(v, self.threshold, rounding_mode="trunc")
+            floor = -self.threshold
+            return spikes, F.relu(v - spikes * self.threshold - floor) + floor
+        jelly = self.convention == "spikingjelly"
+        spikes = v >= self.threshold if jelly else v > self.threshold
+        after = v - self.threshold if self.convention == "subtract" else self.v_reset
         return spikes.to(v.dtype), torch.where(spikes, after, v)
 
 
@@ -261,10 +274,28 @@ class LeakyOp(Stateful, SpikingMixin):
             self.register_buffer("threshold", _param(node.v_threshold, dtype))
             self.register_buffer("v_reset", _param(node.v_reset, dtype))
 
+        # snnTorch's reading of its own LIF (``snntorch/import_nir.py``: ``beta = 1 - dt / tau``,
+        # in float32 as numpy computes it there)
+        tau = np.asarray(node.tau, np.float32)
+        self.register_buffer("beta", _param(np.float32(1) - np.float32(dt) / tau, dtype))
+
     def step(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        if self.convention == "snntorch" and self.spiking:
+            return self._snntorch_step(x, state)
         v = torch.zeros_like(x) if state is None else state
         v = v + self.rate * ((self.v_leak - v) + _mul(self.r, x))
         return self.fire(v) if self.spiking else (v, v)
+
+    def _snntorch_step(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        """snnTorch 1.0's ``Leaky`` (``_neurons/leaky.py``, default ``reset_delay``): the
+        subtraction of a spike lands one step later, undecayed: ``v_t = beta * v_(t-1) + x_t -
+        theta * [v_(t-1) > theta]``; spike on ``v_t > theta``. The state is that ``v``."""
+        if state is None:
+            v = self.beta * torch.zeros_like(x) + x
+        else:
+            reset = (state > self.threshold).to(x.dtype)
+            v = (self.beta * state + x) - reset * self.threshold
+        return (v > self.threshold).to(x.dtype), v
 
 
 class CurrentBasedOp(Stateful, SpikingMixin):
@@ -320,11 +351,25 @@ def make_op(
 ) -> nn.Module:
     """Build the torch op for ``node``; raise for node types the executor does not run.
 
-    ``convention="subtract"`` makes spiking neurons reset by subtracting their threshold.
+    ``convention`` (``nir``, ``subtract``, ``spikingjelly``, ``snntorch``, ``sinabs``): how spiking
+    neurons fire and reset (:class:`SpikingMixin`).
     """
     op = _make_op(name, node, dt, dtype)
     if isinstance(op, SpikingMixin):
-        op.subtract = convention == "subtract"
+        op.convention = convention
+    if convention == "snntorch" and isinstance(node, nir.IF | nir.CubaLIF):
+        raise ValueError(
+            f"Node {name!r} is {type(node).__name__}; convention='snntorch' runs the LIF nodes "
+            "that snnTorch writes for Leaky neurons. Run other files with convention='nir'."
+        )
+    if convention == "snntorch" and isinstance(node, nir.LIF):
+        scale = np.asarray(node.r) * dt / np.asarray(node.tau)
+        if not np.allclose(scale, 1.0):
+            raise ValueError(
+                f"Node {name!r}: convention='snntorch' needs r * dt / tau = 1 (snnTorch adds its "
+                f"input unscaled), got {np.unique(scale)[:3]} at dt={dt}; snnTorch writes its "
+                "files for dt = 1e-4."
+            )
     return op
 
 
