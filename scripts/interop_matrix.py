@@ -102,6 +102,11 @@ PROFILE_NOTES: dict[str, str] = {
 }
 # Import side: how we run each producer's files (dt, Executor convention), and why (its source).
 PRODUCED: dict[str, tuple[float, str, str]] = {
+    "spikingjelly": (
+        1.0,
+        "spikingjelly",
+        "IFNode fires on v >= v_threshold and resets to v_reset; its exporter writes r = 1 / dt",
+    ),
     "snntorch": (
         1e-4,
         "snntorch",

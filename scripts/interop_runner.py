@@ -180,6 +180,28 @@ def produce_sinabs(path: str, x: torch.Tensor) -> torch.Tensor:
     return net(flat).reshape(batch, steps, -1).transpose(0, 1)
 
 
+def produce_spikingjelly(path: str, x: torch.Tensor) -> torch.Tensor:
+    """Multi-step ``IFNode`` (hard reset to 0, fires on ``v >= 1``) between ``layer.Linear``s,
+    exported with spikingjelly's own ``export_to_nir`` at ``dt = 1`` (so ``IF.r = 1 / dt = 1``)."""
+    from spikingjelly.activation_based import functional, layer, neuron
+    from spikingjelly.activation_based.nir_exchange import export_to_nir
+
+    first, second = _weights(x.shape[-1])
+
+    def linear(weights: torch.nn.Linear) -> torch.nn.Module:
+        module = layer.Linear(weights.in_features, weights.out_features, step_mode="m")
+        module.load_state_dict(weights.state_dict())
+        return module
+
+    def if_node() -> torch.nn.Module:
+        return neuron.IFNode(v_threshold=1.0, v_reset=0.0, step_mode="m")
+
+    net = torch.nn.Sequential(linear(first), if_node(), linear(second), if_node())
+    export_to_nir(net, x[:, :1], save_path=path, dt=1.0)  # [T, 1, ...]: multi-step
+    functional.reset_net(net)
+    return net(x)
+
+
 def produce_rockpool(path: str, x: torch.Tensor) -> torch.Tensor:
     """``LinearTorch -> LIFTorch`` (current-based LIF, rockpool's defaults); ``[B, T, ...]``."""
     import nir
@@ -200,6 +222,7 @@ def produce_rockpool(path: str, x: torch.Tensor) -> torch.Tensor:
 
 
 PRODUCERS = {
+    "spikingjelly": produce_spikingjelly,
     "snntorch": produce_snntorch,
     "norse": produce_norse,
     "sinabs": produce_sinabs,
