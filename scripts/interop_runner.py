@@ -250,17 +250,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--dt", type=float, default=1.0)
     parser.add_argument("--reset", choices=CONVENTIONS, default="nir")
     args = parser.parse_args(argv)
-    x = torch.from_numpy(np.load(args.input)).float()
-    try:
-        with torch.no_grad():
-            out = RUNNERS[args.importer](args.graph, x, args)
-    except Exception as error:  # any importer failure is the measurement
-        traceback.print_exc()
-        message = " ".join(str(error).split())
-        print(f"ERROR: {type(error).__name__}: {message}", flush=True)
-        return 1
-    np.save(args.out, out.detach().float().numpy())
-    return 0
+    return _save_output(lambda x: RUNNERS[args.importer](args.graph, x, args), args.input, args.out)
 
 
 def produce(argv: list[str]) -> int:
@@ -270,16 +260,22 @@ def produce(argv: list[str]) -> int:
     parser.add_argument("input")
     parser.add_argument("out")
     args = parser.parse_args(argv)
-    x = torch.from_numpy(np.load(args.input)).float()
+    return _save_output(lambda x: PRODUCERS[args.producer](args.graph, x), args.input, args.out)
+
+
+def _save_output(run: Callable[[torch.Tensor], torch.Tensor], input_file: str, out: str) -> int:
+    """``run`` on INPUT.npy, its output saved as OUT.npy; exit status 0, or 1 with an ``ERROR:``
+    line when it raises (any importer or producer failure is the measurement)."""
+    x = torch.from_numpy(np.load(input_file)).float()
     try:
         with torch.no_grad():
-            out = PRODUCERS[args.producer](args.graph, x)
-    except Exception as error:  # any producer failure is the measurement
+            output = run(x)
+    except Exception as error:
         traceback.print_exc()
         message = " ".join(str(error).split())
         print(f"ERROR: {type(error).__name__}: {message}", flush=True)
         return 1
-    np.save(args.out, out.detach().float().numpy())
+    np.save(out, output.detach().float().numpy())
     return 0
 
 

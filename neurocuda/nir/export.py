@@ -19,7 +19,7 @@ consumer, in operand order. The soft-reset IF neuron becomes a nested graph (see
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import nir
 import nirtorch
@@ -35,21 +35,13 @@ from neurocuda.nir.portable import (
     PORTABLE_PROFILES,
     RESET_OF_PROFILE,
     NeuronMarker,
+    PortableProfile,
     make_portable,
 )
 from neurocuda.snn import IFNeuron, OutputIntegrator, Scale, SpikingModel
 
-Profile = Literal[
-    "faithful",
-    "portable",
-    "portable-hard",
-    "portable-soft",
-    "spikingjelly",
-    "snntorch",
-    "norse",
-    "sinabs",
-]
-PROFILES: tuple[str, ...] = ("faithful", "portable", *PORTABLE_PROFILES)
+Profile = Literal["faithful", "portable", PortableProfile]
+PROFILES: tuple[str, ...] = get_args(Profile)  # nested Literals flatten
 Shapes = dict[nn.Module, tuple[int, ...]]
 
 

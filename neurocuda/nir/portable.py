@@ -49,7 +49,7 @@ on the spikes, its ``1 / k**2`` folded into the following diagonal conv. Both mo
 from __future__ import annotations
 
 import dataclasses
-from typing import Literal
+from typing import Literal, get_args
 
 import nir
 import numpy as np
@@ -59,14 +59,7 @@ from neurocuda.nir.metadata import InputSignature, ResetConvention
 PortableProfile = Literal[
     "portable-hard", "portable-soft", "spikingjelly", "snntorch", "norse", "sinabs"
 ]
-PORTABLE_PROFILES: tuple[str, ...] = (
-    "portable-hard",
-    "portable-soft",
-    "spikingjelly",
-    "snntorch",
-    "norse",
-    "sinabs",
-)
+PORTABLE_PROFILES: tuple[str, ...] = get_args(PortableProfile)
 CHAIN_PROFILES: tuple[str, ...] = ("norse", "sinabs")
 RESET_OF_PROFILE = {
     "portable-hard": "zero",
