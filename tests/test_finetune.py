@@ -29,17 +29,21 @@ def batch(tiny_datamodule) -> tuple[torch.Tensor, torch.Tensor]:
 
 @pytest.fixture
 def module(tiny_datamodule) -> SNNFinetuneModule:
+    return make_module(tiny_datamodule)
+
+
+def make_module(datamodule, **settings) -> SNNFinetuneModule:
+    """A tiny converted CifarNet in a fine-tuning module (``settings`` override its defaults)."""
     torch.manual_seed(0)
     ann = build_model(**{k: v for k, v in ANN.items() if k != "arch_kwargs"}, **ANN["arch_kwargs"])
     config = ConversionConfig(calibration_batches=1, per_channel=True, correction_timesteps=2)
-    snn = convert(ann, tiny_datamodule.calibration_dataloader(), config)
+    snn = convert(ann, datamodule.calibration_dataloader(), config)
+    defaults = {"timesteps": STEPS, "eval_timesteps": [1, 2, 4], "optimizer": {"lr": 3e-2}}
     return SNNFinetuneModule(
         snn,
-        timesteps=STEPS,
-        eval_timesteps=[1, 2, 4],
-        optimizer={"lr": 3e-2},
         scheduler="none",
         structure=snn_structure(ANN, "subtract", snn.input_shape),
+        **{**defaults, **settings},
     )
 
 
@@ -76,6 +80,28 @@ def test_fine_tuning_lowers_the_training_loss(module, batch, tmp_path: Path) -> 
     before = loss_of(module, x, y)
     fit(module, x, y, steps=10, root=tmp_path)
     assert loss_of(module, x, y) < before - 0.05
+
+
+def test_a_loss_over_several_timesteps_averages_their_cross_entropies(
+    tiny_datamodule, batch, tmp_path: Path
+) -> None:
+    x, y = batch
+    module = make_module(tiny_datamodule, loss_timesteps=[2, 4])
+    with torch.no_grad():
+        trace = module(x)
+        expected = (module.criterion(trace[1] / 2, y) + module.criterion(trace[3] / 4, y)) / 2
+        assert torch.equal(module.loss(trace, y), expected)
+        assert not torch.equal(expected, module.criterion(trace[3] / 4, y))
+    before = float(expected)
+    fit(module, x, y, steps=10, root=tmp_path)
+    with torch.no_grad():
+        assert float(module.loss(module(x), y)) < before - 0.05
+
+
+@pytest.mark.parametrize("steps", [[], [0, 4], [8]])
+def test_loss_timesteps_outside_the_trained_run_are_refused(tiny_datamodule, steps) -> None:
+    with pytest.raises(ValueError, match=r"loss_timesteps=.* between 1 and finetune\.timesteps=4"):
+        make_module(tiny_datamodule, loss_timesteps=steps)
 
 
 def test_gradients_reach_weights_thresholds_and_initial_membranes(module, batch) -> None:
@@ -181,6 +207,12 @@ def test_train_py_fine_tunes_a_given_checkpoint_without_fitting(train_cfg, tmp_p
     assert metrics["test/acc"] == ann["test/acc"]  # the given ANN was tested, not fresh weights
     assert {"finetune/acc", "test/snn_acc_T2", "test/snn_gap_T2"} <= set(metrics)
     assert (tmp_path / "run" / "checkpoints" / "finetune" / "last.nir").is_file()
+
+
+def test_bad_loss_timesteps_fail_before_the_fit(train_cfg) -> None:
+    with pytest.raises(ValueError, match=r"loss_timesteps=\[2, 8\]"):
+        train(train_cfg("finetune=snn", "finetune.timesteps=4", "finetune.loss_timesteps=[2,8]",
+                        "trainer.max_epochs=1000"))  # fmt: skip
 
 
 def test_fine_tuning_without_a_fit_needs_a_checkpoint_file(train_cfg, tmp_path: Path) -> None:

@@ -23,7 +23,11 @@ from neurocuda.conversion import ConversionConfig, convert, evaluate_snn
 from neurocuda.files import read_checkpoint, verify_checkpoint
 from neurocuda.snn import SpikingModel
 from neurocuda.training.instantiate import conversion_settings
-from neurocuda.training.snn_finetune import SNNFinetuneModule, snn_structure
+from neurocuda.training.snn_finetune import (
+    SNNFinetuneModule,
+    check_loss_timesteps,
+    snn_structure,
+)
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +57,7 @@ def check_finetune_settings(cfg: DictConfig) -> None:
             f"finetune.timesteps={finetune.timesteps} and finetune.epochs={finetune.epochs} must "
             "be >= 1."
         )
+    check_loss_timesteps(loss_timesteps(finetune), int(finetune.timesteps))
     if finetune.start_from in ("best", "last"):
         if not cfg.get("train", True):
             raise ValueError(
@@ -61,6 +66,12 @@ def check_finetune_settings(cfg: DictConfig) -> None:
             )
     else:  # a checkpoint file: it must exist and be intact before any work starts
         verify_checkpoint(finetune.start_from)
+
+
+def loss_timesteps(finetune: DictConfig) -> list[int] | None:
+    """``finetune.loss_timesteps`` as a list (None when unset)."""
+    steps = finetune.get("loss_timesteps")
+    return None if steps is None else [int(t) for t in steps]
 
 
 def ann_checkpoint(cfg: DictConfig, trainer: L.Trainer) -> str:
@@ -131,6 +142,7 @@ def run_finetune(
         scheduler=settings.scheduler,
         min_threshold=float(settings.min_threshold),
         label_smoothing=float(settings.label_smoothing),
+        loss_timesteps=loss_timesteps(settings),
         structure=snn_structure(dict(ann.hparams), cfg.conversion.reset, snn.input_shape),
         metadata=conversion_config(cfg, datamodule).as_metadata(),
     )

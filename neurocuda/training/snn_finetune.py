@@ -50,6 +50,18 @@ def snn_structure(
     return {"model": model, "reset": reset, "input_shape": [int(d) for d in input_shape]}
 
 
+def check_loss_timesteps(loss_timesteps: Sequence[int] | None, timesteps: int) -> None:
+    """Fail unless each of ``loss_timesteps`` (None: the trained T alone) is in 1..``timesteps``."""
+    if loss_timesteps is not None and (
+        not loss_timesteps or any(not 1 <= int(t) <= timesteps for t in loss_timesteps)
+    ):
+        raise ValueError(
+            f"finetune.loss_timesteps={list(loss_timesteps)} must be T's between 1 and "
+            f"finetune.timesteps={timesteps} (the outputs of one run of {timesteps} steps), "
+            "or null for the trained T alone."
+        )
+
+
 def _rebuild(structure: dict[str, Any]) -> SpikingModel:
     model = dict(structure["model"])
     arch_kwargs = model.pop("arch_kwargs", None) or {}
@@ -60,12 +72,13 @@ def _rebuild(structure: dict[str, Any]) -> SpikingModel:
 class SNNFinetuneModule(L.LightningModule):
     """Train ``snn`` (a converted :class:`SpikingModel`) at ``timesteps`` steps.
 
-    Logs ``finetune/loss`` and ``finetune/acc`` (training, at ``timesteps``), and on validation
-    ``val/snn_loss`` and ``val/snn_acc_T{t}`` for every ``t`` in ``eval_timesteps`` (from one run
-    at the largest). ``structure`` (see :func:`snn_structure`) makes checkpoints loadable without
-    ``snn``; ``metadata`` (e.g. the conversion settings) is recorded in exported NIR files.
-    ``optimizer``: ``name`` adamw | sgd, ``lr``, ``weight_decay`` (weights only, not biases,
-    thresholds or initial membranes), ``momentum`` (sgd); ``scheduler``: cosine | none.
+    Logs ``finetune/loss`` (see :meth:`loss`) and ``finetune/acc`` (training, at ``timesteps``),
+    and on validation ``val/snn_loss`` and ``val/snn_acc_T{t}`` for every ``t`` in
+    ``eval_timesteps`` (from one run at the largest). ``structure`` (see :func:`snn_structure`)
+    makes checkpoints loadable without ``snn``; ``metadata`` (e.g. the conversion settings) is
+    recorded in exported NIR files. ``optimizer``: ``name`` adamw | sgd, ``lr``, ``weight_decay``
+    (weights only, not biases, thresholds or initial membranes), ``momentum`` (sgd);
+    ``scheduler``: cosine | none. ``loss_timesteps``: see :func:`check_loss_timesteps`.
     """
 
     def __init__(
@@ -78,6 +91,7 @@ class SNNFinetuneModule(L.LightningModule):
         scheduler: str = "cosine",
         min_threshold: float = 1e-3,
         label_smoothing: float = 0.0,
+        loss_timesteps: Sequence[int] | None = None,
         structure: dict[str, Any] | None = None,
         metadata: dict[str, Any] | None = None,
     ) -> None:
@@ -87,6 +101,7 @@ class SNNFinetuneModule(L.LightningModule):
                 f"finetune.timesteps={timesteps} and eval timesteps {list(eval_timesteps)} must "
                 "be >= 1."
             )
+        check_loss_timesteps(loss_timesteps, timesteps)
         if min_threshold <= 0:
             raise ValueError(f"finetune.min_threshold={min_threshold} must be > 0.")
         if scheduler not in ("cosine", "none"):
@@ -104,17 +119,24 @@ class SNNFinetuneModule(L.LightningModule):
         self.snn.requires_grad_(True)
         self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
         self.eval_timesteps = sorted({int(t) for t in eval_timesteps} | {timesteps})
+        self.loss_timesteps = sorted({int(t) for t in loss_timesteps or (timesteps,)})
 
     def forward(self, x: torch.Tensor, timesteps: int | None = None) -> torch.Tensor:
         """The output trace ``[T, B, classes]`` (``T`` = ``timesteps`` or the training T)."""
         steps = timesteps or self.hparams.timesteps
         return self.snn(encode(x, steps, self.hparams.encoding), steps)
 
+    def loss(self, trace: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Mean cross-entropy of the output means ``o_t / t`` at each of ``loss_timesteps``."""
+        losses = [self.criterion(trace[t - 1] / t, y) for t in self.loss_timesteps]
+        return torch.stack(losses).mean()
+
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], _: int) -> torch.Tensor:
         x, y = batch
         steps = self.hparams.timesteps
-        logits = self(x)[-1] / steps
-        loss = self.criterion(logits, y)
+        trace = self(x)
+        loss = self.loss(trace, y)
+        logits = trace[-1] / steps
         acc = (logits.argmax(-1) == y).float().mean()
         self.log("finetune/loss", loss, on_step=True, on_epoch=True, prog_bar=True)
         self.log("finetune/acc", acc, on_step=False, on_epoch=True, prog_bar=True)
@@ -124,7 +146,7 @@ class SNNFinetuneModule(L.LightningModule):
         x, y = batch
         trace = self(x, max(self.eval_timesteps))
         steps = self.hparams.timesteps
-        loss = self.criterion(trace[steps - 1] / steps, y)
+        loss = self.loss(trace, y)
         self.log("val/snn_loss", loss, on_epoch=True, batch_size=len(y))
         for t in self.eval_timesteps:
             acc = (trace[t - 1].argmax(-1) == y).float().mean()
