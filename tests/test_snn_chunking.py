@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from neurocuda.metrics.spikes import SpikeMonitor
+from neurocuda.snn import IFNeuron, SpikingActivation
 from neurocuda.snn.chunking import CPU_SAMPLES_PER_PASS, sub_batch_size
 from tests.test_nir_export import T, converted, round_trip
 
@@ -37,3 +39,28 @@ def test_passes_equal_separate_runs_and_the_executor(tmp_path) -> None:
     stats = whole_monitor.stats()
     assert stats.synops_per_image * 20 == synops > 0  # ops after the first neuron, every pass
     assert stats.input_ops_per_image > 0
+
+
+@pytest.mark.parametrize("arch", ["cifarnet", "resnet20"])
+def test_fused_activations_equal_the_modules_run_one_by_one(arch, monkeypatch) -> None:
+    snn = converted(arch)
+    pairs = [m for m in snn.network.modules() if isinstance(m, SpikingActivation)]
+    x = torch.randn(40, 3, 32, 32)  # passes of 16, 16 and 8 images at T=4
+    buffers = []
+    work_buffer = IFNeuron.work_buffer
+    counted = staticmethod(lambda x: buffers.append(1) or work_buffer(x))
+    monkeypatch.setattr(IFNeuron, "work_buffer", counted)
+    with torch.no_grad():
+        fused = snn(x, T)
+        fused_counts = [layer.spikes for layer in snn.spike_counts()]
+        assert len(buffers) == 2 * len(pairs)  # one per pass size: reused from pass to pass
+        assert all(pair._buffer is None for pair in pairs)  # freed at the end of the call
+        kept = []
+        for pair in pairs:  # a hook that keeps the spikes turns the fusion off
+            pair[0].register_forward_hook(lambda _m, _i, out: kept.append(out))
+        buffers.clear()
+        unfused = snn(x, T)
+    assert len(buffers) == 3 * len(pairs) == len(kept)  # a buffer per pass and neuron
+    assert torch.equal(fused, unfused)
+    assert fused_counts == [layer.spikes for layer in snn.spike_counts()]
+    assert all(set(spikes.unique().tolist()) <= {0.0, 1.0} for spikes in kept)  # not scaled

@@ -21,7 +21,14 @@ from neurocuda.conversion.errors import ConversionError
 from neurocuda.conversion.fold import fold_batchnorms
 from neurocuda.conversion.settings import ConversionConfig
 from neurocuda.conversion.validate import NetworkPlan, plan_conversion
-from neurocuda.snn import IFNeuron, OutputIntegrator, ResetMode, Scale, SpikingModel
+from neurocuda.snn import (
+    IFNeuron,
+    OutputIntegrator,
+    ResetMode,
+    Scale,
+    SpikingActivation,
+    SpikingModel,
+)
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +135,7 @@ def _replace_activations(
         if theta.dim() == 1:  # per channel: broadcast over one sample's [C, H, W] or [C]
             theta = theta.reshape(-1, *([1] * (len(shape) - 1)))
         neuron = IFNeuron(theta, theta * config.v_init, config.reset)
-        net.set_submodule(name, nn.Sequential(neuron, Scale(theta)))
+        net.set_submodule(name, SpikingActivation(neuron, Scale(theta)))
 
 
 def _finalize(net: nn.Module, plan: NetworkPlan) -> None:

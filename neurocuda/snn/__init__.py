@@ -5,7 +5,14 @@ The numeric contract (membrane offset, update order, thresholds, resets) is docs
 
 from neurocuda.snn.encoding import Encoding, encode, poisson_encode
 from neurocuda.snn.model import LayerSpikes, SpikingModel
-from neurocuda.snn.neurons import IFNeuron, MultiStepModule, OutputIntegrator, ResetMode, Scale
+from neurocuda.snn.neurons import (
+    IFNeuron,
+    MultiStepModule,
+    OutputIntegrator,
+    ResetMode,
+    Scale,
+    SpikingActivation,
+)
 from neurocuda.snn.surrogate import spike
 from neurocuda.snn.trainable import (
     match_neuron_shapes,
@@ -23,6 +30,7 @@ __all__ = [
     "OutputIntegrator",
     "ResetMode",
     "Scale",
+    "SpikingActivation",
     "SpikingModel",
     "encode",
     "match_neuron_shapes",

@@ -11,7 +11,12 @@ from torch import nn
 
 from neurocuda.snn.chunking import sub_batch_size
 from neurocuda.snn.layout import apply_layout, to_layout
-from neurocuda.snn.neurons import IFNeuron, MultiStepModule, OutputIntegrator
+from neurocuda.snn.neurons import (
+    IFNeuron,
+    MultiStepModule,
+    OutputIntegrator,
+    SpikingActivation,
+)
 
 
 @dataclass(frozen=True)
@@ -36,10 +41,10 @@ class SpikingModel(nn.Module):
     """A converted network run for T steps; returns the output trace ``[T, B, classes]``.
 
     ``network`` keeps the ANN's module tree: BatchNorm folded (left as ``nn.Identity``), each
-    activation replaced by ``nn.Sequential(IFNeuron, Scale)``, residual ``Add`` modules kept and the
-    final Linear wrapped as ``nn.Sequential(Linear, OutputIntegrator)``. Stateless layers run on
-    the ``T * B`` samples; for a constant input ``[B, C, H, W]`` the layers before the first neuron
-    run once on the ``B`` images. State is reset at every call.
+    activation replaced by a :class:`SpikingActivation` ``(IFNeuron, Scale)``, residual ``Add``
+    modules kept and the final Linear wrapped as ``nn.Sequential(Linear, OutputIntegrator)``.
+    Stateless layers run on the ``T * B`` samples; for a constant input ``[B, C, H, W]`` the
+    layers before the first neuron run once on the ``B`` images. State is reset at every call.
 
     Conv weights and 4-D activations are held in the layout of :mod:`neurocuda.snn.layout` (the
     NIR executor's), re-applied whenever the model moves to another device or dtype.
@@ -81,9 +86,16 @@ class SpikingModel(nn.Module):
         neurons = list(self.neuron_layers().values())
         counts = [torch.zeros((), device=x.device) for _ in neurons]
         outputs = []
-        for part in x.split(sub_batch_size(batch, timesteps, x.device), dim=batch_dim):
-            outputs.append(self._run(part, timesteps, part.shape[batch_dim]))
-            counts = [c + n.last_spike_count for c, n in zip(counts, neurons, strict=True)]
+        pairs = [m for m in self.network.modules() if isinstance(m, SpikingActivation)]
+        for pair in pairs:
+            pair.begin_buffered_runs()
+        try:
+            for part in x.split(sub_batch_size(batch, timesteps, x.device), dim=batch_dim):
+                outputs.append(self._run(part, timesteps, part.shape[batch_dim]))
+                counts = [c + n.last_spike_count for c, n in zip(counts, neurons, strict=True)]
+        finally:
+            for pair in pairs:
+                pair.end_buffered_runs()
         for neuron, count in zip(neurons, counts, strict=True):
             neuron.last_spike_count = count
         self._last_shape = (timesteps, batch)

@@ -109,26 +109,39 @@ class IFNeuron(MultiStepModule):
             self.threshold.clamp_(min=min_threshold)
         self.fire_level = self.threshold - self.v_init
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        spikes = self.run_sequence(self.as_sequence(x))
+    def forward(self, x: torch.Tensor, work: torch.Tensor | None = None) -> torch.Tensor:
+        """Spikes for ``x`` (``[T*B, ...]`` or constant ``[B, ...]``) as ``[T*B, ...]``; see
+        :meth:`run_sequence` for ``work``."""
+        spikes = self.run_sequence(self.as_sequence(x), work)
         return to_layout(spikes.flatten(0, 1))
 
-    def run_sequence(self, x: torch.Tensor) -> torch.Tensor:
-        """Run ``x`` of shape ``[T, B, ...]`` from a zero state; return spikes ``[T, B, ...]``.
-
-        With gradients needed (autograd on, and ``x`` or the neuron's parameters requiring them)
-        the same float operations run out of place with a surrogate gradient at the threshold;
-        otherwise the in-place inference loop runs.
-        """
-        needs_grad = torch.is_grad_enabled() and (
+    def needs_grad(self, x: torch.Tensor) -> bool:
+        """Whether a run on ``x`` builds a graph: autograd on, and ``x`` or the neuron's
+        parameters requiring gradients."""
+        return torch.is_grad_enabled() and (
             x.requires_grad or self.threshold.requires_grad or self.v_init.requires_grad
         )
-        spikes = self._run_differentiable(x) if needs_grad else self._run_inference(x)
+
+    def run_sequence(self, x: torch.Tensor, work: torch.Tensor | None = None) -> torch.Tensor:
+        """Run ``x`` of shape ``[T, B, ...]`` from a zero state; return spikes ``[T, B, ...]``.
+
+        With gradients needed (:meth:`needs_grad`) the same float operations run out of place
+        with a surrogate gradient at the threshold; otherwise the in-place inference loop runs
+        in ``work`` when given (``work_buffer(x)``; the spikes are its first T rows).
+        """
+        grad = self.needs_grad(x)
+        spikes = self._run_differentiable(x) if grad else self._run_inference(x, work)
         self.last_spike_count = spikes.detach().sum()
         self.last_neurons_per_sample = x[0, 0].numel()
         return spikes
 
-    def _run_inference(self, x: torch.Tensor) -> torch.Tensor:
+    @staticmethod
+    def work_buffer(x: torch.Tensor) -> torch.Tensor:
+        """The inference loop's memory for ``x`` (``[T, B, ...]``): T rows of spikes, then the
+        membrane and the recurrent input, in ``x``'s layout. One allocation, reusable."""
+        return empty_steps(x[0], x.shape[0] + 2)
+
+    def _run_inference(self, x: torch.Tensor, work: torch.Tensor | None = None) -> torch.Tensor:
         """In-place ops into preallocated buffers (1.5x faster on CPU than the out-of-place form).
 
         Float addition is commutative bit for bit, so ``u += (-theta * s) + x`` is exactly the
@@ -143,19 +156,19 @@ class IFNeuron(MultiStepModule):
         """
         x = x.detach()
         steps = x.shape[0]
-        spikes = empty_steps(x[0], steps)
+        work = self.work_buffer(x) if work is None else work
+        spikes, membrane, recurrent = work[:steps], work[steps], work[steps + 1]
         if self.reset == "subtract":
             torch.gt(x[0], self.fire_level, out=spikes[0])
             neg_threshold = -self.threshold
-            recurrent = torch.empty_like(x[0])
             u = x[0]
             for t in range(1, steps):
                 torch.addcmul(x[t], spikes[t - 1], neg_threshold, out=recurrent)
-                u = u + recurrent if t == 1 else u.add_(recurrent)
+                u = torch.add(u, recurrent, out=membrane) if t == 1 else u.add_(recurrent)
                 torch.gt(u, self.fire_level, out=spikes[t])
         else:
             neg_v_init = -self.v_init
-            u = torch.zeros_like(x[0])
+            u = membrane.zero_()
             for t in range(steps):
                 u.add_(x[t])
                 fired = u > self.fire_level
@@ -206,6 +219,46 @@ class Scale(nn.Module):
 
     def extra_repr(self) -> str:
         return f"shape={tuple(self.scale.shape)}"
+
+
+class SpikingActivation(nn.Sequential):
+    """A converted activation: ``IFNeuron`` then its ``Scale(theta)``, in a run of T steps.
+
+    Between :meth:`begin_buffered_runs` and :meth:`end_buffered_runs` (one
+    :class:`~neurocuda.snn.SpikingModel` call) an inference pass without hooks on the two
+    modules is fused: the neuron runs in a work buffer kept for the pair
+    (:meth:`IFNeuron.work_buffer`) and the scale multiplies its spikes in place. Written by hand
+    because on CPU a fresh buffer per pass costs more than the IF loop itself: the first touch of
+    its pages (~9 ms for the 8 MB of CifarNet's first layer on the test VM, against 0.4 ms to
+    fill a reused one; docs/results.md). The float operations are the unfused ones, so every
+    output is bit-identical. The buffer lives until the end of the call: the pair's output is
+    only valid until its next pass.
+    """
+
+    def __init__(self, neuron: IFNeuron, scale: Scale) -> None:
+        super().__init__(neuron, scale)
+        self._buffered = False
+        self._buffer: torch.Tensor | None = None
+
+    def begin_buffered_runs(self) -> None:
+        """Fuse the passes from now on (see the class docstring)."""
+        self._buffered = True
+
+    def end_buffered_runs(self) -> None:
+        """Stop fusing and free the buffer."""
+        self._buffered = False
+        self._buffer = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        neuron, scale = self[0], self[1]
+        hooked = any(m._forward_hooks or m._forward_pre_hooks for m in (neuron, scale))
+        if not self._buffered or hooked or neuron.needs_grad(x):
+            return super().forward(x)
+        steps = neuron.as_sequence(x)
+        buffer = self._buffer
+        if buffer is None or buffer[2:].shape != steps.shape or buffer.device != x.device:
+            buffer = self._buffer = neuron.work_buffer(steps)
+        return neuron(x, work=buffer).mul_(scale.scale)
 
 
 class OutputIntegrator(MultiStepModule):
