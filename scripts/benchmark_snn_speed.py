@@ -1,4 +1,5 @@
-"""Images/s of our multi-step SNN runtime at T=8 against spikingjelly and against T ANN forwards.
+"""Images/s of our multi-step SNN runtime at T=8 against spikingjelly and against T ANN forwards
+(and against itself with its IF neurons and scales run one by one: ``fuse_activations=False``).
 
     PYTHONPATH=/tmp/sj_pkgs python scripts/benchmark_snn_speed.py [--ckpt CKPT] [--arch cifarnet]
 
@@ -116,14 +117,19 @@ def main() -> None:
         for _ in range(steps):
             ann(x)
 
+    unfused = copy.deepcopy(snn)
+    unfused.fuse_activations = False
     methods = {
         "neurocuda": lambda: snn(x, steps),
+        "neurocuda unfused": lambda: unfused(x, steps),
         "spikingjelly": run_sj,
         f"{steps} x ANN": run_ann,
     }
     times: dict[str, list[float]] = {name: [] for name in methods}
     with torch.inference_mode():
         agree = float((snn(x, steps)[-1].argmax(-1) == run_sj()[-1].argmax(-1)).float().mean())
+        if not torch.equal(snn(x, steps), unfused(x, steps)):
+            raise AssertionError("The fused and unfused runtimes disagree: a bug, please report.")
         for _ in range(args.repeats + 1):  # the first round warms up
             for name, fn in methods.items():
                 times[name].append(timed(fn))
@@ -137,6 +143,9 @@ def main() -> None:
         ],
         "spikingjelly time / neurocuda time": [
             r[names.index("spikingjelly")] / r[names.index("neurocuda")] for r in rounds
+        ],
+        "neurocuda unfused time / neurocuda time": [
+            r[names.index("neurocuda unfused")] / r[names.index("neurocuda")] for r in rounds
         ],
     }
     table = Table(title=f"{args.arch} T={steps} batch={args.batch} on {args.device}")
