@@ -51,7 +51,8 @@ def test_fused_activations_equal_the_modules_run_one_by_one(arch, monkeypatch) -
     counted = staticmethod(lambda x: buffers.append(1) or work_buffer(x))
     monkeypatch.setattr(IFNeuron, "work_buffer", counted)
     with torch.no_grad():
-        fused = snn(x, T)
+        with SpikeMonitor(snn) as monitor:  # its hooks leave the fusion on
+            fused = snn(x, T)
         fused_counts = [layer.spikes for layer in snn.spike_counts()]
         assert len(buffers) == 2 * len(pairs)  # one per pass size: reused from pass to pass
         assert all(pair._buffer is None for pair in pairs)  # freed at the end of the call
@@ -63,4 +64,7 @@ def test_fused_activations_equal_the_modules_run_one_by_one(arch, monkeypatch) -
     assert len(buffers) == 3 * len(pairs) == len(kept)  # a buffer per pass and neuron
     assert torch.equal(fused, unfused)
     assert fused_counts == [layer.spikes for layer in snn.spike_counts()]
+    with torch.no_grad(), SpikeMonitor(snn) as unfused_monitor:
+        snn(x, T)
+    assert monitor.stats() == unfused_monitor.stats()  # synops counted after the first neuron
     assert all(set(spikes.unique().tolist()) <= {0.0, 1.0} for spikes in kept)  # not scaled

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from neurocuda.metrics.fanout import fan_out
-from neurocuda.snn import IFNeuron, SpikingModel
+from neurocuda.snn import IFNeuron, SpikingActivation, SpikingModel
 
 _COUNTED = (nn.Conv2d, nn.Linear, nn.AvgPool2d)
 
@@ -50,8 +50,12 @@ class SpikeMonitor:
         # per pass: SpikingModel may run a batch in several passes (neurocuda.snn.chunking)
         self._hooks.append(self.snn.network.register_forward_pre_hook(self._start))
         self._hooks.append(self.snn.register_forward_hook(self._finish))
+        # a fused pair's own hook, not its neuron's: hooks on the neuron turn the fusion off
+        paired = {id(m[0]) for m in self.snn.network.modules() if isinstance(m, SpikingActivation)}
         for module in self.snn.network.modules():
-            if isinstance(module, IFNeuron):
+            if isinstance(module, SpikingActivation) or (
+                isinstance(module, IFNeuron) and id(module) not in paired
+            ):
                 self._hooks.append(module.register_forward_hook(self._neuron_ran))
             elif isinstance(module, _COUNTED):
                 self._hooks.append(module.register_forward_hook(self._count))
