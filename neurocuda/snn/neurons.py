@@ -255,8 +255,8 @@ class SpikingActivation(nn.Sequential):
         if not self._buffered or hooked or neuron.needs_grad(x):
             return super().forward(x)
         steps = neuron.as_sequence(x)
-        buffer = self._buffer
-        if buffer is None or buffer[2:].shape != steps.shape or buffer.device != x.device:
+        buffer, wanted = self._buffer, (steps.shape, steps.dtype, steps.device)
+        if buffer is None or (buffer[2:].shape, buffer.dtype, buffer.device) != wanted:
             buffer = self._buffer = neuron.work_buffer(steps)
         return neuron(x, work=buffer).mul_(scale.scale)
 
