@@ -13,6 +13,7 @@ from neurocuda.conversion import ConversionConfig, convert
 from neurocuda.models import build_model
 from neurocuda.nir.verify import export_and_compare
 from neurocuda.snn import IFNeuron, neuron_scale_pairs, refresh, runtime_copy, spike
+from neurocuda.snn.if_sequence import if_sequence
 from neurocuda.training import SNNFinetuneModule
 from neurocuda.training.snn_finetune import snn_structure
 from train import train
@@ -73,6 +74,39 @@ def test_spike_forward_is_the_comparison_and_backward_a_triangle() -> None:
     # height 1/theta = 0.5 at u = fire_level, zero at distance theta: 1 - |u - 1| / 2, over 2
     assert u.grad.tolist() == [0.25, 0.375, 0.5, 0.375, 0.25, 0.0]
     assert float(fire_level.grad) == -sum(u.grad.tolist())
+
+
+def _if_step_by_step(x, threshold, fire_level):
+    """Reference: the contract's loop written out with autograd recording every step."""
+    u, s, out = torch.zeros_like(x[0]), torch.zeros_like(x[0]), []
+    for t in range(x.shape[0]):
+        u = u + (x[t] + (-threshold) * s)
+        s = spike(u, fire_level, threshold)
+        out.append(s)
+    return torch.stack(out)
+
+
+@pytest.mark.parametrize("constant_input", [False, True])
+def test_the_sequence_node_matches_autograd_through_every_step(constant_input) -> None:
+    torch.manual_seed(0)
+    steps, shape = 6, (3, 4, 5, 5)
+    base = torch.randn(shape) if constant_input else torch.randn(steps, *shape)
+    base = base.contiguous(memory_format=torch.channels_last) if constant_input else base
+    threshold = (torch.rand(4, 1, 1) + 0.5).requires_grad_()
+    v_init = (torch.rand(4, 1, 1) * 0.5).requires_grad_()
+    weights = torch.randn(steps, *shape)  # a loss that weights every spike differently
+    grads, outputs = [], []
+    for run in (if_sequence, _if_step_by_step):
+        x = base.clone().requires_grad_()
+        spikes = run(x.expand(steps, *shape) if constant_input else x, threshold, threshold - v_init)
+        (spikes * weights).sum().backward()
+        outputs.append(spikes.detach())
+        grads.append([t.grad.clone() for t in (x, threshold, v_init)])
+        threshold.grad = v_init.grad = None
+    assert torch.equal(outputs[0], outputs[1]) and 0 < float(outputs[0].mean()) < 1
+    for ours, reference in zip(*grads, strict=True):
+        assert float(reference.abs().sum()) > 0
+        torch.testing.assert_close(ours, reference, rtol=1e-5, atol=1e-5)
 
 
 def test_fine_tuning_lowers_the_training_loss(module, batch, tmp_path: Path) -> None:

@@ -17,6 +17,7 @@ from typing import Literal
 import torch
 from torch import nn
 
+from neurocuda.snn.if_sequence import if_sequence, integrate_and_fire
 from neurocuda.snn.layout import empty_steps, to_layout
 from neurocuda.snn.surrogate import spike
 
@@ -142,33 +143,20 @@ class IFNeuron(MultiStepModule):
         return empty_steps(x[0], x.shape[0] + 2)
 
     def _run_inference(self, x: torch.Tensor, work: torch.Tensor | None = None) -> torch.Tensor:
-        """In-place ops into preallocated buffers (1.5x faster on CPU than the out-of-place form).
-
-        Float addition is commutative bit for bit, so ``u += (-theta * s) + x`` is exactly the
-        contract's ``u = u + (x + (-theta) * s)``; ``addcmul`` forms it in one pass, and as ``s``
-        is 0 or 1 the product ``s * (-theta)`` is exact, so the one rounding is the addition's
-        (fused multiply-add or not). The membrane starts as ``u_0 = x_0`` instead of the
-        contract's ``0 + (x_0 + (-theta) * 0)``: the two differ at most in the sign of a zero,
-        and so do all later membranes (``a + b`` only depends on the signs of zeros when it is a
-        zero itself), which no comparison sees, so every spike is the contract's; this saves
-        the zero fills and two passes at ``t = 0``. Spikes (and so the layers after this neuron)
-        keep ``x``'s memory layout (:mod:`neurocuda.snn.layout`).
+        """In-place ops into preallocated buffers (1.5x faster on CPU than the out-of-place form);
+        reset by subtraction is :func:`~neurocuda.snn.if_sequence.integrate_and_fire`. Spikes
+        (and so the layers after this neuron) keep ``x``'s memory layout
+        (:mod:`neurocuda.snn.layout`).
         """
         x = x.detach()
         steps = x.shape[0]
         work = self.work_buffer(x) if work is None else work
-        spikes, membrane, recurrent = work[:steps], work[steps], work[steps + 1]
+        spikes, membrane, recurrent = work[:steps], work[steps : steps + 1], work[steps + 1]
         if self.reset == "subtract":
-            torch.gt(x[0], self.fire_level, out=spikes[0])
-            neg_threshold = -self.threshold
-            u = x[0]
-            for t in range(1, steps):
-                torch.addcmul(x[t], spikes[t - 1], neg_threshold, out=recurrent)
-                u = torch.add(u, recurrent, out=membrane) if t == 1 else u.add_(recurrent)
-                torch.gt(u, self.fire_level, out=spikes[t])
+            integrate_and_fire(x, self.fire_level, -self.threshold, spikes, membrane, recurrent)
         else:
             neg_v_init = -self.v_init
-            u = membrane.zero_()
+            u = membrane[0].zero_()
             for t in range(steps):
                 u.add_(x[t])
                 fired = u > self.fire_level
@@ -177,30 +165,25 @@ class IFNeuron(MultiStepModule):
         return spikes
 
     def _run_differentiable(self, x: torch.Tensor) -> torch.Tensor:
-        """The inference loop's float operations, out of place, for backprop through time.
+        """The inference loop's float operations with a surrogate gradient, for backprop through
+        time (reset by subtraction: :func:`~neurocuda.snn.if_sequence.if_sequence`, one autograd
+        node per layer; reset to zero: out of place, step by step).
 
         ``fire_level`` is recomputed from the (trainable) threshold and initial membrane with the
-        buffer's own expression, so it holds the same bits (elementwise ops do not round by memory
-        layout; :meth:`forward` puts the spikes in the inference loop's layout).
+        buffer's own expression, so it holds the same bits.
         """
         threshold = self.threshold
         fire_level = threshold - self.v_init if self.trainable else self.fire_level
-        u = torch.zeros_like(x[0])
-        s = torch.zeros_like(x[0])
-        steps = []
         if self.reset == "subtract":
-            neg_threshold = -threshold
-            for t in range(x.shape[0]):
-                u = u + (neg_threshold * s + x[t])
-                s = spike(u, fire_level, threshold)
-                steps.append(s)
-        else:
-            neg_v_init = -self.v_init
-            for t in range(x.shape[0]):
-                u = u + x[t]
-                s = spike(u, fire_level, threshold)
-                steps.append(s)
-                u = torch.where(s.bool(), neg_v_init, u)
+            return if_sequence(x, threshold, fire_level)
+        u = torch.zeros_like(x[0])
+        steps = []
+        neg_v_init = -self.v_init
+        for t in range(x.shape[0]):
+            u = u + x[t]
+            s = spike(u, fire_level, threshold)
+            steps.append(s)
+            u = torch.where(s.bool(), neg_v_init, u)
         return torch.stack(steps)
 
     def extra_repr(self) -> str:

@@ -15,6 +15,13 @@ from typing import Any
 import torch
 
 
+def triangle_slope(
+    u: torch.Tensor, fire_level: torch.Tensor, threshold: torch.Tensor
+) -> torch.Tensor:
+    """The surrogate derivative ``max(0, 1 - |u - fire_level| / theta) / theta`` (area 1)."""
+    return (1 - (u - fire_level).abs() / threshold).clamp_(min=0) / threshold
+
+
 class _TriangleSpike(torch.autograd.Function):
     @staticmethod
     def forward(
@@ -26,8 +33,7 @@ class _TriangleSpike(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         u, fire_level, threshold = ctx.saved_tensors
-        slope = (1 - (u - fire_level).abs() / threshold).clamp_(min=0) / threshold
-        grad_u = grad * slope
+        grad_u = grad * triangle_slope(u, fire_level, threshold)
         grad_fire = (-grad_u).sum_to_size(fire_level.shape) if ctx.needs_input_grad[1] else None
         return grad_u, grad_fire, None
 

@@ -1,0 +1,96 @@
+"""A whole layer of IF neurons (reset by subtraction) over T steps: the runtime's float loop, and
+the same loop as one autograd node for backprop through time.
+
+:func:`integrate_and_fire` is the one implementation of the loop (docs/semantics.md); the inference
+runtime runs it in a reused work buffer, :func:`if_sequence` keeps every step's membrane for the
+backward pass. Written by hand rather than left to autograd because autograd records ~5 nodes per
+step and layer and allocates each intermediate: a backward written out for the whole sequence
+(gradients of the membrane chain in two passes per step, the surrogate slopes of all steps at once)
+trains faster and holds less memory, while the forward stays the runtime's, bit for bit.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch.autograd.function import once_differentiable
+
+from neurocuda.snn.layout import empty_steps
+from neurocuda.snn.surrogate import triangle_slope
+
+
+def integrate_and_fire(
+    x: torch.Tensor,
+    fire_level: torch.Tensor,
+    neg_threshold: torch.Tensor,
+    spikes: torch.Tensor,
+    membranes: torch.Tensor,
+    recurrent: torch.Tensor,
+) -> None:
+    """Run ``x`` (``[T, B, ...]``) from a zero state into ``spikes`` (``[T, B, ...]``).
+
+    ``membranes`` is ``[T, B, ...]`` (every step's membrane is kept) or, for ``T > 1``,
+    ``[1, B, ...]`` (one row, overwritten); ``recurrent`` is scratch of one step's shape.
+
+    Float addition is commutative bit for bit, so ``u + ((-theta) * s + x)`` is exactly the
+    contract's ``u + (x + (-theta) * s)``; ``addcmul`` forms it in one pass, and as ``s`` is 0 or
+    1 the product is exact, so the one rounding is the addition's (fused multiply-add or not).
+    The membrane starts as ``u_0 = x_0`` instead of the contract's ``0 + (x_0 + (-theta) * 0)``:
+    the two differ at most in the sign of a zero, and so do all later membranes (``a + b`` only
+    depends on the signs of zeros when it is a zero itself), which no comparison sees, so every
+    spike is the contract's; this saves the zero fills and two passes at ``t = 0``.
+    """
+    keep = membranes.shape[0] == x.shape[0]
+    u = membranes[0].copy_(x[0]) if keep else x[0]
+    torch.gt(u, fire_level, out=spikes[0])
+    for t in range(1, x.shape[0]):
+        torch.addcmul(x[t], spikes[t - 1], neg_threshold, out=recurrent)
+        u = torch.add(u, recurrent, out=membranes[t if keep else 0])
+        torch.gt(u, fire_level, out=spikes[t])
+
+
+class _IFSequence(torch.autograd.Function):
+    @staticmethod
+    def forward(
+        ctx: Any, x: torch.Tensor, threshold: torch.Tensor, fire_level: torch.Tensor
+    ) -> torch.Tensor:
+        steps = x.shape[0]
+        spikes = empty_steps(x[0], steps)
+        membranes = empty_steps(x[0], steps)
+        neg_threshold = -threshold
+        integrate_and_fire(x, fire_level, neg_threshold, spikes, membranes, torch.empty_like(x[0]))
+        ctx.save_for_backward(spikes, membranes, threshold, fire_level)
+        return spikes
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        """With ``g_t = dL/du_t``: ``g_t = g_{t+1} + (dL/ds_t - theta g_{t+1}) slope_t``
+        (``g_T = 0``); ``dL/dx_t = g_t``, ``dL/dtheta = -sum_t g_{t+1} s_t`` (the reset; the
+        surrogate's width takes no gradient) and ``dL/dfire_level = -sum_t (dL/ds_t -
+        theta g_{t+1}) slope_t = -g_0`` (the sum telescopes)."""
+        spikes, membranes, threshold, fire_level = ctx.saved_tensors
+        slopes = triangle_slope(membranes, fire_level, threshold)
+        neg_threshold = -threshold
+        grad_u = empty_steps(grad[0], grad.shape[0])
+        total = torch.empty_like(grad[0])
+        last = grad.shape[0] - 1
+        torch.mul(grad[last], slopes[last], out=grad_u[last])
+        for t in range(last - 1, -1, -1):
+            torch.addcmul(grad[t], grad_u[t + 1], neg_threshold, out=total)
+            torch.addcmul(grad_u[t + 1], total, slopes[t], out=grad_u[t])
+        grad_threshold = grad_fire = None
+        if ctx.needs_input_grad[1]:
+            reset = (grad_u[1:] * spikes[:-1]).sum(0).sum_to_size(threshold.shape)
+            grad_threshold = reset.neg_()
+        if ctx.needs_input_grad[2]:
+            grad_fire = grad_u[0].sum_to_size(fire_level.shape).neg()
+        return grad_u, grad_threshold, grad_fire
+
+
+def if_sequence(x: torch.Tensor, threshold: torch.Tensor, fire_level: torch.Tensor) -> torch.Tensor:
+    """Spikes ``[T, B, ...]`` of IF neurons with reset by subtraction for input ``x`` (``[T, B,
+    ...]``), differentiable in ``x``, ``threshold`` (through the reset) and ``fire_level``, with
+    :func:`~neurocuda.snn.spike`'s triangle surrogate at the threshold."""
+    return _IFSequence.apply(x, threshold, fire_level)
