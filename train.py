@@ -30,6 +30,7 @@ from neurocuda.training.finetune_stage import (
     snn_test_metrics,
 )
 from neurocuda.training.instantiate import (
+    conversion_group,
     finish_loggers,
     instantiate_callbacks,
     instantiate_loggers,
@@ -72,7 +73,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             best = ann_checkpoint(cfg, trainer)
             trainer.test(model, datamodule=datamodule, ckpt_path=best or None)
             metrics.update(trainer.callback_metrics)
-            if cfg.get("conversion"):  # the fine-tuned SNN, else the best ANN converted
+            if conversion_group(cfg):  # the fine-tuned SNN, else the best ANN converted
                 device = trainer.strategy.root_device  # the trainer's: trainer=cpu stays on CPU
                 snn = snn or convert_for_run(cfg, datamodule, ann_with_weights(model, best), device)
                 metrics.update(

@@ -98,7 +98,8 @@ def test_the_sequence_node_matches_autograd_through_every_step(constant_input) -
     grads, outputs = [], []
     for run in (if_sequence, _if_step_by_step):
         x = base.clone().requires_grad_()
-        spikes = run(x.expand(steps, *shape) if constant_input else x, threshold, threshold - v_init)
+        inputs = x.expand(steps, *shape) if constant_input else x
+        spikes = run(inputs, threshold, threshold - v_init)
         (spikes * weights).sum().backward()
         outputs.append(spikes.detach())
         grads.append([t.grad.clone() for t in (x, threshold, v_init)])

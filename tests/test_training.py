@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from neurocuda.reporting.wandb_offline import last_values, read_offline_run
@@ -14,8 +15,10 @@ from tests.conftest import ROOT, tiny_run_overrides
 from train import train
 
 
-def test_fit_and_test_write_checkpoints_and_metrics(train_cfg, tmp_path: Path) -> None:
-    metrics = train(train_cfg("~conversion"))
+@pytest.mark.parametrize("stray", [[], ["+conversion.eval_subset=10"]])
+def test_fit_and_test_write_checkpoints_and_metrics(train_cfg, tmp_path: Path, stray) -> None:
+    # stray: an experiment's conversion override (resnet20_cpu) outliving ~conversion
+    metrics = train(train_cfg("~conversion", *stray))
     run = tmp_path / "run"
     assert (run / "checkpoints" / "last.ckpt").is_file()
     assert {"val/acc", "test/acc", "train/loss_epoch"} <= set(metrics)

@@ -22,7 +22,7 @@ from torch import nn
 from neurocuda.conversion import ConversionConfig, convert, evaluate_snn
 from neurocuda.files import read_checkpoint, verify_checkpoint
 from neurocuda.snn import SpikingModel
-from neurocuda.training.instantiate import conversion_settings
+from neurocuda.training.instantiate import conversion_group, conversion_settings
 from neurocuda.training.snn_finetune import (
     SNNFinetuneModule,
     check_loss_timesteps,
@@ -47,7 +47,7 @@ class FinetuneResult:
 def check_finetune_settings(cfg: DictConfig) -> None:
     """Fail before any training when ``cfg.finetune`` cannot run."""
     finetune = cfg.finetune
-    if not cfg.get("conversion"):
+    if not conversion_group(cfg):
         raise ValueError(
             "finetune=snn converts the ANN with the conversion group's settings; do not remove "
             "it (~conversion)."

@@ -29,10 +29,20 @@ def _targets(node: DictConfig | None, what: str) -> list[DictConfig]:
     return [n for n in node.values() if isinstance(n, DictConfig) and "_target_" in n]
 
 
+def conversion_group(cfg: DictConfig) -> DictConfig | None:
+    """The run's ``conversion`` group, or None when it is off (``~conversion``).
+
+    An experiment's overrides of single conversion keys (``conversion.eval_subset: 1000``) outlive
+    the removed group as a stray node without ``timesteps``: that counts as off too.
+    """
+    group = cfg.get("conversion")
+    return group if group and "timesteps" in group else None
+
+
 def conversion_settings(cfg: DictConfig) -> ConversionConfig:
     """The run's one conversion settings object, from the ``conversion`` group (validated here,
     before any training starts); the defaults when the group is off."""
-    group = cfg.get("conversion")
+    group = conversion_group(cfg)
     return ConversionConfig.from_group(group) if group else ConversionConfig()
 
 
@@ -43,7 +53,7 @@ def instantiate_callbacks(cfg: DictConfig) -> list[Callback]:
     """
     nodes = list(_targets(cfg.get("callbacks"), "callbacks"))
     for group in CALLBACK_GROUPS[1:]:
-        group_cfg = cfg.get(group)
+        group_cfg = conversion_group(cfg) if group == "conversion" else cfg.get(group)
         if group_cfg:
             nodes += _targets(group_cfg.get("callbacks"), f"{group}.callbacks")
     settings = conversion_settings(cfg)
