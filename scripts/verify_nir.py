@@ -3,6 +3,8 @@
     python scripts/verify_nir.py FILE.nir [--timesteps 1 4 8] [--num-images N]
     python scripts/verify_nir.py logs/.../checkpoints/last.nir --checkpoint logs/.../last.ckpt
     python scripts/verify_nir.py FILE.nir --checkpoint CKPT conversion.correction.timesteps=0
+    python scripts/verify_nir.py logs/.../checkpoints/finetune/last.nir \
+        --checkpoint logs/.../checkpoints/finetune/last.ckpt
 
 Errors (a malformed file, bad metadata) print one line; ``--debug`` shows the traceback.
 
@@ -10,7 +12,9 @@ Prints the graph's accuracy per T. With ``--checkpoint`` the checkpoint is conve
 (conversion settings from the file's metadata, ``conversion.*`` overrides replacing some;
 calibration reads the fixed, un-augmented calibration images, so it gives the same thresholds and
 membranes) and the native SNN's accuracy, the max abs diff and the number of divergent images are
-printed too. Test images come from the configured data source (``data.*`` overrides).
+printed too. A fine-tuning checkpoint (``finetune=snn``) holds the spiking network itself: it is
+loaded as trained, not converted, and ``conversion.*`` overrides are refused. Test images come from
+the configured data source (``data.*`` overrides).
 """
 
 from __future__ import annotations
@@ -24,7 +28,13 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from neurocuda.checkpoint import settings_with_overrides, snn_from_checkpoint
+from neurocuda.checkpoint import (
+    is_finetuned,
+    load_finetuned,
+    override_keys,
+    settings_with_overrides,
+    snn_from_checkpoint,
+)
 from neurocuda.cli import run_cli
 from neurocuda.conversion import ConversionConfig, ConversionError
 from neurocuda.data import CheckpointDataError, CIFAR10DataModule, datamodule_from_checkpoint
@@ -43,7 +53,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("file", type=Path, help="the .nir file")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides: conversion.*, data.*")
-    parser.add_argument("--checkpoint", type=Path, help="Lightning checkpoint of the ANN")
+    parser.add_argument(
+        "--checkpoint", type=Path, help="Lightning checkpoint of the ANN or of SNN fine-tuning"
+    )
     parser.add_argument("--timesteps", type=int, nargs="+", help="T values (default: metadata)")
     parser.add_argument("--num-images", type=int, default=1000, help="test images (0 = all)")
     parser.add_argument("--batch-size", type=int, default=100)
@@ -70,9 +82,18 @@ def test_data(args: argparse.Namespace, cfg: DictConfig) -> CIFAR10DataModule:
 
 
 def native_model(args: argparse.Namespace, settings: ConversionConfig) -> SpikingModel:
-    """The checkpoint converted again on its own calibration images (its data settings: batch
-    size, validation split, seed), so thresholds and membranes equal the training-time ones
-    whatever ``--batch-size`` the test images run with."""
+    """The checkpoint's spiking network: a fine-tuned one as trained; an ANN converted again on
+    its own calibration images (its data settings: batch size, validation split, seed), so
+    thresholds and membranes equal the training-time ones whatever ``--batch-size`` the test
+    images run with."""
+    if is_finetuned(args.checkpoint):
+        changed = override_keys(args.overrides, "conversion")
+        if changed:
+            raise SystemExit(
+                f"{args.checkpoint} is a fine-tuned SNN, not an ANN to convert: "
+                f"{', '.join(changed)} cannot change it; drop these overrides."
+            )
+        return load_finetuned(args.checkpoint, args.device)
     archive = {"archive": str(args.archive)} if args.archive else {}
     datamodule = datamodule_from_checkpoint(args.checkpoint, **archive)
     return snn_from_checkpoint(args.checkpoint, settings, datamodule).snn.to(args.device)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import lightning as L
@@ -20,6 +22,7 @@ from train import train
 
 ANN = {"arch": "cifarnet", "num_classes": 10, "arch_kwargs": {"widths": [4, 8, 8, 8]}}
 STEPS = 4
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
@@ -232,7 +235,9 @@ def test_fine_tuning_without_the_conversion_group_fails_at_once(train_cfg) -> No
         train(train_cfg("finetune=snn", "~conversion"))
 
 
-def test_train_py_fine_tunes_a_given_checkpoint_without_fitting(train_cfg, tmp_path: Path) -> None:
+def test_train_py_fine_tunes_a_given_checkpoint_without_fitting(
+    train_cfg, tiny_archive: Path, tmp_path: Path
+) -> None:
     ann = train(train_cfg("~conversion"))
     checkpoint = tmp_path / "run" / "checkpoints" / "last.ckpt"
     cfg = train_cfg("train=false", "finetune=snn", "finetune.timesteps=2",
@@ -241,7 +246,22 @@ def test_train_py_fine_tunes_a_given_checkpoint_without_fitting(train_cfg, tmp_p
     metrics = train(cfg)
     assert metrics["test/acc"] == ann["test/acc"]  # the given ANN was tested, not fresh weights
     assert {"finetune/acc", "test/snn_acc_T2", "test/snn_gap_T2"} <= set(metrics)
-    assert (tmp_path / "run" / "checkpoints" / "finetune" / "last.nir").is_file()
+    folder = tmp_path / "run" / "checkpoints" / "finetune"
+    # verify_nir.py runs the fine-tuned checkpoint itself (not a fresh conversion of an ANN)
+    verify = [sys.executable, "scripts/verify_nir.py", str(folder / "last.nir"), "--timesteps",
+              "1", "2", "--num-images", "8", "--archive", str(tiny_archive), "--checkpoint",
+              str(folder / "last.ckpt")]  # fmt: skip
+    result = subprocess.run(verify, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "round trip exact" in result.stdout
+    result = subprocess.run(
+        [*verify, "conversion.correction.timesteps=0"], cwd=ROOT, capture_output=True, text=True,
+        timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert "is a fine-tuned SNN" in result.stderr and "conversion.correction.timesteps" in (
+        result.stderr
+    )
 
 
 def test_bad_loss_timesteps_fail_before_the_fit(train_cfg) -> None:
