@@ -60,6 +60,7 @@ def test_fused_activations_equal_the_modules_run_one_by_one(arch, monkeypatch) -
         for pair in pairs:  # a hook that keeps the spikes turns the fusion off
             pair[0].register_forward_hook(lambda _m, _i, out: kept.append(out))
         buffers.clear()
+        snn.count_spikes = True
         unfused = snn(x, T)
     assert len(buffers) == 3 * len(pairs) == len(kept)  # a buffer per pass and neuron
     assert torch.equal(fused, unfused)

@@ -99,6 +99,10 @@ def test_spiking_model_matches_a_hand_written_loop() -> None:
         total_spikes += float(s.sum())
         o = o + fc2(scale(s))
         expected.append(o)
+    assert torch.equal(snn(x, timesteps=3), torch.stack(expected))
+    with pytest.raises(RuntimeError, match="count_spikes = True"):
+        snn.spike_counts()  # not counted by default: a pass over the spikes that runs rarely need
+    snn.count_spikes = True
     out = snn(x, timesteps=3)
     assert torch.equal(out, torch.stack(expected))
     (layer,) = snn.spike_counts()

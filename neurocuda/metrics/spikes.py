@@ -21,6 +21,19 @@ from neurocuda.snn import IFNeuron, SpikingActivation, SpikingModel
 _COUNTED = (nn.Conv2d, nn.Linear, nn.AvgPool2d)
 
 
+def _is_channels_last(x: torch.Tensor) -> bool:
+    return (
+        x.dim() == 4
+        and not x.is_contiguous()
+        and x.is_contiguous(memory_format=torch.channels_last)
+    )
+
+
+def _rows(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    """``x`` as ``[N, features]`` in memory order (a view of a dense tensor in either layout)."""
+    return (x.permute(0, 2, 3, 1) if channels_last else x).reshape(x.shape[0], -1)
+
+
 @dataclass
 class SpikeStats:
     """Totals over every image seen by a :class:`SpikeMonitor`."""
@@ -43,10 +56,12 @@ class SpikeMonitor:
     _input_ops: float = 0.0
     _images: int = 0
     _after_neuron: bool = False
-    _fan_outs: dict[tuple[int, tuple[int, ...]], torch.Tensor] = field(default_factory=dict)
+    _fan_outs: dict[tuple[int, tuple[int, ...], bool], torch.Tensor] = field(default_factory=dict)
     _hooks: list = field(default_factory=list)
+    _was_counting: bool = False
 
     def __enter__(self) -> SpikeMonitor:
+        self._was_counting, self.snn.count_spikes = self.snn.count_spikes, True
         # per pass: SpikingModel may run a batch in several passes (neurocuda.snn.chunking)
         self._hooks.append(self.snn.network.register_forward_pre_hook(self._start))
         self._hooks.append(self.snn.register_forward_hook(self._finish))
@@ -65,6 +80,7 @@ class SpikeMonitor:
         for hook in self._hooks:
             hook.remove()
         self._hooks.clear()
+        self.snn.count_spikes = self._was_counting
 
     def _start(self, *_: object) -> None:
         self._after_neuron = False
@@ -74,12 +90,18 @@ class SpikeMonitor:
 
     def _count(self, module: nn.Module, inputs: tuple[torch.Tensor, ...], _: object) -> None:
         x = inputs[0].detach()
-        key = (id(module), tuple(x.shape[1:]))
+        channels_last = _is_channels_last(x)
+        key = (id(module), tuple(x.shape[1:]), channels_last)
         if key not in self._fan_outs:
-            self._fan_outs[key] = fan_out(module, key[1]).to(x.device)
+            fan = fan_out(module, key[1]).to(x.device)
+            self._fan_outs[key] = _rows(fan.unsqueeze(0), channels_last)[0].double()
         fan = self._fan_outs[key]
         if self._after_neuron:
-            self._synops += float(((x != 0).to(fan.dtype).sum(0) * fan).sum())
+            # per input element, in memory order (3x faster than reducing the 4-D tensor on CPU):
+            # how many samples it is nonzero in (exact in float32 up to 2**24 samples), times its
+            # fan-out, summed in float64 (exact integers)
+            active = (_rows(x, channels_last) != 0).sum(0, dtype=torch.float32)
+            self._synops += float(active.double().dot(fan))
         else:
             self._input_ops += float(fan.sum()) * x.shape[0]
 

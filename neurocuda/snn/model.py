@@ -56,6 +56,11 @@ class SpikingModel(nn.Module):
         self.input_shape = tuple(input_shape)
         """Shape of one sample without batch and time, e.g. ``(3, 32, 32)``."""
         self._last_shape: tuple[int, int] | None = None
+        self._counted = False
+        self.count_spikes = False
+        """Count each IF layer's spikes in a call (:meth:`spike_counts`; a pass over every
+        layer's spikes, ~5% of a CifarNet run at T=8 on CPU, so off unless asked for:
+        :class:`~neurocuda.metrics.SpikeMonitor` turns it on)."""
         self.fuse_activations = True
         """Run each :class:`SpikingActivation` fused (same outputs, faster on CPU); False runs
         its two modules one by one (for comparison)."""
@@ -70,7 +75,7 @@ class SpikingModel(nn.Module):
         """Run ``x`` (``[B, *input_shape]`` constant current or ``[T, B, *input_shape]``).
 
         The batch runs in passes of :func:`~neurocuda.snn.chunking.sub_batch_size` images (all at
-        once except on CPU); spike counts cover the whole batch.
+        once except on CPU); spike counts (with ``count_spikes``) cover the whole batch.
         """
         if timesteps < 1:
             raise ValueError(f"timesteps must be >= 1, got {timesteps}.")
@@ -87,6 +92,8 @@ class SpikingModel(nn.Module):
             )
         batch = x.shape[batch_dim]
         neurons = list(self.neuron_layers().values())
+        for neuron in neurons:
+            neuron.count_spikes = self.count_spikes
         counts = [torch.zeros((), device=x.device) for _ in neurons]
         outputs = []
         pairs = [m for m in self.network.modules() if isinstance(m, SpikingActivation)]
@@ -96,13 +103,14 @@ class SpikingModel(nn.Module):
         try:
             for part in x.split(sub_batch_size(batch, timesteps, x.device), dim=batch_dim):
                 outputs.append(self._run(part, timesteps, part.shape[batch_dim]))
-                counts = [c + n.last_spike_count for c, n in zip(counts, neurons, strict=True)]
+                if self.count_spikes:
+                    counts = [c + n.last_spike_count for c, n in zip(counts, neurons, strict=True)]
         finally:
             for pair in pairs:
                 pair.end_buffered_runs()
         for neuron, count in zip(neurons, counts, strict=True):
             neuron.last_spike_count = count
-        self._last_shape = (timesteps, batch)
+        self._last_shape, self._counted = (timesteps, batch), self.count_spikes
         return outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=1)
 
     def _run(self, x: torch.Tensor, timesteps: int, batch: int) -> torch.Tensor:
@@ -151,6 +159,11 @@ class SpikingModel(nn.Module):
         order."""
         if self._last_shape is None:
             raise RuntimeError("spike_counts() needs a forward call first.")
+        if not self._counted:
+            raise RuntimeError(
+                "The last call did not count spikes: set count_spikes = True before it (a "
+                "SpikeMonitor does)."
+            )
         steps, batch = self._last_shape
         layers = self.layer_names()
         return [

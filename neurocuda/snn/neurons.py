@@ -72,6 +72,9 @@ class IFNeuron(MultiStepModule):
         self.register_buffer("threshold", threshold.clone())
         self.register_buffer("v_init", v_init)
         self.register_buffer("fire_level", threshold - v_init)
+        self.count_spikes = True
+        """Sum each run's spikes into ``last_spike_count`` (a pass over them); a
+        :class:`~neurocuda.snn.SpikingModel` sets it from its own ``count_spikes``."""
         self.last_spike_count = torch.zeros(())
         self.last_neurons_per_sample = 0
 
@@ -132,7 +135,8 @@ class IFNeuron(MultiStepModule):
         """
         grad = self.needs_grad(x)
         spikes = self._run_differentiable(x) if grad else self._run_inference(x, work)
-        self.last_spike_count = spikes.detach().sum()
+        if self.count_spikes:
+            self.last_spike_count = spikes.detach().sum()
         self.last_neurons_per_sample = x[0, 0].numel()
         return spikes
 
