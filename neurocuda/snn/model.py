@@ -59,7 +59,7 @@ class SpikingModel(nn.Module):
         self._counted = False
         self.count_spikes = False
         """Count each IF layer's spikes in a call (:meth:`spike_counts`; a pass over every
-        layer's spikes, ~5% of a CifarNet run at T=8 on CPU, so off unless asked for:
+        layer's spikes, 2-5% of a CifarNet run at T=8 on CPU, so off unless asked for:
         :class:`~neurocuda.metrics.SpikeMonitor` turns it on)."""
         self.fuse_activations = True
         """Run each :class:`SpikingActivation` fused (same outputs, faster on CPU); False runs
