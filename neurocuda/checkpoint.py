@@ -22,10 +22,10 @@ from torch import nn
 from neurocuda.conversion import ConversionConfig, convert
 from neurocuda.data import CheckpointDataError, CIFAR10DataModule, datamodule_from_checkpoint
 from neurocuda.devices import resolve_device
-from neurocuda.files import read_checkpoint, verify_checkpoint
+from neurocuda.files import verify_checkpoint
 from neurocuda.nir import Profile, export
 from neurocuda.snn import SpikingModel
-from neurocuda.training import ClassifierModule, SNNFinetuneModule
+from neurocuda.training import ClassifierModule
 
 log = logging.getLogger(__name__)
 
@@ -79,23 +79,6 @@ def load_ann(checkpoint: str | os.PathLike[str], device: str | torch.device = "c
     checked = verify_checkpoint(checkpoint)
     module = ClassifierModule.load_from_checkpoint(checked, map_location=resolve_device(device))
     return module.net.eval()
-
-
-def is_finetuned(checkpoint: str | os.PathLike[str]) -> bool:
-    """Whether ``checkpoint`` was written by the SNN fine-tuning stage (``finetune=snn``): it
-    holds a spiking network, not an ANN to convert."""
-    saved = read_checkpoint(checkpoint, map_location="cpu")
-    return "structure" in saved.get("hyper_parameters", {})
-
-
-def load_finetuned(
-    checkpoint: str | os.PathLike[str], device: str | torch.device = "cpu"
-) -> SpikingModel:
-    """The spiking network of a fine-tuning checkpoint as the runtime runs it, on ``device``."""
-    module = SNNFinetuneModule.load_from_checkpoint(
-        verify_checkpoint(checkpoint), map_location=resolve_device(device)
-    )
-    return module.spiking_model()
 
 
 def snn_from_checkpoint(

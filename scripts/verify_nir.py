@@ -28,13 +28,7 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from neurocuda.checkpoint import (
-    is_finetuned,
-    load_finetuned,
-    override_keys,
-    settings_with_overrides,
-    snn_from_checkpoint,
-)
+from neurocuda.checkpoint import override_keys, settings_with_overrides, snn_from_checkpoint
 from neurocuda.cli import run_cli
 from neurocuda.conversion import ConversionConfig, ConversionError
 from neurocuda.data import CheckpointDataError, CIFAR10DataModule, datamodule_from_checkpoint
@@ -45,6 +39,7 @@ from neurocuda.nir.metadata import check_timesteps
 from neurocuda.nir.verify import RoundTripReport, compare
 from neurocuda.snn import SpikingModel
 from neurocuda.training.compose import compose_train_config
+from neurocuda.training.snn_finetune import is_finetune_checkpoint, load_finetuned
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -86,14 +81,14 @@ def native_model(args: argparse.Namespace, settings: ConversionConfig) -> Spikin
     its own calibration images (its data settings: batch size, validation split, seed), so
     thresholds and membranes equal the training-time ones whatever ``--batch-size`` the test
     images run with."""
-    if is_finetuned(args.checkpoint):
+    if is_finetune_checkpoint(args.checkpoint):
         changed = override_keys(args.overrides, "conversion")
         if changed:
             raise SystemExit(
                 f"{args.checkpoint} is a fine-tuned SNN, not an ANN to convert: "
                 f"{', '.join(changed)} cannot change it; drop these overrides."
             )
-        return load_finetuned(args.checkpoint, args.device)
+        return load_finetuned(args.checkpoint, args.device).spiking_model()
     archive = {"archive": str(args.archive)} if args.archive else {}
     datamodule = datamodule_from_checkpoint(args.checkpoint, **archive)
     return snn_from_checkpoint(args.checkpoint, settings, datamodule).snn.to(args.device)

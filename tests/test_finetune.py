@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +18,7 @@ from neurocuda.nir.verify import export_and_compare
 from neurocuda.snn import IFNeuron, neuron_scale_pairs, refresh, runtime_copy, spike
 from neurocuda.snn.if_sequence import if_sequence
 from neurocuda.training import SNNFinetuneModule
-from neurocuda.training.snn_finetune import snn_structure
+from neurocuda.training.snn_finetune import load_finetuned, snn_structure
 from train import train
 
 ANN = {"arch": "cifarnet", "num_classes": 10, "arch_kwargs": {"widths": [4, 8, 8, 8]}}
@@ -262,6 +263,22 @@ def test_train_py_fine_tunes_a_given_checkpoint_without_fitting(
     assert "is a fine-tuned SNN" in result.stderr and "conversion.correction.timesteps" in (
         result.stderr
     )
+    # a fine-tuning checkpoint as start_from is trained further (not an ANN converted again):
+    # with lr 0 its network comes back unchanged, and the ANN it came from is tested
+    earlier = shutil.copy(folder / "last.ckpt", tmp_path / "earlier.ckpt")
+    again = ["train=false", "finetune=snn", "finetune.timesteps=2",
+             f"finetune.start_from={earlier}", "conversion.timesteps=[2]",
+             "conversion.eval_subset=8", "finetune.optimizer.lr=0"]  # fmt: skip
+    with pytest.raises(ValueError, match=r"ckpt_path=ANN\.ckpt"):
+        train(train_cfg(*again))
+    with pytest.raises(ValueError, match="train=false"):
+        train(train_cfg(*again[1:], f"ckpt_path={checkpoint}"))
+    metrics = train(train_cfg(*again, f"ckpt_path={checkpoint}"))
+    assert metrics["test/acc"] == ann["test/acc"] and "test/snn_gap_T2" in metrics
+    x = torch.rand(3, 3, 32, 32)
+    with torch.no_grad():
+        before = load_finetuned(earlier).spiking_model()(x, 2)
+        assert torch.equal(load_finetuned(folder / "last.ckpt").spiking_model()(x, 2), before)
 
 
 def test_bad_loss_timesteps_fail_before_the_fit(train_cfg) -> None:

@@ -26,6 +26,8 @@ from neurocuda.training.instantiate import conversion_group, conversion_settings
 from neurocuda.training.snn_finetune import (
     SNNFinetuneModule,
     check_loss_timesteps,
+    is_finetune_checkpoint,
+    load_finetuned,
     snn_structure,
 )
 
@@ -64,8 +66,18 @@ def check_finetune_settings(cfg: DictConfig) -> None:
                 f"finetune.start_from={finetune.start_from} needs the ANN fit of this run; with "
                 "train=false give the ANN checkpoint to fine-tune: finetune.start_from=FILE.ckpt."
             )
-    else:  # a checkpoint file: it must exist and be intact before any work starts
-        verify_checkpoint(finetune.start_from)
+    elif is_finetune_checkpoint(finetune.start_from):  # intact, else it raised: continue it
+        if cfg.get("train", True):
+            raise ValueError(
+                f"finetune.start_from={finetune.start_from} is a fine-tuning checkpoint: its SNN "
+                "is trained further, so an ANN fit would go unused; add train=false."
+            )
+        if cfg.get("test", True) and not cfg.get("ckpt_path"):
+            raise ValueError(
+                f"finetune.start_from={finetune.start_from} is a fine-tuning checkpoint: the test "
+                "(test/acc and the SNN's gaps) needs the ANN it was converted from, "
+                "ckpt_path=ANN.ckpt; or test=false."
+            )
 
 
 def loss_timesteps(finetune: DictConfig) -> list[int] | None:
@@ -76,12 +88,14 @@ def loss_timesteps(finetune: DictConfig) -> list[int] | None:
 
 def ann_checkpoint(cfg: DictConfig, trainer: L.Trainer) -> str:
     """The ANN checkpoint the run tests and converts: the fit's best; without a fit
-    (``train=false``) a ``finetune.start_from`` file, else ``ckpt_path``; "" for none."""
+    (``train=false``) a ``finetune.start_from`` ANN file, else ``ckpt_path``; "" for none."""
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     if best or cfg.get("train", True):
         return best
     start = cfg.finetune.start_from if cfg.get("finetune") else "best"
-    return start if start not in ("best", "last") else cfg.get("ckpt_path") or ""
+    if start in ("best", "last") or is_finetune_checkpoint(start):
+        return cfg.get("ckpt_path") or ""
+    return start
 
 
 def ann_with_weights(model: L.LightningModule, checkpoint: str) -> nn.Module:
@@ -124,15 +138,28 @@ def run_finetune(
     cfg: DictConfig, trainer: L.Trainer, datamodule: L.LightningDataModule, ann: L.LightningModule
 ) -> FinetuneResult:
     """Convert the ANN (``finetune.start_from``: best checkpoint, last weights or a checkpoint
-    file, see :func:`ann_checkpoint`) and train the
+    file, see :func:`ann_checkpoint`), or take the SNN of a fine-tuning checkpoint given as
+    ``finetune.start_from`` (with ``train=false``), and train the
     SNN at ``finetune.timesteps`` with a second trainer (the run's trainer settings and loggers,
     float32, ``finetune.epochs``) and the ``finetune.callbacks`` (checkpoints under
     ``checkpoints/finetune`` with verified ``.nir`` files)."""
     check_finetune_settings(cfg)
     settings = cfg.finetune
-    last = settings.start_from == "last"
-    net = ann.net if last else ann_with_weights(ann, ann_checkpoint(cfg, trainer))
-    snn = convert_for_run(cfg, datamodule, net, trainer.strategy.root_device)
+    device = trainer.strategy.root_device
+    if settings.start_from not in ("best", "last") and is_finetune_checkpoint(settings.start_from):
+        log.info("Fine-tuning further the SNN of %s", settings.start_from)
+        earlier = load_finetuned(settings.start_from, device)
+        snn, structure, metadata = (
+            earlier.spiking_model(),
+            earlier.hparams.structure,
+            earlier.hparams.metadata,
+        )
+    else:
+        last = settings.start_from == "last"
+        net = ann.net if last else ann_with_weights(ann, ann_checkpoint(cfg, trainer))
+        snn = convert_for_run(cfg, datamodule, net, device)
+        structure = snn_structure(dict(ann.hparams), cfg.conversion.reset, snn.input_shape)
+        metadata = conversion_config(cfg, datamodule).as_metadata()
     module = SNNFinetuneModule(
         snn,
         timesteps=int(settings.timesteps),
@@ -143,8 +170,8 @@ def run_finetune(
         min_threshold=float(settings.min_threshold),
         label_smoothing=float(settings.label_smoothing),
         loss_timesteps=loss_timesteps(settings),
-        structure=snn_structure(dict(ann.hparams), cfg.conversion.reset, snn.input_shape),
-        metadata=conversion_config(cfg, datamodule).as_metadata(),
+        structure=structure,
+        metadata=metadata,
     )
     callbacks = [
         hydra.utils.instantiate(node)

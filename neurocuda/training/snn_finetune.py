@@ -15,6 +15,7 @@ architecture the spiking network was converted from)::
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -23,6 +24,8 @@ import torch
 from torch import nn
 
 from neurocuda.conversion import spiking_structure
+from neurocuda.devices import resolve_device
+from neurocuda.files import read_checkpoint, verify_checkpoint
 from neurocuda.models import build_model
 from neurocuda.snn import (
     Encoding,
@@ -190,3 +193,20 @@ class SNNFinetuneModule(L.LightningModule):
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
         }
+
+
+def is_finetune_checkpoint(checkpoint: str | os.PathLike[str]) -> bool:
+    """Whether ``checkpoint`` was written by the SNN fine-tuning stage (an
+    :class:`SNNFinetuneModule`): it holds a spiking network, not an ANN to convert."""
+    saved = read_checkpoint(checkpoint, map_location="cpu")
+    return "structure" in saved.get("hyper_parameters", {})
+
+
+def load_finetuned(
+    checkpoint: str | os.PathLike[str], device: str | torch.device = "cpu"
+) -> SNNFinetuneModule:
+    """The :class:`SNNFinetuneModule` of a fine-tuning checkpoint on ``device``; its
+    :meth:`~SNNFinetuneModule.spiking_model` is the network the runtime runs."""
+    return SNNFinetuneModule.load_from_checkpoint(
+        verify_checkpoint(checkpoint), map_location=resolve_device(device)
+    )
