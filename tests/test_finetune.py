@@ -7,11 +7,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import hydra
 import lightning as L
 import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
+from callbacks.checkpoint import CheckpointWithNIR
 from neurocuda.conversion import ConversionConfig, convert
 from neurocuda.models import build_model
 from neurocuda.nir.verify import export_and_compare
@@ -222,6 +224,9 @@ def test_train_py_fine_tunes_and_reports_snn_test_accuracy(train_cfg, tmp_path: 
         assert metrics[f"test/snn_gap_T{t}"] == pytest.approx(gap, abs=1e-6)
     loaded = SNNFinetuneModule.load_from_checkpoint(checkpoints[0], map_location="cpu")
     assert isinstance(loaded.spiking_model().network.get_submodule("2.0"), IFNeuron)
+    # a checkpoint replaced by a better one takes its .nir file with it (no orphans)
+    savers = [hydra.utils.instantiate(node) for node in cfg.finetune.callbacks.values()]
+    assert sum(isinstance(c, CheckpointWithNIR) for c in savers) == 2
 
 
 def test_train_py_reports_the_converted_snn_without_fine_tuning(train_cfg) -> None:
