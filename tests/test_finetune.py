@@ -139,6 +139,42 @@ def test_a_loss_over_several_timesteps_averages_their_cross_entropies(
         assert float(module.loss(module(x), y)) < before - 0.05
 
 
+def test_distillation_pulls_the_snn_towards_the_teacher_and_stays_out_of_checkpoints(
+    tiny_datamodule, batch, tmp_path: Path
+) -> None:
+    x, y = batch
+    torch.manual_seed(1)
+    teacher = build_model(arch="cifarnet", num_classes=10, widths=[4, 8, 8, 8]).eval()
+    with pytest.raises(ValueError, match=r"needs the ANN as teacher"):
+        fit(make_module(tiny_datamodule, distill_weight=0.5), x, y, steps=1, root=tmp_path)
+    module = make_module(tiny_datamodule, distill_weight=1.0, distill_temperature=2.0,
+                         loss_timesteps=[2, 4], teacher=teacher)  # fmt: skip
+    with torch.no_grad():
+        trace, target = module(x), teacher(x)
+        expected = [  # tau^2 KL(p_teacher || p_snn) at tau = 2, per T, averaged
+            4 * (target.div(2).softmax(-1) * (target.div(2).log_softmax(-1)
+                 - (trace[t - 1] / t / 2).log_softmax(-1))).sum(-1).mean()
+            for t in (2, 4)
+        ]  # fmt: skip
+        before = module.distillation_loss(trace, target)
+        assert float(before) == pytest.approx(float(sum(expected) / 2), rel=1e-5)
+    fit(module, x, y, steps=10, root=tmp_path)
+    with torch.no_grad():
+        assert float(module.distillation_loss(module(x), target)) < float(before) / 2
+    assert not any(k.startswith("_teacher") for k in module.state_dict())
+    trainer = fit(module, x, y, steps=1, root=tmp_path)
+    trainer.save_checkpoint(tmp_path / "kd.ckpt")
+    loaded = SNNFinetuneModule.load_from_checkpoint(tmp_path / "kd.ckpt", map_location="cpu")
+    with torch.no_grad():
+        assert torch.equal(loaded.spiking_model()(x, STEPS), module.spiking_model()(x, STEPS))
+
+
+@pytest.mark.parametrize(("weight", "temperature"), [(-0.1, 4.0), (1.5, 4.0), (0.5, 0.0)])
+def test_bad_distillation_settings_are_refused(tiny_datamodule, weight, temperature) -> None:
+    with pytest.raises(ValueError, match=r"finetune\.distill\.weight=.* in \[0, 1\]"):
+        make_module(tiny_datamodule, distill_weight=weight, distill_temperature=temperature)
+
+
 @pytest.mark.parametrize("steps", [[], [0, 4], [8]])
 def test_loss_timesteps_outside_the_trained_run_are_refused(tiny_datamodule, steps) -> None:
     with pytest.raises(ValueError, match=r"loss_timesteps=.* between 1 and finetune\.timesteps=4"):
@@ -205,6 +241,7 @@ def test_train_py_fine_tunes_and_reports_snn_test_accuracy(train_cfg, tmp_path: 
     cfg = train_cfg(
         "finetune=snn",
         "finetune.timesteps=2",
+        "finetune.distill.weight=0.5",  # with the run's ANN as teacher
         "conversion.timesteps=[1,2,4]",
         "conversion.calibration.batches=2",
         "conversion.eval_subset=16",
@@ -215,9 +252,8 @@ def test_train_py_fine_tunes_and_reports_snn_test_accuracy(train_cfg, tmp_path: 
     assert {p.name for p in checkpoints} == {"epoch_000.ckpt", "last.ckpt"}
     assert all(p.with_suffix(".nir").is_file() for p in checkpoints)
     assert metrics["finetune/nir/max_abs_diff"] == 0.0
-    assert {"finetune/loss_epoch", "finetune/acc", "val/snn_acc_T2", "val/snn_acc_T4"} <= set(
-        metrics
-    )
+    assert {"finetune/loss_epoch", "finetune/acc", "finetune/distill_loss", "val/snn_acc_T2",
+            "val/snn_acc_T4"} <= set(metrics)  # fmt: skip
     for t in (1, 2, 4):
         assert 0.0 <= metrics[f"test/snn_acc_T{t}"] <= 1.0
         gap = metrics["test/acc"] - metrics[f"test/snn_acc_T{t}"]
@@ -276,6 +312,8 @@ def test_train_py_fine_tunes_a_given_checkpoint_without_fitting(
              "conversion.eval_subset=8", "finetune.optimizer.lr=0"]  # fmt: skip
     with pytest.raises(ValueError, match=r"ckpt_path=ANN\.ckpt"):
         train(train_cfg(*again))
+    with pytest.raises(ValueError, match=r"distillation .* ckpt_path=ANN\.ckpt"):
+        train(train_cfg(*again, "test=false", "finetune.distill.weight=0.5"))
     with pytest.raises(ValueError, match="train=false"):
         train(train_cfg(*again[1:], f"ckpt_path={checkpoint}"))
     metrics = train(train_cfg(*again, f"ckpt_path={checkpoint}"))

@@ -25,6 +25,7 @@ from neurocuda.snn import SpikingModel
 from neurocuda.training.instantiate import conversion_group, conversion_settings
 from neurocuda.training.snn_finetune import (
     SNNFinetuneModule,
+    check_distillation,
     check_loss_timesteps,
     is_finetune_checkpoint,
     load_finetuned,
@@ -60,6 +61,7 @@ def check_finetune_settings(cfg: DictConfig) -> None:
             "be >= 1."
         )
     check_loss_timesteps(loss_timesteps(finetune), int(finetune.timesteps))
+    check_distillation(*distillation(finetune))
     if finetune.start_from in ("best", "last"):
         if not cfg.get("train", True):
             raise ValueError(
@@ -78,12 +80,24 @@ def check_finetune_settings(cfg: DictConfig) -> None:
                 "(test/acc and the SNN's gaps) needs the ANN it was converted from, "
                 "ckpt_path=ANN.ckpt; or test=false."
             )
+        if distillation(finetune)[0] > 0 and not cfg.get("ckpt_path"):
+            raise ValueError(
+                f"finetune.start_from={finetune.start_from} is a fine-tuning checkpoint: "
+                "distillation (finetune.distill.weight > 0) needs the ANN it was converted from "
+                "as teacher, ckpt_path=ANN.ckpt; or finetune.distill.weight=0."
+            )
 
 
 def loss_timesteps(finetune: DictConfig) -> list[int] | None:
     """``finetune.loss_timesteps`` as a list (None when unset)."""
     steps = finetune.get("loss_timesteps")
     return None if steps is None else [int(t) for t in steps]
+
+
+def distillation(finetune: DictConfig) -> tuple[float, float]:
+    """``finetune.distill``'s weight and temperature (weight 0, off, without the node)."""
+    distill = finetune.get("distill") or {}
+    return float(distill.get("weight", 0.0)), float(distill.get("temperature", 4.0))
 
 
 def ann_checkpoint(cfg: DictConfig, trainer: L.Trainer) -> str:
@@ -104,7 +118,7 @@ def ann_with_weights(model: L.LightningModule, checkpoint: str) -> nn.Module:
         return model.net
     loaded = copy.deepcopy(model)
     loaded.load_state_dict(read_checkpoint(checkpoint, map_location=model.device)["state_dict"])
-    log.info("Converting the ANN checkpoint %s", checkpoint)
+    log.info("Loaded the ANN checkpoint %s", checkpoint)
     return loaded.net
 
 
@@ -146,6 +160,8 @@ def run_finetune(
     check_finetune_settings(cfg)
     settings = cfg.finetune
     device = trainer.strategy.root_device
+    last = settings.start_from == "last"
+    net = ann.net if last else ann_with_weights(ann, ann_checkpoint(cfg, trainer))
     if settings.start_from not in ("best", "last") and is_finetune_checkpoint(settings.start_from):
         log.info("Fine-tuning further the SNN of %s", settings.start_from)
         earlier = load_finetuned(settings.start_from, device)
@@ -155,11 +171,10 @@ def run_finetune(
             earlier.hparams.metadata,
         )
     else:
-        last = settings.start_from == "last"
-        net = ann.net if last else ann_with_weights(ann, ann_checkpoint(cfg, trainer))
         snn = convert_for_run(cfg, datamodule, net, device)
         structure = snn_structure(dict(ann.hparams), cfg.conversion.reset, snn.input_shape)
         metadata = conversion_config(cfg, datamodule).as_metadata()
+    weight, temperature = distillation(settings)
     module = SNNFinetuneModule(
         snn,
         timesteps=int(settings.timesteps),
@@ -172,6 +187,9 @@ def run_finetune(
         loss_timesteps=loss_timesteps(settings),
         structure=structure,
         metadata=metadata,
+        distill_weight=weight,
+        distill_temperature=temperature,
+        teacher=copy.deepcopy(net) if weight > 0 else None,
     )
     callbacks = [
         hydra.utils.instantiate(node)

@@ -5,7 +5,7 @@ pass is the runtime's float operations (docs/semantics.md), only the spike's gra
 (:func:`neurocuda.snn.spike`). Weights, biases, thresholds and initial membranes are trained; each
 neuron's ``Scale(theta)`` is tied to its threshold, and thresholds are kept ``>= min_threshold``
 after every step. The loss is cross-entropy on the output layer's mean over T (``o_T / T``), whose
-argmax is the SNN's prediction.
+argmax is the SNN's prediction, optionally mixed with distillation from the ANN's logits.
 
 Reload a fine-tuned model from its checkpoint (no data needed; ``structure`` names the ANN
 architecture the spiking network was converted from)::
@@ -21,6 +21,7 @@ from typing import Any
 
 import lightning as L
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from neurocuda.conversion import spiking_structure
@@ -65,6 +66,15 @@ def check_loss_timesteps(loss_timesteps: Sequence[int] | None, timesteps: int) -
         )
 
 
+def check_distillation(weight: float, temperature: float) -> None:
+    """Fail unless ``weight`` is in [0, 1] and ``temperature`` > 0."""
+    if not 0.0 <= weight <= 1.0 or temperature <= 0:
+        raise ValueError(
+            f"finetune.distill.weight={weight} must be in [0, 1] (0: off) and "
+            f"finetune.distill.temperature={temperature} > 0."
+        )
+
+
 def _rebuild(structure: dict[str, Any]) -> SpikingModel:
     model = dict(structure["model"])
     arch_kwargs = model.pop("arch_kwargs", None) or {}
@@ -82,6 +92,8 @@ class SNNFinetuneModule(L.LightningModule):
     recorded in exported NIR files. ``optimizer``: ``name`` adamw | sgd, ``lr``, ``weight_decay``
     (weights only, not biases, thresholds or initial membranes), ``momentum`` (sgd);
     ``scheduler``: cosine | none. ``loss_timesteps``: see :func:`check_loss_timesteps`.
+    ``distill_weight`` > 0 mixes in distillation from ``teacher`` (the ANN; see
+    :meth:`distillation_loss`): ``(1 - weight) * loss + weight * distillation``.
     """
 
     def __init__(
@@ -97,6 +109,9 @@ class SNNFinetuneModule(L.LightningModule):
         loss_timesteps: Sequence[int] | None = None,
         structure: dict[str, Any] | None = None,
         metadata: dict[str, Any] | None = None,
+        distill_weight: float = 0.0,
+        distill_temperature: float = 4.0,
+        teacher: nn.Module | None = None,
     ) -> None:
         super().__init__()
         if timesteps < 1 or any(int(t) < 1 for t in eval_timesteps):
@@ -109,6 +124,7 @@ class SNNFinetuneModule(L.LightningModule):
             raise ValueError(f"finetune.min_threshold={min_threshold} must be > 0.")
         if scheduler not in ("cosine", "none"):
             raise ValueError(f"finetune.scheduler={scheduler!r}: use cosine or none.")
+        check_distillation(distill_weight, distill_temperature)
         if snn is None:
             if structure is None:
                 raise ValueError(
@@ -116,13 +132,21 @@ class SNNFinetuneModule(L.LightningModule):
                     "saved in a checkpoint written with it)."
                 )
             snn = _rebuild(structure)
-        self.save_hyperparameters(ignore=["snn"])
+        self.save_hyperparameters(ignore=["snn", "teacher"])
         self.snn = snn.train()  # no layer depends on it; Lightning warns about eval-mode modules
         set_trainable(self.snn, True)
         self.snn.requires_grad_(True)
         self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
         self.eval_timesteps = sorted({int(t) for t in eval_timesteps} | {timesteps})
         self.loss_timesteps = sorted({int(t) for t in loss_timesteps or (timesteps,)})
+        self.set_teacher(teacher)
+
+    def set_teacher(self, teacher: nn.Module | None) -> None:
+        """The ANN whose logits are distilled (frozen, in eval mode). Held outside the module's
+        children, so it is neither trained nor saved in checkpoints."""
+        if teacher is not None:
+            teacher = teacher.eval().requires_grad_(False)
+        self._teacher = (teacher,)  # a tuple: nn.Module would register a module as a child
 
     def forward(self, x: torch.Tensor, timesteps: int | None = None) -> torch.Tensor:
         """The output trace ``[T, B, classes]`` (``T`` = ``timesteps`` or the training T)."""
@@ -134,11 +158,40 @@ class SNNFinetuneModule(L.LightningModule):
         losses = [self.criterion(trace[t - 1] / t, y) for t in self.loss_timesteps]
         return torch.stack(losses).mean()
 
+    def distillation_loss(self, trace: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+        """Mean over ``loss_timesteps`` of the KL divergence from the teacher's softmax to the
+        output means' at temperature ``tau``, times ``tau**2`` (Hinton et al., 2015)."""
+        tau = self.hparams.distill_temperature
+        target = F.log_softmax(teacher_logits.float() / tau, dim=-1)
+        losses = [
+            F.kl_div(F.log_softmax(trace[t - 1] / (t * tau), dim=-1), target,
+                     reduction="batchmean", log_target=True)
+            for t in self.loss_timesteps
+        ]  # fmt: skip
+        return torch.stack(losses).mean() * tau**2
+
+    def on_fit_start(self) -> None:
+        teacher = self._teacher[0]
+        if self.hparams.distill_weight > 0:
+            if teacher is None:
+                raise ValueError(
+                    "finetune.distill.weight > 0 needs the ANN as teacher (SNNFinetuneModule("
+                    "teacher=...) or set_teacher); or finetune.distill.weight=0."
+                )
+            teacher.to(self.device)
+
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], _: int) -> torch.Tensor:
         x, y = batch
         steps = self.hparams.timesteps
         trace = self(x)
         loss = self.loss(trace, y)
+        weight = self.hparams.distill_weight
+        if weight > 0:
+            with torch.no_grad():
+                teacher_logits = self._teacher[0](x)
+            distillation = self.distillation_loss(trace, teacher_logits)
+            self.log("finetune/distill_loss", distillation, on_step=False, on_epoch=True)
+            loss = (1 - weight) * loss + weight * distillation
         logits = trace[-1] / steps
         acc = (logits.argmax(-1) == y).float().mean()
         self.log("finetune/loss", loss, on_step=True, on_epoch=True, prog_bar=True)
