@@ -160,11 +160,15 @@ def run_finetune(
     check_finetune_settings(cfg)
     settings = cfg.finetune
     device = trainer.strategy.root_device
-    last = settings.start_from == "last"
-    net = ann.net if last else ann_with_weights(ann, ann_checkpoint(cfg, trainer))
-    if settings.start_from not in ("best", "last") and is_finetune_checkpoint(settings.start_from):
-        log.info("Fine-tuning further the SNN of %s", settings.start_from)
-        earlier = load_finetuned(settings.start_from, device)
+    weight, temperature = distillation(settings)
+    start = settings.start_from
+    continuing = start not in ("best", "last") and is_finetune_checkpoint(start)
+    net = None  # the ANN: converted, or (continuing) read only as the distillation teacher
+    if not continuing or weight > 0:
+        net = ann.net if start == "last" else ann_with_weights(ann, ann_checkpoint(cfg, trainer))
+    if continuing:
+        log.info("Fine-tuning further the SNN of %s", start)
+        earlier = load_finetuned(start, device)
         snn, structure, metadata = (
             earlier.spiking_model(),
             earlier.hparams.structure,
@@ -174,7 +178,6 @@ def run_finetune(
         snn = convert_for_run(cfg, datamodule, net, device)
         structure = snn_structure(dict(ann.hparams), cfg.conversion.reset, snn.input_shape)
         metadata = conversion_config(cfg, datamodule).as_metadata()
-    weight, temperature = distillation(settings)
     module = SNNFinetuneModule(
         snn,
         timesteps=int(settings.timesteps),
