@@ -54,12 +54,15 @@ def make_module(datamodule, **settings) -> SNNFinetuneModule:
     )
 
 
-def fit(module: SNNFinetuneModule, x: torch.Tensor, y: torch.Tensor, steps: int, root: Path):
+def fit(
+    module: SNNFinetuneModule, x: torch.Tensor, y: torch.Tensor, steps: int, root: Path,
+    precision: str = "32-true",
+) -> L.Trainer:  # fmt: skip
     """``steps`` optimizer steps on the batch ``(x, y)``; returns the trainer."""
     loader = DataLoader(TensorDataset(x.repeat(steps, 1, 1, 1), y.repeat(steps)), len(y))
     trainer = L.Trainer(
         max_epochs=1, logger=False, enable_progress_bar=False, enable_model_summary=False,
-        enable_checkpointing=False, default_root_dir=root,
+        enable_checkpointing=False, default_root_dir=root, precision=precision,
     )  # fmt: skip
     trainer.fit(module, train_dataloaders=loader)
     return trainer
@@ -225,6 +228,28 @@ def test_fine_tuned_forward_is_the_runtime_and_its_nir_round_trip_exact(
     assert report.worst_diff == 0.0 and report.total_divergent == 0
 
 
+def test_bfloat16_fine_tuning_trains_and_validates_the_float32_runtime(
+    module, batch, tmp_path: Path
+) -> None:
+    x, y = batch
+    before = loss_of(module, x, y)
+    conv = next(m for m in module.snn.modules() if isinstance(m, torch.nn.Conv2d))
+    dtypes = []
+    hook = conv.register_forward_hook(lambda _m, _i, out: dtypes.append(out.dtype))
+    trainer = fit(module, x, y, steps=6, root=tmp_path, precision="bf16-mixed")
+    assert set(dtypes) == {torch.bfloat16}  # the training forward ran its convolutions in bf16
+    assert loss_of(module, x, y) < before
+    traces = []
+    hook.remove()
+    module.snn.register_forward_hook(lambda _m, _i, out: traces.append(out))
+    trainer.validate(module, DataLoader(TensorDataset(x, y), len(y)), verbose=False)
+    plain = module.spiking_model()
+    with torch.no_grad():
+        assert torch.equal(traces[0], plain(x, max(module.eval_timesteps)))
+    _, report = export_and_compare(plain, [tmp_path / "bf16.nir"], x, y, [1, 2, 4])
+    assert report.worst_diff == 0.0 and report.total_divergent == 0
+
+
 def test_checkpoint_loads_back_without_the_converted_model(module, batch, tmp_path: Path) -> None:
     x, y = batch
     trainer = fit(module, x, y, steps=2, root=tmp_path)
@@ -242,6 +267,7 @@ def test_train_py_fine_tunes_and_reports_snn_test_accuracy(train_cfg, tmp_path: 
         "finetune=snn",
         "finetune.timesteps=2",
         "finetune.distill.weight=0.5",  # with the run's ANN as teacher
+        "finetune.precision=bf16-mixed",  # its checkpoints' .nir files still exact
         "conversion.timesteps=[1,2,4]",
         "conversion.calibration.batches=2",
         "conversion.eval_subset=16",
@@ -328,6 +354,11 @@ def test_bad_loss_timesteps_fail_before_the_fit(train_cfg) -> None:
     with pytest.raises(ValueError, match=r"loss_timesteps=\[2, 8\]"):
         train(train_cfg("finetune=snn", "finetune.timesteps=4", "finetune.loss_timesteps=[2,8]",
                         "trainer.max_epochs=1000"))  # fmt: skip
+
+
+def test_an_unknown_fine_tuning_precision_fails_before_the_fit(train_cfg) -> None:
+    with pytest.raises(ValueError, match=r"finetune\.precision='16-mixed'.*bf16-mixed"):
+        train(train_cfg("finetune=snn", "finetune.precision=16-mixed", "trainer.max_epochs=1000"))
 
 
 def test_fine_tuning_without_a_fit_needs_a_checkpoint_file(train_cfg, tmp_path: Path) -> None:

@@ -178,6 +178,7 @@ class IFNeuron(MultiStepModule):
         """
         threshold = self.threshold
         fire_level = threshold - self.v_init if self.trainable else self.fire_level
+        x = x.to(threshold.dtype)  # bfloat16 conv outputs under autocast: the state stays float32
         if self.reset == "subtract":
             return if_sequence(x, threshold, fire_level)
         u = torch.zeros_like(x[0])
@@ -256,7 +257,9 @@ class OutputIntegrator(MultiStepModule):
         return trace.reshape(-1, *trace.shape[2:])
 
     def run_sequence(self, y: torch.Tensor) -> torch.Tensor:
-        """Integrate ``y`` of shape ``[T, B, ...]``; return the trace ``[T, B, ...]``."""
+        """Integrate ``y`` of shape ``[T, B, ...]``; return the trace ``[T, B, ...]`` (at least
+        float32: a bfloat16 ``y`` from a linear layer under autocast is summed in float32)."""
+        y = y.to(torch.promote_types(y.dtype, torch.float32))
         o = torch.zeros_like(y[0])
         trace = torch.empty_like(y)
         for t in range(y.shape[0]):

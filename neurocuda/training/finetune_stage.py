@@ -61,6 +61,12 @@ def check_finetune_settings(cfg: DictConfig) -> None:
             "be >= 1."
         )
     check_loss_timesteps(loss_timesteps(finetune), int(finetune.timesteps))
+    if precision(finetune) not in FINETUNE_PRECISIONS:
+        raise ValueError(
+            f"finetune.precision={precision(finetune)!r} is not one of {FINETUNE_PRECISIONS}: "
+            "32-true trains the runtime's own float32 network, bf16-mixed its convolutions in "
+            "bfloat16 (faster on CPUs with native bfloat16)."
+        )
     check_distillation(*distillation(finetune))
     if finetune.start_from in ("best", "last"):
         if not cfg.get("train", True):
@@ -98,6 +104,15 @@ def distillation(finetune: DictConfig) -> tuple[float, float]:
     """``finetune.distill``'s weight and temperature (weight 0, off, without the node)."""
     distill = finetune.get("distill") or {}
     return float(distill.get("weight", 0.0)), float(distill.get("temperature", 4.0))
+
+
+FINETUNE_PRECISIONS = ("32-true", "bf16-mixed")
+"""Lightning precisions the fine-tuning stage trains in (``finetune.precision``)."""
+
+
+def precision(finetune: DictConfig) -> str:
+    """``finetune.precision`` (32-true without the setting)."""
+    return str(finetune.get("precision", "32-true"))
 
 
 def ann_checkpoint(cfg: DictConfig, trainer: L.Trainer) -> str:
@@ -201,12 +216,12 @@ def run_finetune(
     ]
     if (cfg.get("callbacks") or {}).get("progress_bar"):  # the run's progress display
         callbacks.append(hydra.utils.instantiate(cfg.callbacks.progress_bar))
-    # float32 whatever the ANN used: the trained network is the float32 one the runtime runs
+    # finetune.precision whatever the ANN used; validation runs the float32 runtime either way
     finetuner: L.Trainer = hydra.utils.instantiate(
         cfg.trainer,
         max_epochs=int(settings.epochs),
         limit_train_batches=settings.get("train_batches") or 1.0,
-        precision="32-true",
+        precision=precision(settings),
         callbacks=callbacks,
         logger=trainer.loggers,
     )

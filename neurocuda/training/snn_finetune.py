@@ -200,7 +200,8 @@ class SNNFinetuneModule(L.LightningModule):
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], _: int) -> None:
         x, y = batch
-        trace = self(x, max(self.eval_timesteps))
+        with torch.autocast(self.device.type, enabled=False):  # the runtime's float32 network
+            trace = self(x, max(self.eval_timesteps))
         steps = self.hparams.timesteps
         loss = self.loss(trace, y)
         self.log("val/snn_loss", loss, on_epoch=True, batch_size=len(y))
