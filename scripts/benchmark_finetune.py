@@ -1,0 +1,85 @@
+"""Seconds per SNN fine-tuning step in float32 and in bfloat16 autocast (``finetune.precision``).
+
+    python scripts/benchmark_finetune.py --arch resnet20 --timesteps 4 --batch 128 --rounds 5
+
+One process, the two precisions alternating within each round (this machine's speed drifts
+between runs); the ratio is the median of the per-round ratios. A step is what the fine-tuning
+stage runs per batch: the converted network at T steps (random weights, calibrated on random
+images: the arithmetic does not depend on them), the cross-entropy of the output mean,
+backward through time and an AdamW step, under ``torch.autocast`` for bf16-mixed as Lightning
+runs it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from neurocuda.conversion import ConversionConfig, convert
+from neurocuda.devices import resolve_device
+from neurocuda.models import build_model
+from neurocuda.training import SNNFinetuneModule
+from neurocuda.training.snn_finetune import snn_structure
+
+PRECISIONS = {"32-true": None, "bf16-mixed": torch.bfloat16}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("--arch", default="resnet20")
+    parser.add_argument("--timesteps", type=int, default=4)
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--rounds", type=int, default=5, help="timed rounds after a warm-up")
+    parser.add_argument("--device", default="cpu", help="cpu, gpu, cuda:N or auto")
+    args = parser.parse_args()
+    device = resolve_device(args.device)
+    torch.manual_seed(0)
+    ann = build_model(args.arch).eval()
+    images = torch.randn(args.batch, 3, 32, 32)
+    snn = convert(ann, [images], ConversionConfig(calibration_batches=1))
+    structure = snn_structure({"arch": args.arch}, "subtract", snn.input_shape)
+    module = SNNFinetuneModule(snn, timesteps=args.timesteps, structure=structure).to(device)
+    module.train()
+    optimizer = torch.optim.AdamW(module.parameters(), lr=1e-4)
+    x, y = images.to(device), torch.randint(0, 10, (args.batch,), device=device)
+
+    def step(dtype: torch.dtype | None) -> float:
+        start = time.perf_counter()
+        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            loss = module.loss(module(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - start
+
+    times: dict[str, list[float]] = {name: [] for name in PRECISIONS}
+    for _ in range(args.rounds + 1):  # the first round warms up
+        for name, dtype in PRECISIONS.items():
+            times[name].append(step(dtype))
+    ratios = [a / b for a, b in zip(times["32-true"][1:], times["bf16-mixed"][1:], strict=True)]
+    table = Table(title=f"{args.arch} fine-tuning step, T={args.timesteps}, batch {args.batch}, "
+                  f"{device}, {torch.get_num_threads()} threads")  # fmt: skip
+    for column in ("finetune.precision", "s / step", "images/s"):
+        table.add_column(column, justify="right")
+    for name, measured in times.items():
+        seconds = statistics.median(measured[1:])
+        table.add_row(name, f"{seconds:.3f}", f"{args.batch / seconds:.1f}")
+    console = Console()
+    console.print(table)
+    console.print(
+        f"float32 time / bf16-mixed time: {statistics.median(ratios):.2f} (median of "
+        f"{len(ratios)} interleaved rounds; min {min(ratios):.2f}, max {max(ratios):.2f})"
+    )
+
+
+if __name__ == "__main__":
+    main()
