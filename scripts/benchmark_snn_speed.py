@@ -1,5 +1,6 @@
 """Images/s of our multi-step SNN runtime at T=8 against spikingjelly and against T ANN forwards
-(and against itself with its IF neurons and scales run one by one: ``fuse_activations=False``).
+(and against itself with its IF neurons and scales run one by one: ``fuse_activations=False``,
+and with its fused activations in tensor operations, not the CPU kernel: ``compiled_kernel=False``).
 
     PYTHONPATH=/tmp/sj_pkgs python scripts/benchmark_snn_speed.py [--ckpt CKPT] [--arch cifarnet]
 
@@ -30,6 +31,7 @@ from neurocuda.conversion import ConversionConfig, convert
 from neurocuda.devices import resolve_device
 from neurocuda.models import build_model
 from neurocuda.snn import IFNeuron, OutputIntegrator, Scale, SpikingModel
+from neurocuda.snn.layout import memory_format
 from neurocuda.training import ClassifierModule
 
 
@@ -100,7 +102,9 @@ def main() -> None:
         ann = ClassifierModule.load_from_checkpoint(args.ckpt, map_location="cpu").net
     else:
         ann = build_model(args.arch)
-    ann = ann.to(args.device).eval()
+    # the ANN in the runtime's layout (channels-last on CPU: the faster one for the ANN too, and
+    # what a checkpoint trained channels-last loads as): random and trained baselines compare alike
+    ann = ann.to(args.device, memory_format=memory_format(args.device)).eval()
     calib = [torch.randn(args.batch, 3, 32, 32, device=args.device) for _ in range(2)]
     # spikingjelly's IFNode has one scalar initial membrane: no per-channel correction
     config = ConversionConfig(per_channel=False, v_init=0.0, correction_timesteps=0)
@@ -119,8 +123,11 @@ def main() -> None:
 
     unfused = copy.deepcopy(snn)
     unfused.fuse_activations = False
+    tensor_ops = copy.deepcopy(snn)
+    tensor_ops.compiled_kernel = False
     methods = {
         "neurocuda": lambda: snn(x, steps),
+        "neurocuda tensor ops": lambda: tensor_ops(x, steps),
         "neurocuda unfused": lambda: unfused(x, steps),
         "spikingjelly": run_sj,
         f"{steps} x ANN": run_ann,
@@ -128,8 +135,12 @@ def main() -> None:
     times: dict[str, list[float]] = {name: [] for name in methods}
     with torch.inference_mode():
         agree = float((snn(x, steps)[-1].argmax(-1) == run_sj()[-1].argmax(-1)).float().mean())
-        if not torch.equal(snn(x, steps), unfused(x, steps)):
-            raise AssertionError("The fused and unfused runtimes disagree: a bug, please report.")
+        reference = unfused(x, steps)
+        for other in (snn, tensor_ops):
+            if not torch.equal(other(x, steps), reference):
+                raise AssertionError(
+                    "The fused and unfused runtimes disagree: a bug, please report."
+                )
         for _ in range(args.repeats + 1):  # the first round warms up
             for name, fn in methods.items():
                 times[name].append(timed(fn))
@@ -146,6 +157,9 @@ def main() -> None:
         ],
         "neurocuda unfused time / neurocuda time": [
             r[names.index("neurocuda unfused")] / r[names.index("neurocuda")] for r in rounds
+        ],
+        "neurocuda tensor ops time / neurocuda time": [
+            r[names.index("neurocuda tensor ops")] / r[names.index("neurocuda")] for r in rounds
         ],
     }
     table = Table(title=f"{args.arch} T={steps} batch={args.batch} on {args.device}")

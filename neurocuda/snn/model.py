@@ -64,6 +64,9 @@ class SpikingModel(nn.Module):
         self.fuse_activations = True
         """Run each :class:`SpikingActivation` fused (same outputs, faster on CPU); False runs
         its two modules one by one (for comparison)."""
+        self.compiled_kernel = True
+        """Run fused activations on CPU through :mod:`~neurocuda.snn.cpu_kernel` (same outputs,
+        faster); False: through tensor operations (for comparison)."""
         apply_layout(self.network)
 
     def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True) -> Self:
@@ -99,7 +102,7 @@ class SpikingModel(nn.Module):
         pairs = [m for m in self.network.modules() if isinstance(m, SpikingActivation)]
         pairs = pairs if self.fuse_activations else []
         for pair in pairs:
-            pair.begin_buffered_runs()
+            pair.begin_buffered_runs(self.compiled_kernel)
         try:
             for part in x.split(sub_batch_size(batch, timesteps, x.device), dim=batch_dim):
                 outputs.append(self._run(part, timesteps, part.shape[batch_dim]))

@@ -17,6 +17,7 @@ from typing import Literal
 import torch
 from torch import nn
 
+from neurocuda.snn import cpu_kernel
 from neurocuda.snn.if_sequence import if_sequence, integrate_and_fire
 from neurocuda.snn.layout import empty_steps, to_layout
 from neurocuda.snn.surrogate import spike
@@ -118,6 +119,26 @@ class IFNeuron(MultiStepModule):
         :meth:`run_sequence` for ``work``."""
         spikes = self.run_sequence(self.as_sequence(x), work)
         return to_layout(spikes.flatten(0, 1))
+
+    def fire_scaled(
+        self, x: torch.Tensor, scale: torch.Tensor, work: torch.Tensor, compiled: bool = True
+    ) -> torch.Tensor:
+        """``self(x, work=work).mul_(scale)`` for an inference run; with ``compiled``, on CPU
+        (reset by subtraction, spikes not counted) in one compiled pass
+        (:mod:`~neurocuda.snn.cpu_kernel`), bit for bit the same. The result lives in ``work``."""
+        steps = self.as_sequence(x)
+        if (
+            compiled
+            and self.reset == "subtract"
+            and not self.count_spikes
+            and not self.needs_grad(x)
+            and cpu_kernel.applies(steps, self.fire_level, self.threshold, scale)
+        ):
+            out = work[: steps.shape[0]]
+            cpu_kernel.fire_and_scale(steps, self.fire_level, -self.threshold, scale, out)
+            self.last_neurons_per_sample = steps[0, 0].numel()
+            return to_layout(out.flatten(0, 1))
+        return self(x, work=work).mul_(scale)
 
     def needs_grad(self, x: torch.Tensor) -> bool:
         """Whether a run on ``x`` builds a graph: autograd on, and ``x`` or the neuron's
@@ -226,11 +247,13 @@ class SpikingActivation(nn.Sequential):
     def __init__(self, neuron: IFNeuron, scale: Scale) -> None:
         super().__init__(neuron, scale)
         self._buffered = False
+        self._compiled = True
         self._buffer: torch.Tensor | None = None
 
-    def begin_buffered_runs(self) -> None:
-        """Fuse the passes from now on (see the class docstring)."""
-        self._buffered = True
+    def begin_buffered_runs(self, compiled: bool = True) -> None:
+        """Fuse the passes from now on (see the class docstring); ``compiled``: in the CPU kernel
+        where it applies (:meth:`IFNeuron.fire_scaled`)."""
+        self._buffered, self._compiled = True, compiled
 
     def end_buffered_runs(self) -> None:
         """Stop fusing and free the buffer."""
@@ -246,7 +269,7 @@ class SpikingActivation(nn.Sequential):
         buffer, wanted = self._buffer, (steps.shape, steps.dtype, steps.device)
         if buffer is None or (buffer[2:].shape, buffer.dtype, buffer.device) != wanted:
             buffer = self._buffer = neuron.work_buffer(steps)
-        return neuron(x, work=buffer).mul_(scale.scale)
+        return neuron.fire_scaled(x, scale.scale, buffer, self._compiled)
 
 
 class OutputIntegrator(MultiStepModule):

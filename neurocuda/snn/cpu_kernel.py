@@ -1,0 +1,112 @@
+"""An IF layer and its scale in one compiled pass on CPU: the inference runtime's fast path.
+
+:func:`~neurocuda.snn.if_sequence.integrate_and_fire` runs a layer as three tensor operations per
+step, each a pass over the layer (and a call into PyTorch), then the :class:`~neurocuda.snn.Scale`
+multiplies all steps in another pass: ~15% of a CifarNet's time on CPU (docs/results.md). This
+kernel (numba; compiled once per dtype, ~3 s, then cached on disk) walks each block of neurons
+through all T steps with the membrane and the spike kept in a small block-local array, reading
+the input once and writing ``theta * s`` once.
+
+It does the same float operations as ``integrate_and_fire`` (docs/semantics.md): ``u_0 = x_0``,
+``u_t = u_{t-1} + (x_t + s_{t-1} * (-theta))``, ``s_t = u_t > fire_level``, output ``s_t * scale``,
+each rounded to the tensor's dtype (no fast-math, no fused multiply-add changes anything: the
+product with a 0/1 spike is exact), so its output equals the tensor operations' bit for bit
+(tests/test_cpu_kernel.py). Written by hand because PyTorch has no fused kernel for a recurrence
+over time and ``torch.compile`` spends ~25 s compiling per input shape (docs/results.md).
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+import torch
+
+BLOCK_ROWS = 256
+"""Rows (positions x images) of one block: its membranes and spikes stay in L1/L2 across steps."""
+
+DTYPES = (torch.float32, torch.float64)
+
+
+@numba.njit(parallel=True, cache=True, boundscheck=False)
+def _fire_and_scale(x, fire_level, neg_threshold, scale, out):  # numpy arrays; see fire_and_scale
+    steps, rows, channels = out.shape
+    constant = x.shape[0] == 1  # one row for all steps: a constant current
+    one, zero = x.dtype.type(1), x.dtype.type(0)
+    for block in numba.prange((rows + BLOCK_ROWS - 1) // BLOCK_ROWS):
+        lo = block * BLOCK_ROWS
+        hi = min(lo + BLOCK_ROWS, rows)
+        membrane = np.empty((hi - lo, channels), dtype=x.dtype)
+        spike = np.empty((hi - lo, channels), dtype=x.dtype)
+        for r in range(lo, hi):
+            for c in range(channels):
+                u = x[0, r, c]
+                s = one if u > fire_level[c] else zero
+                membrane[r - lo, c] = u
+                spike[r - lo, c] = s
+                out[0, r, c] = s * scale[c]
+        for t in range(1, steps):
+            for r in range(lo, hi):
+                for c in range(channels):
+                    x_t = x[0 if constant else t, r, c]
+                    u = membrane[r - lo, c] + (x_t + spike[r - lo, c] * neg_threshold[c])
+                    s = one if u > fire_level[c] else zero
+                    membrane[r - lo, c] = u
+                    spike[r - lo, c] = s
+                    out[t, r, c] = s * scale[c]
+
+
+def _channels_last(x: torch.Tensor) -> torch.Tensor | None:
+    """``x`` (``[T, B, C, H, W]`` or ``[T, B, F]``) as a ``[T, rows, channels]`` view whose last
+    dimension is the channel (feature), or ``None`` where its memory is not laid out so. A
+    constant current (``x`` expanded over T, stride 0) keeps one step: ``[1, rows, channels]``."""
+    if x.shape[0] > 1 and x.stride(0) == 0:
+        x = x[:1]
+    if x.dim() == 3:
+        return x if x.is_contiguous() else None
+    if x.dim() != 5:
+        return None
+    view = x.permute(0, 1, 3, 4, 2)
+    if not view.is_contiguous():
+        return None
+    return view.reshape(x.shape[0], -1, x.shape[2])
+
+
+def _per_channel(value: torch.Tensor, channels: int, dtype: torch.dtype) -> np.ndarray:
+    """A per-layer (``[]``) or per-channel (``[C, 1, 1]``, ``[C]``) constant as a ``[C]`` array."""
+    return value.detach().to(dtype).reshape(-1).expand(channels).contiguous().numpy()
+
+
+def applies(x: torch.Tensor, *constants: torch.Tensor) -> bool:
+    """Whether the kernel runs ``x`` (``[T, B, ...]``): a CPU tensor of a float dtype without
+    gradients, channels last in memory, with per-layer or per-channel ``constants``."""
+    if x.device.type != "cpu" or x.dtype not in DTYPES or x.requires_grad:
+        return False
+    if _channels_last(x) is None:
+        return False
+    channels = x.shape[2]
+    return all(c.numel() in (1, channels) and c.device.type == "cpu" for c in constants)
+
+
+def fire_and_scale(
+    x: torch.Tensor,
+    fire_level: torch.Tensor,
+    neg_threshold: torch.Tensor,
+    scale: torch.Tensor,
+    out: torch.Tensor,
+) -> torch.Tensor:
+    """IF neurons with reset by subtraction run on ``x`` (``[T, B, ...]``, :func:`applies`) from a
+    zero state; ``out`` (``x``'s shape and layout) receives ``spikes * scale``; returns ``out``."""
+    source, target = _channels_last(x), _channels_last(out)
+    if source is None or target is None:
+        raise ValueError("fire_and_scale needs x and out laid out channels last (see applies()).")
+    channels = x.shape[2]
+    # numba keeps its own thread pool: as many threads as PyTorch is allowed
+    numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
+    _fire_and_scale(
+        source.numpy(),
+        _per_channel(fire_level, channels, x.dtype),
+        _per_channel(neg_threshold, channels, x.dtype),
+        _per_channel(scale, channels, x.dtype),
+        target.numpy(),
+    )
+    return out

@@ -1,0 +1,107 @@
+"""The compiled CPU kernel (IF layer + scale in one pass) equals the tensor operations exactly."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from neurocuda.snn import cpu_kernel
+from neurocuda.snn.if_sequence import integrate_and_fire
+from neurocuda.snn.layout import empty_steps, to_layout
+from tests.test_nir_export import T, converted
+
+
+def tensor_ops(x: torch.Tensor, fire: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+    spikes = empty_steps(x[0], x.shape[0])
+    integrate_and_fire(x, fire, -theta, spikes, empty_steps(x[0], 1), torch.empty_like(x[0]))
+    return spikes.mul_(theta)
+
+
+def inputs(shape: tuple[int, ...], dtype: torch.dtype, per_channel: bool, grid: bool = False):
+    """Input ``[T, B, ...]`` in the runtime's layout, ~half the neurons firing, ``v_init`` != 0.
+    ``grid``: values on a grid of 1/4, so membranes often equal the fire level exactly (strict
+    ``>``); otherwise random floats (the order of the additions shows in the roundings)."""
+    extra = [1] * (len(shape) - 3)
+    channels = shape[2] if per_channel else 1
+    if grid:
+        x = to_layout(torch.randint(-3, 5, shape).to(dtype) / 4)
+        theta = torch.randint(2, 5, (channels, *extra)).to(dtype) / 4
+    else:
+        x = to_layout(torch.randn(shape, dtype=dtype) * 2)
+        theta = torch.rand(channels, *extra, dtype=dtype) + 0.5
+    theta = theta if per_channel else theta.reshape(())
+    return x, theta - 0.5 * theta, theta
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize(("per_channel", "grid"), [(True, False), (False, False), (True, True)])
+@pytest.mark.parametrize(
+    "shape", [(8, 3, 16, 9, 7), (4, 2, 300, 1, 1), (1, 2, 5, 3, 3), (6, 3, 10), (5, 600, 33)]
+)
+def test_kernel_equals_the_tensor_operations(shape, dtype, per_channel, grid) -> None:
+    torch.manual_seed(0)
+    x, fire, theta = inputs(shape, dtype, per_channel, grid)
+    assert cpu_kernel.applies(x, fire, theta)
+    out = empty_steps(x[0], x.shape[0]).fill_(float("nan"))
+    expected = tensor_ops(x, fire, theta)
+    assert cpu_kernel.fire_and_scale(x, fire, -theta, theta, out) is out
+    assert torch.equal(out, expected)
+    assert 0 < (out != 0).sum() < out.numel()  # some neurons fire, some do not
+
+
+def test_the_additions_keep_their_order() -> None:
+    """``u + (x + (-theta) s)`` and ``(u + x) + (-theta) s`` round apart now and then; with each
+    neuron's fire level at the smaller of the two, a kernel that reordered them would flip its
+    spike at t = 1."""
+    g = torch.Generator().manual_seed(0)
+    first = 1 + torch.rand(4096, generator=g)  # fires at t = 0 (the fire level is below 1)
+    second = torch.rand(4096, generator=g)
+    theta = torch.ones(4096)
+    contract = first + (second + -theta)
+    reordered = (first + second) + -theta
+    assert (contract != reordered).sum() > 100  # the test can fail
+    fire = torch.minimum(contract, reordered)
+    x = torch.stack([first, second]).unsqueeze(1)  # [T=2, B=1, 4096 features]
+    out = cpu_kernel.fire_and_scale(x, fire, -theta, theta, torch.empty_like(x))
+    assert torch.equal(out, tensor_ops(x, fire, theta))
+    assert torch.equal(out[1, 0] > 0, contract > reordered)
+
+
+def test_constant_input_is_read_once_per_step() -> None:
+    torch.manual_seed(0)
+    x, fire, theta = inputs((1, 4, 16, 8, 8), torch.float32, True)
+    steps = x[0].unsqueeze(0).expand(T, *x.shape[1:])  # a constant current: stride 0 over T
+    out = empty_steps(x[0], T)
+    assert torch.equal(
+        cpu_kernel.fire_and_scale(steps, fire, -theta, theta, out), tensor_ops(steps, fire, theta)
+    )
+
+
+def test_what_the_kernel_does_not_take() -> None:
+    x, fire, theta = inputs((4, 2, 8, 3, 3), torch.float32, True)
+    standard = x.contiguous()  # standard layout: channels are not innermost
+    assert not cpu_kernel.applies(standard, fire, theta)
+    assert not cpu_kernel.applies(x.half(), fire, theta)
+    assert not cpu_kernel.applies(x.clone().requires_grad_(), fire, theta)
+    assert not cpu_kernel.applies(x, torch.ones(3, 1, 1), theta)  # 3 values for 8 channels
+    with pytest.raises(ValueError, match="channels last"):
+        cpu_kernel.fire_and_scale(standard, fire, -theta, theta, torch.empty_like(standard))
+
+
+@pytest.mark.parametrize("arch", ["cifarnet", "resnet20"])
+def test_runtime_runs_every_activation_in_the_kernel(arch, monkeypatch) -> None:
+    snn = converted(arch)
+    pairs = sum(1 for m in snn.network.modules() if type(m).__name__ == "SpikingActivation")
+    calls = []
+    kernel = cpu_kernel.fire_and_scale
+    monkeypatch.setattr(cpu_kernel, "fire_and_scale", lambda *a: calls.append(1) or kernel(*a))
+    x = torch.randn(20, 3, 32, 32)
+    with torch.no_grad():
+        compiled = snn(x, T)
+        assert len(calls) == pairs * 2  # 20 images at T=4: passes of 16 and 4 (chunking)
+        snn.compiled_kernel = False
+        assert torch.equal(snn(x, T), compiled)
+        snn.compiled_kernel, snn.count_spikes = True, True
+        assert torch.equal(snn(x, T), compiled)  # counting spikes takes the tensor operations
+    assert len(calls) == pairs * 2
+    assert sum(layer.spikes for layer in snn.spike_counts()) > 0
