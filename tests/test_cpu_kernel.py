@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from neurocuda.snn import cpu_kernel
-from neurocuda.snn.if_sequence import integrate_and_fire
+from neurocuda.snn.if_sequence import if_sequence, integrate_and_fire
 from neurocuda.snn.layout import empty_steps, to_layout
 from tests.test_nir_export import T, converted
 
@@ -82,7 +82,6 @@ def test_what_the_kernel_does_not_take() -> None:
     standard = x.contiguous()  # standard layout: channels are not innermost
     assert not cpu_kernel.applies(standard, fire, theta)
     assert not cpu_kernel.applies(x.half(), fire, theta)
-    assert not cpu_kernel.applies(x.clone().requires_grad_(), fire, theta)
     assert not cpu_kernel.applies(x, torch.ones(3, 1, 1), theta)  # 3 values for 8 channels
     with pytest.raises(ValueError, match="channels last"):
         cpu_kernel.fire_and_scale(standard, fire, -theta, theta, torch.empty_like(standard))
@@ -105,3 +104,35 @@ def test_runtime_runs_every_activation_in_the_kernel(arch, monkeypatch) -> None:
         assert torch.equal(snn(x, T), compiled)  # counting spikes takes the tensor operations
     assert len(calls) == pairs * 2
     assert sum(layer.spikes for layer in snn.spike_counts()) > 0
+
+
+def if_gradients(x, theta, fire, grad, compiled: bool, monkeypatch):
+    with monkeypatch.context() as patch:
+        if not compiled:
+            patch.setattr(cpu_kernel, "applies", lambda *_: False)
+        x, theta, fire = (t.detach().clone().requires_grad_() for t in (x, theta, fire))
+        spikes = if_sequence(x, theta, fire)
+        spikes.backward(grad)
+    return spikes, x.grad, theta.grad, fire.grad
+
+
+@pytest.mark.parametrize("per_channel", [True, False])
+@pytest.mark.parametrize("shape", [(4, 3, 16, 9, 7), (1, 2, 5, 3, 3), (6, 700, 33)])
+def test_training_kernels_equal_the_tensor_operations(shape, per_channel, monkeypatch) -> None:
+    """Forward bit for bit (the runtime's spikes); gradients to float rounding (the channel sums
+    add in another order)."""
+    torch.manual_seed(0)
+    x, fire, theta = inputs(shape, torch.float32, per_channel)
+    grad = to_layout(torch.randn(shape))
+    calls = []
+    backward = cpu_kernel.if_backward
+    monkeypatch.setattr(cpu_kernel, "if_backward", lambda *a: calls.append(1) or backward(*a))
+    compiled = if_gradients(x, theta, fire, grad, True, monkeypatch)
+    reference = if_gradients(x, theta, fire, grad, False, monkeypatch)
+    assert calls == [1]  # the kernels ran, and only for the compiled run
+    assert torch.equal(compiled[0], reference[0])
+    for got, expected in zip(compiled[1:], reference[1:], strict=True):
+        assert got.shape == expected.shape
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    assert compiled[1].abs().sum() > 0 and compiled[3].abs().sum() > 0
+    assert (compiled[2].abs().sum() > 0) == (shape[0] > 1)  # the reset's gradient needs T > 1

@@ -55,6 +55,55 @@ def _fire_and_scale(x, fire_level, neg_threshold, scale, out):  # numpy arrays; 
                     out[t, r, c] = s * scale[c]
 
 
+@numba.njit(parallel=True, cache=True, boundscheck=False)
+def _integrate_kept(x, fire_level, neg_threshold, spikes, membranes):  # see integrate_and_fire
+    steps, rows, channels = spikes.shape
+    constant = x.shape[0] == 1
+    one, zero = x.dtype.type(1), x.dtype.type(0)
+    for block in numba.prange((rows + BLOCK_ROWS - 1) // BLOCK_ROWS):
+        lo = block * BLOCK_ROWS
+        hi = min(lo + BLOCK_ROWS, rows)
+        for r in range(lo, hi):
+            for c in range(channels):
+                u = x[0, r, c]
+                membranes[0, r, c] = u
+                spikes[0, r, c] = one if u > fire_level[c] else zero
+        for t in range(1, steps):
+            for r in range(lo, hi):
+                for c in range(channels):
+                    x_t = x[0 if constant else t, r, c]
+                    u = membranes[t - 1, r, c] + (x_t + spikes[t - 1, r, c] * neg_threshold[c])
+                    membranes[t, r, c] = u
+                    spikes[t, r, c] = one if u > fire_level[c] else zero
+
+
+@numba.njit(parallel=True, cache=True, boundscheck=False)
+def _backward(grad, spikes, membranes, fire_level, threshold, neg_threshold, grad_x, resets, fires):
+    steps, rows, channels = grad.shape
+    one, zero = grad.dtype.type(1), grad.dtype.type(0)
+    last = steps - 1
+    for block in numba.prange((rows + BLOCK_ROWS - 1) // BLOCK_ROWS):
+        lo = block * BLOCK_ROWS
+        hi = min(lo + BLOCK_ROWS, rows)
+        reset, fire = resets[block], fires[block]  # this block's per-channel partial sums
+        for t in range(last, -1, -1):
+            for r in range(lo, hi):
+                for c in range(channels):
+                    # the surrogate slope, as triangle_slope computes it
+                    distance = abs(membranes[t, r, c] - fire_level[c]) / threshold[c]
+                    slope = max(one - distance, zero) / threshold[c]
+                    if t == last:
+                        grad_x[t, r, c] = grad[t, r, c] * slope
+                    else:
+                        after = grad_x[t + 1, r, c]
+                        reset[c] += after * spikes[t, r, c]
+                        total = grad[t, r, c] + after * neg_threshold[c]
+                        grad_x[t, r, c] = after + total * slope
+        for r in range(lo, hi):
+            for c in range(channels):
+                fire[c] += grad_x[0, r, c]
+
+
 def _channels_last(x: torch.Tensor) -> torch.Tensor | None:
     """``x`` (``[T, B, C, H, W]`` or ``[T, B, F]``) as a ``[T, rows, channels]`` view whose last
     dimension is the channel (feature), or ``None`` where its memory is not laid out so. A
@@ -77,14 +126,22 @@ def _per_channel(value: torch.Tensor, channels: int, dtype: torch.dtype) -> np.n
 
 
 def applies(x: torch.Tensor, *constants: torch.Tensor) -> bool:
-    """Whether the kernel runs ``x`` (``[T, B, ...]``): a CPU tensor of a float dtype without
-    gradients, channels last in memory, with per-layer or per-channel ``constants``."""
-    if x.device.type != "cpu" or x.dtype not in DTYPES or x.requires_grad:
-        return False
-    if _channels_last(x) is None:
+    """Whether the kernels run ``x`` (``[T, B, ...]``): a CPU tensor of a float dtype, channels
+    last in memory, with per-layer or per-channel ``constants``."""
+    if x.device.type != "cpu" or x.dtype not in DTYPES or _channels_last(x) is None:
         return False
     channels = x.shape[2]
     return all(c.numel() in (1, channels) and c.device.type == "cpu" for c in constants)
+
+
+def _arrays(*tensors: torch.Tensor) -> list[np.ndarray]:
+    """``[T, rows, channels]`` numpy views of channels-last tensors (:func:`applies`)."""
+    views = [_channels_last(t.detach()) for t in tensors]
+    if any(v is None for v in views):
+        raise ValueError("The CPU kernels need tensors laid out channels last (see applies()).")
+    # numba keeps its own thread pool: as many threads as PyTorch is allowed
+    numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
+    return [v.numpy() for v in views]
 
 
 def fire_and_scale(
@@ -96,17 +153,45 @@ def fire_and_scale(
 ) -> torch.Tensor:
     """IF neurons with reset by subtraction run on ``x`` (``[T, B, ...]``, :func:`applies`) from a
     zero state; ``out`` (``x``'s shape and layout) receives ``spikes * scale``; returns ``out``."""
-    source, target = _channels_last(x), _channels_last(out)
-    if source is None or target is None:
-        raise ValueError("fire_and_scale needs x and out laid out channels last (see applies()).")
+    source, target = _arrays(x, out)
     channels = x.shape[2]
-    # numba keeps its own thread pool: as many threads as PyTorch is allowed
-    numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
-    _fire_and_scale(
-        source.numpy(),
-        _per_channel(fire_level, channels, x.dtype),
-        _per_channel(neg_threshold, channels, x.dtype),
-        _per_channel(scale, channels, x.dtype),
-        target.numpy(),
-    )
+    constants = [_per_channel(v, channels, x.dtype) for v in (fire_level, neg_threshold, scale)]
+    _fire_and_scale(source, *constants, target)
     return out
+
+
+def integrate_and_fire_kept(
+    x: torch.Tensor,
+    fire_level: torch.Tensor,
+    neg_threshold: torch.Tensor,
+    spikes: torch.Tensor,
+    membranes: torch.Tensor,
+) -> None:
+    """:func:`~neurocuda.snn.if_sequence.integrate_and_fire` with every step's membrane kept
+    (``spikes`` and ``membranes`` as ``x``, :func:`applies`), for backprop through time."""
+    source, spike_rows, membrane_rows = _arrays(x, spikes, membranes)
+    channels = x.shape[2]
+    constants = [_per_channel(v, channels, x.dtype) for v in (fire_level, neg_threshold)]
+    _integrate_kept(source, *constants, spike_rows, membrane_rows)
+
+
+def if_backward(
+    grad: torch.Tensor,
+    spikes: torch.Tensor,
+    membranes: torch.Tensor,
+    fire_level: torch.Tensor,
+    threshold: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The backward pass of :func:`integrate_and_fire_kept` with the triangle surrogate: the
+    gradient of the input (``grad``'s shape, ``spikes``' layout) and, per channel, the sums
+    ``sum_t g_{t+1} s_t`` (minus the threshold's gradient through the reset) and ``sum g_0``
+    (minus the fire level's); ``_IFSequence.backward`` has the formulas."""
+    grad = grad if _channels_last(grad) is not None else torch.empty_like(spikes).copy_(grad)
+    grad_x = torch.empty_like(spikes)
+    rows, channels = grad_x.numel() // (grad_x.shape[0] * grad_x.shape[2]), grad_x.shape[2]
+    blocks = (rows + BLOCK_ROWS - 1) // BLOCK_ROWS
+    resets, fires = torch.zeros((2, blocks, channels), dtype=grad.dtype)
+    arrays = _arrays(grad, spikes, membranes, grad_x)
+    constants = [_per_channel(v, channels, grad.dtype) for v in (fire_level, threshold, -threshold)]
+    _backward(*arrays[:3], *constants, arrays[3], resets.numpy(), fires.numpy())
+    return grad_x, resets.sum(0), fires.sum(0)

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch.autograd.function import once_differentiable
 
+from neurocuda.snn import cpu_kernel
 from neurocuda.snn.layout import empty_steps
 from neurocuda.snn.surrogate import triangle_slope
 
@@ -50,6 +51,11 @@ def integrate_and_fire(
         torch.gt(u, fire_level, out=spikes[t])
 
 
+def _per_layer(per_channel: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Channel sums ``[C]`` as the gradient of a ``[]``, ``[C]`` or ``[C, 1, 1]`` parameter."""
+    return (per_channel.sum() if like.numel() == 1 else per_channel).reshape(like.shape)
+
+
 class _IFSequence(torch.autograd.Function):
     @staticmethod
     def forward(
@@ -59,7 +65,12 @@ class _IFSequence(torch.autograd.Function):
         spikes = empty_steps(x[0], steps)
         membranes = empty_steps(x[0], steps)
         neg_threshold = -threshold
-        integrate_and_fire(x, fire_level, neg_threshold, spikes, membranes, torch.empty_like(x[0]))
+        ctx.compiled = cpu_kernel.applies(x, threshold, fire_level) and cpu_kernel.applies(spikes)
+        if ctx.compiled:
+            cpu_kernel.integrate_and_fire_kept(x, fire_level, neg_threshold, spikes, membranes)
+        else:
+            scratch = torch.empty_like(x[0])
+            integrate_and_fire(x, fire_level, neg_threshold, spikes, membranes, scratch)
         ctx.save_for_backward(spikes, membranes, threshold, fire_level)
         return spikes
 
@@ -71,6 +82,13 @@ class _IFSequence(torch.autograd.Function):
         surrogate's width takes no gradient) and ``dL/dfire_level = -sum_t (dL/ds_t -
         theta g_{t+1}) slope_t = -g_0`` (the sum telescopes)."""
         spikes, membranes, threshold, fire_level = ctx.saved_tensors
+        if ctx.compiled and grad.dtype == spikes.dtype:
+            grad_u, resets, fires = cpu_kernel.if_backward(
+                grad, spikes, membranes, fire_level, threshold
+            )
+            grad_threshold = _per_layer(-resets, threshold) if ctx.needs_input_grad[1] else None
+            grad_fire = _per_layer(-fires, fire_level) if ctx.needs_input_grad[2] else None
+            return grad_u, grad_threshold, grad_fire
         slopes = triangle_slope(membranes, fire_level, threshold)
         neg_threshold = -threshold
         grad_u = empty_steps(grad[0], grad.shape[0])
