@@ -1,18 +1,24 @@
-"""An IF layer and its scale in one compiled pass on CPU: the inference runtime's fast path.
+"""IF layers in compiled loops on CPU (numba): the runtime's and the fine-tuning's fast path.
 
 :func:`~neurocuda.snn.if_sequence.integrate_and_fire` runs a layer as three tensor operations per
 step, each a pass over the layer (and a call into PyTorch), then the :class:`~neurocuda.snn.Scale`
-multiplies all steps in another pass: ~15% of a CifarNet's time on CPU (docs/results.md). This
-kernel (numba; compiled once per dtype, ~3 s, then cached on disk) walks each block of neurons
-through all T steps with the membrane and the spike kept in a small block-local array, reading
-the input once and writing ``theta * s`` once.
+multiplies all steps in another pass: ~15% of a CifarNet's inference time on CPU; the backward
+pass of fine-tuning adds some ten passes per step (docs/results.md). Here each block of neurons
+goes through all T steps in one loop, compiled once per dtype (~3 s, then cached on disk):
 
-It does the same float operations as ``integrate_and_fire`` (docs/semantics.md): ``u_0 = x_0``,
-``u_t = u_{t-1} + (x_t + s_{t-1} * (-theta))``, ``s_t = u_t > fire_level``, output ``s_t * scale``,
-each rounded to the tensor's dtype (no fast-math, no fused multiply-add changes anything: the
-product with a 0/1 spike is exact), so its output equals the tensor operations' bit for bit
-(tests/test_cpu_kernel.py). Written by hand because PyTorch has no fused kernel for a recurrence
-over time and ``torch.compile`` spends ~25 s compiling per input shape (docs/results.md).
+- :func:`fire_and_scale` (inference): membrane and spike kept in a block-local array, the input
+  read once, ``theta * s`` written once;
+- :func:`integrate_and_fire_kept` and :func:`if_backward` (fine-tuning, ``if_sequence``): every
+  step's membrane kept, and the surrogate gradient of the whole sequence in one backward sweep
+  with the threshold's and fire level's sums per channel.
+
+The forward loops do the same float operations as ``integrate_and_fire`` (docs/semantics.md):
+``u_0 = x_0``, ``u_t = u_{t-1} + (x_t + s_{t-1} * (-theta))``, ``s_t = u_t > fire_level``, each
+rounded to the tensor's dtype (no fast-math; the product with a 0/1 spike is exact, so a fused
+multiply-add changes nothing), so their spikes equal the tensor operations' bit for bit; the
+gradients agree to float rounding (the channel sums add in another order; tests/test_cpu_kernel.py).
+Written by hand because PyTorch has no fused kernel for a recurrence over time and
+``torch.compile`` spends ~25 s compiling per input shape (docs/results.md).
 """
 
 from __future__ import annotations

@@ -6,7 +6,8 @@ runtime runs it in a reused work buffer, :func:`if_sequence` keeps every step's 
 backward pass. Written by hand rather than left to autograd because autograd records ~5 nodes per
 step and layer and allocates each intermediate: a backward written out for the whole sequence
 (gradients of the membrane chain in two passes per step, the surrogate slopes of all steps at once)
-trains faster and holds less memory, while the forward stays the runtime's, bit for bit.
+trains faster and holds less memory, while the forward stays the runtime's, bit for bit. On CPU,
+for channels-last float tensors, both directions run in :mod:`~neurocuda.snn.cpu_kernel`'s loops.
 """
 
 from __future__ import annotations
