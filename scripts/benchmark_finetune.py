@@ -1,8 +1,11 @@
-"""Seconds per SNN fine-tuning step in float32 and in bfloat16 autocast (``finetune.precision``).
+"""Seconds per SNN fine-tuning step: float32 against bfloat16 autocast (``finetune.precision``),
+or (``--compare kernel``, in bf16-mixed) the IF layers in tensor operations against the CPU
+kernels of :mod:`neurocuda.snn.cpu_kernel` (``SpikingModel.compiled_kernel``).
 
     python scripts/benchmark_finetune.py --arch resnet20 --timesteps 4 --batch 128 --rounds 5
+    python scripts/benchmark_finetune.py --arch resnet20 --timesteps 4 --batch 128 --compare kernel
 
-One process, the two precisions alternating within each round (this machine's speed drifts
+One process, the two variants alternating within each round (this machine's speed drifts
 between runs); the ratio is the median of the per-round ratios. A step is what the fine-tuning
 stage runs per batch: the converted network at T steps (random weights, calibrated on random
 images: the arithmetic does not depend on them), the cross-entropy of the output mean,
@@ -26,8 +29,11 @@ from neurocuda.models import build_model
 from neurocuda.training import SNNFinetuneModule
 from neurocuda.training.snn_finetune import snn_structure
 
-PRECISIONS = {"32-true": False, "bf16-mixed": True}
-"""``finetune.precision`` -> whether the step runs under bfloat16 autocast."""
+VARIANTS = {
+    "precision": {"32-true": (False, True), "bf16-mixed": (True, True)},
+    "kernel": {"bf16-mixed, tensor ops": (True, False), "bf16-mixed, CPU kernels": (True, True)},
+}
+"""``--compare`` -> the two variants: name -> (bfloat16 autocast, ``compiled_kernel``)."""
 
 
 def main() -> None:
@@ -39,7 +45,9 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=5, help="timed rounds after a warm-up")
     parser.add_argument("--device", default="cpu", help="cpu, gpu, cuda:N or auto")
+    parser.add_argument("--compare", choices=sorted(VARIANTS), default="precision")
     args = parser.parse_args()
+    variants = VARIANTS[args.compare]
     device = resolve_device(args.device)
     torch.manual_seed(0)
     ann = build_model(args.arch).eval()
@@ -51,7 +59,8 @@ def main() -> None:
     optimizer = torch.optim.AdamW(module.parameters(), lr=1e-4)
     x, y = images.to(device), torch.randint(0, 10, (args.batch,), device=device)
 
-    def step(bf16: bool) -> float:
+    def step(bf16: bool, compiled: bool) -> float:
+        module.snn.compiled_kernel = compiled
         start = time.perf_counter()
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             loss = module.loss(module(x), y)
@@ -62,14 +71,15 @@ def main() -> None:
             torch.cuda.synchronize()
         return time.perf_counter() - start
 
-    times: dict[str, list[float]] = {name: [] for name in PRECISIONS}
+    times: dict[str, list[float]] = {name: [] for name in variants}
     for _ in range(args.rounds + 1):  # the first round warms up
-        for name, bf16 in PRECISIONS.items():
-            times[name].append(step(bf16))
-    ratios = [a / b for a, b in zip(times["32-true"][1:], times["bf16-mixed"][1:], strict=True)]
+        for name, (bf16, compiled) in variants.items():
+            times[name].append(step(bf16, compiled))
+    first, second = variants
+    ratios = [a / b for a, b in zip(times[first][1:], times[second][1:], strict=True)]
     table = Table(title=f"{args.arch} fine-tuning step, T={args.timesteps}, batch {args.batch}, "
                   f"{device}, {torch.get_num_threads()} threads")  # fmt: skip
-    for column in ("finetune.precision", "s / step", "images/s"):
+    for column in ("variant", "s / step", "images/s"):
         table.add_column(column, justify="right")
     for name, measured in times.items():
         seconds = statistics.median(measured[1:])
@@ -77,7 +87,7 @@ def main() -> None:
     console = Console()
     console.print(table)
     console.print(
-        f"float32 time / bf16-mixed time: {statistics.median(ratios):.2f} (median of "
+        f"{first} time / {second} time: {statistics.median(ratios):.2f} (median of "
         f"{len(ratios)} interleaved rounds; min {min(ratios):.2f}, max {max(ratios):.2f})"
     )
 

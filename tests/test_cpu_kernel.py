@@ -106,13 +106,10 @@ def test_runtime_runs_every_activation_in_the_kernel(arch, monkeypatch) -> None:
     assert sum(layer.spikes for layer in snn.spike_counts()) > 0
 
 
-def if_gradients(x, theta, fire, grad, compiled: bool, monkeypatch):
-    with monkeypatch.context() as patch:
-        if not compiled:
-            patch.setattr(cpu_kernel, "applies", lambda *_: False)
-        x, theta, fire = (t.detach().clone().requires_grad_() for t in (x, theta, fire))
-        spikes = if_sequence(x, theta, fire)
-        spikes.backward(grad)
+def if_gradients(x, theta, fire, grad, compiled: bool):
+    x, theta, fire = (t.detach().clone().requires_grad_() for t in (x, theta, fire))
+    spikes = if_sequence(x, theta, fire, compiled)
+    spikes.backward(grad)
     return spikes, x.grad, theta.grad, fire.grad
 
 
@@ -127,8 +124,8 @@ def test_training_kernels_equal_the_tensor_operations(shape, per_channel, monkey
     calls = []
     backward = cpu_kernel.if_backward
     monkeypatch.setattr(cpu_kernel, "if_backward", lambda *a: calls.append(1) or backward(*a))
-    compiled = if_gradients(x, theta, fire, grad, True, monkeypatch)
-    reference = if_gradients(x, theta, fire, grad, False, monkeypatch)
+    compiled = if_gradients(x, theta, fire, grad, True)
+    reference = if_gradients(x, theta, fire, grad, False)
     assert calls == [1]  # the kernels ran, and only for the compiled run
     assert torch.equal(compiled[0], reference[0])
     for got, expected in zip(compiled[1:], reference[1:], strict=True):

@@ -368,10 +368,14 @@ def test_fine_tuning_without_a_fit_needs_a_checkpoint_file(train_cfg, tmp_path: 
         train(train_cfg("finetune=snn", f"finetune.start_from={tmp_path / 'none.ckpt'}"))
 
 
-def test_the_precision_benchmark_times_both_precisions() -> None:
+def test_the_finetune_benchmark_times_both_variants() -> None:
     script = ROOT / "scripts" / "benchmark_finetune.py"
     args = ["--arch", "cifarnet", "--batch", "2", "--timesteps", "2", "--rounds", "1"]
     done = subprocess.run([sys.executable, script, *args], capture_output=True, text=True,
                           cwd=ROOT, timeout=300, check=True)  # fmt: skip
     assert "32-true" in done.stdout and "bf16-mixed" in done.stdout
-    assert "float32 time / bf16-mixed time" in done.stdout
+    assert "32-true time / bf16-mixed time" in done.stdout
+    kernel = [*args, "--compare", "kernel"]
+    done = subprocess.run([sys.executable, script, *kernel], capture_output=True, text=True,
+                          cwd=ROOT, timeout=300, check=True)  # fmt: skip
+    assert "bf16-mixed, tensor ops time / bf16-mixed, CPU kernels time" in done.stdout

@@ -60,13 +60,15 @@ def _per_layer(per_channel: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 class _IFSequence(torch.autograd.Function):
     @staticmethod
     def forward(
-        ctx: Any, x: torch.Tensor, threshold: torch.Tensor, fire_level: torch.Tensor
+        ctx: Any, x: torch.Tensor, threshold: torch.Tensor, fire_level: torch.Tensor, compiled: bool
     ) -> torch.Tensor:
         steps = x.shape[0]
         spikes = empty_steps(x[0], steps)
         membranes = empty_steps(x[0], steps)
         neg_threshold = -threshold
-        ctx.compiled = cpu_kernel.applies(x, threshold, fire_level) and cpu_kernel.applies(spikes)
+        ctx.compiled = (
+            compiled and cpu_kernel.applies(x, threshold, fire_level) and cpu_kernel.applies(spikes)
+        )
         if ctx.compiled:
             cpu_kernel.integrate_and_fire_kept(x, fire_level, neg_threshold, spikes, membranes)
         else:
@@ -89,7 +91,7 @@ class _IFSequence(torch.autograd.Function):
             )
             grad_threshold = _per_layer(-resets, threshold) if ctx.needs_input_grad[1] else None
             grad_fire = _per_layer(-fires, fire_level) if ctx.needs_input_grad[2] else None
-            return grad_u, grad_threshold, grad_fire
+            return grad_u, grad_threshold, grad_fire, None
         slopes = triangle_slope(membranes, fire_level, threshold)
         neg_threshold = -threshold
         grad_u = empty_steps(grad[0], grad.shape[0])
@@ -105,11 +107,14 @@ class _IFSequence(torch.autograd.Function):
             grad_threshold = reset.neg_()
         if ctx.needs_input_grad[2]:
             grad_fire = grad_u[0].sum_to_size(fire_level.shape).neg()
-        return grad_u, grad_threshold, grad_fire
+        return grad_u, grad_threshold, grad_fire, None
 
 
-def if_sequence(x: torch.Tensor, threshold: torch.Tensor, fire_level: torch.Tensor) -> torch.Tensor:
+def if_sequence(
+    x: torch.Tensor, threshold: torch.Tensor, fire_level: torch.Tensor, compiled: bool = True
+) -> torch.Tensor:
     """Spikes ``[T, B, ...]`` of IF neurons with reset by subtraction for input ``x`` (``[T, B,
     ...]``), differentiable in ``x``, ``threshold`` (through the reset) and ``fire_level``, with
-    :func:`~neurocuda.snn.spike`'s triangle surrogate at the threshold."""
-    return _IFSequence.apply(x, threshold, fire_level)
+    :func:`~neurocuda.snn.spike`'s triangle surrogate at the threshold. ``compiled``: on CPU in
+    :mod:`~neurocuda.snn.cpu_kernel` where it applies."""
+    return _IFSequence.apply(x, threshold, fire_level, compiled)

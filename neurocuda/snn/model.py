@@ -65,8 +65,8 @@ class SpikingModel(nn.Module):
         """Run each :class:`SpikingActivation` fused (same outputs, faster on CPU); False runs
         its two modules one by one (for comparison)."""
         self.compiled_kernel = True
-        """Run fused activations on CPU through :mod:`~neurocuda.snn.cpu_kernel` (same outputs,
-        faster); False: through tensor operations (for comparison)."""
+        """Run the IF layers on CPU in :mod:`~neurocuda.snn.cpu_kernel`'s loops (same spikes,
+        faster inference and fine-tuning); False: in tensor operations (for comparison)."""
         apply_layout(self.network)
 
     def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True) -> Self:
@@ -97,12 +97,13 @@ class SpikingModel(nn.Module):
         neurons = list(self.neuron_layers().values())
         for neuron in neurons:
             neuron.count_spikes = self.count_spikes
+            neuron.compiled_kernel = self.compiled_kernel
         counts = [torch.zeros((), device=x.device) for _ in neurons]
         outputs = []
         pairs = [m for m in self.network.modules() if isinstance(m, SpikingActivation)]
         pairs = pairs if self.fuse_activations else []
         for pair in pairs:
-            pair.begin_buffered_runs(self.compiled_kernel)
+            pair.begin_buffered_runs()
         try:
             for part in x.split(sub_batch_size(batch, timesteps, x.device), dim=batch_dim):
                 outputs.append(self._run(part, timesteps, part.shape[batch_dim]))

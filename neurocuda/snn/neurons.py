@@ -76,6 +76,9 @@ class IFNeuron(MultiStepModule):
         self.count_spikes = True
         """Sum each run's spikes into ``last_spike_count`` (a pass over them); a
         :class:`~neurocuda.snn.SpikingModel` sets it from its own ``count_spikes``."""
+        self.compiled_kernel = True
+        """Run on CPU in :mod:`~neurocuda.snn.cpu_kernel`'s loops where they apply (same spikes);
+        a :class:`~neurocuda.snn.SpikingModel` sets it from its own ``compiled_kernel``."""
         self.last_spike_count = torch.zeros(())
         self.last_neurons_per_sample = 0
 
@@ -120,15 +123,13 @@ class IFNeuron(MultiStepModule):
         spikes = self.run_sequence(self.as_sequence(x), work)
         return to_layout(spikes.flatten(0, 1))
 
-    def fire_scaled(
-        self, x: torch.Tensor, scale: torch.Tensor, work: torch.Tensor, compiled: bool = True
-    ) -> torch.Tensor:
-        """``self(x, work=work).mul_(scale)`` for an inference run; with ``compiled``, on CPU
-        (reset by subtraction, spikes not counted) in one compiled pass
+    def fire_scaled(self, x: torch.Tensor, scale: torch.Tensor, work: torch.Tensor) -> torch.Tensor:
+        """``self(x, work=work).mul_(scale)`` for an inference run; with ``compiled_kernel``, on
+        CPU (reset by subtraction, spikes not counted) in one compiled pass
         (:mod:`~neurocuda.snn.cpu_kernel`), bit for bit the same. The result lives in ``work``."""
         steps = self.as_sequence(x)
         if (
-            compiled
+            self.compiled_kernel
             and self.reset == "subtract"
             and not self.count_spikes
             and not self.needs_grad(x)
@@ -201,7 +202,7 @@ class IFNeuron(MultiStepModule):
         fire_level = threshold - self.v_init if self.trainable else self.fire_level
         x = x.to(threshold.dtype)  # bfloat16 conv outputs under autocast: the state stays float32
         if self.reset == "subtract":
-            return if_sequence(x, threshold, fire_level)
+            return if_sequence(x, threshold, fire_level, self.compiled_kernel)
         u = torch.zeros_like(x[0])
         steps = []
         neg_v_init = -self.v_init
@@ -247,13 +248,11 @@ class SpikingActivation(nn.Sequential):
     def __init__(self, neuron: IFNeuron, scale: Scale) -> None:
         super().__init__(neuron, scale)
         self._buffered = False
-        self._compiled = True
         self._buffer: torch.Tensor | None = None
 
-    def begin_buffered_runs(self, compiled: bool = True) -> None:
-        """Fuse the passes from now on (see the class docstring); ``compiled``: in the CPU kernel
-        where it applies (:meth:`IFNeuron.fire_scaled`)."""
-        self._buffered, self._compiled = True, compiled
+    def begin_buffered_runs(self) -> None:
+        """Fuse the passes from now on (see the class docstring)."""
+        self._buffered = True
 
     def end_buffered_runs(self) -> None:
         """Stop fusing and free the buffer."""
@@ -269,7 +268,7 @@ class SpikingActivation(nn.Sequential):
         buffer, wanted = self._buffer, (steps.shape, steps.dtype, steps.device)
         if buffer is None or (buffer[2:].shape, buffer.dtype, buffer.device) != wanted:
             buffer = self._buffer = neuron.work_buffer(steps)
-        return neuron.fire_scaled(x, scale.scale, buffer, self._compiled)
+        return neuron.fire_scaled(x, scale.scale, buffer)
 
 
 class OutputIntegrator(MultiStepModule):
