@@ -5,10 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
+from neurocuda.nir import Executor
 from neurocuda.snn import cpu_kernel
 from neurocuda.snn.if_sequence import if_sequence, integrate_and_fire
 from neurocuda.snn.layout import empty_steps, to_layout
-from tests.test_nir_export import T, converted
+from tests.test_nir_export import T, converted, round_trip
 
 
 def tensor_ops(x: torch.Tensor, fire: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
@@ -133,3 +134,25 @@ def test_training_kernels_equal_the_tensor_operations(shape, per_channel, monkey
         torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
     assert compiled[1].abs().sum() > 0 and compiled[3].abs().sum() > 0
     assert (compiled[2].abs().sum() > 0) == (shape[0] > 1)  # the reset's gradient needs T > 1
+
+
+@pytest.mark.parametrize("arch", ["cifarnet", "resnet20"])
+def test_executor_runs_the_if_loops_in_the_kernel(arch, tmp_path, monkeypatch) -> None:
+    """Every IF loop of an exported file runs in the kernel, with the spikes of stepping its
+    nodes one by one and of the native runtime in tensor operations."""
+    snn = converted(arch)
+    x = torch.randn(3, 3, 32, 32)
+    _, _, graph = round_trip(snn, x, tmp_path)
+    executor = Executor(graph)
+    calls = []
+    kernel = cpu_kernel.fire_and_scale
+    monkeypatch.setattr(cpu_kernel, "fire_and_scale", lambda *a: calls.append(1) or kernel(*a))
+    steps = x.expand(T, *x.shape)
+    with torch.no_grad():
+        compiled = executor(steps)
+        loops = sum(1 for stage in executor.schedule.stages if stage.kind == "loop")
+        assert len(calls) == loops > 0
+        executor.compiled_kernel = snn.compiled_kernel = False
+        assert torch.equal(executor(steps), compiled)
+        assert torch.equal(snn(x, T), compiled)
+    assert len(calls) == loops

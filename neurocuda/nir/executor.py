@@ -11,6 +11,11 @@ that depend only on it run once on the B images, as the native runtime does: on 
 convolution's result can depend on the batch size, so both sides must run it on the same batch to
 agree bit for bit. For the same reason convolution weights and 4-D activations are held in the
 native runtime's memory layout (:mod:`neurocuda.snn.layout`).
+
+The soft-reset IF loop our exporter writes (``I -> Threshold``, recurrent ``Scale(-theta)`` into
+``I``) runs on CPU over all T steps in the native runtime's compiled loop
+(:mod:`neurocuda.snn.cpu_kernel`): the same float operations as stepping the three nodes, so the
+same spikes; every other loop is stepped node by node.
 """
 
 from __future__ import annotations
@@ -27,8 +32,9 @@ from torch import nn
 
 from neurocuda.nir.errors import NIRFormatError
 from neurocuda.nir.metadata import RESET_CONVENTIONS, ResetConvention
-from neurocuda.nir.primitives import make_op
+from neurocuda.nir.primitives import IntegratorOp, ScaleOp, ThresholdOp, make_op
 from neurocuda.nir.schedule import Schedule, Stage, build_schedule
+from neurocuda.snn import cpu_kernel
 from neurocuda.snn.chunking import sub_batch_size
 from neurocuda.snn.layout import apply_layout, empty_steps, to_layout
 
@@ -85,6 +91,9 @@ class Executor(nn.Module):
         self.input_shape = None if shape is None else tuple(int(s) for s in np.atleast_1d(shape))
         self._checked_shape: tuple[int, ...] | None = None
         self._received: dict[str, tuple[int, ...]] = {}
+        self.compiled_kernel = True
+        """Run the soft-reset IF loops on CPU in the compiled loop where it applies (same spikes);
+        False steps them node by node (for comparison)."""
         if self.input_shape is not None:
             self._check_shapes(self.input_shape)
 
@@ -140,7 +149,8 @@ class Executor(nn.Module):
             if stage.kind == "stateless":
                 values[stage.members[0]] = self._stateless(stage.members[0], values, steps, batch)
             else:
-                values.update(self._stepped(stage, values, steps, batch, x))
+                compiled = self._compiled_if(stage, values, steps)
+                values.update(compiled or self._stepped(stage, values, steps, batch, x))
             for name in released:
                 values.pop(name, None)
         out, is_constant = values[graph.output]
@@ -242,6 +252,48 @@ class Executor(nn.Module):
             total = total.expand(steps, batch, *total.shape[2:])
         out = op(total.reshape(steps * batch, *total.shape[2:]))
         return out.reshape(steps, batch, *out.shape[1:]), False
+
+    def _soft_reset_if(self, stage: Stage) -> tuple[str, str, str, str] | None:
+        """``(input, integrator, threshold, reset)`` when ``stage`` is exactly the soft-reset IF
+        loop: ``input -> I(dt*r = 1) -> Threshold``, ``Threshold -> Scale -> I`` recurrent, only
+        the Threshold's spikes read outside; else ``None``."""
+        if stage.kind != "loop" or len(stage.members) != 3:
+            return None
+        kinds = {type(self.op(name)): name for name in stage.members}
+        integrator, threshold, reset = (kinds.get(k) for k in (IntegratorOp, ThresholdOp, ScaleOp))
+        if None in (integrator, threshold, reset) or stage.exported != [threshold]:
+            return None
+        inputs = self.schedule.inputs
+        feed = [src for src, recurrent in inputs[integrator] if not recurrent]
+        if (
+            self.op(integrator).gain is not None
+            or len(feed) != 1
+            or feed[0] in stage.members
+            or sorted(inputs[integrator]) != sorted([(feed[0], False), (reset, True)])
+            or inputs[threshold] != [(integrator, False)]
+            or inputs[reset] != [(threshold, False)]
+        ):
+            return None
+        return feed[0], integrator, threshold, reset
+
+    def _compiled_if(self, stage: Stage, values: dict[str, Value], steps: int) -> dict | None:
+        """The soft-reset IF loop (:meth:`_soft_reset_if`) over all T steps in the CPU kernel:
+        ``u_0 = x_0``, ``u_t = u_{t-1} + (x_t + s_{t-1} * (-theta))`` as the stepped nodes add
+        (a sum of two terms is the same in either order), spikes ``u_t > threshold``; ``None``
+        where the stage is another loop or the kernel does not apply."""
+        loop = self._soft_reset_if(stage) if self.compiled_kernel else None
+        if loop is None:
+            return None
+        source, _, threshold, reset = loop
+        tensor, constant = values[source]
+        x = tensor.unsqueeze(0).expand(steps, *tensor.shape) if constant else tensor
+        fire_level, neg_threshold = self.op(threshold).threshold, self.op(reset).scale
+        if not cpu_kernel.applies(x, fire_level, neg_threshold):
+            return None
+        spikes = empty_steps(x[0], steps)
+        one = torch.ones((), dtype=x.dtype)  # spikes * 1: the Threshold's 0/1 output
+        cpu_kernel.fire_and_scale(x, fire_level, neg_threshold, one, spikes)
+        return {threshold: (spikes, False)}
 
     def _stepped(
         self, stage: Stage, values: dict[str, Value], steps: int, batch: int, like: torch.Tensor
