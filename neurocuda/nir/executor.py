@@ -85,6 +85,7 @@ class Executor(nn.Module):
         )
         apply_layout(self.ops, self.memory_format)
         self._release = self._release_plan()
+        self._if_loops = [self._soft_reset_if(stage) for stage in self.schedule.stages]
         _warn_time_constants(self.schedule.graph.nodes, dt)
         input_node = self.schedule.graph.nodes[self.schedule.graph.input]
         shape = input_node.input_type["input"]
@@ -143,13 +144,14 @@ class Executor(nn.Module):
             if constant
             else (to_layout(x, layout), False)
         }
-        for stage, released in zip(self.schedule.stages, self._release, strict=True):
+        plan = zip(self.schedule.stages, self._release, self._if_loops, strict=True)
+        for stage, released, if_loop in plan:
             if stage.members == [graph.input]:
                 continue
             if stage.kind == "stateless":
                 values[stage.members[0]] = self._stateless(stage.members[0], values, steps, batch)
             else:
-                compiled = self._compiled_if(stage, values, steps)
+                compiled = self._compiled_if(if_loop, values, steps)
                 values.update(compiled or self._stepped(stage, values, steps, batch, x))
             for name in released:
                 values.pop(name, None)
@@ -276,13 +278,14 @@ class Executor(nn.Module):
             return None
         return feed[0], integrator, threshold, reset
 
-    def _compiled_if(self, stage: Stage, values: dict[str, Value], steps: int) -> dict | None:
-        """The soft-reset IF loop (:meth:`_soft_reset_if`) over all T steps in the CPU kernel:
+    def _compiled_if(
+        self, loop: tuple[str, str, str, str] | None, values: dict[str, Value], steps: int
+    ) -> dict | None:
+        """A soft-reset IF loop (:meth:`_soft_reset_if`) over all T steps in the CPU kernel:
         ``u_0 = x_0``, ``u_t = u_{t-1} + (x_t + s_{t-1} * (-theta))`` as the stepped nodes add
         (a sum of two terms is the same in either order), spikes ``u_t > threshold``; ``None``
-        where the stage is another loop or the kernel does not apply."""
-        loop = self._soft_reset_if(stage) if self.compiled_kernel else None
-        if loop is None:
+        where the stage is another loop (``loop`` None) or the kernel does not apply."""
+        if loop is None or not self.compiled_kernel:
             return None
         source, _, threshold, reset = loop
         tensor, constant = values[source]

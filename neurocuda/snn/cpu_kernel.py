@@ -33,14 +33,29 @@ BLOCK_ROWS = 256
 DTYPES = (torch.float32, torch.float64)
 
 
+@numba.njit(inline="always")
+def _membrane(previous, x_t, spike, neg_threshold):  # the contract's update, in its order
+    return previous + (x_t + spike * neg_threshold)
+
+
+@numba.njit(inline="always")
+def _block(block, rows):  # rows [lo, hi) of a block
+    lo = block * BLOCK_ROWS
+    return lo, min(lo + BLOCK_ROWS, rows)
+
+
+@numba.njit
+def _blocks(rows):
+    return (rows + BLOCK_ROWS - 1) // BLOCK_ROWS
+
+
 @numba.njit(parallel=True, cache=True, boundscheck=False)
 def _fire_and_scale(x, fire_level, neg_threshold, scale, out):  # numpy arrays; see fire_and_scale
     steps, rows, channels = out.shape
     constant = x.shape[0] == 1  # one row for all steps: a constant current
     one, zero = x.dtype.type(1), x.dtype.type(0)
-    for block in numba.prange((rows + BLOCK_ROWS - 1) // BLOCK_ROWS):
-        lo = block * BLOCK_ROWS
-        hi = min(lo + BLOCK_ROWS, rows)
+    for block in numba.prange(_blocks(rows)):
+        lo, hi = _block(block, rows)
         membrane = np.empty((hi - lo, channels), dtype=x.dtype)
         spike = np.empty((hi - lo, channels), dtype=x.dtype)
         for r in range(lo, hi):
@@ -54,7 +69,7 @@ def _fire_and_scale(x, fire_level, neg_threshold, scale, out):  # numpy arrays; 
             for r in range(lo, hi):
                 for c in range(channels):
                     x_t = x[0 if constant else t, r, c]
-                    u = membrane[r - lo, c] + (x_t + spike[r - lo, c] * neg_threshold[c])
+                    u = _membrane(membrane[r - lo, c], x_t, spike[r - lo, c], neg_threshold[c])
                     s = one if u > fire_level[c] else zero
                     membrane[r - lo, c] = u
                     spike[r - lo, c] = s
@@ -66,9 +81,8 @@ def _integrate_kept(x, fire_level, neg_threshold, spikes, membranes):  # see int
     steps, rows, channels = spikes.shape
     constant = x.shape[0] == 1
     one, zero = x.dtype.type(1), x.dtype.type(0)
-    for block in numba.prange((rows + BLOCK_ROWS - 1) // BLOCK_ROWS):
-        lo = block * BLOCK_ROWS
-        hi = min(lo + BLOCK_ROWS, rows)
+    for block in numba.prange(_blocks(rows)):
+        lo, hi = _block(block, rows)
         for r in range(lo, hi):
             for c in range(channels):
                 u = x[0, r, c]
@@ -78,7 +92,9 @@ def _integrate_kept(x, fire_level, neg_threshold, spikes, membranes):  # see int
             for r in range(lo, hi):
                 for c in range(channels):
                     x_t = x[0 if constant else t, r, c]
-                    u = membranes[t - 1, r, c] + (x_t + spikes[t - 1, r, c] * neg_threshold[c])
+                    u = _membrane(
+                        membranes[t - 1, r, c], x_t, spikes[t - 1, r, c], neg_threshold[c]
+                    )
                     membranes[t, r, c] = u
                     spikes[t, r, c] = one if u > fire_level[c] else zero
 
@@ -88,9 +104,8 @@ def _backward(grad, spikes, membranes, fire_level, threshold, neg_threshold, gra
     steps, rows, channels = grad.shape
     one, zero = grad.dtype.type(1), grad.dtype.type(0)
     last = steps - 1
-    for block in numba.prange((rows + BLOCK_ROWS - 1) // BLOCK_ROWS):
-        lo = block * BLOCK_ROWS
-        hi = min(lo + BLOCK_ROWS, rows)
+    for block in numba.prange(_blocks(rows)):
+        lo, hi = _block(block, rows)
         reset, fire = resets[block], fires[block]  # this block's per-channel partial sums
         for t in range(last, -1, -1):
             for r in range(lo, hi):
@@ -195,8 +210,7 @@ def if_backward(
     grad = grad if _channels_last(grad) is not None else torch.empty_like(spikes).copy_(grad)
     grad_x = torch.empty_like(spikes)
     rows, channels = grad_x.numel() // (grad_x.shape[0] * grad_x.shape[2]), grad_x.shape[2]
-    blocks = (rows + BLOCK_ROWS - 1) // BLOCK_ROWS
-    resets, fires = torch.zeros((2, blocks, channels), dtype=grad.dtype)
+    resets, fires = torch.zeros((2, _blocks(rows), channels), dtype=grad.dtype)
     arrays = _arrays(grad, spikes, membranes, grad_x)
     constants = [_per_channel(v, channels, grad.dtype) for v in (fire_level, threshold, -threshold)]
     _backward(*arrays[:3], *constants, arrays[3], resets.numpy(), fires.numpy())
