@@ -1,9 +1,12 @@
 """Seconds per SNN fine-tuning step: float32 against bfloat16 autocast (``finetune.precision``),
 or (``--compare kernel``, in bf16-mixed) the IF layers in tensor operations against the CPU
-kernels of :mod:`neurocuda.snn.cpu_kernel` (``SpikingModel.compiled_kernel``).
+kernels of :mod:`neurocuda.snn.cpu_kernel` (``SpikingModel.compiled_kernel``), or (``--compare
+passes``, bf16-mixed with the kernels) the inference runtime's passes of 64 samples against
+training's :data:`~neurocuda.snn.chunking.CPU_TRAINING_SAMPLES_PER_PASS`.
 
     python scripts/benchmark_finetune.py --arch resnet20 --timesteps 4 --batch 128 --rounds 5
     python scripts/benchmark_finetune.py --arch resnet20 --timesteps 4 --batch 128 --compare kernel
+    python scripts/benchmark_finetune.py --arch resnet20 --timesteps 4 --batch 128 --compare passes
 
 One process, the two variants alternating within each round (this machine's speed drifts
 between runs); the ratio is the median of the per-round ratios. A step is what the fine-tuning
@@ -26,14 +29,31 @@ from rich.table import Table
 from neurocuda.conversion import ConversionConfig, convert
 from neurocuda.devices import resolve_device
 from neurocuda.models import build_model
+from neurocuda.snn import chunking
 from neurocuda.training import SNNFinetuneModule
 from neurocuda.training.snn_finetune import snn_structure
 
+TRAINING_PASS = chunking.CPU_TRAINING_SAMPLES_PER_PASS
 VARIANTS = {
-    "precision": {"32-true": (False, True), "bf16-mixed": (True, True)},
-    "kernel": {"bf16-mixed, tensor ops": (True, False), "bf16-mixed, CPU kernels": (True, True)},
+    "precision": {
+        "32-true": (False, True, TRAINING_PASS),
+        "bf16-mixed": (True, True, TRAINING_PASS),
+    },
+    "kernel": {
+        "bf16-mixed, tensor ops": (True, False, TRAINING_PASS),
+        "bf16-mixed, CPU kernels": (True, True, TRAINING_PASS),
+    },
+    "passes": {
+        f"passes of {chunking.CPU_SAMPLES_PER_PASS} samples": (
+            True,
+            True,
+            chunking.CPU_SAMPLES_PER_PASS,
+        ),
+        f"passes of {TRAINING_PASS} samples": (True, True, TRAINING_PASS),
+    },
 }
-"""``--compare`` -> the two variants: name -> (bfloat16 autocast, ``compiled_kernel``)."""
+"""``--compare`` -> the two variants: name -> (bfloat16 autocast, ``compiled_kernel``, CPU samples
+per training pass)."""
 
 
 def main() -> None:
@@ -59,8 +79,9 @@ def main() -> None:
     optimizer = torch.optim.AdamW(module.parameters(), lr=1e-4)
     x, y = images.to(device), torch.randint(0, 10, (args.batch,), device=device)
 
-    def step(bf16: bool, compiled: bool) -> float:
+    def step(bf16: bool, compiled: bool, samples: int) -> float:
         module.snn.compiled_kernel = compiled
+        chunking.CPU_TRAINING_SAMPLES_PER_PASS = samples  # read by sub_batch_size at each call
         start = time.perf_counter()
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             loss = module.loss(module(x), y)
@@ -73,8 +94,8 @@ def main() -> None:
 
     times: dict[str, list[float]] = {name: [] for name in variants}
     for _ in range(args.rounds + 1):  # the first round warms up
-        for name, (bf16, compiled) in variants.items():
-            times[name].append(step(bf16, compiled))
+        for name, variant in variants.items():
+            times[name].append(step(*variant))
     first, second = variants
     ratios = [a / b for a, b in zip(times[first][1:], times[second][1:], strict=True)]
     table = Table(title=f"{args.arch} fine-tuning step, T={args.timesteps}, batch {args.batch}, "

@@ -7,7 +7,11 @@ import torch
 
 from neurocuda.metrics.spikes import SpikeMonitor
 from neurocuda.snn import IFNeuron, SpikingActivation
-from neurocuda.snn.chunking import CPU_SAMPLES_PER_PASS, sub_batch_size
+from neurocuda.snn.chunking import (
+    CPU_SAMPLES_PER_PASS,
+    CPU_TRAINING_SAMPLES_PER_PASS,
+    sub_batch_size,
+)
 from tests.test_nir_export import T, converted, round_trip
 
 
@@ -16,6 +20,30 @@ def test_sub_batch_size_rule() -> None:
     assert sub_batch_size(20, T, cpu) == CPU_SAMPLES_PER_PASS // T < 20
     assert sub_batch_size(20, 1000, cpu) == 1 and sub_batch_size(3, T, cpu) == 3
     assert sub_batch_size(20, T, gpu) == 20  # a GPU takes the whole batch
+    assert CPU_TRAINING_SAMPLES_PER_PASS > CPU_SAMPLES_PER_PASS
+    assert sub_batch_size(200, T, cpu, training=True) == CPU_TRAINING_SAMPLES_PER_PASS // T
+    assert sub_batch_size(200, T, gpu, training=True) == 200
+
+
+def test_a_call_that_builds_a_graph_takes_the_training_passes() -> None:
+    snn = converted("cifarnet")
+    first_conv = next(m for m in snn.network.modules() if isinstance(m, torch.nn.Conv2d))
+    passes = []
+    first_conv.register_forward_hook(lambda _m, i, _o: passes.append(i[0].shape[0]))
+    batch = CPU_TRAINING_SAMPLES_PER_PASS // T + 3
+    x = torch.randn(batch, 3, 32, 32)
+    with torch.no_grad():
+        inference = snn(x, T)
+    small = sub_batch_size(batch, T, torch.device("cpu"))
+    assert passes == [small] * (batch // small) + [batch % small] * (batch % small > 0)
+    passes.clear()
+    snn.requires_grad_(True)
+    training = snn(x, T)
+    big = CPU_TRAINING_SAMPLES_PER_PASS // T
+    assert passes == [big, 3]  # the first convolution runs once per pass (constant input)
+    training.sum().backward()
+    assert first_conv.weight.grad is not None
+    torch.testing.assert_close(training.detach(), inference, rtol=1e-5, atol=1e-5)
 
 
 def test_passes_equal_separate_runs_and_the_executor(tmp_path) -> None:

@@ -78,7 +78,8 @@ class SpikingModel(nn.Module):
         """Run ``x`` (``[B, *input_shape]`` constant current or ``[T, B, *input_shape]``).
 
         The batch runs in passes of :func:`~neurocuda.snn.chunking.sub_batch_size` images (all at
-        once except on CPU); spike counts (with ``count_spikes``) cover the whole batch.
+        once except on CPU; larger ones when building a graph); spike counts (with
+        ``count_spikes``) cover the whole batch.
         """
         if timesteps < 1:
             raise ValueError(f"timesteps must be >= 1, got {timesteps}.")
@@ -105,7 +106,8 @@ class SpikingModel(nn.Module):
         for pair in pairs:
             pair.begin_buffered_runs()
         try:
-            for part in x.split(sub_batch_size(batch, timesteps, x.device), dim=batch_dim):
+            size = sub_batch_size(batch, timesteps, x.device, training=self._records_graph(x))
+            for part in x.split(size, dim=batch_dim):
                 outputs.append(self._run(part, timesteps, part.shape[batch_dim]))
                 if self.count_spikes:
                     counts = [c + n.last_spike_count for c, n in zip(counts, neurons, strict=True)]
@@ -116,6 +118,12 @@ class SpikingModel(nn.Module):
             neuron.last_spike_count = count
         self._last_shape, self._counted = (timesteps, batch), self.count_spikes
         return outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=1)
+
+    def _records_graph(self, x: torch.Tensor) -> bool:
+        """Whether a call on ``x`` builds an autograd graph (training, e.g. SNN fine-tuning)."""
+        return torch.is_grad_enabled() and (
+            x.requires_grad or any(p.requires_grad for p in self.parameters())
+        )
 
     def _run(self, x: torch.Tensor, timesteps: int, batch: int) -> torch.Tensor:
         """One pass over ``batch`` images; returns ``[T, batch, ...]``."""
