@@ -2,11 +2,13 @@
 or (``--compare kernel``, in bf16-mixed) the IF layers in tensor operations against the CPU
 kernels of :mod:`neurocuda.snn.cpu_kernel` (``SpikingModel.compiled_kernel``), or (``--compare
 passes``, bf16-mixed with the kernels) the inference runtime's passes of 64 samples against
-training's :data:`~neurocuda.snn.chunking.CPU_TRAINING_SAMPLES_PER_PASS`.
+training's :data:`~neurocuda.snn.chunking.CPU_TRAINING_SAMPLES_PER_PASS`, or (``--compare fusion``)
+each IF layer's kernel and then its scale apart against both in one kernel node.
 
     python scripts/benchmark_finetune.py --arch resnet20 --timesteps 4 --batch 128 --rounds 5
     python scripts/benchmark_finetune.py --arch resnet20 --timesteps 4 --batch 128 --compare kernel
     python scripts/benchmark_finetune.py --arch resnet20 --timesteps 4 --batch 128 --compare passes
+    python scripts/benchmark_finetune.py --arch resnet20 --timesteps 4 --batch 128 --compare fusion
 
 One process, the two variants alternating within each round (this machine's speed drifts
 between runs); the ratio is the median of the per-round ratios. A step is what the fine-tuning
@@ -21,6 +23,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from typing import NamedTuple
 
 import torch
 from rich.console import Console
@@ -33,27 +36,34 @@ from neurocuda.snn import chunking
 from neurocuda.training import SNNFinetuneModule
 from neurocuda.training.snn_finetune import snn_structure
 
-TRAINING_PASS = chunking.CPU_TRAINING_SAMPLES_PER_PASS
+
+class Variant(NamedTuple):
+    """One way to run a step."""
+
+    bf16: bool = True  # bfloat16 autocast (finetune.precision=bf16-mixed)
+    compiled: bool = True  # SpikingModel.compiled_kernel
+    fused: bool = True  # SpikingModel.fuse_activations: IF layer and scale in one node
+    samples: int = chunking.CPU_TRAINING_SAMPLES_PER_PASS  # CPU samples per training pass
+
+
 VARIANTS = {
-    "precision": {
-        "32-true": (False, True, TRAINING_PASS),
-        "bf16-mixed": (True, True, TRAINING_PASS),
-    },
+    "precision": {"32-true": Variant(bf16=False), "bf16-mixed": Variant()},
     "kernel": {
-        "bf16-mixed, tensor ops": (True, False, TRAINING_PASS),
-        "bf16-mixed, CPU kernels": (True, True, TRAINING_PASS),
+        "bf16-mixed, tensor ops": Variant(compiled=False),
+        "bf16-mixed, CPU kernels": Variant(),
     },
     "passes": {
-        f"passes of {chunking.CPU_SAMPLES_PER_PASS} samples": (
-            True,
-            True,
-            chunking.CPU_SAMPLES_PER_PASS,
+        f"passes of {chunking.CPU_SAMPLES_PER_PASS} samples": Variant(
+            samples=chunking.CPU_SAMPLES_PER_PASS
         ),
-        f"passes of {TRAINING_PASS} samples": (True, True, TRAINING_PASS),
+        f"passes of {chunking.CPU_TRAINING_SAMPLES_PER_PASS} samples": Variant(),
+    },
+    "fusion": {
+        "IF kernel, then the scale": Variant(fused=False),
+        "IF and scale in one kernel": Variant(),
     },
 }
-"""``--compare`` -> the two variants: name -> (bfloat16 autocast, ``compiled_kernel``, CPU samples
-per training pass)."""
+"""``--compare`` -> its two variants by name."""
 
 
 def main() -> None:
@@ -79,11 +89,12 @@ def main() -> None:
     optimizer = torch.optim.AdamW(module.parameters(), lr=1e-4)
     x, y = images.to(device), torch.randint(0, 10, (args.batch,), device=device)
 
-    def step(bf16: bool, compiled: bool, samples: int) -> float:
-        module.snn.compiled_kernel = compiled
-        chunking.CPU_TRAINING_SAMPLES_PER_PASS = samples  # read by sub_batch_size at each call
+    def step(variant: Variant) -> float:
+        module.snn.compiled_kernel = variant.compiled
+        module.snn.fuse_activations = variant.fused
+        chunking.CPU_TRAINING_SAMPLES_PER_PASS = variant.samples  # read at each call
         start = time.perf_counter()
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=variant.bf16):
             loss = module.loss(module(x), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -95,7 +106,7 @@ def main() -> None:
     times: dict[str, list[float]] = {name: [] for name in variants}
     for _ in range(args.rounds + 1):  # the first round warms up
         for name, variant in variants.items():
-            times[name].append(step(*variant))
+            times[name].append(step(variant))
     first, second = variants
     ratios = [a / b for a, b in zip(times[first][1:], times[second][1:], strict=True)]
     table = Table(title=f"{args.arch} fine-tuning step, T={args.timesteps}, batch {args.batch}, "

@@ -9,6 +9,7 @@ from neurocuda.nir import Executor
 from neurocuda.snn import cpu_kernel
 from neurocuda.snn.if_sequence import if_sequence, integrate_and_fire
 from neurocuda.snn.layout import empty_steps, to_layout
+from neurocuda.snn.trainable import set_trainable
 from tests.test_nir_export import T, converted, round_trip
 
 
@@ -107,33 +108,69 @@ def test_runtime_runs_every_activation_in_the_kernel(arch, monkeypatch) -> None:
     assert sum(layer.spikes for layer in snn.spike_counts()) > 0
 
 
-def if_gradients(x, theta, fire, grad, compiled: bool):
+def if_gradients(x, theta, fire, grad, compiled: bool, scaled: str | None):
+    """Output and gradients of ``if_sequence``; ``scaled``: None, the threshold as the scale
+    (``tied``, as fine-tuning does) or a scale of its ``own``."""
     x, theta, fire = (t.detach().clone().requires_grad_() for t in (x, theta, fire))
-    spikes = if_sequence(x, theta, fire, compiled)
-    spikes.backward(grad)
-    return spikes, x.grad, theta.grad, fire.grad
+    own = (theta.detach() * 1.5 + 0.25).requires_grad_()
+    scale = {None: None, "tied": theta, "own": own}[scaled]
+    out = if_sequence(x, theta, fire, compiled, scale)
+    out.backward(grad)
+    return out, x.grad, theta.grad, fire.grad, *([own.grad] if scaled == "own" else [])
 
 
+@pytest.mark.parametrize("scaled", [None, "tied", "own"])
 @pytest.mark.parametrize("per_channel", [True, False])
 @pytest.mark.parametrize("shape", [(4, 3, 16, 9, 7), (1, 2, 5, 3, 3), (6, 700, 33)])
-def test_training_kernels_equal_the_tensor_operations(shape, per_channel, monkeypatch) -> None:
-    """Forward bit for bit (the runtime's spikes); gradients to float rounding (the channel sums
-    add in another order)."""
+def test_training_kernels_equal_the_tensor_operations(
+    shape, per_channel, scaled, monkeypatch
+) -> None:
+    """Forward bit for bit (the runtime's spikes, times the scale); gradients to float rounding
+    (the channel sums add in another order)."""
     torch.manual_seed(0)
     x, fire, theta = inputs(shape, torch.float32, per_channel)
     grad = to_layout(torch.randn(shape))
     calls = []
     backward = cpu_kernel.if_backward
     monkeypatch.setattr(cpu_kernel, "if_backward", lambda *a: calls.append(1) or backward(*a))
-    compiled = if_gradients(x, theta, fire, grad, True)
-    reference = if_gradients(x, theta, fire, grad, False)
+    compiled = if_gradients(x, theta, fire, grad, True, scaled)
+    reference = if_gradients(x, theta, fire, grad, False, scaled)
     assert calls == [1]  # the kernels ran, and only for the compiled run
     assert torch.equal(compiled[0], reference[0])
     for got, expected in zip(compiled[1:], reference[1:], strict=True):
         assert got.shape == expected.shape
         torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
-    assert compiled[1].abs().sum() > 0 and compiled[3].abs().sum() > 0
-    assert (compiled[2].abs().sum() > 0) == (shape[0] > 1)  # the reset's gradient needs T > 1
+    assert all(g.abs().sum() > 0 for g in compiled[1:] if g is not compiled[2])
+    assert (compiled[2].abs().sum() > 0) == (shape[0] > 1 or scaled == "tied")  # reset: T > 1
+
+
+@pytest.mark.parametrize("arch", ["cifarnet", "resnet20"])
+def test_fine_tuning_runs_each_activation_in_one_kernel_node(arch, monkeypatch) -> None:
+    """A pass that builds a graph runs every IF layer with its scale in the training kernels:
+    the tensor operations' output bit for bit, their gradients to float rounding."""
+    snn = converted(arch)
+    set_trainable(snn, True)
+    snn.requires_grad_(True)
+    pairs = sum(1 for m in snn.network.modules() if type(m).__name__ == "SpikingActivation")
+    calls = []
+    kernel = cpu_kernel.integrate_and_fire_kept
+    monkeypatch.setattr(
+        cpu_kernel, "integrate_and_fire_kept", lambda *a: calls.append(1) or kernel(*a)
+    )
+    x = torch.randn(6, 3, 32, 32)
+    runs = {}
+    for compiled in (True, False):
+        snn.compiled_kernel = compiled
+        snn.zero_grad()
+        out = snn(x, T)
+        out.square().mean().backward()
+        runs[compiled] = out.detach(), {n: p.grad.clone() for n, p in snn.named_parameters()}
+    assert len(calls) == pairs  # one pass (6 images), each pair once, only when compiled
+    assert torch.equal(runs[True][0], runs[False][0])
+    for name, grad in runs[True][1].items():
+        torch.testing.assert_close(grad, runs[False][1][name], rtol=1e-4, atol=1e-6, msg=name)
+    thresholds = [n for n in runs[True][1] if n.endswith("threshold")]
+    assert len(thresholds) == pairs and all(runs[True][1][n].abs().sum() > 0 for n in thresholds)
 
 
 @pytest.mark.parametrize("arch", ["cifarnet", "resnet20"])

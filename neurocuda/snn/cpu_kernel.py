@@ -8,9 +8,10 @@ goes through all T steps in one loop, compiled once per dtype (~3 s, then cached
 
 - :func:`fire_and_scale` (inference): membrane and spike kept in a block-local array, the input
   read once, ``theta * s`` written once;
-- :func:`integrate_and_fire_kept` and :func:`if_backward` (fine-tuning, ``if_sequence``): every
-  step's membrane kept, and the surrogate gradient of the whole sequence in one backward sweep
-  with the threshold's and fire level's sums per channel.
+- :func:`integrate_and_fire_kept` and :func:`if_backward` (fine-tuning, ``if_sequence``): the
+  layer's scale applied in the same pass, every step's membrane kept (the spikes are recomputed
+  from them), and the surrogate gradient of the whole sequence in one backward sweep with the
+  threshold's, fire level's and scale's sums per channel.
 
 The forward loops do the same float operations as ``integrate_and_fire`` (docs/semantics.md):
 ``u_0 = x_0``, ``u_t = u_{t-1} + (x_t + s_{t-1} * (-theta))``, ``s_t = u_t > fire_level``, each
@@ -77,8 +78,8 @@ def _fire_and_scale(x, fire_level, neg_threshold, scale, out):  # numpy arrays; 
 
 
 @numba.njit(parallel=True, cache=True, boundscheck=False)
-def _integrate_kept(x, fire_level, neg_threshold, spikes, membranes):  # see integrate_and_fire
-    steps, rows, channels = spikes.shape
+def _integrate_kept(x, fire_level, neg_threshold, scale, out, membranes):  # see integrate_and_fire
+    steps, rows, channels = out.shape
     constant = x.shape[0] == 1
     one, zero = x.dtype.type(1), x.dtype.type(0)
     for block in numba.prange(_blocks(rows)):
@@ -87,38 +88,44 @@ def _integrate_kept(x, fire_level, neg_threshold, spikes, membranes):  # see int
             for c in range(channels):
                 u = x[0, r, c]
                 membranes[0, r, c] = u
-                spikes[0, r, c] = one if u > fire_level[c] else zero
+                out[0, r, c] = (one if u > fire_level[c] else zero) * scale[c]
         for t in range(1, steps):
             for r in range(lo, hi):
                 for c in range(channels):
                     x_t = x[0 if constant else t, r, c]
-                    u = _membrane(
-                        membranes[t - 1, r, c], x_t, spikes[t - 1, r, c], neg_threshold[c]
-                    )
+                    previous = membranes[t - 1, r, c]  # its spike, recomputed: no spike array
+                    spike = one if previous > fire_level[c] else zero
+                    u = _membrane(previous, x_t, spike, neg_threshold[c])
                     membranes[t, r, c] = u
-                    spikes[t, r, c] = one if u > fire_level[c] else zero
+                    out[t, r, c] = (one if u > fire_level[c] else zero) * scale[c]
 
 
 @numba.njit(parallel=True, cache=True, boundscheck=False)
-def _backward(grad, spikes, membranes, fire_level, threshold, neg_threshold, grad_x, resets, fires):
+def _backward(grad, membranes, fire_level, threshold, neg_threshold, scale, grad_x, sums):
     steps, rows, channels = grad.shape
     one, zero = grad.dtype.type(1), grad.dtype.type(0)
     last = steps - 1
     for block in numba.prange(_blocks(rows)):
         lo, hi = _block(block, rows)
-        reset, fire = resets[block], fires[block]  # this block's per-channel partial sums
+        reset, fire, scaled = sums[0, block], sums[1, block], sums[2, block]  # per channel
         for t in range(last, -1, -1):
             for r in range(lo, hi):
                 for c in range(channels):
+                    u = membranes[t, r, c]
+                    fired = u > fire_level[c]
                     # the surrogate slope, as triangle_slope computes it
-                    distance = abs(membranes[t, r, c] - fire_level[c]) / threshold[c]
+                    distance = abs(u - fire_level[c]) / threshold[c]
                     slope = max(one - distance, zero) / threshold[c]
+                    if fired:
+                        scaled[c] += grad[t, r, c]  # d(s * scale) / d scale = s
+                    grad_spike = grad[t, r, c] * scale[c]  # the scale's backward, as autograd's
                     if t == last:
-                        grad_x[t, r, c] = grad[t, r, c] * slope
+                        grad_x[t, r, c] = grad_spike * slope
                     else:
                         after = grad_x[t + 1, r, c]
-                        reset[c] += after * spikes[t, r, c]
-                        total = grad[t, r, c] + after * neg_threshold[c]
+                        if fired:
+                            reset[c] += after
+                        total = grad_spike + after * neg_threshold[c]
                         grad_x[t, r, c] = after + total * slope
         for r in range(lo, hi):
             for c in range(channels):
@@ -185,33 +192,40 @@ def integrate_and_fire_kept(
     x: torch.Tensor,
     fire_level: torch.Tensor,
     neg_threshold: torch.Tensor,
-    spikes: torch.Tensor,
+    scale: torch.Tensor,
+    out: torch.Tensor,
     membranes: torch.Tensor,
 ) -> None:
-    """:func:`~neurocuda.snn.if_sequence.integrate_and_fire` with every step's membrane kept
-    (``spikes`` and ``membranes`` as ``x``, :func:`applies`), for backprop through time."""
-    source, spike_rows, membrane_rows = _arrays(x, spikes, membranes)
+    """:func:`~neurocuda.snn.if_sequence.integrate_and_fire` times ``scale`` (a one for plain
+    spikes) into ``out``, with every step's membrane kept in ``membranes`` (both as ``x``,
+    :func:`applies`) for backprop through time; the spikes are ``membranes > fire_level``."""
+    source, target, membrane_rows = _arrays(x, out, membranes)
     channels = x.shape[2]
-    constants = [_per_channel(v, channels, x.dtype) for v in (fire_level, neg_threshold)]
-    _integrate_kept(source, *constants, spike_rows, membrane_rows)
+    constants = [_per_channel(v, channels, x.dtype) for v in (fire_level, neg_threshold, scale)]
+    _integrate_kept(source, *constants, target, membrane_rows)
 
 
 def if_backward(
     grad: torch.Tensor,
-    spikes: torch.Tensor,
     membranes: torch.Tensor,
     fire_level: torch.Tensor,
     threshold: torch.Tensor,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The backward pass of :func:`integrate_and_fire_kept` with the triangle surrogate: the
-    gradient of the input (``grad``'s shape, ``spikes``' layout) and, per channel, the sums
-    ``sum_t g_{t+1} s_t`` (minus the threshold's gradient through the reset) and ``sum g_0``
-    (minus the fire level's); ``_IFSequence.backward`` has the formulas."""
-    grad = grad if _channels_last(grad) is not None else torch.empty_like(spikes).copy_(grad)
-    grad_x = torch.empty_like(spikes)
+    scale: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The backward pass of :func:`integrate_and_fire_kept` with the triangle surrogate, from the
+    gradient of its output ``grad``: the gradient of the input (``membranes``' shape and layout)
+    and, per channel, the sums ``sum_t g_{t+1} s_t`` (minus the threshold's gradient through the
+    reset), ``sum g_0`` (minus the fire level's) and ``sum_t grad_t s_t`` (the scale's);
+    ``_KernelIFSequence.backward`` has the formulas."""
+    if grad.dtype != membranes.dtype or _channels_last(grad) is None:
+        grad = torch.empty_like(membranes).copy_(grad)
+    grad_x = torch.empty_like(membranes)
     rows, channels = grad_x.numel() // (grad_x.shape[0] * grad_x.shape[2]), grad_x.shape[2]
-    resets, fires = torch.zeros((2, _blocks(rows), channels), dtype=grad.dtype)
-    arrays = _arrays(grad, spikes, membranes, grad_x)
-    constants = [_per_channel(v, channels, grad.dtype) for v in (fire_level, threshold, -threshold)]
-    _backward(*arrays[:3], *constants, arrays[3], resets.numpy(), fires.numpy())
-    return grad_x, resets.sum(0), fires.sum(0)
+    sums = torch.zeros((3, _blocks(rows), channels), dtype=grad.dtype)
+    arrays = _arrays(grad, membranes, grad_x)
+    constants = [
+        _per_channel(v, channels, grad.dtype) for v in (fire_level, threshold, -threshold, scale)
+    ]
+    _backward(*arrays[:2], *constants, arrays[2], sums.numpy())
+    reset, fire, scaled = sums.sum(1)
+    return grad_x, reset, fire, scaled

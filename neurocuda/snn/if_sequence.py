@@ -58,22 +58,16 @@ def _per_layer(per_channel: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 
 
 class _IFSequence(torch.autograd.Function):
+    """The loop in tensor operations (any device, dtype and layout)."""
+
     @staticmethod
     def forward(
-        ctx: Any, x: torch.Tensor, threshold: torch.Tensor, fire_level: torch.Tensor, compiled: bool
+        ctx: Any, x: torch.Tensor, threshold: torch.Tensor, fire_level: torch.Tensor
     ) -> torch.Tensor:
-        steps = x.shape[0]
-        spikes = empty_steps(x[0], steps)
-        membranes = empty_steps(x[0], steps)
-        neg_threshold = -threshold
-        ctx.compiled = (
-            compiled and cpu_kernel.applies(x, threshold, fire_level) and cpu_kernel.applies(spikes)
-        )
-        if ctx.compiled:
-            cpu_kernel.integrate_and_fire_kept(x, fire_level, neg_threshold, spikes, membranes)
-        else:
-            scratch = torch.empty_like(x[0])
-            integrate_and_fire(x, fire_level, neg_threshold, spikes, membranes, scratch)
+        spikes = empty_steps(x[0], x.shape[0])
+        membranes = empty_steps(x[0], x.shape[0])
+        scratch = torch.empty_like(x[0])
+        integrate_and_fire(x, fire_level, -threshold, spikes, membranes, scratch)
         ctx.save_for_backward(spikes, membranes, threshold, fire_level)
         return spikes
 
@@ -85,13 +79,6 @@ class _IFSequence(torch.autograd.Function):
         surrogate's width takes no gradient) and ``dL/dfire_level = -sum_t (dL/ds_t -
         theta g_{t+1}) slope_t = -g_0`` (the sum telescopes)."""
         spikes, membranes, threshold, fire_level = ctx.saved_tensors
-        if ctx.compiled and grad.dtype == spikes.dtype:
-            grad_u, resets, fires = cpu_kernel.if_backward(
-                grad, spikes, membranes, fire_level, threshold
-            )
-            grad_threshold = _per_layer(-resets, threshold) if ctx.needs_input_grad[1] else None
-            grad_fire = _per_layer(-fires, fire_level) if ctx.needs_input_grad[2] else None
-            return grad_u, grad_threshold, grad_fire, None
         slopes = triangle_slope(membranes, fire_level, threshold)
         neg_threshold = -threshold
         grad_u = empty_steps(grad[0], grad.shape[0])
@@ -107,14 +94,60 @@ class _IFSequence(torch.autograd.Function):
             grad_threshold = reset.neg_()
         if ctx.needs_input_grad[2]:
             grad_fire = grad_u[0].sum_to_size(fire_level.shape).neg()
-        return grad_u, grad_threshold, grad_fire, None
+        return grad_u, grad_threshold, grad_fire
+
+
+class _KernelIFSequence(torch.autograd.Function):
+    """The loop and the scale after it in :mod:`~neurocuda.snn.cpu_kernel`'s loops (CPU, float,
+    channels last): no spike tensor is kept, nor a product with the scale made apart."""
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        x: torch.Tensor,
+        threshold: torch.Tensor,
+        fire_level: torch.Tensor,
+        scale: torch.Tensor,
+    ) -> torch.Tensor:
+        out = empty_steps(x[0], x.shape[0])
+        membranes = empty_steps(x[0], x.shape[0])
+        cpu_kernel.integrate_and_fire_kept(x, fire_level, -threshold, scale, out, membranes)
+        ctx.save_for_backward(membranes, threshold, fire_level, scale)
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        """``_IFSequence.backward`` with ``dL/ds_t = scale * dL/dy_t`` for the output ``y_t =
+        scale * s_t``, and ``dL/dscale = sum_t s_t dL/dy_t``."""
+        membranes, threshold, fire_level, scale = ctx.saved_tensors
+        grad_u, resets, fires, scaled = cpu_kernel.if_backward(
+            grad, membranes, fire_level, threshold, scale
+        )
+        wanted = ctx.needs_input_grad
+        return (
+            grad_u,
+            _per_layer(-resets, threshold) if wanted[1] else None,
+            _per_layer(-fires, fire_level) if wanted[2] else None,
+            _per_layer(scaled, scale) if wanted[3] else None,
+        )
 
 
 def if_sequence(
-    x: torch.Tensor, threshold: torch.Tensor, fire_level: torch.Tensor, compiled: bool = True
+    x: torch.Tensor,
+    threshold: torch.Tensor,
+    fire_level: torch.Tensor,
+    compiled: bool = True,
+    scale: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Spikes ``[T, B, ...]`` of IF neurons with reset by subtraction for input ``x`` (``[T, B,
     ...]``), differentiable in ``x``, ``threshold`` (through the reset) and ``fire_level``, with
-    :func:`~neurocuda.snn.spike`'s triangle surrogate at the threshold. ``compiled``: on CPU in
-    :mod:`~neurocuda.snn.cpu_kernel` where it applies."""
-    return _IFSequence.apply(x, threshold, fire_level, compiled)
+    :func:`~neurocuda.snn.spike`'s triangle surrogate at the threshold; times ``scale`` (the
+    :class:`~neurocuda.snn.Scale` after the layer, differentiable too) when given. ``compiled``:
+    on CPU in :mod:`~neurocuda.snn.cpu_kernel` where it applies, the scale in the same pass."""
+    constants = (threshold, fire_level) if scale is None else (threshold, fire_level, scale)
+    if compiled and cpu_kernel.applies(x, *constants):
+        one = torch.ones((), dtype=x.dtype) if scale is None else scale
+        return _KernelIFSequence.apply(x, threshold, fire_level, one)
+    spikes = _IFSequence.apply(x, threshold, fire_level)
+    return spikes if scale is None else spikes * scale

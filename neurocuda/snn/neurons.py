@@ -123,19 +123,26 @@ class IFNeuron(MultiStepModule):
         spikes = self.run_sequence(self.as_sequence(x), work)
         return to_layout(spikes.flatten(0, 1))
 
-    def fire_scaled(self, x: torch.Tensor, scale: torch.Tensor, work: torch.Tensor) -> torch.Tensor:
-        """``self(x, work=work).mul_(scale)`` for an inference run; with ``compiled_kernel``, on
-        CPU (reset by subtraction, spikes not counted) in one compiled pass
-        (:mod:`~neurocuda.snn.cpu_kernel`), bit for bit the same. The result lives in ``work``."""
+    def fire_scaled(
+        self, x: torch.Tensor, scale: torch.Tensor, work: torch.Tensor | None
+    ) -> torch.Tensor:
+        """``self(x, work=work) * scale``; with ``compiled_kernel``, on CPU (reset by subtraction,
+        spikes not counted) in one compiled pass (:mod:`~neurocuda.snn.cpu_kernel`), bit for bit
+        the same. An inference run's result lives in ``work``; a run that builds a graph
+        (:meth:`needs_grad`) differentiates through ``scale`` too."""
         steps = self.as_sequence(x)
+        if self.needs_grad(x):
+            if self.reset != "subtract" or self.count_spikes:
+                return self(x) * scale
+            self.last_neurons_per_sample = steps[0, 0].numel()
+            return to_layout(self._run_differentiable(steps, scale).flatten(0, 1))
         if (
             self.compiled_kernel
             and self.reset == "subtract"
             and not self.count_spikes
-            and not self.needs_grad(x)
             and cpu_kernel.applies(steps, self.fire_level, self.threshold, scale)
         ):
-            out = work[: steps.shape[0]]
+            out = (self.work_buffer(steps) if work is None else work)[: steps.shape[0]]
             cpu_kernel.fire_and_scale(steps, self.fire_level, -self.threshold, scale, out)
             self.last_neurons_per_sample = steps[0, 0].numel()
             return to_layout(out.flatten(0, 1))
@@ -190,10 +197,13 @@ class IFNeuron(MultiStepModule):
                 u = torch.where(fired, neg_v_init, u)
         return spikes
 
-    def _run_differentiable(self, x: torch.Tensor) -> torch.Tensor:
+    def _run_differentiable(
+        self, x: torch.Tensor, scale: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """The inference loop's float operations with a surrogate gradient, for backprop through
         time (reset by subtraction: :func:`~neurocuda.snn.if_sequence.if_sequence`, one autograd
-        node per layer; reset to zero: out of place, step by step).
+        node per layer, times ``scale`` when given; reset to zero: out of place, step by step,
+        without a scale).
 
         ``fire_level`` is recomputed from the (trainable) threshold and initial membrane with the
         buffer's own expression, so it holds the same bits.
@@ -202,7 +212,7 @@ class IFNeuron(MultiStepModule):
         fire_level = threshold - self.v_init if self.trainable else self.fire_level
         x = x.to(threshold.dtype)  # bfloat16 conv outputs under autocast: the state stays float32
         if self.reset == "subtract":
-            return if_sequence(x, threshold, fire_level, self.compiled_kernel)
+            return if_sequence(x, threshold, fire_level, self.compiled_kernel, scale)
         u = torch.zeros_like(x[0])
         steps = []
         neg_v_init = -self.v_init
@@ -242,7 +252,9 @@ class SpikingActivation(nn.Sequential):
     its pages (~9 ms for the 8 MB of CifarNet's first layer on the test VM, against 0.4 ms to
     fill a reused one; docs/results.md). The float operations are the unfused ones, so every
     output is bit-identical. The buffer lives until the end of the call: the pair's output is
-    only valid until its next pass.
+    only valid until its next pass. A pass that builds a graph (fine-tuning) runs the pair as one
+    autograd node instead (:meth:`IFNeuron.fire_scaled`): on CPU the kernels scale the spikes in
+    the IF loop's own pass and keep no spike tensor for the backward pass.
     """
 
     def __init__(self, neuron: IFNeuron, scale: Scale) -> None:
@@ -262,8 +274,10 @@ class SpikingActivation(nn.Sequential):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         neuron, scale = self[0], self[1]
         hooked = any(m._forward_hooks or m._forward_pre_hooks for m in (neuron, scale))
-        if not self._buffered or hooked or neuron.needs_grad(x):
+        if not self._buffered or hooked:
             return super().forward(x)
+        if neuron.needs_grad(x):  # training: the scale in the same autograd node, no buffer
+            return neuron.fire_scaled(x, scale.scale, None)
         steps = neuron.as_sequence(x)
         buffer, wanted = self._buffer, (steps.shape, steps.dtype, steps.device)
         if buffer is None or (buffer[2:].shape, buffer.dtype, buffer.device) != wanted:
