@@ -5,8 +5,9 @@ a convolution over many samples leaves the cache, and on the 2-core test machine
 ran 1.6x faster in sub-batches of 8 images (``T * b = 64``) than on 32 images at once
 (docs/results.md). A convolution's result can depend on its batch size on CPU, so the native
 runtime and the NIR executor must split a batch at the same places to stay bit-identical: both
-call :func:`sub_batch_size`. Training (SNN fine-tuning, autograd recording) is compared with
-nothing bit for bit and its backward convolutions prefer larger passes: it gets its own size.
+call :func:`sub_batch_size`. Training (SNN fine-tuning: a call that records autograd) runs
+larger passes, which its backward convolutions prefer; on the test machine its forward still
+equals the runtime's bit for bit (tests/test_snn_chunking.py), and no other run must split alike.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ faster in passes of 256 samples than of 64, and slower again at 512 (docs/result
 
 def sub_batch_size(batch: int, timesteps: int, device: torch.device, training: bool = False) -> int:
     """Images per pass for a ``batch`` run for ``timesteps`` steps on ``device``; ``training``:
-    a run that backpropagates (not bit-compared with the runtime)."""
+    a run that records autograd (:data:`CPU_TRAINING_SAMPLES_PER_PASS`)."""
     if device.type != "cpu":
         return batch
     samples = CPU_TRAINING_SAMPLES_PER_PASS if training else CPU_SAMPLES_PER_PASS
