@@ -262,6 +262,41 @@ def test_checkpoint_loads_back_without_the_converted_model(module, batch, tmp_pa
     assert thresholds[0] == (4, 1, 1)  # per-channel shapes restored into the rebuilt structure
 
 
+class _RecordValidation(L.Callback):
+    """Each epoch's validation figures, as the trainer holds them after validation."""
+
+    def __init__(self) -> None:
+        self.epochs: dict[int, dict[str, float]] = {}
+
+    def on_validation_end(self, trainer: L.Trainer, _module: L.LightningModule) -> None:
+        metrics = trainer.callback_metrics.items()
+        self.epochs[trainer.current_epoch] = {k: float(v) for k, v in metrics if "val/" in k}
+
+
+def test_each_checkpoint_keeps_the_validation_figures_of_its_epoch(
+    module, tiny_datamodule, tmp_path: Path
+) -> None:
+    """A kept (best) checkpoint reports its own epoch's validation accuracy, not the last's."""
+    recorder = _RecordValidation()
+    saver = L.pytorch.callbacks.ModelCheckpoint(
+        dirpath=tmp_path, filename="e{epoch}", auto_insert_metric_name=False, save_top_k=-1
+    )
+    trainer = L.Trainer(
+        max_epochs=3, limit_train_batches=2, logger=False, enable_progress_bar=False,
+        enable_model_summary=False, callbacks=[recorder, saver], default_root_dir=tmp_path,
+    )  # fmt: skip
+    trainer.fit(module, datamodule=tiny_datamodule)
+    kept = {
+        epoch: SNNFinetuneModule.load_from_checkpoint(
+            tmp_path / f"e{epoch}.ckpt"
+        ).validation_metrics
+        for epoch in range(3)
+    }
+    assert kept == recorder.epochs
+    assert {f"val/snn_acc_T{t}" for t in (1, 2, 4)} <= set(kept[0])
+    assert kept[0] != kept[2]  # the figures moved with training: a checkpoint holds its own
+
+
 def test_train_py_fine_tunes_and_reports_snn_test_accuracy(train_cfg, tmp_path: Path) -> None:
     cfg = train_cfg(
         "finetune=snn",

@@ -233,6 +233,7 @@ def run_finetune(
         module = SNNFinetuneModule.load_from_checkpoint(
             verify_checkpoint(best), map_location=module.device
         )
+        metrics |= module.validation_metrics  # the kept epoch's figures, not the last epoch's
     return FinetuneResult(
         snn=module.spiking_model(),
         timesteps=int(settings.timesteps),

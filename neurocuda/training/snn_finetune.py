@@ -139,6 +139,9 @@ class SNNFinetuneModule(L.LightningModule):
         self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
         self.eval_timesteps = sorted({int(t) for t in eval_timesteps} | {timesteps})
         self.loss_timesteps = sorted({int(t) for t in loss_timesteps or (timesteps,)})
+        self.validation_metrics: dict[str, float] = {}
+        """The validation figures (``val/...``) of the epoch these weights were saved at (set
+        when loaded from a checkpoint of the stage)."""
         self.set_teacher(teacher)
 
     def set_teacher(self, teacher: nn.Module | None) -> None:
@@ -214,8 +217,16 @@ class SNNFinetuneModule(L.LightningModule):
         super().optimizer_step(*args, **kwargs)
         refresh(self.snn, self.hparams.min_threshold)
 
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # saved after validation: keep its figures with the weights they were measured on
+        metrics = self._trainer.callback_metrics if self._trainer is not None else {}
+        checkpoint["validation_metrics"] = {
+            name: float(value) for name, value in metrics.items() if name.startswith("val/")
+        }
+
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         match_neuron_shapes(self.snn, checkpoint["state_dict"], prefix="snn.")
+        self.validation_metrics = dict(checkpoint.get("validation_metrics", {}))
 
     def spiking_model(self) -> SpikingModel:
         """The fine-tuned network as the runtime holds it (a copy: buffers, no gradients)."""
