@@ -14,7 +14,7 @@ from neurocuda.conversion.correct import activation_channel_means, correct_initi
 from neurocuda.conversion.fold import fold_batchnorms
 from neurocuda.conversion.validate import plan_conversion
 from neurocuda.metrics.spikes import fan_out
-from neurocuda.models import build_model
+from neurocuda.models import build_model, qcfs_kernel
 from neurocuda.models.qcfs import QCFS
 from neurocuda.snn import IFNeuron, OutputIntegrator
 
@@ -234,12 +234,19 @@ def test_qcfs_thresholds_receive_gradients() -> None:
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_qcfs_matches_its_plain_autograd_form(dtype: torch.dtype) -> None:
-    """The hand-written quantizer against the textbook form: floor with a straight-through
-    gradient, clamp and scale as separate autograd ops."""
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+@pytest.mark.parametrize("kernel", [True, False])
+def test_qcfs_matches_its_plain_autograd_form(dtype, layout, kernel, monkeypatch) -> None:
+    """The hand-written quantizer (the CPU kernel and the tensor operations) against the textbook
+    form: floor with a straight-through gradient, clamp and scale as separate autograd ops."""
+    calls = []
+    applies = qcfs_kernel.applies if kernel else lambda *_: False
+    monkeypatch.setattr(qcfs_kernel, "applies", lambda *a: calls.append(applies(*a)) or calls[-1])
     g = torch.Generator().manual_seed(0)
     x0 = (1.5 * torch.randn(4, 8, 6, 6, generator=g)).to(dtype)
-    grad = torch.randn(4, 8, 6, 6, generator=g)
+    x0[0, 0, 0, :4] = torch.tensor([2.3 / 8, 2.3 * 3 / 8, 2.3 * 7 / 8, 2.3 * 9 / 8])  # on the edges
+    x0 = x0.contiguous(memory_format=layout)
+    grad = torch.randn(4, 8, 6, 6, generator=g).contiguous(memory_format=torch.contiguous_format)
     results = []
     for hand_written in (True, False):
         act = QCFS(levels=4, threshold=2.3)
@@ -257,6 +264,7 @@ def test_qcfs_matches_its_plain_autograd_form(dtype: torch.dtype) -> None:
     torch.testing.assert_close(gx1, gx2, rtol=1e-6, atol=1e-6)
     assert torch.equal(gx1 != 0, gx2 != 0)  # the same straight-through mask
     torch.testing.assert_close(gt1, gt2, rtol=1e-5, atol=1e-4)  # sums in another order
+    assert calls == [kernel, kernel]  # forward and backward ran the kernel, or both did not
 
 
 def test_qcfs_threshold_starts_at_the_first_batch_percentile() -> None:

@@ -20,6 +20,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from neurocuda.models import qcfs_kernel
 from neurocuda.models.layers import register_activation
 
 
@@ -27,10 +28,11 @@ class _Quantize(torch.autograd.Function):
     """``theta * clip(floor(x / theta * L + 1/2) / L, 0, 1)`` with a straight-through floor.
 
     Written by hand (not as autograd over ~10 elementwise ops) because those ops are memory-bound
-    and made QCFS training 2.7x slower than ReLU on CPU: this runs the forward in place, saves only
-    the input (in its own, e.g. bf16, dtype) and recomputes the levels in backward. Values equal
-    the plain autograd form exactly, gradients to rounding (the clamp passes gradient strictly
-    inside (0, 1), as ``torch.clamp``'s backward does).
+    and made QCFS training 2.7x slower than ReLU on CPU: this saves only the input (in its own,
+    e.g. bf16, dtype) and recomputes the levels in backward; on CPU both directions run in
+    :mod:`~neurocuda.models.qcfs_kernel`'s single passes, elsewhere in tensor operations. Values
+    equal the plain autograd form exactly, gradients to rounding (the clamp passes gradient
+    strictly inside (0, 1), as ``torch.clamp``'s backward does).
     """
 
     @staticmethod
@@ -38,13 +40,19 @@ class _Quantize(torch.autograd.Function):
         ctx.save_for_backward(x, theta)
         ctx.levels = levels
         # fp32 even under bf16 autocast: the level boundaries must be where the fp32 SNN puts them
-        return _levels(x.float(), theta, levels).div_(levels).clamp_(0.0, 1.0).mul_(theta)
+        x = x.float()
+        if qcfs_kernel.applies(x, theta):
+            return qcfs_kernel.quantize(x, theta, levels)
+        return _levels(x, theta, levels).div_(levels).clamp_(0.0, 1.0).mul_(theta)
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, None]:
         saved, theta = ctx.saved_tensors
         levels = ctx.levels
         x = saved.float()
+        if qcfs_kernel.applies(x, theta):
+            grad_x, grad_theta = qcfs_kernel.quantize_backward(x, grad, theta, levels)
+            return grad_x.to(saved.dtype), grad_theta.reshape(theta.shape), None
         q = _levels(x, theta, levels)
         grad_x = torch.where((q > 0) & (q < levels), grad, 0.0)
         # y = theta * clip(q / L): d/dtheta = clip(q / L) + [inside] * theta * d(q / L)/dtheta,
