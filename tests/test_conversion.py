@@ -267,6 +267,25 @@ def test_qcfs_matches_its_plain_autograd_form(dtype, layout, kernel, monkeypatch
     assert calls == [kernel, kernel]  # forward and backward ran the kernel, or both did not
 
 
+def test_qcfs_kernel_equals_the_tensor_operations_at_the_level_edges(monkeypatch) -> None:
+    """Forward values and the straight-through mask of the CPU kernel against the tensor form,
+    bit for bit, on every level edge, its float neighbours and random values."""
+    theta = torch.tensor(2.3)
+    edges = theta * torch.arange(-8, 16) / 8  # x / theta * 4 + 1/2 lands on integers
+    x = torch.cat([edges, torch.nextafter(edges, edges + 1), torch.nextafter(edges, edges - 1)])
+    x = torch.cat([x, 3 * torch.randn(50_000, generator=torch.Generator().manual_seed(0))])
+    grad = torch.randn_like(x)
+    results = []
+    for kernel in (True, False):
+        monkeypatch.setattr(qcfs_kernel, "applies", lambda *_, k=kernel: k)
+        act, xk = QCFS(levels=4, threshold=2.3), x.clone().requires_grad_(True)
+        (act(xk) * grad).sum().backward()
+        results.append((act(x).detach(), xk.grad, act.threshold.grad))
+    (y1, gx1, gt1), (y2, gx2, gt2) = results
+    assert torch.equal(y1, y2) and torch.equal(gx1, gx2)
+    torch.testing.assert_close(gt1, gt2, rtol=1e-5, atol=1e-3)  # float32 sums, another order
+
+
 def test_qcfs_threshold_starts_at_the_first_batch_percentile() -> None:
     act = QCFS(levels=4, init_percentile=90.0)
     x = torch.arange(1000, dtype=torch.float32) / 100  # 0.00 .. 9.99
