@@ -36,30 +36,33 @@ class _Quantize(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, theta: torch.Tensor, levels: int) -> torch.Tensor:
+    def forward(
+        ctx: Any, x: torch.Tensor, theta: torch.Tensor, levels: int, kernel: bool
+    ) -> torch.Tensor:
         ctx.save_for_backward(x, theta)
         ctx.levels = levels
         # fp32 even under bf16 autocast: the level boundaries must be where the fp32 SNN puts them
         x = x.float()
-        if qcfs_kernel.applies(x, theta):
+        ctx.kernel = kernel and qcfs_kernel.applies(x, theta)
+        if ctx.kernel:
             return qcfs_kernel.quantize(x, theta, levels)
         return _levels(x, theta, levels).div_(levels).clamp_(0.0, 1.0).mul_(theta)
 
     @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, None]:
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, None, None]:
         saved, theta = ctx.saved_tensors
         levels = ctx.levels
         x = saved.float()
-        if qcfs_kernel.applies(x, theta):
+        if ctx.kernel:
             grad_x, grad_theta = qcfs_kernel.quantize_backward(x, grad, theta, levels)
-            return grad_x.to(saved.dtype), grad_theta.reshape(theta.shape), None
+            return grad_x.to(saved.dtype), grad_theta.reshape(theta.shape), None, None
         q = _levels(x, theta, levels)
         grad_x = torch.where((q > 0) & (q < levels), grad, 0.0)
         # y = theta * clip(q / L): d/dtheta = clip(q / L) + [inside] * theta * d(q / L)/dtheta,
         # and the straight-through d(q / L)/dtheta = -x / theta**2
         level = q.div_(levels).clamp_(0.0, 1.0)
         grad_theta = (grad * level).sum() - (grad_x * x).sum() / theta
-        return grad_x.to(saved.dtype), grad_theta.reshape(theta.shape), None
+        return grad_x.to(saved.dtype), grad_theta.reshape(theta.shape), None, None
 
 
 def _levels(x: torch.Tensor, theta: torch.Tensor, levels: int) -> torch.Tensor:
@@ -84,6 +87,9 @@ class QCFS(nn.Module):
         if not 0 < init_percentile <= 100:
             raise ValueError(f"QCFS init_percentile must be in (0, 100], got {init_percentile}.")
         self.levels = levels
+        self.compiled_kernel = True
+        """Run on CPU in :mod:`~neurocuda.models.qcfs_kernel`'s loops (same values, faster
+        training); False: in tensor operations (for comparison)."""
         self.init_percentile = init_percentile
         self.threshold = nn.Parameter(torch.tensor(1.0 if threshold is None else float(threshold)))
         self.register_buffer("initialized", torch.tensor(threshold is not None))
@@ -91,7 +97,7 @@ class QCFS(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.training and not bool(self.initialized):
             self._initialize_from(x.float())
-        return _Quantize.apply(x, self.threshold, self.levels)
+        return _Quantize.apply(x, self.threshold, self.levels, self.compiled_kernel)
 
     @torch.no_grad()
     def _initialize_from(self, x: torch.Tensor) -> None:

@@ -1,14 +1,15 @@
 """QCFS's quantizer in compiled loops on CPU (numba): one pass forward, one pass backward.
 
 The tensor form of :class:`~neurocuda.models.qcfs.QCFS` takes some eight elementwise passes
-forward and twelve backward; on the 2-core CPU a CifarNet training step (batch 128, bf16) took
-2.7-3.7x as long as with ReLU, the backward alone 60% of it; with these loops 1.5x (ResNet-20:
-2.3x and 1.45x; docs/results.md). Each element goes through the whole formula once: forward ``theta * clip(floor(x / theta * L + 1/2) / L, 0, 1)``
-in the tensor form's float32 operations and order (no fast-math), so the values are bit-identical;
-backward the straight-through gradient of ``x`` (bit-identical) and the two sums of the threshold's
-gradient, per block of elements (so ``theta``'s gradient agrees to rounding). Written by hand
-because PyTorch fuses no elementwise chain on CPU without ``torch.compile`` (~25 s of compilation
-per shape here, docs/results.md).
+forward and twelve backward; on the 2-core CPU they made a CifarNet training step (batch 128,
+bf16) take 2.7-3.7x as long as with ReLU, the backward alone 60% of it; with these loops 1.5x
+(ResNet-20: 2.3x and 1.45x; ``scripts/benchmark_qcfs.py``, docs/results.md). Each element goes
+through the whole formula once: forward ``theta * clip(floor(x / theta * L + 1/2) / L, 0, 1)`` in
+the tensor form's float32 operations and order (no fast-math), so the values are bit-identical;
+backward the straight-through gradient of ``x`` (bit-identical) and the two sums of the
+threshold's gradient, per block of elements (so ``theta``'s gradient agrees to rounding). Written
+by hand because PyTorch fuses no elementwise chain on CPU without ``torch.compile`` (~25 s of
+compilation per shape here, docs/results.md).
 """
 
 from __future__ import annotations
