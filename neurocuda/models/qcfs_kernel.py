@@ -2,8 +2,8 @@
 
 The tensor form of :class:`~neurocuda.models.qcfs.QCFS` takes some eight elementwise passes
 forward and twelve backward; on the 2-core CPU they made a CifarNet training step (batch 128,
-bf16) take 2.7-3.7x as long as with ReLU, the backward alone 60% of it; with these loops 1.5x
-(ResNet-20: 2.3x and 1.45x; ``scripts/benchmark_qcfs.py``, docs/results.md). Each element goes
+bf16) take 2.45x as long as with ReLU, the backward alone 60% of it; with these loops 1.50x
+(ResNet-20: 2.36x and 1.49x; ``scripts/benchmark_qcfs.py``, docs/results.md). Each element goes
 through the whole formula once: forward ``theta * clip(floor(x / theta * L + 1/2) / L, 0, 1)`` in
 the tensor form's float32 operations and order (no fast-math), so the values are bit-identical;
 backward the straight-through gradient of ``x`` (bit-identical) and the two sums of the
