@@ -9,6 +9,7 @@ from torch import nn
 
 from neurocuda.data import CIFAR10DataModule
 from neurocuda.models import Add, build_model
+from neurocuda.models.qcfs import QCFS
 from neurocuda.training import ClassifierModule
 
 PARAMS = {"cifarnet": 1_166_506, "resnet18": 11_173_962, "resnet20": 272_474, "vgg16": 14_724_042}
@@ -78,3 +79,31 @@ def test_checkpoint_rebuilds_without_config(tmp_path, tiny_datamodule: CIFAR10Da
     model.eval()
     restored.eval()
     assert torch.equal(model(x), restored(x))
+
+
+def test_qcfs_clip_levels_get_their_own_learning_rate_and_weight_decay(
+    tiny_datamodule: CIFAR10DataModule,
+) -> None:
+    optimizer = {"lr": 0.02, "clip_lr_scale": 0.1, "clip_weight_decay": 0.0}
+    model = ClassifierModule(
+        arch="cifarnet", activation="qcfs", activation_kwargs={"levels": 4}, optimizer=optimizer
+    )
+    trainer = L.Trainer(
+        max_steps=4,
+        limit_val_batches=0,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(model, datamodule=tiny_datamodule)
+    weights, clip = trainer.optimizers[0].param_groups
+    thresholds = [m.threshold for m in model.net.modules() if isinstance(m, QCFS)]
+    assert clip["params"] == thresholds and len(thresholds) > 0
+    assert (weights["max_lr"], weights["weight_decay"]) == (0.02, 5e-4)
+    assert (clip["max_lr"], clip["weight_decay"]) == (pytest.approx(0.002), 0.0)
+    default = ClassifierModule(arch="cifarnet", activation="qcfs")
+    assert len(default._parameter_groups({"lr": 0.1, "weight_decay": 5e-4})) == 1
+    with pytest.raises(ValueError, match="clip_lr_scale"):
+        default._parameter_groups({"lr": 0.1, "weight_decay": 5e-4, "clip_lr_scale": 0})

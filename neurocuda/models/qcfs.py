@@ -10,6 +10,9 @@ with 8.0 most activations sit on the lowest one or two of the L levels, where on
 too few at conversion is a 50-100% error (docs/results.md measures it). By default ``theta`` is
 therefore initialized from data: the ``init_percentile``-th percentile of the layer's input on the
 first training batch (the robust maximum ReLU calibration uses), averaged over DDP processes.
+The thresholds train with the weights; ``+model.optimizer.clip_lr_scale=S`` and
+``+model.optimizer.clip_weight_decay=W`` give them their own learning rate (``lr * S``) and weight
+decay (default: the weights').
 """
 
 from __future__ import annotations

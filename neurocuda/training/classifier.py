@@ -12,6 +12,7 @@ from torchmetrics import MaxMetric, MeanMetric, Metric
 from torchmetrics.classification import MulticlassAccuracy
 
 from neurocuda.models import build_model
+from neurocuda.models.qcfs import QCFS
 
 log = logging.getLogger(__name__)
 
@@ -21,6 +22,8 @@ _DEFAULT_OPTIMIZER = {
     "momentum": 0.9,
     "nesterov": True,
     "weight_decay": 5e-4,
+    "clip_lr_scale": 1.0,  # QCFS clip levels: see ClassifierModule._parameter_groups
+    "clip_weight_decay": None,
 }
 _DEFAULT_SCHEDULER = {"name": "onecycle", "pct_start": 0.25}
 
@@ -131,17 +134,44 @@ class ClassifierModule(L.LightningModule):
         self.val_acc_best(self.metrics["val_acc"].compute())
         self.log("val/acc_best", self.val_acc_best.compute(), prog_bar=True, sync_dist=True)
 
+    def _parameter_groups(self, opt_cfg: dict[str, Any]) -> list[dict[str, Any]]:
+        """The optimizer's parameter groups; pops ``clip_lr_scale`` and ``clip_weight_decay``.
+
+        QCFS clip levels (the ``threshold`` of every :class:`~neurocuda.models.qcfs.QCFS`) get
+        their own group when either differs from the rest: learning rate ``lr * clip_lr_scale``
+        and weight decay ``clip_weight_decay`` (``None``: the optimizer's ``weight_decay``).
+        """
+        lr_scale = opt_cfg.pop("clip_lr_scale", 1.0)
+        weight_decay = opt_cfg.pop("clip_weight_decay", None)
+        if not lr_scale > 0:
+            raise ValueError(f"model.optimizer.clip_lr_scale={lr_scale}: must be > 0 (1: as lr).")
+        if weight_decay is not None and not weight_decay >= 0:
+            raise ValueError(
+                f"model.optimizer.clip_weight_decay={weight_decay}: must be >= 0 (null: as "
+                "weight_decay)."
+            )
+        clip = [m.threshold for m in self.net.modules() if isinstance(m, QCFS)]
+        weight_decay = opt_cfg["weight_decay"] if weight_decay is None else weight_decay
+        if not clip or (lr_scale == 1.0 and weight_decay == opt_cfg["weight_decay"]):
+            return [{"params": list(self.parameters())}]
+        clip_ids = {id(p) for p in clip}
+        others = [p for p in self.parameters() if id(p) not in clip_ids]
+        clip_group = {"params": clip, "lr": opt_cfg["lr"] * lr_scale, "weight_decay": weight_decay}
+        return [{"params": others}, clip_group]
+
     def configure_optimizers(self) -> dict[str, Any]:
         opt_cfg = {**_DEFAULT_OPTIMIZER, **(self.hparams.optimizer or {})}
         name = opt_cfg.pop("name")
+        groups = self._parameter_groups(opt_cfg)
         if name == "sgd":
-            optimizer: torch.optim.Optimizer = torch.optim.SGD(self.parameters(), **opt_cfg)
+            optimizer: torch.optim.Optimizer = torch.optim.SGD(groups, **opt_cfg)
         elif name == "adamw":
             opt_cfg.pop("momentum", None)
             opt_cfg.pop("nesterov", None)
-            optimizer = torch.optim.AdamW(self.parameters(), **opt_cfg)
+            optimizer = torch.optim.AdamW(groups, **opt_cfg)
         else:
             raise ValueError(f"model.optimizer.name={name!r}: use sgd or adamw.")
+        max_lr = [group["lr"] for group in optimizer.param_groups]  # each group's peak
         sched_cfg = {**_DEFAULT_SCHEDULER, **(self.hparams.scheduler or {})}
         sched_name = sched_cfg.pop("name")
         total = int(self.trainer.estimated_stepping_batches)
@@ -152,7 +182,7 @@ class ClassifierModule(L.LightningModule):
             # OneCycleLR divides by its warm-up length: keep at least 2 warm-up steps on short runs
             pct_start = max(sched_cfg.pop("pct_start", 0.25), 2.0 / total)
             scheduler: Any = torch.optim.lr_scheduler.OneCycleLR(
-                optimizer, max_lr=opt_cfg["lr"], total_steps=total, pct_start=pct_start, **sched_cfg
+                optimizer, max_lr=max_lr, total_steps=total, pct_start=pct_start, **sched_cfg
             )
         elif sched_name == "cosine":
             scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
