@@ -1,6 +1,7 @@
 """Images/s of our multi-step SNN runtime at T=8 against spikingjelly and against T ANN forwards
-(and against itself with its IF neurons and scales run one by one: ``fuse_activations=False``,
-and with its fused activations in tensor operations, not the CPU kernel: ``compiled_kernel=False``).
+(and against itself with its IF neurons, scales and pooling run one by one:
+``fuse_activations=False``, and with its fused activations in tensor operations, not the CPU
+kernels: ``compiled_kernel=False``).
 
     PYTHONPATH=/tmp/sj_pkgs python scripts/benchmark_snn_speed.py [--ckpt CKPT] [--arch cifarnet]
 

@@ -89,23 +89,59 @@ def test_what_the_kernel_does_not_take() -> None:
         cpu_kernel.fire_and_scale(standard, fire, -theta, theta, torch.empty_like(standard))
 
 
-@pytest.mark.parametrize("arch", ["cifarnet", "resnet20"])
-def test_runtime_runs_every_activation_in_the_kernel(arch, monkeypatch) -> None:
+@pytest.mark.parametrize(("arch", "pooled"), [("cifarnet", 4), ("resnet20", 0), ("vgg16", 5)])
+def test_runtime_runs_every_activation_in_the_kernel(arch, pooled, monkeypatch) -> None:
+    """Each activation in one kernel call per pass; those followed by average pooling (CifarNet's
+    3 stages and its global pool, VGG's 5 pools) with the pooling in the same call."""
     snn = converted(arch)
     pairs = sum(1 for m in snn.network.modules() if type(m).__name__ == "SpikingActivation")
     calls = []
-    kernel = cpu_kernel.fire_and_scale
-    monkeypatch.setattr(cpu_kernel, "fire_and_scale", lambda *a: calls.append(1) or kernel(*a))
+    for name in ("fire_and_scale", "fire_scale_pool"):
+        kernel = getattr(cpu_kernel, name)
+        monkeypatch.setattr(cpu_kernel, name, lambda *a, k=kernel, n=name: calls.append(n) or k(*a))
     x = torch.randn(20, 3, 32, 32)
     with torch.no_grad():
         compiled = snn(x, T)
         assert len(calls) == pairs * 2  # 20 images at T=4: passes of 16 and 4 (chunking)
-        snn.compiled_kernel = False
-        assert torch.equal(snn(x, T), compiled)
-        snn.compiled_kernel, snn.count_spikes = True, True
+        assert calls.count("fire_scale_pool") == pooled * 2
+        for setting in ("compiled_kernel", "fuse_activations"):
+            setattr(snn, setting, False)
+            assert torch.equal(snn(x, T), compiled)
+            setattr(snn, setting, True)
+        snn.count_spikes = True
         assert torch.equal(snn(x, T), compiled)  # counting spikes takes the tensor operations
     assert len(calls) == pairs * 2
     assert sum(layer.spikes for layer in snn.spike_counts()) > 0
+
+
+@pytest.mark.parametrize("per_channel", [True, False])
+@pytest.mark.parametrize(("shape", "window"), [((5, 3, 6, 8, 4), 2), ((3, 2, 4, 8, 8), 4)])
+def test_pooling_kernel_equals_avg_pool2d(shape, window, per_channel) -> None:
+    """Spikes times scales such as 0.7 + r, whose 3-fold sums round, pooled as ``avg_pool2d``
+    pools them, bit for bit; and from a constant current."""
+    torch.manual_seed(0)
+    x, fire, theta = inputs(shape, torch.float32, per_channel)
+    scale = theta + 0.2 * torch.rand_like(theta)  # not the threshold: tests which one scales
+    assert cpu_kernel.pools_exactly(x, window, fire, theta, scale)
+    constant = x[:1].expand(x.shape)
+    for current in (x, constant):
+        buffer = empty_steps(x[0], len(x))
+        unpooled = cpu_kernel.fire_and_scale(current, fire, -theta, scale, buffer)
+        expected = torch.nn.functional.avg_pool2d(unpooled.flatten(0, 1), window)
+        out = to_layout(torch.full_like(expected, float("nan")))
+        steps = out.unflatten(0, x.shape[:2])
+        assert cpu_kernel.fire_scale_pool(current, fire, -theta, scale, window, steps) is steps
+        assert torch.equal(out, expected)
+        counts = torch.nn.functional.avg_pool2d((unpooled > 0).float().flatten(0, 1), window)
+        assert (counts * window**2 == 3).any()  # windows of 3 spikes: sums that round
+
+
+def test_what_the_pooling_kernel_does_not_take() -> None:
+    x, fire, theta = inputs((2, 1, 4, 6, 6), torch.float32, True)
+    assert cpu_kernel.pools_exactly(x, 2, fire, theta)
+    assert not cpu_kernel.pools_exactly(x, 3, fire, theta)  # x / 9 rounds: not taken
+    assert not cpu_kernel.pools_exactly(x[..., :5], 2, fire, theta)  # windows do not tile W
+    assert not cpu_kernel.pools_exactly(x.contiguous(), 2, fire, theta)  # standard layout
 
 
 def if_gradients(x, theta, fire, grad, compiled: bool, scaled: str | None):

@@ -18,6 +18,8 @@ import numba
 import numpy as np
 import torch
 
+from neurocuda.snn.cpu_kernel import match_torch_threads
+
 BLOCK = 16384
 """Elements per parallel block."""
 
@@ -69,7 +71,7 @@ def applies(x: torch.Tensor, theta: torch.Tensor) -> bool:
 
 def _flat(x: torch.Tensor) -> np.ndarray:
     """The elements of a dense tensor in memory order, as a 1-D numpy view."""
-    numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
+    match_torch_threads()
     return x.detach().as_strided((x.numel(),), (1,)).numpy()
 
 

@@ -78,6 +78,38 @@ def _fire_and_scale(x, fire_level, neg_threshold, scale, out):  # numpy arrays; 
 
 
 @numba.njit(parallel=True, cache=True, boundscheck=False)
+def _fire_scale_pool(x, fire_level, neg_threshold, scale, kernel, out):  # see fire_scale_pool
+    steps, batch, out_h, out_w, channels = out.shape
+    width = out_w * kernel
+    constant = x.shape[0] == 1
+    one, zero = x.dtype.type(1), x.dtype.type(0)
+    divisor = x.dtype.type(kernel * kernel)
+    for unit in numba.prange(batch * out_h):  # one row of pooling windows of one image
+        b, oh = unit // out_h, unit % out_h
+        membrane = np.empty((kernel, width, channels), dtype=x.dtype)
+        total = np.empty((out_w, channels), dtype=x.dtype)
+        for t in range(steps):
+            rows = x[0 if constant else t, b]
+            total[:] = zero
+            for kh in range(kernel):  # the window's elements in row-major order, as avg_pool2d
+                row, state = rows[oh * kernel + kh], membrane[kh]
+                for w in range(width):
+                    window = total[w // kernel]
+                    for c in range(channels):
+                        if t == 0:
+                            u = row[w, c]
+                        else:  # the previous spike, recomputed from the kept membrane
+                            previous = state[w, c]
+                            spike = one if previous > fire_level[c] else zero
+                            u = _membrane(previous, row[w, c], spike, neg_threshold[c])
+                        state[w, c] = u
+                        window[c] += (one if u > fire_level[c] else zero) * scale[c]
+            for ow in range(out_w):
+                for c in range(channels):
+                    out[t, b, oh, ow, c] = total[ow, c] / divisor
+
+
+@numba.njit(parallel=True, cache=True, boundscheck=False)
 def _integrate_kept(x, fire_level, neg_threshold, scale, out, membranes):  # see integrate_and_fire
     steps, rows, channels = out.shape
     constant = x.shape[0] == 1
@@ -148,6 +180,22 @@ def _channels_last(x: torch.Tensor) -> torch.Tensor | None:
     return view.reshape(x.shape[0], -1, x.shape[2])
 
 
+def match_torch_threads() -> None:
+    """Give numba's thread pool (its own) as many threads as PyTorch is allowed."""
+    numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
+
+
+def _spatial(x: torch.Tensor) -> torch.Tensor | None:
+    """``x`` (``[T, B, C, H, W]``, channels last) as a ``[T, B, H, W, C]`` view, or ``None``
+    where its memory is not laid out so; a constant current keeps one step (``_channels_last``)."""
+    if x.dim() != 5:
+        return None
+    if x.shape[0] > 1 and x.stride(0) == 0:
+        x = x[:1]
+    view = x.permute(0, 1, 3, 4, 2)
+    return view if view.is_contiguous() else None
+
+
 def _per_channel(value: torch.Tensor, channels: int, dtype: torch.dtype) -> np.ndarray:
     """A per-layer (``[]``) or per-channel (``[C, 1, 1]``, ``[C]``) constant as a ``[C]`` array."""
     return value.detach().to(dtype).reshape(-1).expand(channels).contiguous().numpy()
@@ -167,8 +215,7 @@ def _arrays(*tensors: torch.Tensor) -> list[np.ndarray]:
     views = [_channels_last(t.detach()) for t in tensors]
     if any(v is None for v in views):
         raise ValueError("The CPU kernels need tensors laid out channels last (see applies()).")
-    # numba keeps its own thread pool: as many threads as PyTorch is allowed
-    numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
+    match_torch_threads()
     return [v.numpy() for v in views]
 
 
@@ -185,6 +232,46 @@ def fire_and_scale(
     channels = x.shape[2]
     constants = [_per_channel(v, channels, x.dtype) for v in (fire_level, neg_threshold, scale)]
     _fire_and_scale(source, *constants, target)
+    return out
+
+
+def pools_exactly(x: torch.Tensor, kernel: int, *constants: torch.Tensor) -> bool:
+    """Whether :func:`fire_scale_pool` runs ``x`` (``[T, B, C, H, W]``, :func:`applies`) with a
+    ``kernel`` x ``kernel`` window: a power of two (the mean's division is then exact, however
+    ``avg_pool2d`` forms it) that tiles H and W."""
+    power_of_two = kernel >= 1 and kernel & (kernel - 1) == 0
+    return (
+        power_of_two
+        and x.dim() == 5
+        and x.shape[3] % kernel == 0
+        and x.shape[4] % kernel == 0
+        and applies(x, *constants)
+        and _spatial(x) is not None
+    )
+
+
+def fire_scale_pool(
+    x: torch.Tensor,
+    fire_level: torch.Tensor,
+    neg_threshold: torch.Tensor,
+    scale: torch.Tensor,
+    kernel: int,
+    out: torch.Tensor,
+) -> torch.Tensor:
+    """:func:`fire_and_scale` followed by ``avg_pool2d(kernel, stride=kernel)``, in one pass
+    (:func:`pools_exactly`); ``out`` is ``[T, B, C, H / kernel, W / kernel]``, channels last.
+
+    The unpooled ``spikes * scale`` never reach memory. Bit for bit ``avg_pool2d``'s result:
+    a window holds ``0`` or the channel's ``scale``, so its float sum depends only on how many
+    spikes it holds, not on the order of the additions, and the division by a power of two is
+    exact (tests/test_cpu_kernel.py compares them)."""
+    source, target = _spatial(x.detach()), _spatial(out)
+    if source is None or target is None:
+        raise ValueError("fire_scale_pool needs tensors laid out channels last (pools_exactly()).")
+    match_torch_threads()
+    channels = x.shape[2]
+    constants = [_per_channel(v, channels, x.dtype) for v in (fire_level, neg_threshold, scale)]
+    _fire_scale_pool(source.numpy(), *constants, kernel, target.numpy())
     return out
 
 

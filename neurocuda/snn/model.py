@@ -62,8 +62,9 @@ class SpikingModel(nn.Module):
         layer's spikes, 2-5% of a CifarNet run at T=8 on CPU, so off unless asked for:
         :class:`~neurocuda.metrics.SpikeMonitor` turns it on)."""
         self.fuse_activations = True
-        """Run each :class:`SpikingActivation` fused (same outputs, faster on CPU); False runs
-        its two modules one by one (for comparison)."""
+        """Run each :class:`SpikingActivation` fused, with the average pooling right after it
+        where there is one (same outputs, faster on CPU); False runs the modules one by one
+        (for comparison)."""
         self.compiled_kernel = True
         """Run the IF layers on CPU in :mod:`~neurocuda.snn.cpu_kernel`'s loops (same spikes,
         faster inference and fine-tuning); False: in tensor operations (for comparison)."""
@@ -133,13 +134,31 @@ class SpikingModel(nn.Module):
         for module in self.network.modules():
             if isinstance(module, MultiStepModule):
                 module.begin_run(timesteps, batch)
-        out = self.network(x)
+        out = self._forward_network(x)
         if out.shape[0] != timesteps * batch:
             raise RuntimeError(
                 f"The network returned {out.shape[0]} samples, expected T*B={timesteps * batch}: "
                 "its final Linear must be followed by an OutputIntegrator (use the converter)."
             )
         return out.reshape(timesteps, batch, *out.shape[1:])
+
+    def _forward_network(self, x: torch.Tensor) -> torch.Tensor:
+        """``self.network(x)``; a sequential network without hooks runs module by module, each
+        :class:`SpikingActivation` directly followed by average pooling fused with it
+        (:meth:`SpikingActivation.fire_and_pool`: same output, the unpooled spikes never
+        written; CifarNet and VGG pool so)."""
+        net = self.network
+        if type(net) is not nn.Sequential or net._forward_hooks or net._forward_pre_hooks:
+            return net(x)
+        modules = list(net)
+        i = 0
+        while i < len(modules):
+            module = modules[i]
+            pooled = None
+            if isinstance(module, SpikingActivation) and i + 1 < len(modules):
+                pooled = module.fire_and_pool(x, modules[i + 1])
+            x, i = (module(x), i + 1) if pooled is None else (pooled, i + 2)
+        return x
 
     @property
     def last_run(self) -> tuple[int, int] | None:

@@ -261,20 +261,23 @@ class SpikingActivation(nn.Sequential):
         super().__init__(neuron, scale)
         self._buffered = False
         self._buffer: torch.Tensor | None = None
+        self._pooled: torch.Tensor | None = None
 
     def begin_buffered_runs(self) -> None:
         """Fuse the passes from now on (see the class docstring)."""
         self._buffered = True
 
     def end_buffered_runs(self) -> None:
-        """Stop fusing and free the buffer."""
+        """Stop fusing and free the buffers."""
         self._buffered = False
-        self._buffer = None
+        self._buffer = self._pooled = None
+
+    def _hooked(self, *others: nn.Module) -> bool:
+        return any(m._forward_hooks or m._forward_pre_hooks for m in (*self, *others))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         neuron, scale = self[0], self[1]
-        hooked = any(m._forward_hooks or m._forward_pre_hooks for m in (neuron, scale))
-        if not self._buffered or hooked:
+        if not self._buffered or self._hooked():
             return super().forward(x)
         if neuron.needs_grad(x):  # training: the scale in the same autograd node, no buffer
             return neuron.fire_scaled(x, scale.scale, None)
@@ -283,6 +286,54 @@ class SpikingActivation(nn.Sequential):
         if buffer is None or (buffer[2:].shape, buffer.dtype, buffer.device) != wanted:
             buffer = self._buffer = neuron.work_buffer(steps)
         return neuron.fire_scaled(x, scale.scale, buffer)
+
+    def fire_and_pool(self, x: torch.Tensor, pool: nn.Module) -> torch.Tensor | None:
+        """``pool(self(x))`` in one compiled pass on CPU (:func:`~neurocuda.snn.cpu_kernel.
+        fire_scale_pool`) when ``pool`` is an ``nn.AvgPool2d`` whose windows tile the input and
+        the pass is a fused inference one (see the class docstring) the kernels run; else
+        ``None`` (run the two modules). Bit for bit the two modules' output, which is only valid
+        until the pair's next pass."""
+        neuron, scale = self[0], self[1]
+        window = _tiling_window(pool)
+        if (
+            window is None
+            or not self._buffered
+            or self._hooked(pool)
+            or neuron.needs_grad(x)
+            or not neuron.compiled_kernel
+            or neuron.reset != "subtract"
+            or neuron.count_spikes
+        ):
+            return None
+        steps = neuron.as_sequence(x)
+        if not cpu_kernel.pools_exactly(
+            steps, window, neuron.fire_level, neuron.threshold, scale.scale
+        ):
+            return None
+        t, b, c, h, w = steps.shape
+        out, shape = self._pooled, (t * b, c, h // window, w // window)
+        if out is None or (out.shape, out.dtype) != (shape, steps.dtype):
+            out = torch.empty(shape, dtype=steps.dtype, memory_format=torch.channels_last)
+            self._pooled = out
+        sequence = out.unflatten(0, (t, b))
+        cpu_kernel.fire_scale_pool(
+            steps, neuron.fire_level, -neuron.threshold, scale.scale, window, sequence
+        )
+        neuron.last_neurons_per_sample = steps[0, 0].numel()
+        return out
+
+
+def _tiling_window(pool: nn.Module) -> int | None:
+    """The window of an ``nn.AvgPool2d`` with square windows that tile its input (stride =
+    kernel, no padding, ceil mode or divisor override), else ``None``."""
+    if type(pool) is not nn.AvgPool2d:
+        return None
+    kernel, stride, padding = (
+        (v, v) if isinstance(v, int) else tuple(v)
+        for v in (pool.kernel_size, pool.stride, pool.padding)
+    )
+    plain = padding == (0, 0) and not pool.ceil_mode and pool.divisor_override is None
+    return kernel[0] if plain and kernel == stride and kernel[0] == kernel[1] else None
 
 
 class OutputIntegrator(MultiStepModule):
