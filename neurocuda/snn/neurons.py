@@ -289,10 +289,10 @@ class SpikingActivation(nn.Sequential):
 
     def fire_and_pool(self, x: torch.Tensor, pool: nn.Module) -> torch.Tensor | None:
         """``pool(self(x))`` in one compiled pass on CPU (:func:`~neurocuda.snn.cpu_kernel.
-        fire_scale_pool`) when ``pool`` is an ``nn.AvgPool2d`` whose windows tile the input and
-        the pass is a fused inference one (see the class docstring) the kernels run; else
-        ``None`` (run the two modules). Bit for bit the two modules' output, which is only valid
-        until the pair's next pass."""
+        fire_scale_pool`), or ``None`` where it does not apply (then run the two modules): it
+        applies to a fused inference pass (see the class docstring) that the kernels take, with
+        ``pool`` an ``nn.AvgPool2d`` whose power-of-two windows tile the input. Bit for bit the
+        two modules' output, valid until the pair's next pass."""
         neuron, scale = self[0], self[1]
         window = _tiling_window(pool)
         if (
