@@ -39,20 +39,24 @@ def test_unknown_names_are_clear_errors() -> None:
         build_model("cifarnet", activation="swish")
 
 
-@pytest.mark.parametrize("arch", sorted(PARAMS))
-def test_few_step_fit(arch: str, tiny_datamodule: CIFAR10DataModule) -> None:
-    L.seed_everything(0)
-    model = ClassifierModule(arch=arch, optimizer={"lr": 0.02})
-    before = [p.detach().clone() for p in model.net.parameters()]
-    trainer = L.Trainer(
-        max_steps=2,
-        limit_val_batches=1,
+def quiet_trainer(**settings: int) -> L.Trainer:
+    """A CPU trainer without logger, checkpoints, progress bar or summary."""
+    return L.Trainer(
         accelerator="cpu",
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
+        **settings,
     )
+
+
+@pytest.mark.parametrize("arch", sorted(PARAMS))
+def test_few_step_fit(arch: str, tiny_datamodule: CIFAR10DataModule) -> None:
+    L.seed_everything(0)
+    model = ClassifierModule(arch=arch, optimizer={"lr": 0.02})
+    before = [p.detach().clone() for p in model.net.parameters()]
+    trainer = quiet_trainer(max_steps=2, limit_val_batches=1)
     trainer.fit(model, datamodule=tiny_datamodule)
     assert trainer.global_step == 2
     assert torch.isfinite(trainer.callback_metrics["train/loss_step"])
@@ -88,15 +92,7 @@ def test_qcfs_clip_levels_get_their_own_learning_rate_and_weight_decay(
     model = ClassifierModule(
         arch="cifarnet", activation="qcfs", activation_kwargs={"levels": 4}, optimizer=optimizer
     )
-    trainer = L.Trainer(
-        max_steps=4,
-        limit_val_batches=0,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
+    trainer = quiet_trainer(max_steps=4, limit_val_batches=0)
     trainer.fit(model, datamodule=tiny_datamodule)
     weights, clip = trainer.optimizers[0].param_groups
     thresholds = [m.threshold for m in model.net.modules() if isinstance(m, QCFS)]

@@ -164,20 +164,21 @@ def _backward(grad, membranes, fire_level, threshold, neg_threshold, scale, grad
                 fire[c] += grad_x[0, r, c]
 
 
+def _one_step_if_constant(x: torch.Tensor) -> torch.Tensor:
+    """``x`` (``[T, ...]``) or, for a constant current (expanded over T, stride 0), its first
+    step ``[1, ...]``."""
+    return x[:1] if x.shape[0] > 1 and x.stride(0) == 0 else x
+
+
 def _channels_last(x: torch.Tensor) -> torch.Tensor | None:
     """``x`` (``[T, B, C, H, W]`` or ``[T, B, F]``) as a ``[T, rows, channels]`` view whose last
     dimension is the channel (feature), or ``None`` where its memory is not laid out so. A
     constant current (``x`` expanded over T, stride 0) keeps one step: ``[1, rows, channels]``."""
-    if x.shape[0] > 1 and x.stride(0) == 0:
-        x = x[:1]
     if x.dim() == 3:
+        x = _one_step_if_constant(x)
         return x if x.is_contiguous() else None
-    if x.dim() != 5:
-        return None
-    view = x.permute(0, 1, 3, 4, 2)
-    if not view.is_contiguous():
-        return None
-    return view.reshape(x.shape[0], -1, x.shape[2])
+    view = _spatial(x)
+    return None if view is None else view.reshape(view.shape[0], -1, view.shape[4])
 
 
 def match_torch_threads() -> None:
@@ -187,12 +188,10 @@ def match_torch_threads() -> None:
 
 def _spatial(x: torch.Tensor) -> torch.Tensor | None:
     """``x`` (``[T, B, C, H, W]``, channels last) as a ``[T, B, H, W, C]`` view, or ``None``
-    where its memory is not laid out so; a constant current keeps one step (``_channels_last``)."""
+    where its memory is not laid out so; a constant current keeps one step."""
     if x.dim() != 5:
         return None
-    if x.shape[0] > 1 and x.stride(0) == 0:
-        x = x[:1]
-    view = x.permute(0, 1, 3, 4, 2)
+    view = _one_step_if_constant(x).permute(0, 1, 3, 4, 2)
     return view if view.is_contiguous() else None
 
 
