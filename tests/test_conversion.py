@@ -234,6 +234,26 @@ def test_qcfs_thresholds_receive_gradients() -> None:
     assert x.grad is not None and float(x.grad.abs().sum()) > 0
     values = act(torch.tensor([-1.0, 0.1, 0.2, 0.5, 3.0])).tolist()
     assert values == [0.0, 0.0, 0.25, 0.5, 1.0]  # floor(x*4 + 0.5)/4 clipped to [0, 1]
+    unshifted = QCFS(levels=4, threshold=1.0, shift=0.0)
+    assert unshifted(torch.tensor([0.2, 0.26, 0.5, 0.99])).tolist() == [0.0, 0.25, 0.5, 0.75]
+    with pytest.raises(ValueError, match="shift must be in"):
+        QCFS(shift=1.0)
+
+
+def test_a_qcfs_shift_unlike_the_initial_membrane_is_a_warning(
+    caplog: pytest.LogCaptureFixture, trained_qcfs: tuple[nn.Module, list[float]]
+) -> None:
+    model = copy.deepcopy(trained_qcfs[0])
+    config = ConversionConfig(input_shape=SHAPE, correction_timesteps=0)
+    with caplog.at_level(logging.WARNING, logger="neurocuda.conversion.convert"):
+        convert(model, None, config)
+        assert not caplog.records
+        for module in model.modules():
+            if isinstance(module, QCFS):
+                module.shift = 0.0
+        snn = convert(model, None, config)
+    assert "trained with shift [0.0]" in caplog.text and "conversion.v_init" in caplog.text
+    assert all(torch.equal(n.v_init, n.threshold / 2) for n in snn.neuron_layers().values())
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -272,17 +292,18 @@ def test_qcfs_matches_its_plain_autograd_form(dtype, layout, kernel, monkeypatch
     assert len(calls) == (2 if kernel else 0)  # forward and backward ran the kernel, or neither
 
 
-def test_qcfs_kernel_equals_the_tensor_operations_at_the_level_edges() -> None:
+@pytest.mark.parametrize("shift", [0.5, 0.0])
+def test_qcfs_kernel_equals_the_tensor_operations_at_the_level_edges(shift: float) -> None:
     """Forward values and the straight-through mask of the CPU kernel against the tensor form,
     bit for bit, on every level edge, its float neighbours and random values."""
     theta = torch.tensor(2.3)
-    edges = theta * torch.arange(-8, 16) / 8  # x / theta * 4 + 1/2 lands on integers
+    edges = theta * (torch.arange(-4, 8) - shift) / 4  # x / theta * 4 + shift lands on integers
     x = torch.cat([edges, torch.nextafter(edges, edges + 1), torch.nextafter(edges, edges - 1)])
     x = torch.cat([x, 3 * torch.randn(50_000, generator=torch.Generator().manual_seed(0))])
     grad = torch.randn_like(x)
     results = []
     for kernel in (True, False):
-        act, xk = QCFS(levels=4, threshold=2.3), x.clone().requires_grad_(True)
+        act, xk = QCFS(levels=4, threshold=2.3, shift=shift), x.clone().requires_grad_(True)
         act.compiled_kernel = kernel
         (act(xk) * grad).sum().backward()
         results.append((act(x).detach(), xk.grad, act.threshold.grad))

@@ -115,6 +115,14 @@ def _thresholds(
 ) -> dict[str, torch.Tensor]:
     relu, qcfs = split_by_kind(net, list(plan.activations))
     thresholds = qcfs_thresholds(net, qcfs)
+    shifts = {net.get_submodule(name).shift for name in qcfs} - {config.v_init}
+    if shifts:
+        log.warning(
+            "QCFS layers trained with shift %s, converted with conversion.v_init=%s: the SNN's "
+            "initial membrane does not match the quantizer, which costs accuracy at low T; set "
+            "conversion.v_init to the shift unless you are measuring the mismatch.",
+            sorted(shifts), config.v_init,
+        )  # fmt: skip
     if relu:
         if data is None:
             raise ConversionError(
