@@ -12,7 +12,12 @@ default conversion), and the default conversion fine-tuned at ``--finetune-times
 finetune.start_from=CKPT``), or a given ``--finetuned-ckpt``. Each row is evaluated on the test set
 (default: all of it) at T = 1, 2, 4, 8, 16, 32 (``--timesteps``; the cost grows with the largest),
 beside the ANN, with the CPU minutes (all threads of this process) each stage cost. Prints a
-table, writes JSON to --out.
+table, writes ``results.json`` and ``ablation.png`` (accuracy per T, a line per row) to --out.
+
+    python scripts/benchmark_conversion.py --plot A/results.json B/results.json --out C
+
+draws the rows of earlier runs in one ``ablation.png``, a panel per file named by its folder (no
+evaluation).
 """
 
 from __future__ import annotations
@@ -36,6 +41,11 @@ from neurocuda.checkpoint import load_ann, snn_from_checkpoint  # noqa: E402
 from neurocuda.conversion import ConversionConfig, evaluate_snn  # noqa: E402
 from neurocuda.data import datamodule_from_checkpoint  # noqa: E402
 from neurocuda.files import atomic_write_text, verify_checkpoint  # noqa: E402
+from neurocuda.reporting.accuracy_plots import (  # noqa: E402
+    AccuracyCurve,
+    plot_accuracy_curves,
+    plot_accuracy_panels,
+)
 from neurocuda.training import SNNFinetuneModule  # noqa: E402
 from neurocuda.training.compose import compose_train_config  # noqa: E402
 from train import train  # noqa: E402
@@ -151,6 +161,27 @@ def print_rows(rows: list[Row]) -> None:
     Console(width=220).print(table)  # full width also when logged to a file
 
 
+def curve(row: Row) -> AccuracyCurve:
+    """``row`` as a plotted line (its label without the fine-tuning checkpoint's path)."""
+    label = f"{row.activation}, {row.variant.split(' (')[0]}"
+    return AccuracyCurve(label, {int(t): a for t, a in row.snn.items()}, row.ann)
+
+
+def plot_results(files: list[Path], out: Path) -> Path:
+    """The rows of earlier ``results.json`` files in ``out/ablation.png``, a panel per file."""
+    panels = {}
+    for path in files:
+        try:
+            rows = [Row(**r) for r in json.loads(path.read_text())]
+        except (OSError, ValueError, TypeError) as err:
+            raise SystemExit(
+                f"--plot: {path} is not a results.json of this script ({err})."
+            ) from None
+        panels[f"{path.parent.name} (dashed: ANN)"] = [curve(r) for r in rows]
+    plot_accuracy_panels(out / "ablation.png", panels)
+    return out / "ablation.png"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
@@ -174,8 +205,13 @@ def main() -> None:
     parser.add_argument(
         "--device", default="auto", help="auto (the GPU when there is one), gpu, cuda:N or cpu"
     )
+    parser.add_argument("--plot", type=Path, nargs="+", metavar="RESULTS_JSON",
+                        help="only draw these earlier results in one plot under --out")  # fmt: skip
     parser.add_argument("overrides", nargs="*", help="extra train.py overrides (train, fine-tune)")
     args = parser.parse_args()
+    if args.plot:
+        Console().print(f"Wrote {plot_results(args.plot, args.out)}")
+        return
     extra = [*(QUICK if args.quick else []), *args.overrides]
     if args.quick:
         args.images = args.images or 500
@@ -202,8 +238,9 @@ def main() -> None:
         rows += measured
     path = atomic_write_text(args.out / "results.json",
                              json.dumps([asdict(r) for r in rows], indent=2))  # fmt: skip
+    plot_accuracy_curves(args.out / "ablation.png", [curve(r) for r in rows])
     print_rows(rows)
-    Console().print(f"Wrote {path}")
+    Console().print(f"Wrote {path} and {args.out / 'ablation.png'}")
 
 
 if __name__ == "__main__":

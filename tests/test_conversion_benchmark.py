@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from PIL import Image
+
 from tests.conftest import ROOT, tiny_run_overrides
 from train import train
 
@@ -48,3 +50,16 @@ def test_ablation_rows_of_a_checkpoint(train_cfg, tiny_archive: Path, tmp_path: 
     assert row["variant"] == f"corrected + fine-tuned at T=4 ({finetuned})"
     assert row["snn"] == {"4": rows[2]["snn"]["4"]} and row["ann"] == rows[2]["ann"]
     assert "fine-tune" not in row["cpu_minutes"]
+
+    # the rows as curves: each run's plot, and earlier runs' results in one figure, a panel each
+    both = tmp_path / "both"
+    command = [sys.executable, "scripts/benchmark_conversion.py", "--out", str(both), "--plot",
+               str(out / "results.json"), str(again / "results.json")]  # fmt: skip
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    for png in (out / "ablation.png", again / "ablation.png", both / "ablation.png"):
+        assert png.read_bytes().startswith(b"\x89PNG")
+    assert Image.open(both / "ablation.png").width > Image.open(out / "ablation.png").width
+    command[-1] = str(ROOT / "README.md")
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0 and "is not a results.json" in result.stderr

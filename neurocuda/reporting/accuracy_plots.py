@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from neurocuda.files import atomic_write_text, save_figure
@@ -19,24 +21,63 @@ def accuracy_table_markdown(ann_accuracy: float, accuracy: dict[int, float]) -> 
     return "\n".join(rows) + "\n"
 
 
+@dataclass
+class AccuracyCurve:
+    """One SNN's accuracy (fraction) per T, with its ANN's accuracy when known."""
+
+    label: str
+    accuracy: dict[int, float]
+    ann_accuracy: float | None = None
+
+
+def plot_accuracy_curves(
+    path: Path, curves: list[AccuracyCurve], title: str = "SNN accuracy per T (dashed: ANN)"
+) -> None:
+    """Save a PNG of SNN accuracy against T (log2 axis), one line per curve, each ANN dashed in
+    its curve's colour (an ANN shared by several curves is drawn once)."""
+    plot_accuracy_panels(path, {title: curves})
+
+
+def plot_accuracy_panels(path: Path, panels: dict[str, list[AccuracyCurve]]) -> None:
+    """:func:`plot_accuracy_curves` with one panel per title (e.g. one per model), side by side."""
+    wide = any(len(curves) > 1 for curves in panels.values())
+    width, height = (7, 4.5) if wide else (5, 3.5)
+    fig = Figure(figsize=(width * len(panels), height), dpi=120)  # no pyplot: no global state
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    for ax, (title, curves) in zip(axes, panels.items(), strict=True):
+        _draw(ax, curves)
+        ax.set_title(title)
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+def _draw(ax: Axes, curves: list[AccuracyCurve]) -> None:
+    drawn: set[float] = set()
+    steps: set[int] = set()
+    for i, curve in enumerate(curves):
+        color = f"C{i % 10}"
+        ts = sorted(curve.accuracy)
+        steps.update(ts)
+        if ts:
+            ys = [100 * curve.accuracy[t] for t in ts]
+            ax.plot(ts, ys, "o-", color=color, label=curve.label)
+        if curve.ann_accuracy is not None and curve.ann_accuracy not in drawn:
+            drawn.add(curve.ann_accuracy)
+            ax.axhline(100 * curve.ann_accuracy, color=color, linestyle="--", linewidth=0.8)
+    ax.set_xscale("log", base=2)
+    if steps:
+        ax.set_xticks(sorted(steps), [str(t) for t in sorted(steps)])
+    ax.set_xlabel("time steps T")
+    ax.set_ylabel("accuracy (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7 if len(curves) > 3 else None)
+
+
 def plot_accuracy_vs_t(
     path: Path, ann_accuracy: float, accuracy: dict[int, float], title: str = ""
 ) -> None:
-    """Save a PNG of SNN accuracy against T (log2 axis) with the ANN accuracy as a line."""
-    steps = sorted(accuracy)
-    fig = Figure(figsize=(5, 3.5), dpi=120)  # no pyplot: no global backend state
-    ax = fig.subplots()
-    ax.plot(steps, [100 * accuracy[t] for t in steps], "o-", label="SNN")
-    ax.axhline(100 * ann_accuracy, color="grey", linestyle="--", label="ANN")
-    ax.set_xscale("log", base=2)
-    ax.set_xticks(steps, [str(t) for t in steps])
-    ax.set_xlabel("time steps T")
-    ax.set_ylabel("accuracy (%)")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    save_figure(fig, path)
+    """Save a PNG of one SNN's accuracy against T (log2 axis) with the ANN accuracy dashed."""
+    plot_accuracy_curves(path, [AccuracyCurve("SNN (dashed: ANN)", accuracy, ann_accuracy)], title)
 
 
 def save_accuracy_report(

@@ -17,6 +17,7 @@ from matplotlib.figure import Figure
 from omegaconf import OmegaConf
 
 from neurocuda.files import atomic_write_text, save_figure
+from neurocuda.reporting.accuracy_plots import AccuracyCurve, plot_accuracy_curves
 
 _ACC_T = re.compile(r"^snn/acc_T(\d+)$")
 
@@ -143,23 +144,11 @@ def markdown_table(runs: list[RunSummary]) -> str:
 
 def plot_accuracy_vs_t(runs: list[RunSummary], path: Path) -> None:
     """SNN accuracy against T (log2 axis), one line per run, ANN accuracy dashed."""
-    fig = Figure(figsize=(7, 4.5))
-    ax = fig.subplots()
-    for i, r in enumerate(runs):
-        color = f"C{i % 10}"
-        acc = r.snn_accuracy
-        if acc:
-            ax.plot(list(acc), [100 * a for a in acc.values()], "o-", color=color, label=r.label)
+    curves = []
+    for r in runs:
         ann = r.get("snn/ann_acc")
-        if not math.isnan(ann):
-            ax.axhline(100 * ann, color=color, linestyle="--", linewidth=0.8)
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("timesteps T")
-    ax.set_ylabel("accuracy (%)")
-    ax.set_title("SNN accuracy per T (dashed: ANN)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    save_figure(fig, path)
+        curves.append(AccuracyCurve(r.label, r.snn_accuracy, None if math.isnan(ann) else ann))
+    plot_accuracy_curves(path, curves)
 
 
 def plot_spike_rates(runs: list[RunSummary], path: Path) -> None:
