@@ -97,3 +97,24 @@ def test_fused_activations_equal_the_modules_run_one_by_one(arch, monkeypatch) -
         snn(x, T)
     assert monitor.stats() == unfused_monitor.stats()  # synops counted after the first neuron
     assert all(set(spikes.unique().tolist()) <= {0.0, 1.0} for spikes in kept)  # not scaled
+
+
+@pytest.mark.parametrize("arch", ["cifarnet", "resnet20"])
+def test_an_output_a_hook_keeps_is_not_overwritten_by_the_next_pass(arch) -> None:
+    """A hook on a converted activation (named like the ANN's, the natural place to record it)
+    that keeps its output across the passes of one call: the fusion is off, nothing reused."""
+    snn = converted(arch)
+    pairs = [m for m in snn.network.modules() if isinstance(m, SpikingActivation)]
+    x = torch.randn(40, 3, 32, 32)  # passes of 16, 16 and 8 images at T=4
+    kept: dict[int, list[torch.Tensor]] = {}
+    copied: dict[int, list[torch.Tensor]] = {}
+    for i, pair in enumerate(pairs):
+        pair.register_forward_hook(lambda _m, _i, out, i=i: kept.setdefault(i, []).append(out))
+        pair.register_transient_hook(
+            lambda _m, _i, out, i=i: copied.setdefault(i, []).append(out.clone())
+        )
+    with torch.no_grad():
+        snn(x, T)
+    for i in range(len(pairs)):
+        assert len(kept[i]) == 3
+        assert all(torch.equal(a, b) for a, b in zip(kept[i], copied[i], strict=True))

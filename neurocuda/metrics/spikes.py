@@ -65,12 +65,12 @@ class SpikeMonitor:
         # per pass: SpikingModel may run a batch in several passes (neurocuda.snn.chunking)
         self._hooks.append(self.snn.network.register_forward_pre_hook(self._start))
         self._hooks.append(self.snn.register_forward_hook(self._finish))
-        # a fused pair's own hook, not its neuron's: hooks on the neuron turn the fusion off
+        # a fused pair's transient hook, not its neuron's: other hooks turn the fusion off
         paired = {id(m[0]) for m in self.snn.network.modules() if isinstance(m, SpikingActivation)}
         for module in self.snn.network.modules():
-            if isinstance(module, SpikingActivation) or (
-                isinstance(module, IFNeuron) and id(module) not in paired
-            ):
+            if isinstance(module, SpikingActivation):
+                self._hooks.append(module.register_transient_hook(self._neuron_ran))
+            elif isinstance(module, IFNeuron) and id(module) not in paired:
                 self._hooks.append(module.register_forward_hook(self._neuron_ran))
             elif isinstance(module, _COUNTED):
                 self._hooks.append(module.register_forward_hook(self._count))

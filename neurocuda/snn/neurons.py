@@ -12,10 +12,12 @@ An input with only ``B`` samples is a constant current, identical at every step.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Literal
 
 import torch
 from torch import nn
+from torch.utils.hooks import RemovableHandle
 
 from neurocuda.snn import cpu_kernel
 from neurocuda.snn.if_sequence import if_sequence, integrate_and_fire
@@ -245,16 +247,17 @@ class SpikingActivation(nn.Sequential):
     """A converted activation: ``IFNeuron`` then its ``Scale(theta)``, in a run of T steps.
 
     Between :meth:`begin_buffered_runs` and :meth:`end_buffered_runs` (one
-    :class:`~neurocuda.snn.SpikingModel` call) an inference pass without hooks on the two
-    modules is fused: the neuron runs in a work buffer kept for the pair
-    (:meth:`IFNeuron.work_buffer`) and the scale multiplies its spikes in place. Written by hand
-    because on CPU a fresh buffer per pass costs more than the IF loop itself: the first touch of
-    its pages (~9 ms for the 8 MB of CifarNet's first layer on the test VM, against 0.4 ms to
-    fill a reused one; docs/results.md). The float operations are the unfused ones, so every
-    output is bit-identical. The buffer lives until the end of the call: the pair's output is
-    only valid until its next pass. A pass that builds a graph (fine-tuning) runs the pair as one
-    autograd node instead (:meth:`IFNeuron.fire_scaled`): on CPU the kernels scale the spikes in
-    the IF loop's own pass and keep no spike tensor for the backward pass.
+    :class:`~neurocuda.snn.SpikingModel` call) an inference pass without hooks (other than
+    :meth:`register_transient_hook`'s) is fused: the neuron runs in a work buffer kept for the
+    pair (:meth:`IFNeuron.work_buffer`) and the scale multiplies its spikes in place. Written by
+    hand because on CPU a fresh buffer per pass costs more than the IF loop itself: the first
+    touch of its pages (~9 ms for the 8 MB of CifarNet's first layer on the test VM, against
+    0.4 ms to fill a reused one; docs/results.md). The float operations are the unfused ones, so
+    every output is bit-identical. The buffer lives until the end of the call: the pair's output
+    is only valid until its next pass, so a hook that may keep it turns the fusion off. A pass
+    that builds a graph (fine-tuning) runs the pair as one autograd node instead
+    (:meth:`IFNeuron.fire_scaled`): on CPU the kernels scale the spikes in the IF loop's own pass
+    and keep no spike tensor for the backward pass.
     """
 
     def __init__(self, neuron: IFNeuron, scale: Scale) -> None:
@@ -262,6 +265,7 @@ class SpikingActivation(nn.Sequential):
         self._buffered = False
         self._buffer: torch.Tensor | None = None
         self._pooled: torch.Tensor | None = None
+        self._transient_hooks: set[int] = set()
 
     def begin_buffered_runs(self) -> None:
         """Fuse the passes from now on (see the class docstring)."""
@@ -272,8 +276,20 @@ class SpikingActivation(nn.Sequential):
         self._buffered = False
         self._buffer = self._pooled = None
 
+    def register_transient_hook(self, hook: Callable[..., None]) -> RemovableHandle:
+        """A forward hook that reads the pair's output during the call and keeps no reference
+        to it (e.g. :class:`~neurocuda.metrics.SpikeMonitor`'s): the fusion stays on. Any other
+        hook on the pair or its modules turns it off, so an output a hook keeps is never
+        overwritten by the next pass."""
+        handle = self.register_forward_hook(hook)
+        self._transient_hooks.add(handle.id)
+        return handle
+
     def _hooked(self, *others: nn.Module) -> bool:
-        return any(m._forward_hooks or m._forward_pre_hooks for m in (*self, *others))
+        """Hooks that stop the fusion: any on the two modules or ``others``, and those on the
+        pair itself not registered as transient."""
+        own = self._forward_pre_hooks or self._forward_hooks.keys() - self._transient_hooks
+        return bool(own) or any(m._forward_hooks or m._forward_pre_hooks for m in (*self, *others))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         neuron, scale = self[0], self[1]
@@ -298,7 +314,7 @@ class SpikingActivation(nn.Sequential):
         if (
             window is None
             or not self._buffered
-            or self._hooked(pool)
+            or self._hooked(self, pool)  # the pair's call is skipped: no hook of its may wait
             or neuron.needs_grad(x)
             or not neuron.compiled_kernel
             or neuron.reset != "subtract"
