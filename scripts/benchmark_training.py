@@ -33,6 +33,13 @@ def main() -> None:
     parser.add_argument("--run-dir", type=Path, default=None, help="where train.py writes")
     parser.add_argument("overrides", nargs="*", help="extra train.py overrides")
     args = parser.parse_args()
+    conversion = [o for o in args.overrides if o.lstrip("+~").startswith("conversion")]
+    if conversion:  # Hydra's own message ("Key 'conversion' is not in struct") names no fix
+        parser.error(
+            f"{' '.join(conversion)}: this benchmark times the ANN fit alone, with the conversion "
+            "group off; drop conversion.* here and convert the checkpoint afterwards "
+            "(python scripts/convert.py CKPT conversion.v_init=...)."
+        )
 
     run_dir = args.run_dir or ROOT / "logs" / "benchmarks" / time.strftime("training_%Y%m%d_%H%M%S")
     overrides = [f"experiment={args.experiment}", "~conversion", f"hydra.run.dir={run_dir}"]

@@ -98,3 +98,11 @@ def test_ddp_on_two_cpu_processes(tiny_archive: Path, tmp_path: Path) -> None:
     output = result.stdout + result.stderr
     assert "Initializing distributed: GLOBAL_RANK: 1, MEMBER: 2/2" in output
     assert (run / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_the_training_benchmark_refuses_conversion_settings_before_training(tmp_path) -> None:
+    command = [sys.executable, "scripts/benchmark_training.py", "--run-dir", str(tmp_path / "r"),
+               "--", "+model.activation_kwargs.shift=0", "conversion.v_init=0"]  # fmt: skip
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "conversion.v_init=0: this benchmark times" in done.stderr
+    assert "scripts/convert.py" in done.stderr and not (tmp_path / "r").exists()
