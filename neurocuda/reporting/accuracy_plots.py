@@ -39,14 +39,18 @@ def plot_accuracy_curves(
 
 
 def plot_accuracy_panels(path: Path, panels: dict[str, list[AccuracyCurve]]) -> None:
-    """:func:`plot_accuracy_curves` with one panel per title (e.g. one per model), side by side."""
+    """:func:`plot_accuracy_curves` with one panel per title (e.g. one per model), two a row."""
     wide = any(len(curves) > 1 for curves in panels.values())
     width, height = (7, 4.5) if wide else (5, 3.5)
-    fig = Figure(figsize=(width * len(panels), height), dpi=120)  # no pyplot: no global state
-    axes = fig.subplots(1, len(panels), squeeze=False)[0]
-    for ax, (title, curves) in zip(axes, panels.items(), strict=True):
+    cols = min(2, len(panels))
+    rows = -(-len(panels) // cols)
+    fig = Figure(figsize=(width * cols, height * rows), dpi=120)  # no pyplot: no global state
+    axes = fig.subplots(rows, cols, squeeze=False).flatten()
+    for ax, (title, curves) in zip(axes, panels.items(), strict=False):  # a spare panel or none
         _draw(ax, curves)
         ax.set_title(title)
+    for ax in axes[len(panels) :]:
+        ax.set_visible(False)
     fig.tight_layout()
     save_figure(fig, path)
 
