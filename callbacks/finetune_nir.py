@@ -10,6 +10,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from callbacks.nir_round_trip import NIRRoundTrip
 from callbacks.snn_conversion import saved_this_step
 from neurocuda.training import SNNFinetuneModule
+from neurocuda.training.snn_finetune import load_finetuned
 
 
 class FinetuneNIRRoundTrip(NIRRoundTrip):
@@ -18,7 +19,10 @@ class FinetuneNIRRoundTrip(NIRRoundTrip):
     file and prove it equal to the native SNN (``finetune/nir/max_abs_diff`` must be 0.0).
 
     Compared at ``timesteps`` (default: the module's evaluation T) on ``num_images`` fixed
-    validation images. Checkpoints save at validation end, before this hook (see setup).
+    validation images. Checkpoints save at validation end, before this hook (see setup). The file
+    is exported from the network the checkpoint holds, read back from it: the module's weights
+    unless a callback saved others (:class:`~callbacks.weight_average.SNNWeightAverage`: the
+    average).
     """
 
     metric_prefix = "finetune/nir"
@@ -47,7 +51,8 @@ class FinetuneNIRRoundTrip(NIRRoundTrip):
             **(hparams.metadata or {}),
         }
         paths = [Path(p).with_suffix(".nir") for p in checkpoints]
+        saved = load_finetuned(checkpoints[0], pl_module.device).spiking_model()
         self._export_and_check(
-            trainer, pl_module, pl_module.spiking_model(), paths, timesteps, hparams.encoding,
-            metadata, trainer.current_epoch,
+            trainer, pl_module, saved, paths, timesteps, hparams.encoding, metadata,
+            trainer.current_epoch,
         )  # fmt: skip

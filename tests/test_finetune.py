@@ -14,9 +14,12 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from callbacks.checkpoint import CheckpointWithNIR
+from callbacks.weight_average import SNNWeightAverage
 from neurocuda.conversion import ConversionConfig, convert
 from neurocuda.models import build_model
-from neurocuda.nir.verify import export_and_compare
+from neurocuda.nir import Executor
+from neurocuda.nir import load as load_nir
+from neurocuda.nir.verify import compare, export_and_compare
 from neurocuda.snn import IFNeuron, neuron_scale_pairs, refresh, runtime_copy, spike
 from neurocuda.snn.if_sequence import if_sequence
 from neurocuda.training import SNNFinetuneModule
@@ -262,6 +265,51 @@ def test_checkpoint_loads_back_without_the_converted_model(module, batch, tmp_pa
     assert thresholds[0] == (4, 1, 1)  # per-channel shapes restored into the rebuilt structure
 
 
+class _RecordSteps(L.Callback):
+    """The SNN's parameters after each optimizer step (before any callback listed after it)."""
+
+    def __init__(self) -> None:
+        self.steps: list[list[torch.Tensor]] = []
+
+    def on_train_batch_end(self, _trainer, module, *_args) -> None:
+        self.steps.append([p.detach().clone() for p in module.snn.parameters()])
+
+
+def test_weight_averaging_keeps_the_average_as_an_exact_if_network(
+    module, batch, tmp_path: Path
+) -> None:
+    """With SNNWeightAverage the fit ends on the EMA of the steps' weights, every fire level is
+    its averaged threshold minus initial membrane bit for bit, and the network is the runtime's
+    (exact NIR round trip)."""
+    x, y = batch
+    with pytest.raises(ValueError, match=r"finetune\.weight_average=1\.0 must be in \(0, 1\)"):
+        SNNWeightAverage(1.0)
+    steps, decay = _RecordSteps(), 0.5
+    loader = DataLoader(TensorDataset(x.repeat(4, 1, 1, 1), y.repeat(4)), len(y))
+    trainer = L.Trainer(
+        max_epochs=1, logger=False, enable_progress_bar=False, enable_model_summary=False,
+        enable_checkpointing=False, default_root_dir=tmp_path,
+        callbacks=[steps, SNNWeightAverage(decay)],
+    )  # fmt: skip
+    trainer.fit(module, train_dataloaders=loader)
+    average = steps.steps[0]
+    for later in steps.steps[1:]:
+        average = [decay * a + (1 - decay) * p for a, p in zip(average, later, strict=True)]
+    kept = [p.detach() for p in module.snn.parameters()]
+    assert all(torch.allclose(k, a, atol=1e-6) for k, a in zip(kept, average, strict=True))
+    assert any(not torch.allclose(k, p) for k, p in zip(kept, steps.steps[-1], strict=True))
+    for neuron in module.snn.neuron_layers().values():
+        assert torch.equal(neuron.fire_level, neuron.threshold.detach() - neuron.v_init.detach())
+    trainer.save_checkpoint(tmp_path / "ema.ckpt")  # the average's buffers: averaged, recomputed
+    state = torch.load(tmp_path / "ema.ckpt", weights_only=True)["state_dict"]
+    for name in module.snn.neuron_layers():
+        stem = f"snn.network.{name}."
+        fire_level = state[stem + "threshold"] - state[stem + "v_init"]
+        assert torch.equal(state[stem + "fire_level"], fire_level)
+    _, report = export_and_compare(module.spiking_model(), [tmp_path / "ema.nir"], x, y, [1, 4])
+    assert report.worst_diff == 0.0 and report.total_divergent == 0
+
+
 class _RecordValidation(L.Callback):
     """Each epoch's validation figures, as the trainer holds them after validation."""
 
@@ -324,6 +372,36 @@ def test_train_py_fine_tunes_and_reports_snn_test_accuracy(train_cfg, tmp_path: 
     # a checkpoint replaced by a better one takes its .nir file with it (no orphans)
     savers = [hydra.utils.instantiate(node) for node in cfg.finetune.callbacks.values()]
     assert sum(isinstance(c, CheckpointWithNIR) for c in savers) == 2
+
+
+def test_train_py_fine_tunes_with_a_weight_average_and_exports_the_average(
+    train_cfg, tmp_path: Path
+) -> None:
+    """finetune.weight_average: the checkpoints hold the average (the last step's weights beside
+    it), their .nir files are exported from it and re-execute exactly; a bad decay fails first."""
+    with pytest.raises(ValueError, match=r"finetune\.weight_average=2\.0"):
+        train(train_cfg("finetune=snn", "finetune.weight_average=2.0", "trainer.max_epochs=1000"))
+    cfg = train_cfg("finetune=snn", "finetune.timesteps=2", "finetune.weight_average=0.9",
+                    "conversion.timesteps=[1,2]", "conversion.calibration.batches=1",
+                    "conversion.eval_subset=8")  # fmt: skip
+    metrics = train(cfg)
+    assert metrics["finetune/nir/max_abs_diff"] == 0.0
+    folder = tmp_path / "run" / "checkpoints" / "finetune"
+    saved = torch.load(folder / "last.ckpt", map_location="cpu", weights_only=True)
+    state, last = saved["state_dict"], saved["current_model_state"]
+    assert any(not torch.equal(state[k], last[k]) for k in state if k.endswith(".weight"))
+    for key in (k for k in state if k.endswith(".fire_level")):
+        stem = key[: -len("fire_level")]
+        assert torch.equal(state[key], state[stem + "threshold"] - state[stem + "v_init"])
+    # the run's file executes as the checkpoint's average does, not as the last step's weights
+    x, y = torch.rand(3, 3, 32, 32), torch.zeros(3, dtype=torch.long)
+    average = load_finetuned(folder / "last.ckpt")
+    executor = Executor(load_nir(folder / "last.nir"))
+    report = compare(executor, average.spiking_model(), [(x, y)], [1, 2])
+    assert report.worst_diff == 0.0 and report.total_divergent == 0
+    average.load_state_dict(last)
+    report = compare(executor, average.spiking_model(), [(x, y)], [1, 2])
+    assert report.worst_diff > 0.0
 
 
 def test_train_py_reports_the_converted_snn_without_fine_tuning(train_cfg) -> None:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, replace
 import hydra
 import lightning as L
 import torch
+from hydra.errors import InstantiationException
 from lightning.pytorch.loggers import Logger
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
@@ -68,6 +69,7 @@ def check_finetune_settings(cfg: DictConfig) -> None:
             "bfloat16 (faster on CPUs with native bfloat16)."
         )
     check_distillation(*distillation(finetune))
+    finetune_callbacks(finetune)  # their settings (e.g. finetune.weight_average) checked now
     if finetune.start_from in ("best", "last"):
         if not cfg.get("train", True):
             raise ValueError(
@@ -92,6 +94,23 @@ def check_finetune_settings(cfg: DictConfig) -> None:
                 "distillation (finetune.distill.weight > 0) needs the ANN it was converted from "
                 "as teacher, ckpt_path=ANN.ckpt; or finetune.distill.weight=0."
             )
+
+
+def finetune_callbacks(finetune: DictConfig) -> list[L.Callback]:
+    """The ``finetune.callbacks`` instantiated; a node that instantiates to None (an option left
+    off, e.g. ``finetune.weight_average=null``) adds none."""
+    nodes = (finetune.get("callbacks") or {}).values()
+    try:
+        return [
+            callback
+            for node in nodes
+            if isinstance(node, DictConfig) and "_target_" in node
+            if (callback := hydra.utils.instantiate(node)) is not None
+        ]
+    except InstantiationException as error:
+        if isinstance(error.__cause__, ValueError):  # a bad setting: its own message names it
+            raise error.__cause__ from None
+        raise
 
 
 def loss_timesteps(finetune: DictConfig) -> list[int] | None:
@@ -209,11 +228,7 @@ def run_finetune(
         distill_temperature=temperature,
         teacher=copy.deepcopy(net) if weight > 0 else None,
     )
-    callbacks = [
-        hydra.utils.instantiate(node)
-        for node in (settings.get("callbacks") or {}).values()
-        if isinstance(node, DictConfig) and "_target_" in node
-    ]
+    callbacks = finetune_callbacks(settings)
     if (cfg.get("callbacks") or {}).get("progress_bar"):  # the run's progress display
         callbacks.append(hydra.utils.instantiate(cfg.callbacks.progress_bar))
     # finetune.precision whatever the ANN used; validation runs the float32 runtime either way
