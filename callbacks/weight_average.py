@@ -26,7 +26,7 @@ class SNNWeightAverage(EMAWeightAveraging):
     """EMA of an :class:`~neurocuda.training.SNNFinetuneModule`'s parameters (``decay`` per
     optimizer step), kept a valid IF network."""
 
-    def __init__(self, decay: float = 0.999) -> None:
+    def __init__(self, decay: float = 0.99) -> None:
         if not 0.0 < decay < 1.0:
             raise ValueError(
                 f"finetune.weight_average={decay} must be in (0, 1) (e.g. 0.99, the weight of "
