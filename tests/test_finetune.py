@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
 import subprocess
 import sys
@@ -443,6 +445,19 @@ def test_train_py_fine_tunes_a_given_checkpoint_without_fitting(
     assert "is a fine-tuned SNN" in result.stderr and "conversion.correction.timesteps" in (
         result.stderr
     )
+    # scripts/verify_run.sh: the same file on the whole test set, then its loihi2 deployment
+    data = ["data.source=jpeg", f"data.archive={tiny_archive}", f"data.cache_dir={tmp_path / 'c'}",
+            "data.val_size=40"]  # fmt: skip
+    env = {**os.environ, "PYTHON": sys.executable, "VERIFY_T": "1 2", "DEPLOY_T": "2"}
+    run = ["bash", "scripts/verify_run.sh", str(tmp_path / "run"), "last", *data]
+    result = subprocess.run(run, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "round trip exact" in result.stdout
+    (deployed,) = json.loads((tmp_path / "run" / "last_deploy.json").read_text())["accuracy"]
+    assert deployed["T"] == 2 and deployed["images"] == 80 and "loihi2_acc" in deployed
+    run[3] = "epoch_999"
+    result = subprocess.run(run, cwd=ROOT, capture_output=True, text=True, timeout=60, env=env)
+    assert result.returncode == 1 and "No epoch_999.ckpt" in result.stderr
     # a fine-tuning checkpoint as start_from is trained further (not an ANN converted again):
     # with lr 0 its network comes back unchanged, and the ANN it came from is tested
     earlier = shutil.copy(folder / "last.ckpt", tmp_path / "earlier.ckpt")
