@@ -92,6 +92,13 @@ def test_batchnorm_folding_is_exact(arch: str) -> None:
         torch.testing.assert_close(folded(x), ann(x), atol=1e-5, rtol=1e-5)
 
 
+def test_plan_conversion_traces_on_the_models_device() -> None:
+    """A model on another device than the CPU (CUDA in a GPU run; ``meta`` here) is traced there:
+    the conversion callback converts the training module's net where it trains."""
+    model = build_model("resnet18").eval().to("meta")
+    assert len(plan_conversion(model, (3, 32, 32)).activations) == 17
+
+
 def test_convert_leaves_the_ann_untouched_and_builds_the_documented_tree() -> None:
     ann = build_model("resnet20").train()
     before = copy.deepcopy(ann.state_dict())

@@ -104,7 +104,8 @@ def plan_conversion(model: nn.Module, input_shape: tuple[int, ...]) -> NetworkPl
     modules = dict(gm.named_modules())
     for node in gm.graph.nodes:
         _check_node(node, modules)
-    ShapeProp(gm).propagate(torch.zeros(1, *input_shape))
+    device = next(model.parameters(), torch.empty(0)).device  # a CUDA model traces on CUDA
+    ShapeProp(gm).propagate(torch.zeros(1, *input_shape, device=device))
     plan = NetworkPlan()
     calls: dict[str, int] = {}
     for node in gm.graph.nodes:
