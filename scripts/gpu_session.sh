@@ -34,6 +34,16 @@ prepare() {
         rm -rf "${GPU_DIR:?}/site/$package"
         cp -r "$source" "$GPU_DIR/site/$package"
     done
+    # Their dist-info folders too: nir reads its version from its metadata (nir.version).
+    "$PYTHON" - "$GPU_DIR/site" "${PACKAGES[@]}" <<'PY'
+import importlib.metadata as metadata, shutil, sys
+site, packages = sys.argv[1], sys.argv[2:]
+owners = metadata.packages_distributions()
+for name in {dist for package in packages for dist in owners[package]}:
+    record = next(f for f in metadata.distribution(name).files if f.name == "METADATA")
+    folder = record.locate().parent
+    shutil.copytree(folder, f"{site}/{folder.name}", dirs_exist_ok=True)
+PY
     find "$GPU_DIR/site" -name __pycache__ -prune -exec rm -rf {} +
     du -sh "$GPU_DIR"
     echo "Prepared $GPU_DIR; run on the device with carry=[\".gpu\"] (under 64 MiB travels)."
