@@ -5,6 +5,7 @@ set, its NIR round trip and the Loihi 2 simulator's speed. One table, one JSON f
     python scripts/benchmark_gpu.py --epochs 40 --finetune-epochs 2
     python scripts/benchmark_gpu.py --quick               # CPU, tiny settings, under a minute
     python scripts/benchmark_gpu.py --quick data.archive=PATH   # extra train.py overrides
+    python scripts/benchmark_gpu.py --smoke               # the GPU, tiny settings: a fault check
 
 1. ``train.py experiment=resnet18_cifar10_qcfs`` (a subprocess, as a user runs it) for
    ``--epochs`` epochs (ANN with QCFS activations; conversion and NIR export at the last epoch;
@@ -20,6 +21,9 @@ set, its NIR round trip and the Loihi 2 simulator's speed. One table, one JSON f
 
 Writes ``<out>/benchmark_gpu.json`` (and the run directory ``<out>/run``). ``--quick`` runs on the
 CPU with ResNet-20, one short epoch and small test subsets: it checks the path, not the figures.
+``--smoke`` runs the same tiny sizes (whatever sizes are asked) on the default device with the
+experiment's own model: ``scripts/gpu_session.sh`` runs it first, so a fault that only the GPU
+shows costs a minute of the loan instead of the whole run.
 """
 
 from __future__ import annotations
@@ -51,9 +55,8 @@ from neurocuda.training.compose import compose_train_config  # noqa: E402
 
 TIMESTEPS = (4, 8, 16)
 FINETUNE_T = 4
-QUICK_OVERRIDES = [
-    "trainer.accelerator=cpu",
-    "model.arch=resnet20",
+CPU_OVERRIDES = ["trainer.accelerator=cpu", "model.arch=resnet20"]  # --quick only
+TINY_OVERRIDES = [  # --quick and --smoke
     "data.train_subset=256",
     "data.val_subset=64",
     "data.test_subset=64",
@@ -71,6 +74,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
     parser.add_argument("--quick", action="store_true", help="CPU, ResNet-20, tiny data")
+    parser.add_argument(
+        "--smoke", action="store_true", help="default device, the experiment's model, tiny data"
+    )
     parser.add_argument("--experiment", default="resnet18_cifar10_qcfs")
     parser.add_argument("--epochs", type=int, help="ANN epochs (default 30; --quick 1)")
     parser.add_argument("--finetune-epochs", type=int, default=1, help="SNN epochs at T=4; 0: none")
@@ -82,6 +88,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=ROOT / "logs" / "benchmark_gpu")
     parser.add_argument("overrides", nargs="*", help="extra train.py overrides (data.*, ...)")
     args = parser.parse_intermixed_args(argv)
+    if args.quick and args.smoke:
+        parser.error("--quick (CPU) and --smoke (default device) exclude each other.")
+    if args.smoke:  # the tiny sizes, whatever the session's long run asks for
+        args.epochs, args.finetune_batches, args.loihi_images = 1, 2, 8
+        args.finetune_epochs = min(args.finetune_epochs, 1)
     args.epochs = args.epochs or (1 if args.quick else 30)
     args.loihi_images = args.loihi_images or (8 if args.quick else 1000)
     if min(args.epochs, args.loihi_images, args.finetune_batches) < 1 or args.finetune_epochs < 0:
@@ -109,8 +120,9 @@ def train_overrides(args: argparse.Namespace, run_dir: Path) -> list[str]:
             f"finetune.timesteps={FINETUNE_T}",
             f"finetune.train_batches={args.finetune_batches}",
         ]
-    if args.quick:
-        overrides += [o for o in QUICK_OVERRIDES if args.finetune_epochs or "finetune" not in o]
+    if args.quick or args.smoke:
+        tiny = CPU_OVERRIDES * args.quick + TINY_OVERRIDES
+        overrides += [o for o in tiny if args.finetune_epochs or "finetune" not in o]
     return overrides + list(args.overrides)
 
 
@@ -172,6 +184,7 @@ def main(argv: list[str] | None = None) -> dict:
     result = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "quick": args.quick,
+        "smoke": args.smoke,
         "command": "python scripts/benchmark_gpu.py " + " ".join(argv or sys.argv[1:]),
         "train_overrides": overrides,
         "epochs": args.epochs,
@@ -214,7 +227,10 @@ def _pct(value: float | None) -> str:
 
 
 def print_table(console: Console, r: dict) -> None:
-    title = f"benchmark_gpu on {r['device']}" + (" (--quick: path check, not figures)" * r["quick"])
+    check = (
+        " (--quick: path check, not figures)" * r["quick"] + " (--smoke: fault check)" * r["smoke"]
+    )
+    title = f"benchmark_gpu on {r['device']}{check}"
     table = Table(title=title)
     table.add_column("stage")
     table.add_column("measure")

@@ -9,6 +9,8 @@
 #        bash scripts/gpu_session.sh --prepare
 #   2. on the device, from the repository root, carrying that folder:
 #        run(command="bash scripts/gpu_session.sh", carry=[".gpu"], timeout_s=540)
+#      It first runs benchmark_gpu.py --smoke (tiny sizes on the GPU, ~1 minute, SMOKE_TIMEOUT
+#      seconds at most) and the full benchmark only if that passed.
 #   3. here, without a GPU: the same steps with benchmark_gpu.py --quick on the CPU
 #        bash scripts/gpu_session.sh --dry-run
 #
@@ -71,10 +73,19 @@ run_benchmark() {
         date -u
         command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
         "$PYTHON" -c "import sys, torch, lightning; print('python', sys.version.split()[0], 'torch', torch.__version__, 'lightning', lightning.__version__, 'cuda', torch.cuda.is_available())"
-        echo "benchmark_gpu.py ${args[*]}"
         local status=0
-        timeout "${BENCH_TIMEOUT:-$((quick ? 1800 : 450))}" "$PYTHON" scripts/benchmark_gpu.py "${args[@]}" || status=$?
-        echo "benchmark_gpu.py exit status $status"
+        if [[ $quick == 0 ]]; then  # a fault only the GPU shows costs a minute, not the loan
+            echo "preflight: benchmark_gpu.py --smoke (tiny sizes, this device, the same overrides)"
+            timeout "${SMOKE_TIMEOUT:-240}" "$PYTHON" scripts/benchmark_gpu.py --smoke \
+                --out "$bench_out/smoke" "${extra[@]}" || status=$?
+            echo "preflight exit status $status"
+            date -u
+        fi
+        if [[ $status == 0 ]]; then
+            echo "benchmark_gpu.py ${args[*]}"
+            timeout "${BENCH_TIMEOUT:-$((quick ? 1800 : 450))}" "$PYTHON" scripts/benchmark_gpu.py "${args[@]}" || status=$?
+            echo "benchmark_gpu.py exit status $status"
+        fi
         date -u
     } 2>&1 | tee "$OUT/gpu_session.log"
     for file in "$bench_out/benchmark_gpu.json" "$bench_out"/run/csv/version_*/metrics.csv \

@@ -3,12 +3,14 @@ preparation, and its benchmark run end to end with --quick (what the device runs
 
 from __future__ import annotations
 
+import importlib.metadata as metadata
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+from scripts import benchmark_gpu
 from tests.conftest import ROOT
 
 SESSION = ROOT / "scripts" / "gpu_session.sh"
@@ -32,6 +34,9 @@ def test_prepare_copies_the_archive_and_the_missing_packages(tiny_archive, tmp_p
     assert (gpu_dir / "cifar10-jpeg.tar.gz").read_bytes() == tiny_archive.read_bytes()
     for package in ("hydra", "omegaconf", "antlr4", "nir", "nirtorch"):
         assert (gpu_dir / "site" / package / "__init__.py").is_file()
+    # their metadata too: nir sets nir.version from it (an H200 run failed at NIR export without)
+    versions = {d.metadata["Name"] for d in metadata.distributions(path=[str(gpu_dir / "site")])}
+    assert versions == {"hydra-core", "omegaconf", "antlr4-python3-runtime", "nir", "nirtorch"}
     assert not list(gpu_dir.rglob("__pycache__"))
     missing = _session(["--prepare"], {**env, "NEUROCUDA_CIFAR10_ARCHIVE": str(tmp_path / "no")})
     assert missing.returncode == 1 and "set NEUROCUDA_CIFAR10_ARCHIVE" in missing.stderr
@@ -64,3 +69,36 @@ def test_session_dry_run_benchmarks_the_whole_path(tiny_archive, tmp_path) -> No
     assert result["loihi2_cores"] >= 1 and result["loihi2_chips"] >= 1
     assert (out / "metrics.csv").is_file() and list(out.glob("deploy_*.json"))
     assert Path(result["nir_file"]).is_file()
+
+
+def test_smoke_keeps_the_device_and_model_and_forces_tiny_sizes(tmp_path) -> None:
+    args = benchmark_gpu.parse_args(["--smoke", "--epochs", "30", "--finetune-epochs", "2"])
+    assert (args.epochs, args.finetune_epochs, args.finetune_batches, args.loihi_images) == (
+        1, 1, 2, 8,
+    )  # fmt: skip
+    overrides = benchmark_gpu.train_overrides(args, tmp_path)
+    assert "experiment=resnet18_cifar10_qcfs" in overrides
+    assert not set(benchmark_gpu.CPU_OVERRIDES) & set(overrides)
+    assert set(benchmark_gpu.TINY_OVERRIDES) <= set(overrides)
+    quick = benchmark_gpu.train_overrides(benchmark_gpu.parse_args(["--quick"]), tmp_path)
+    assert set(benchmark_gpu.CPU_OVERRIDES) <= set(quick)
+
+
+def test_session_stops_after_a_failed_preflight(tmp_path) -> None:
+    """On the GPU the session runs benchmark_gpu.py --smoke first and the long run only if it
+    passed (a stand-in interpreter records the calls and fails the smoke run)."""
+    calls = tmp_path / "calls"
+    python = tmp_path / "python"
+    python.write_text(f'#!/usr/bin/env bash\necho "$*" >> {calls}\n[[ " $* " != *" --smoke "* ]]\n')
+    python.chmod(0o755)
+    env = {"OUT": str(tmp_path / "out"), "BENCH_OUT": str(tmp_path / "bench"),
+           "BENCH_ARGS": "--epochs 15 finetune.optimizer.lr=3e-4"}  # fmt: skip
+    done = subprocess.run(
+        ["bash", str(SESSION)], env={**os.environ, **env, "PYTHON": str(python)},
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode != 0
+    log = (tmp_path / "out" / "gpu_session.log").read_text()
+    assert "preflight exit status 1" in log and "benchmark_gpu.py exit status" not in log
+    runs = [line for line in calls.read_text().splitlines() if "benchmark_gpu.py" in line]
+    assert len(runs) == 1 and "--smoke" in runs[0] and "finetune.optimizer.lr=3e-4" in runs[0]
