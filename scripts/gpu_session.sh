@@ -30,23 +30,21 @@ prepare() {
     [[ -f $archive ]] || { echo "No CIFAR-10 archive at $archive; set NEUROCUDA_CIFAR10_ARCHIVE." >&2; exit 1; }
     mkdir -p "$GPU_DIR/site"
     cp "$archive" "$GPU_DIR/cifar10-jpeg.tar.gz"
-    for package in "${PACKAGES[@]}"; do
-        local source
-        source=$("$PYTHON" -c "import $package, os; print(os.path.dirname($package.__file__))")
-        rm -rf "${GPU_DIR:?}/site/$package"
-        cp -r "$source" "$GPU_DIR/site/$package"
-    done
-    # Their dist-info folders too: nir reads its version from its metadata (nir.version).
+    # Each package's folder and its distribution's .dist-info (nir sets nir.version from it).
     "$PYTHON" - "$GPU_DIR/site" "${PACKAGES[@]}" <<'PY'
-import importlib.metadata as metadata, shutil, sys
-site, packages = sys.argv[1], sys.argv[2:]
+import importlib, importlib.metadata as metadata, shutil, sys
+from pathlib import Path
+site, packages = Path(sys.argv[1]), sys.argv[2:]
 owners = metadata.packages_distributions()
-for name in {dist for package in packages for dist in owners[package]}:
-    record = next(f for f in metadata.distribution(name).files if f.name == "METADATA")
-    folder = record.locate().parent
-    shutil.copytree(folder, f"{site}/{folder.name}", dirs_exist_ok=True)
+for package in packages:
+    source = Path(importlib.import_module(package).__file__).parent
+    shutil.rmtree(site / package, ignore_errors=True)
+    shutil.copytree(source, site / package, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in owners[package]:
+        record = next(f for f in metadata.distribution(name).files if f.name == "METADATA")
+        info = record.locate().parent
+        shutil.copytree(info, site / info.name, dirs_exist_ok=True)
 PY
-    find "$GPU_DIR/site" -name __pycache__ -prune -exec rm -rf {} +
     du -sh "$GPU_DIR"
     echo "Prepared $GPU_DIR; run on the device with carry=[\".gpu\"] (under 64 MiB travels)."
 }
