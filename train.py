@@ -29,6 +29,7 @@ from neurocuda.training.finetune_stage import (
     run_finetune,
     snn_test_metrics,
 )
+from neurocuda.training.init_weights import check_init_from, load_network_weights
 from neurocuda.training.instantiate import (
     conversion_group,
     finish_loggers,
@@ -48,12 +49,15 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     return the logged metrics, with the SNN's on the test set (``test/snn_acc_T{t}``)."""
     validate_run_settings(cfg)  # bad settings fail here, before any data or training
     filter_library_warnings()
+    init_from = check_init_from(cfg)
     if cfg.get("finetune"):
         check_finetune_settings(cfg)
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
     datamodule: L.LightningDataModule = hydra.utils.instantiate(cfg.data)
     model: L.LightningModule = hydra.utils.instantiate(cfg.model)
+    if init_from:
+        load_network_weights(model.net, init_from)
     callbacks = instantiate_callbacks(cfg)
     loggers = instantiate_loggers(cfg)
     trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)

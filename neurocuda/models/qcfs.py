@@ -132,8 +132,10 @@ class QCFS(nn.Module):
     def _load_from_state_dict(
         self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any
     ) -> None:
-        # checkpoints written before ``initialized`` existed hold trained thresholds
-        state_dict.setdefault(prefix + "initialized", torch.tensor(True))
+        # checkpoints written before ``initialized`` existed hold trained thresholds; a file
+        # without a threshold (a ReLU ANN's, init_from) leaves it to be set from data
+        if prefix + "threshold" in state_dict:
+            state_dict.setdefault(prefix + "initialized", torch.tensor(True))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def extra_repr(self) -> str:
