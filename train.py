@@ -21,6 +21,7 @@ import neurocuda.training.resolvers  # noqa: F401  (registers ${sweep_group:} an
 from callbacks.summary import run_summary
 from neurocuda.reporting.run_summary import report_summary
 from neurocuda.training.compose import saved_run_config
+from neurocuda.training.distill import check_teacher_file
 from neurocuda.training.finetune_stage import (
     ann_checkpoint,
     ann_with_weights,
@@ -50,6 +51,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     validate_run_settings(cfg)  # bad settings fail here, before any data or training
     filter_library_warnings()
     init_from = check_init_from(cfg)
+    check_teacher_file(cfg.model.get("distill"), "model.distill")
     if cfg.get("finetune"):
         check_finetune_settings(cfg)
     if cfg.get("seed") is not None:

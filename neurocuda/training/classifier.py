@@ -13,6 +13,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from neurocuda.models import build_model
 from neurocuda.models.qcfs import QCFS
+from neurocuda.training.distill import FrozenTeacher, check_distillation, distillation_kl
 
 log = logging.getLogger(__name__)
 
@@ -26,13 +27,17 @@ _DEFAULT_OPTIMIZER = {
     "clip_weight_decay": None,
 }
 _DEFAULT_SCHEDULER = {"name": "onecycle", "pct_start": 0.25}
+_DEFAULT_DISTILL = {"teacher": None, "weight": 0.0, "temperature": 4.0}
 
 
 class ClassifierModule(L.LightningModule):
     """Cross-entropy classifier around :func:`neurocuda.models.build_model`.
 
     Everything needed to rebuild the network is a hyperparameter, so
-    ``ClassifierModule.load_from_checkpoint(path)`` works without a config.
+    ``ClassifierModule.load_from_checkpoint(path)`` works without a config. ``distill``
+    (``teacher``: a ClassifierModule checkpoint, ``weight``, ``temperature``) trains on
+    ``(1 - weight) * cross-entropy + weight * distillation`` from the teacher's logits
+    (:func:`~neurocuda.training.distill.distillation_kl`); the teacher is read at the fit's start.
     """
 
     def __init__(
@@ -46,9 +51,18 @@ class ClassifierModule(L.LightningModule):
         scheduler: dict[str, Any] | None = None,
         label_smoothing: float = 0.1,
         channels_last: bool = True,
+        distill: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
+        self.distill = {**_DEFAULT_DISTILL, **(distill or {})}
+        check_distillation(self.distill["weight"], self.distill["temperature"], "model.distill")
+        if self.distill["weight"] > 0 and not self.distill["teacher"]:
+            raise ValueError(
+                f"model.distill.weight={self.distill['weight']} needs a teacher: "
+                "model.distill.teacher=ANN.ckpt (a trained run's checkpoint)."
+            )
+        self._teacher: FrozenTeacher | None = None  # set_teacher, else read in on_fit_start
         self.net = build_model(
             arch, num_classes, activation, activation_kwargs, **(arch_kwargs or {})
         )
@@ -70,9 +84,15 @@ class ClassifierModule(L.LightningModule):
 
     def _step(self, batch: tuple[torch.Tensor, torch.Tensor], split: str) -> torch.Tensor:
         x, y = batch
+        if self.hparams.channels_last:  # once, for the student and the teacher
+            x = x.contiguous(memory_format=torch.channels_last)
         logits = self(x)
         loss = self.criterion(logits, y)
         loss_metric, acc_metric = self.metrics[f"{split}_loss"], self.metrics[f"{split}_acc"]
+        if split == "train" and self._teacher is not None:
+            distillation = distillation_kl(logits, self._teacher(x), self.distill["temperature"])
+            self.log("train/distill_loss", distillation, on_step=False, on_epoch=True)
+            loss = (1 - self.distill["weight"]) * loss + self.distill["weight"] * distillation
         if split == "train":  # epoch values are logged by on_train_epoch_end
             loss_metric.update(loss)
             acc_metric.update(logits, y)
@@ -92,6 +112,18 @@ class ClassifierModule(L.LightningModule):
 
     def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], _: int) -> None:
         self._step(batch, "test")
+
+    def set_teacher(self, teacher: nn.Module) -> None:
+        """The network whose logits are distilled (instead of ``distill.teacher``'s)."""
+        self._teacher = FrozenTeacher(teacher)
+
+    def on_fit_start(self) -> None:
+        if self.distill["weight"] > 0 and self._teacher is None:
+            from neurocuda.checkpoint import load_ann  # here: that module imports this one
+
+            self.set_teacher(load_ann(self.distill["teacher"], self.device))
+            log.info("Distilling from %s (weight %s, temperature %s).", self.distill["teacher"],
+                     self.distill["weight"], self.distill["temperature"])  # fmt: skip
 
     def on_train_start(self) -> None:
         if self.trainer.ckpt_path is None:  # a resumed fit keeps the restored best

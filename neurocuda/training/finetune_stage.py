@@ -23,10 +23,10 @@ from torch import nn
 from neurocuda.conversion import ConversionConfig, convert, evaluate_snn
 from neurocuda.files import read_checkpoint, verify_checkpoint
 from neurocuda.snn import SpikingModel
+from neurocuda.training.distill import check_distillation
 from neurocuda.training.instantiate import conversion_group, conversion_settings
 from neurocuda.training.snn_finetune import (
     SNNFinetuneModule,
-    check_distillation,
     check_loss_timesteps,
     is_finetune_checkpoint,
     load_finetuned,
@@ -68,7 +68,7 @@ def check_finetune_settings(cfg: DictConfig) -> None:
             "32-true trains the runtime's own float32 network, bf16-mixed its convolutions in "
             "bfloat16 (faster on CPUs with native bfloat16)."
         )
-    check_distillation(*distillation(finetune))
+    check_distillation(*distillation(finetune), "finetune.distill")
     finetune_callbacks(finetune)  # their settings (e.g. finetune.weight_average) checked now
     if finetune.start_from in ("best", "last"):
         if not cfg.get("train", True):

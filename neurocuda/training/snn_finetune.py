@@ -21,7 +21,6 @@ from typing import Any
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from neurocuda.conversion import spiking_structure
@@ -37,6 +36,7 @@ from neurocuda.snn import (
     runtime_copy,
     set_trainable,
 )
+from neurocuda.training.distill import FrozenTeacher, check_distillation, distillation_kl
 
 _DEFAULT_OPTIMIZER = {"name": "adamw", "lr": 1e-4, "weight_decay": 0.0, "momentum": 0.9}
 
@@ -63,15 +63,6 @@ def check_loss_timesteps(loss_timesteps: Sequence[int] | None, timesteps: int) -
             f"finetune.loss_timesteps={list(loss_timesteps)} must be T's between 1 and "
             f"finetune.timesteps={timesteps} (the outputs of one run of {timesteps} steps), "
             "or null for the trained T alone."
-        )
-
-
-def check_distillation(weight: float, temperature: float) -> None:
-    """Fail unless ``weight`` is in [0, 1] and ``temperature`` > 0."""
-    if not 0.0 <= weight <= 1.0 or temperature <= 0:
-        raise ValueError(
-            f"finetune.distill.weight={weight} must be in [0, 1] (0: off) and "
-            f"finetune.distill.temperature={temperature} > 0."
         )
 
 
@@ -124,7 +115,7 @@ class SNNFinetuneModule(L.LightningModule):
             raise ValueError(f"finetune.min_threshold={min_threshold} must be > 0.")
         if scheduler not in ("cosine", "none"):
             raise ValueError(f"finetune.scheduler={scheduler!r}: use cosine or none.")
-        check_distillation(distill_weight, distill_temperature)
+        check_distillation(distill_weight, distill_temperature, "finetune.distill")
         if snn is None:
             if structure is None:
                 raise ValueError(
@@ -147,9 +138,7 @@ class SNNFinetuneModule(L.LightningModule):
     def set_teacher(self, teacher: nn.Module | None) -> None:
         """The ANN whose logits are distilled (frozen, in eval mode). Held outside the module's
         children, so it is neither trained nor saved in checkpoints."""
-        if teacher is not None:
-            teacher = teacher.eval().requires_grad_(False)
-        self._teacher = (teacher,)  # a tuple: nn.Module would register a module as a child
+        self._teacher = None if teacher is None else FrozenTeacher(teacher)
 
     def forward(self, x: torch.Tensor, timesteps: int | None = None) -> torch.Tensor:
         """The output trace ``[T, B, classes]`` (``T`` = ``timesteps`` or the training T)."""
@@ -165,16 +154,13 @@ class SNNFinetuneModule(L.LightningModule):
         """Mean over ``loss_timesteps`` of the KL divergence from the teacher's softmax to the
         output means' at temperature ``tau``, times ``tau**2`` (Hinton et al., 2015)."""
         tau = self.hparams.distill_temperature
-        target = F.log_softmax(teacher_logits.float() / tau, dim=-1)
         losses = [
-            F.kl_div(F.log_softmax(trace[t - 1] / (t * tau), dim=-1), target,
-                     reduction="batchmean", log_target=True)
-            for t in self.loss_timesteps
-        ]  # fmt: skip
-        return torch.stack(losses).mean() * tau**2
+            distillation_kl(trace[t - 1] / t, teacher_logits, tau) for t in self.loss_timesteps
+        ]
+        return torch.stack(losses).mean()
 
     def on_fit_start(self) -> None:
-        teacher = self._teacher[0]
+        teacher = self._teacher
         if self.hparams.distill_weight > 0:
             if teacher is None:
                 raise ValueError(
@@ -190,9 +176,7 @@ class SNNFinetuneModule(L.LightningModule):
         loss = self.loss(trace, y)
         weight = self.hparams.distill_weight
         if weight > 0:
-            with torch.no_grad():
-                teacher_logits = self._teacher[0](x)
-            distillation = self.distillation_loss(trace, teacher_logits)
+            distillation = self.distillation_loss(trace, self._teacher(x))
             self.log("finetune/distill_loss", distillation, on_step=False, on_epoch=True)
             loss = (1 - weight) * loss + weight * distillation
         logits = trace[-1] / steps
