@@ -11,6 +11,7 @@ from torch import nn
 from torchmetrics import MaxMetric, MeanMetric, Metric
 from torchmetrics.classification import MulticlassAccuracy
 
+from neurocuda.files import verify_checkpoint
 from neurocuda.models import build_model
 from neurocuda.models.qcfs import QCFS
 from neurocuda.training.distill import FrozenTeacher, check_distillation, distillation_kl
@@ -119,9 +120,8 @@ class ClassifierModule(L.LightningModule):
 
     def on_fit_start(self) -> None:
         if self.distill["weight"] > 0 and self._teacher is None:
-            from neurocuda.checkpoint import load_ann  # here: that module imports this one
-
-            self.set_teacher(load_ann(self.distill["teacher"], self.device))
+            path = verify_checkpoint(self.distill["teacher"])  # a damaged file: a clear error
+            self.set_teacher(ClassifierModule.load_from_checkpoint(path, self.device).net)
             log.info("Distilling from %s (weight %s, temperature %s).", self.distill["teacher"],
                      self.distill["weight"], self.distill["temperature"])  # fmt: skip
 
