@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
 import subprocess
 import tarfile
 from collections.abc import Iterator
@@ -18,6 +19,7 @@ from PIL import Image
 from neurocuda.data import CIFAR10DataModule
 from neurocuda.data.sources import CLASSES
 from neurocuda.training.compose import compose_train_config
+from train import train
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_ARCHIVE = ROOT.parent / "shared" / "datasets" / "cifar10-jpeg.tar.gz"
@@ -98,6 +100,17 @@ def train_cfg(tiny_archive: Path, tmp_path: Path) -> Iterator[callable]:
 
     yield build
     GlobalHydra.instance().clear()
+
+
+@pytest.fixture
+def relu_checkpoint(train_cfg, tmp_path: Path) -> Path:
+    """A trained tiny ReLU CifarNet's checkpoint, ``tmp_path/relu.ckpt``; its run directory
+    removed, so a test's own run starts afresh there."""
+    train(train_cfg("~conversion", "test=false"))
+    relu = tmp_path / "relu.ckpt"
+    next((tmp_path / "run" / "checkpoints").glob("epoch_*.ckpt")).rename(relu)
+    shutil.rmtree(tmp_path / "run")
+    return relu
 
 
 @pytest.fixture

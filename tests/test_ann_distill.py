@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
@@ -47,11 +46,10 @@ def test_bad_distillation_settings_are_refused(distill: dict, message: str) -> N
         ClassifierModule(distill=distill)
 
 
-def test_a_fit_distils_from_a_trained_runs_checkpoint(train_cfg, tmp_path: Path) -> None:
-    train(train_cfg("~conversion", "test=false"))
-    teacher = tmp_path / "teacher.ckpt"
-    next((tmp_path / "run" / "checkpoints").glob("epoch_*.ckpt")).rename(teacher)
-    shutil.rmtree(tmp_path / "run")
+def test_a_fit_distils_from_a_trained_runs_checkpoint(
+    train_cfg, tmp_path: Path, relu_checkpoint: Path
+) -> None:
+    teacher = relu_checkpoint
     missing = f"+model.distill={{teacher: {tmp_path}/no.ckpt, weight: 1}}"
     with pytest.raises(FileNotFoundError, match=r"model\.distill\.teacher=.*does not exist"):
         train(train_cfg("~conversion", missing))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
@@ -14,17 +13,10 @@ from neurocuda.training.init_weights import check_init_from, load_network_weight
 from train import train
 
 
-def _relu_checkpoint(train_cfg, tmp_path: Path) -> Path:
-    """A trained ReLU CifarNet's checkpoint, moved out of the (then removed) run directory."""
-    train(train_cfg("~conversion", "test=false"))
-    relu = tmp_path / "relu.ckpt"
-    next((tmp_path / "run" / "checkpoints").glob("epoch_*.ckpt")).rename(relu)
-    shutil.rmtree(tmp_path / "run")
-    return relu
-
-
-def test_a_qcfs_fit_starts_from_the_relu_weights(train_cfg, tmp_path: Path) -> None:
-    relu = _relu_checkpoint(train_cfg, tmp_path)
+def test_a_qcfs_fit_starts_from_the_relu_weights(
+    train_cfg, tmp_path: Path, relu_checkpoint: Path
+) -> None:
+    relu = relu_checkpoint
     relu_weights = torch.load(relu, weights_only=True)["state_dict"]
     qcfs = ClassifierModule(
         activation="qcfs", activation_kwargs={"levels": 4},
@@ -53,10 +45,9 @@ def test_a_qcfs_fit_starts_from_the_relu_weights(train_cfg, tmp_path: Path) -> N
     assert thresholds and all(float(t) != 1.0 for t in thresholds)  # not the placeholder
 
 
-def test_weights_of_another_architecture_are_refused(train_cfg, tmp_path: Path) -> None:
-    relu = _relu_checkpoint(train_cfg, tmp_path)
+def test_weights_of_another_architecture_are_refused(relu_checkpoint: Path) -> None:
     with pytest.raises(ValueError, match=r"does not fit this model .*missing.*same model\.arch"):
-        load_network_weights(ClassifierModule(arch="resnet20").net, relu)
+        load_network_weights(ClassifierModule(arch="resnet20").net, relu_checkpoint)
 
 
 @pytest.mark.parametrize(

@@ -90,11 +90,12 @@ class ClassifierModule(L.LightningModule):
         logits = self(x)
         loss = self.criterion(logits, y)
         loss_metric, acc_metric = self.metrics[f"{split}_loss"], self.metrics[f"{split}_acc"]
-        if split == "train" and self._teacher is not None:
-            distillation = distillation_kl(logits, self._teacher(x), self.distill["temperature"])
-            self.log("train/distill_loss", distillation, on_step=False, on_epoch=True)
-            loss = (1 - self.distill["weight"]) * loss + self.distill["weight"] * distillation
         if split == "train":  # epoch values are logged by on_train_epoch_end
+            if self._teacher is not None:
+                tau, weight = self.distill["temperature"], self.distill["weight"]
+                distillation = distillation_kl(logits, self._teacher(x), tau)
+                self.log("train/distill_loss", distillation, on_step=False, on_epoch=True)
+                loss = (1 - weight) * loss + weight * distillation
             loss_metric.update(loss)
             acc_metric.update(logits, y)
             self.log("train/loss_step", loss, on_step=True, on_epoch=False, prog_bar=True)

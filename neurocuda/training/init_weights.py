@@ -37,15 +37,15 @@ def check_init_from(cfg: DictConfig) -> Path | None:
     return path
 
 
-def load_network_weights(net: torch.nn.Module, path: Path, prefix: str = "net.") -> None:
-    """Copy the ``prefix``-ed weights of Lightning checkpoint ``path`` into ``net``.
+def load_network_weights(net: torch.nn.Module, path: Path) -> None:
+    """Copy the network weights (``net.*``) of ClassifierModule checkpoint ``path`` into ``net``.
 
     Every parameter and buffer must match by name and shape, except the clip levels of ``net``'s
     QCFS activations when the file has none (a ReLU ANN's): those stay uninitialised and are set
     from the first training batch, as in a fit from scratch.
     """
     state = read_checkpoint(path, map_location="cpu")["state_dict"]
-    weights = {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
+    weights = {k.removeprefix("net."): v for k, v in state.items() if k.startswith("net.")}
     qcfs = {f"{name}.{key}" for name, m in net.named_modules() if isinstance(m, QCFS)
             for key in ("threshold", "initialized")}  # fmt: skip
     missing, unexpected = net.load_state_dict(weights, strict=False)
@@ -57,4 +57,4 @@ def load_network_weights(net: torch.nn.Module, path: Path, prefix: str = "net.")
             f"{', ...' if len(problems) > 4 else ''}): use a checkpoint of the same model.arch."
         )
     log.info("Network weights from %s (%d tensors; %d QCFS clip levels set from data).",
-             path, len(weights), len(missing))  # fmt: skip
+             path, len(weights), sum(k.endswith(".threshold") for k in missing))  # fmt: skip
