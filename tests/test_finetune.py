@@ -445,6 +445,15 @@ def test_train_py_fine_tunes_a_given_checkpoint_without_fitting(
     assert "is a fine-tuned SNN" in result.stderr and "conversion.correction.timesteps" in (
         result.stderr
     )
+    # scripts/layer_errors.py measures the fine-tuned network itself, which no setting changes
+    errors = [sys.executable, "scripts/layer_errors.py", str(folder / "last.ckpt"), "--timesteps",
+              "2", "--num-images", "8", "--out", str(tmp_path / "layers")]  # fmt: skip
+    result = subprocess.run(errors, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert json.loads((tmp_path / "layers" / "last.ckpt.layers_T2.json").read_text())["images"] == 8
+    result = subprocess.run([*errors, "conversion.v_init=0"], cwd=ROOT, capture_output=True,
+                            text=True, timeout=300)  # fmt: skip
+    assert result.returncode == 1 and "is a fine-tuned SNN" in result.stderr
     # scripts/verify_run.sh: the same file on the whole test set, then its loihi2 deployment
     data = ["data.source=jpeg", f"data.archive={tiny_archive}", f"data.cache_dir={tmp_path / 'c'}",
             "data.val_size=40"]  # fmt: skip
