@@ -20,7 +20,7 @@ hand: no SNN library reports this split (spikingjelly and snntorch give rates on
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import torch
@@ -77,38 +77,42 @@ class _Sums:
 class _Probe:
     """Forward hooks on every SpikingActivation: record (SNN pass) or replace (reference pass)."""
 
-    pairs: dict[str, SpikingActivation]
     replace: bool = False
     outputs: dict[str, deque[torch.Tensor]] = field(default_factory=dict)
     """Each layer's SNN outputs, one per pass (a call runs the batch in several passes on CPU)."""
     sums: dict[str, _Sums] = field(default_factory=dict)
 
-    def hook(self, name: str):
+    def hook(self, name: str) -> Callable[..., torch.Tensor | None]:
         def run(pair: SpikingActivation, inputs: tuple[torch.Tensor], output: torch.Tensor):
             neuron: IFNeuron = pair[0]
             steps = neuron.as_sequence(inputs[0]).float()
             t = steps.shape[0]
             theta, v_init = neuron.threshold.float(), neuron.v_init.float()
             ideal = (torch.ceil((v_init + steps.sum(0)) / theta) - 1).clamp_(0, t)
-            ideal_out = ideal * theta / t
-            if self.replace:
-                self._compare(name, ideal_out)
-                steady = ideal_out.unsqueeze(0).expand(t, *ideal_out.shape)
+            if self.replace:  # every later layer sees the ideal rate, constant in time
+                steady = (ideal * theta / t).unsqueeze(0).expand(t, *ideal.shape)
+                self._compare(name, steady[0])
                 return to_layout(steady.reshape(output.shape))
-            count = output.reshape(steps.shape).float().sum(0) / pair[1].scale.float()
-            count = count.round_()  # spikes * theta / theta: an integer up to rounding
-            self.outputs.setdefault(name, deque()).append(count * theta / t)
-            s = self.sums.setdefault(name, _Sums())
-            diff = count - ideal
-            s.neurons += diff.numel()
-            s.spikes += float(count.sum()) / t
-            s.off += float((diff != 0).sum())
-            s.excess += float(diff.sum())
-            s.abs_error += float((diff.abs() * theta / t).sum())
-            s.ideal_abs += float(ideal_out.abs().sum())
+            # the pair's output is spikes * theta: back to integer counts per neuron
+            count = (output.reshape(steps.shape).float().sum(0) / pair[1].scale.float()).round_()
+            self._record(name, count, ideal, theta, t)
             return None
 
         return run
+
+    def _record(
+        self, name: str, count: torch.Tensor, ideal: torch.Tensor, theta: torch.Tensor, t: int
+    ) -> None:
+        unit = theta / t
+        self.outputs.setdefault(name, deque()).append(count * unit)
+        s = self.sums.setdefault(name, _Sums())
+        diff = count - ideal
+        s.neurons += diff.numel()
+        s.spikes += float(count.sum()) / t
+        s.off += float((diff != 0).sum())
+        s.excess += float(diff.sum())
+        s.abs_error += float((diff.abs() * unit).sum())
+        s.ideal_abs += float((ideal * unit).abs().sum())
 
     def _compare(self, name: str, reference: torch.Tensor) -> None:
         s = self.sums[name]
@@ -126,8 +130,7 @@ def layer_errors(
 ) -> LayerErrorReport:
     """Run ``snn`` (direct encoding) and its rate reference at ``timesteps`` on ``dataloader``'s
     images (at most ``max_images``); return the per-layer errors and both accuracies."""
-    neurons = [m for m in snn.neuron_layers().values()]
-    if any(n.reset != "subtract" for n in neurons):
+    if any(n.reset != "subtract" for n in snn.neuron_layers().values()):
         raise ValueError(
             "layer_errors measures IF neurons with reset by subtraction; this SNN resets to zero "
             "(conversion.reset=zero), whose ideal count is not a function of the mean input."
@@ -136,7 +139,7 @@ def layer_errors(
         raise ValueError(f"timesteps must be >= 1, got {timesteps}.")
     names = snn.layer_names()
     pairs = {names[m]: m for m in snn.network.modules() if isinstance(m, SpikingActivation)}
-    probe = _Probe(pairs)
+    probe = _Probe()
     handles = [pair.register_forward_hook(probe.hook(name)) for name, pair in pairs.items()]
     device = next(snn.buffers()).device
     correct = reference_correct = seen = 0
