@@ -116,7 +116,10 @@ def main(argv: list[str]) -> int:
     print_report(console, report, args.split)
     prefix = out_dir / f"{args.checkpoint.name}.layers_T{args.timesteps}"
     record = {"checkpoint": str(args.checkpoint), "split": args.split, **asdict(report)}
-    title = f"{args.checkpoint.name}, T={args.timesteps}, {report.images} {args.split} images"
+    title = (
+        f"{args.checkpoint.name}, T={args.timesteps}, {report.images} {args.split} images: SNN "
+        f"{100 * report.snn_accuracy:.2f}%, rate reference {100 * report.reference_accuracy:.2f}%"
+    )
     paths = [
         atomic_write_text(Path(f"{prefix}.json"), json.dumps(record, indent=1) + "\n"),
         plot_report(Path(f"{prefix}.png"), report, title),
