@@ -29,3 +29,18 @@ def image_count(batches: Iterable, max_images: int | None = None) -> int | None:
     if max_images is not None:
         return max_images if total is None else min(total, max_images)
     return total
+
+
+def capped(
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]], max_images: int | None = None
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """The ``(x, y)`` batches, the last one cut so that at most ``max_images`` images come out
+    (all when ``None``)."""
+    seen = 0
+    for x, y in batches:
+        if max_images is not None:
+            if seen >= max_images:
+                return
+            x, y = x[: max_images - seen], y[: max_images - seen]
+        seen += len(y)
+        yield x, y

@@ -61,6 +61,7 @@ def test_the_rate_reference_is_the_network_quantised_to_t_levels(mlp_snn) -> Non
     assert report.snn_accuracy == evaluate_snn(snn, labelled, [T], progress=False).accuracy[T]
     assert report.snn_accuracy < 1.0  # T=4 spike trains are uneven: the two differ here
     assert [layer.name for layer in report.layers] == ["2", "4"]
+    assert layer_errors(snn, labelled, T, max_images=70, progress=False).images == 70
     # the first IF layer sees a constant input: it fires exactly its ideal count
     exact, uneven = report.layers
     assert exact.off_fraction == exact.excess_spikes == exact.local_error == exact.drift == 0.0

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from neurocuda.batches import image_count
+from neurocuda.batches import capped, image_count
 from neurocuda.metrics.spikes import SpikeMonitor
 from neurocuda.progress import progress as show_progress
 from neurocuda.snn import Encoding, SpikingModel, encode
@@ -67,11 +67,7 @@ def evaluate_snn(
             SpikeMonitor(snn) as monitor,
             show_progress(f"SNN eval T<={t_max}", total, enabled=progress) as advance,
         ):
-            for x, y in dataloader:
-                if max_images is not None and seen >= max_images:
-                    break
-                if max_images is not None:
-                    x, y = x[: max_images - seen], y[: max_images - seen]
+            for x, y in capped(dataloader, max_images):
                 x, y = x.to(device), y.to(device)
                 trace = snn(encode(x, t_max, encoding, generator=generator), t_max)
                 for t in steps:

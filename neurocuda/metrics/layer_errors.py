@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from neurocuda.batches import image_count
+from neurocuda.batches import capped, image_count
 from neurocuda.progress import progress as show_progress
 from neurocuda.snn import IFNeuron, SpikingActivation, SpikingModel
 from neurocuda.snn.layout import to_layout
@@ -146,11 +146,7 @@ def layer_errors(
     try:
         total = image_count(dataloader, max_images)
         with show_progress(f"layer errors T={timesteps}", total, enabled=progress) as advance:
-            for x, y in dataloader:
-                if max_images is not None and seen >= max_images:
-                    break
-                if max_images is not None:
-                    x, y = x[: max_images - seen], y[: max_images - seen]
+            for x, y in capped(dataloader, max_images):
                 x, y = x.to(device), y.to(device)
                 probe.replace = False
                 correct += int((snn(x, timesteps)[-1].argmax(-1) == y).sum())
