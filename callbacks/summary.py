@@ -21,12 +21,14 @@ from neurocuda.training.finetune_stage import FinetuneResult
 
 
 def _nir_check(round_trip: NIRRoundTrip | None, checkpoint: str) -> NIRCheck | None:
-    """The check of ``<checkpoint>.nir``; else of the newest file checked (the last conversion)."""
-    if round_trip is None or not round_trip.checks:
+    """The check of ``<checkpoint>.nir``; else of the newest file checked that is still on disk
+    (the last conversion's: ModelCheckpoint deletes a superseded best with its ``.nir``)."""
+    if round_trip is None:
         return None
+    kept = [path for path in round_trip.checks if Path(path).is_file()]
     wanted = str(Path(checkpoint).with_suffix(".nir")) if checkpoint else ""
-    path = wanted if wanted in round_trip.checks else next(reversed(round_trip.checks))
-    return NIRCheck.from_report(path, round_trip.checks[path])
+    path = wanted if wanted in kept else kept[-1] if kept else None
+    return NIRCheck.from_report(path, round_trip.checks[path]) if path else None
 
 
 def run_summary(

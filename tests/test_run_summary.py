@@ -134,3 +134,22 @@ def test_accuracy_per_timestep_and_empty_summary() -> None:
     metrics = {"test/snn_acc_T16": 0.5, "test/snn_acc_T4": 0.25, "test/snn_gap_T4": 0.1}
     assert accuracy_per_timestep(metrics, "test/snn_acc_T") == {4: 0.25, 16: 0.5}
     assert render(RunSummary()).renderable.row_count == 0
+
+
+def test_the_summary_names_a_nir_file_that_is_on_disk(tmp_path: Path) -> None:
+    """The tested checkpoint's own file when it has one; else the newest checked file still on
+    disk, not one ModelCheckpoint deleted with a superseded best checkpoint."""
+    from types import SimpleNamespace
+
+    from callbacks.summary import _nir_check
+    from neurocuda.nir.verify import RoundTripReport
+
+    names = ("epoch_014", "last", "epoch_059")  # checked in this order; epoch_059 since deleted
+    checks = {str(tmp_path / f"{n}.nir"): RoundTripReport(16, {4: 0.0}, {4: 0}) for n in names}
+    for name in names[:2]:
+        (tmp_path / f"{name}.nir").write_bytes(b"")
+    round_trip = SimpleNamespace(checks=checks)
+    best = str(tmp_path / "epoch_060.ckpt")  # a best epoch without a conversion
+    assert _nir_check(round_trip, best).path == str(tmp_path / "last.nir")
+    assert _nir_check(round_trip, str(tmp_path / "epoch_014.ckpt")).path.endswith("epoch_014.nir")
+    assert _nir_check(SimpleNamespace(checks={}), best) is None
