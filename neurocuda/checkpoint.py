@@ -99,6 +99,17 @@ def snn_from_checkpoint(
     return CheckpointSNN(ann, snn, datamodule, settings)
 
 
+def refuse_conversion_overrides(checkpoint: str | os.PathLike[str], overrides: list[str]) -> None:
+    """A fine-tuned SNN's checkpoint holds no ANN to convert: ``conversion.*`` keys among the
+    command line's Hydra ``overrides`` cannot change it, so they fail with the fix named."""
+    changed = override_keys(list(overrides), "conversion")
+    if changed:
+        raise ValueError(
+            f"{checkpoint} is a fine-tuned SNN, not an ANN to convert: {', '.join(changed)} "
+            "cannot change it; drop these overrides."
+        )
+
+
 def export_snn(
     snn: SpikingModel,
     settings: ConversionConfig,

@@ -24,9 +24,14 @@ from matplotlib.figure import Figure
 from rich.console import Console
 from rich.table import Table
 
-from neurocuda.checkpoint import checkpoint_datamodule, override_keys, snn_from_checkpoint
+from neurocuda.checkpoint import (
+    checkpoint_datamodule,
+    refuse_conversion_overrides,
+    snn_from_checkpoint,
+)
 from neurocuda.cli import run_cli
 from neurocuda.conversion import ConversionConfig
+from neurocuda.data import CIFAR10DataModule
 from neurocuda.devices import resolve_device
 from neurocuda.files import atomic_write_text, save_figure
 from neurocuda.metrics.layer_errors import LayerErrorReport, layer_errors
@@ -35,17 +40,14 @@ from neurocuda.training.compose import compose_train_config
 from neurocuda.training.snn_finetune import is_finetune_checkpoint, load_finetuned
 
 
-def spiking_model(args: argparse.Namespace, out_dir: Path) -> tuple[SpikingModel, object]:
+def spiking_model(
+    args: argparse.Namespace, out_dir: Path
+) -> tuple[SpikingModel, CIFAR10DataModule]:
     """The checkpoint's SNN (fine-tuned as saved, an ANN converted) and its datamodule."""
     cfg = compose_train_config(args.overrides, out_dir)
     datamodule = checkpoint_datamodule(args.checkpoint, cfg, args.overrides)
     if is_finetune_checkpoint(args.checkpoint):
-        changed = override_keys(args.overrides, "conversion")
-        if changed:
-            raise ValueError(
-                f"{args.checkpoint} is a fine-tuned SNN: {', '.join(changed)} cannot change it; "
-                "drop these overrides."
-            )
+        refuse_conversion_overrides(args.checkpoint, args.overrides)
         datamodule.prepare_data()
         datamodule.setup("fit")
         return load_finetuned(args.checkpoint, args.device).spiking_model(), datamodule

@@ -28,7 +28,11 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from neurocuda.checkpoint import override_keys, settings_with_overrides, snn_from_checkpoint
+from neurocuda.checkpoint import (
+    refuse_conversion_overrides,
+    settings_with_overrides,
+    snn_from_checkpoint,
+)
 from neurocuda.cli import run_cli
 from neurocuda.conversion import ConversionConfig, ConversionError
 from neurocuda.data import CheckpointDataError, CIFAR10DataModule, datamodule_from_checkpoint
@@ -82,12 +86,7 @@ def native_model(args: argparse.Namespace, settings: ConversionConfig) -> Spikin
     thresholds and membranes equal the training-time ones whatever ``--batch-size`` the test
     images run with."""
     if is_finetune_checkpoint(args.checkpoint):
-        changed = override_keys(args.overrides, "conversion")
-        if changed:
-            raise SystemExit(
-                f"{args.checkpoint} is a fine-tuned SNN, not an ANN to convert: "
-                f"{', '.join(changed)} cannot change it; drop these overrides."
-            )
+        refuse_conversion_overrides(args.checkpoint, args.overrides)
         return load_finetuned(args.checkpoint, args.device).spiking_model()
     archive = {"archive": str(args.archive)} if args.archive else {}
     datamodule = datamodule_from_checkpoint(args.checkpoint, **archive)
