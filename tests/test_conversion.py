@@ -319,12 +319,13 @@ def test_qcfs_kernel_equals_the_tensor_operations_at_the_level_edges(shift: floa
     torch.testing.assert_close(gt1, gt2, rtol=1e-5, atol=1e-3)  # float32 sums, another order
 
 
-def test_the_qcfs_benchmark_times_the_three_variants() -> None:
+def test_the_qcfs_benchmark_times_the_five_variants() -> None:
     script = Path(__file__).resolve().parents[1] / "scripts" / "benchmark_qcfs.py"
-    args = ["--arch", "cifarnet", "--batch", "2", "--rounds", "1"]
+    args = ["--arch", "cifarnet", "--batch", "2", "--rounds", "1", "--compile"]
     done = subprocess.run([sys.executable, script, *args], capture_output=True, text=True,
                           cwd=script.parents[1], timeout=300, check=True)  # fmt: skip
-    for variant in ("ReLU", "QCFS, tensor ops", "QCFS, CPU kernels"):
+    for variant in ("ReLU", "QCFS, tensor ops", "QCFS, CPU kernels", "ReLU, torch.compile",
+                    "QCFS, torch.compile"):  # fmt: skip
         assert variant in done.stdout
 
 

@@ -6,6 +6,7 @@ import lightning as L
 import pytest
 import torch
 from torch import nn
+from torch._dynamo.utils import counters
 
 from neurocuda.data import CIFAR10DataModule
 from neurocuda.models import Add, build_model
@@ -62,6 +63,71 @@ def test_few_step_fit(arch: str, tiny_datamodule: CIFAR10DataModule) -> None:
     assert torch.isfinite(trainer.callback_metrics["train/loss_step"])
     changed = [not torch.equal(a, b) for a, b in zip(before, model.net.parameters(), strict=True)]
     assert all(changed)
+
+
+@pytest.mark.parametrize("activation", ["relu", "qcfs"])
+def test_compiled_training_forward_computes_the_eager_one(
+    activation: str, tiny_datamodule: CIFAR10DataModule
+) -> None:
+    """model.compile: a fit (its first step eager, so QCFS thresholds start from its batch)
+    compiles one training graph without breaks, evaluation stays eager, the state dict keeps
+    the eager module's keys, and (ReLU) outputs and gradients equal the eager module's on the
+    same weights. With QCFS the compiled BatchNorm's reordered sums move a few values across
+    quantization levels, so the whole net is compared only through its quantizer (below)."""
+    settings = {"arch_kwargs": {"widths": [8, 16, 16, 32]}, "activation": activation}
+    compiled = ClassifierModule(**settings, compile=True)
+    graphs, breaks = counters["stats"]["unique_graphs"], sum(counters["graph_break"].values())
+    quiet_trainer(max_steps=3, limit_val_batches=1).fit(compiled, datamodule=tiny_datamodule)
+    assert counters["stats"]["unique_graphs"] == graphs + 1
+    assert sum(counters["graph_break"].values()) == breaks
+    eager = ClassifierModule(**settings)
+    eager.load_state_dict(compiled.state_dict())  # strict: the same keys
+    if activation == "qcfs":
+        return
+    x = next(iter(tiny_datamodule.train_dataloader()))[0].contiguous(
+        memory_format=torch.channels_last
+    )
+    results = []
+    for module in (compiled, eager):
+        module.train().zero_grad()
+        out = module.training_forward(x)
+        out.square().mean().backward()
+        results.append((out.detach(), [p.grad for p in module.net.parameters()]))
+    assert counters["stats"]["unique_graphs"] == graphs + 1  # the fit's graph, reused
+    (out_compiled, grads_compiled), (out_eager, grads_eager) = results
+    torch.testing.assert_close(out_compiled, out_eager, rtol=1e-4, atol=1e-5)
+    for a, b in zip(grads_compiled, grads_eager, strict=True):  # sums in another order
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-5)
+
+
+def test_compiled_qcfs_quantizes_as_the_cpu_kernels() -> None:
+    """Under torch.compile QCFS runs its tensor operations: the CPU kernels' levels exactly."""
+    torch.manual_seed(0)
+    act = QCFS(levels=8, threshold=2.62).train()
+    x = torch.randn(16, 16, 32, 32).mul(2).contiguous(memory_format=torch.channels_last)
+    results = []
+    for forward in (torch.compile(act.forward), act.forward):
+        xk = x.clone().requires_grad_()
+        act.zero_grad()
+        out = forward(xk)
+        out.mul(torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+        results.append((out.detach(), xk.grad, act.threshold.grad.clone()))
+    (y1, gx1, gt1), (y2, gx2, gt2) = results
+    assert torch.equal(y1, y2) and torch.equal(gx1, gx2)
+    torch.testing.assert_close(
+        gt1, gt2, rtol=1e-3, atol=1e-3
+    )  # a sum of 262,144 float32s, reordered
+
+
+def test_compile_without_a_compiler_is_a_clear_error(
+    monkeypatch, tiny_datamodule: CIFAR10DataModule
+) -> None:
+    model = ClassifierModule(arch_kwargs={"widths": [8, 16, 16, 32]}, compile=True)
+    monkeypatch.setenv("CXX", "")
+    monkeypatch.setenv("PATH", "")  # loading and evaluating need none: only the fit is refused
+    with pytest.raises(RuntimeError, match=r"model\.compile=false"):
+        quiet_trainer(max_steps=1).fit(model, datamodule=tiny_datamodule)
+    assert model.global_step == 0
 
 
 def test_checkpoint_rebuilds_without_config(tmp_path, tiny_datamodule: CIFAR10DataModule) -> None:

@@ -26,6 +26,13 @@ def test_fit_and_test_write_checkpoints_and_metrics(train_cfg, tmp_path: Path, s
     assert "val/acc" in csv_text and "test/acc" in csv_text
 
 
+def test_a_run_without_a_logger(train_cfg, tmp_path: Path) -> None:
+    """logger=none also drops the callbacks that need a logger (the learning-rate monitor)."""
+    metrics = train(train_cfg("~conversion", "logger=none"))
+    assert "test/acc" in metrics
+    assert not (tmp_path / "run" / "csv").exists()
+
+
 def test_wandb_offline_run_holds_the_metrics(train_cfg, tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("WANDB_MODE", "offline")
     train(train_cfg("~conversion", "logger=wandb"))

@@ -114,9 +114,13 @@ class QCFS(nn.Module):
         self.register_buffer("initialized", torch.tensor(threshold is not None))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.training and not bool(self.initialized):
+        # under torch.compile (model.compile): initialized by an eager first step, and the
+        # quantizer in tensor operations, which the compiler fuses (it cannot trace the kernels)
+        compiling = torch.compiler.is_compiling()
+        if self.training and not compiling and not bool(self.initialized):
             self._initialize_from(x.float())
-        return _Quantize.apply(x, self.threshold, self.levels, self.shift, self.compiled_kernel)
+        kernel = self.compiled_kernel and not compiling
+        return _Quantize.apply(x, self.threshold, self.levels, self.shift, kernel)
 
     @torch.no_grad()
     def _initialize_from(self, x: torch.Tensor) -> None:
