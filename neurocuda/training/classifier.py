@@ -99,10 +99,14 @@ class ClassifierModule(L.LightningModule):
         # a compiled function, not a module: the state dict keeps the keys of self.net alone
         self._compiled_forward: Callable[[torch.Tensor], torch.Tensor] | None = None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _in_layout(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` in the network's memory layout (channels-last with ``channels_last``)."""
         if self.hparams.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        return self.net(x)
+            return x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(self._in_layout(x))
 
     def training_forward(self, x: torch.Tensor) -> torch.Tensor:
         """The training step's forward: with ``compile``, through ``torch.compile`` from the
@@ -111,12 +115,11 @@ class ClassifierModule(L.LightningModule):
             if self.hparams.compile:  # initialize from its batch
                 self._compiled_forward = torch.compile(self.net.forward)
             return self(x)
-        return self._compiled_forward(x)
+        return self._compiled_forward(self._in_layout(x))
 
     def _step(self, batch: tuple[torch.Tensor, torch.Tensor], split: str) -> torch.Tensor:
         x, y = batch
-        if self.hparams.channels_last:  # once, for the student and the teacher
-            x = x.contiguous(memory_format=torch.channels_last)
+        x = self._in_layout(x)  # once, for the student and the teacher
         logits = self.training_forward(x) if split == "train" else self(x)
         loss = self.criterion(logits, y)
         loss_metric, acc_metric = self.metrics[f"{split}_loss"], self.metrics[f"{split}_acc"]
