@@ -5,7 +5,7 @@ ReLU and QCFS with the training forward through ``torch.compile`` (``model.compi
     python scripts/benchmark_qcfs.py --arch cifarnet --batch 128 --rounds 8
     python scripts/benchmark_qcfs.py --arch resnet20 --levels 4 --compile
 
-One process, the three variants alternating within each round (this machine's speed drifts
+One process, the variants alternating within each round (this machine's speed drifts
 between runs); each ratio is the median of the per-round ratios against ReLU. A step is what
 ``train.py`` runs per batch: forward under bfloat16 autocast (``trainer.precision=bf16-mixed``,
 the CPU recipes' setting), label-smoothed cross-entropy, backward and a Nesterov SGD step, on
