@@ -5,8 +5,9 @@ from __future__ import annotations
 HOW_TO_PROVIDE = """Provide CIFAR-10 in one of these ways:
   1. data.source=torchvision data.download=true   (downloads into data.root; needs a network)
   2. data.source=torchvision data.root=DIR        (DIR holds an extracted cifar-10-batches-py/)
-  3. data.source=jpeg data.archive=PATH           (a cifar10-jpeg.tar.gz archive or its extracted
-                                                   folder, layout cifar10-jpeg/{train,test}/<class>/*.jpg)
+  3. data.source=jpeg data.archive=PATH           (a cifar10-jpeg.tar.gz archive or its
+                                                   extracted folder, layout
+                                                   cifar10-jpeg/{train,test}/<class>/*.jpg)
   data.source=auto (the default) tries 3, then 2, then 1."""
 
 

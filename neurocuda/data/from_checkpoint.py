@@ -2,7 +2,8 @@
 
 Conversion calibrates on the training split's fixed calibration images, so re-converting a
 checkpoint reproduces its thresholds and membranes only with the same data settings (validation
-split, seed, batch size). ``train.py`` saves them in the checkpoint (``datamodule_hyper_parameters``).
+split, seed, batch size). ``train.py`` saves them in the checkpoint
+(``datamodule_hyper_parameters``).
 """
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ class CheckpointDataError(ValueError):
     """The checkpoint holds no datamodule settings."""
 
 
-def datamodule_from_checkpoint(checkpoint: str | os.PathLike, **overrides: Any) -> CIFAR10DataModule:
+def datamodule_from_checkpoint(
+    checkpoint: str | os.PathLike, **overrides: Any
+) -> CIFAR10DataModule:
     """``CIFAR10DataModule`` with the checkpoint's saved settings, ``overrides`` replacing some."""
     saved = read_checkpoint(checkpoint, map_location="cpu", weights_only=False).get(
         "datamodule_hyper_parameters"
