@@ -78,6 +78,50 @@ def test_augmentation_crops_and_flips_like_reference() -> None:
         assert torch.equal(out[i], ref.float())
 
 
+def test_cutout_erases_one_square_per_image_clipped_at_the_borders() -> None:
+    """With pad 0 the crop is the whole image and a flip leaves a constant one unchanged, so
+    the zeros of the output are exactly the erased squares; crop and flip draws stay those of a
+    run without cutout (drawn first)."""
+    images = np.full((64, 32, 32, 3), 7, dtype=np.uint8)
+    ds = ImageArrayDataset(
+        images, np.zeros(64, dtype=np.int64), (0, 0, 0), (1 / 255,) * 3, augment=True, pad=0
+    )
+    ds.cutout = 8
+    ds.generator = torch.Generator().manual_seed(5)
+    out, _ = ds.__getitems__(list(range(64)))
+    generator = torch.Generator().manual_seed(5)
+    torch.randint(0, 1, (2, 64, 1), generator=generator)  # crop offsets (0 without padding)
+    torch.rand(64, 1, generator=generator)  # flips
+    centre = torch.randint(0, 32, (64, 2), generator=generator)
+    clipped = []
+    for i, (cy, cx) in enumerate(centre.tolist()):
+        expected = torch.full((3, 32, 32), 7.0)
+        expected[:, max(cy - 4, 0) : cy + 4, max(cx - 4, 0) : cx + 4] = 0.0
+        assert torch.equal(out[i], expected)
+        clipped.append(int((out[i, 0] == 0).sum()) < 64)
+    assert any(clipped) and not all(clipped)  # squares inside and across the borders
+
+
+def test_cutout_is_identical_on_both_paths() -> None:
+    images = np.random.default_rng(1).integers(0, 255, (16, 32, 32, 3), dtype=np.uint8)
+    batches = []
+    for deferred in (False, True):
+        ds = ImageArrayDataset(
+            images, np.zeros(16, dtype=np.int64), (0.5,) * 3, (0.25,) * 3, augment=True, cutout=12
+        )
+        ds.generator, ds.deferred = torch.Generator().manual_seed(2), deferred
+        batch = ds.__getitems__(list(range(16)))
+        batches.append(ds.to("cpu").assemble(*batch)[0] if deferred else batch[0])
+    assert torch.equal(*batches) and (batches[0] == 0).any()
+
+
+def test_cutout_outside_the_image_is_refused() -> None:
+    with pytest.raises(
+        ValueError, match=r"data\.cutout=40: the erased square's side, 0 \(off\) to 32"
+    ):
+        CIFAR10DataModule(cutout=40)
+
+
 def test_every_prefix_of_a_split_is_class_balanced(tiny_datamodule) -> None:
     labels = np.repeat(np.arange(10), 100)  # ordered by class, like the archive
     idx = balanced_subset(labels, 50, seed=0)

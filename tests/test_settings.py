@@ -21,6 +21,7 @@ BAD = [
     ("data.val_size=-1", r"data\.val_size=-1 must be an integer in \[0, 49999\]"),
     ("data.val_size=50000", r"data\.val_size=50000 must be an integer in \[0, 49999\]"),
     ("data.num_workers=-2", r"data\.num_workers=-2 must be an integer >= 0"),
+    ("data.cutout=33", r"data\.cutout=33 must be an integer in \[0, 32\]"),
     ("data.source=s3", r"data\.source='s3' must be auto or jpeg or torchvision"),
     ("+data.std=[0.2,0,0.2]", r"data\.std=\[0\.2, 0, 0\.2\] must be a list of 3 finite positive"),
     ("seed=null", r"data\.seed=None must be an integer >= 0"),

@@ -73,6 +73,7 @@ class CIFAR10DataModule(L.LightningDataModule):
         eval_batch_size: int | None = None,
         num_workers: int = 0,
         augment: bool = True,
+        cutout: int = 0,
         mean: tuple[float, ...] = CIFAR10_MEAN,
         std: tuple[float, ...] = CIFAR10_STD,
         seed: int = 0,
@@ -81,6 +82,8 @@ class CIFAR10DataModule(L.LightningDataModule):
         super().__init__()
         if on_device not in ("auto", True, False):
             raise ValueError(f"data.on_device={on_device!r}: use auto, true or false.")
+        if not 0 <= cutout <= 32:
+            raise ValueError(f"data.cutout={cutout}: the erased square's side, 0 (off) to 32.")
         self.save_hyperparameters(logger=False)
         self.datasets: dict[str, ImageArrayDataset] = {}
         self._device_train: ImageArrayDataset | None = None
@@ -110,7 +113,11 @@ class CIFAR10DataModule(L.LightningDataModule):
         norm = {"mean": hp.mean, "std": hp.std}
         self.datasets = {
             "train": ImageArrayDataset(
-                train.images[train_idx], train.labels[train_idx], augment=hp.augment, **norm
+                train.images[train_idx],
+                train.labels[train_idx],
+                augment=hp.augment,
+                cutout=hp.cutout,
+                **norm,
             ),
             "val": ImageArrayDataset(train.images[val_idx], train.labels[val_idx], **norm),
             "test": ImageArrayDataset(test.images[test_idx], test.labels[test_idx], **norm),

@@ -12,11 +12,16 @@ from torch.utils.data import Dataset
 
 
 class AugmentDraws(NamedTuple):
-    """One batch's random augmentation: crop offsets in ``0..2*pad`` and horizontal flips."""
+    """One batch's random augmentation: crop offsets in ``0..2*pad``, horizontal flips and, with
+    cutout, the centre (row, column) of each image's erased square."""
 
     dy: torch.Tensor  # [B, 1] int64
     dx: torch.Tensor  # [B, 1] int64
     flip: torch.Tensor  # [B, 1] bool
+    centre: torch.Tensor | None = None  # [B, 2] int64, cutout only
+
+    def to(self, device: torch.device | str) -> AugmentDraws:
+        return AugmentDraws(*(None if d is None else d.to(device) for d in self))
 
 
 class IndexBatch(NamedTuple):
@@ -27,12 +32,17 @@ class IndexBatch(NamedTuple):
     draws: AugmentDraws | None
 
 
-def draw_augmentation(batch: int, pad: int, generator: torch.Generator | None) -> AugmentDraws:
-    """Crop offsets and flips for ``batch`` images, drawn on the CPU from ``generator``."""
+def draw_augmentation(
+    batch: int, pad: int, generator: torch.Generator | None, cutout: int = 0, size: int = 32
+) -> AugmentDraws:
+    """Crop offsets, flips and (``cutout`` > 0) cutout centres in ``0..size-1`` for ``batch``
+    images, drawn on the CPU from ``generator``; without cutout the draws are those of runs made
+    before the option existed."""
     dy = torch.randint(0, 2 * pad + 1, (batch, 1), generator=generator)
     dx = torch.randint(0, 2 * pad + 1, (batch, 1), generator=generator)
     flip = torch.rand(batch, 1, generator=generator) < 0.5
-    return AugmentDraws(dy, dx, flip)
+    centre = torch.randint(0, size, (batch, 2), generator=generator) if cutout else None
+    return AugmentDraws(dy, dx, flip, centre)
 
 
 def crop_and_flip(x: torch.Tensor, draws: AugmentDraws, pad: int) -> torch.Tensor:
@@ -46,6 +56,20 @@ def crop_and_flip(x: torch.Tensor, draws: AugmentDraws, pad: int) -> torch.Tenso
     batch = torch.arange(b, device=x.device).view(b, 1, 1, 1)
     chan = torch.arange(c, device=x.device).view(1, c, 1, 1)
     return padded[batch, chan, rows.view(b, 1, h, 1), cols.view(b, 1, 1, w)]
+
+
+def cut_out(x: torch.Tensor, centre: torch.Tensor, size: int) -> torch.Tensor:
+    """Zero a ``size`` x ``size`` square of every normalized image of ``x`` (``[B, C, H, W]``)
+    around its ``centre`` (``[B, 2]``), clipped at the borders (DeVries & Taylor 2017's cutout:
+    zero is the mean colour after normalization)."""
+    h, w = x.shape[-2:]
+    lo = centre - size // 2  # [B, 2]
+    rows = torch.arange(h, device=x.device).view(1, h)
+    cols = torch.arange(w, device=x.device).view(1, w)
+    in_rows = (rows >= lo[:, :1]) & (rows < lo[:, :1] + size)  # [B, H]
+    in_cols = (cols >= lo[:, 1:]) & (cols < lo[:, 1:] + size)  # [B, W]
+    erased = in_rows[:, None, :, None] & in_cols[:, None, None, :]
+    return x.masked_fill(erased, 0.0)
 
 
 class ImageArrayDataset(Dataset):
@@ -68,6 +92,7 @@ class ImageArrayDataset(Dataset):
         augment: bool = False,
         pad: int = 4,
         generator: torch.Generator | None = None,
+        cutout: int = 0,
     ) -> None:
         self.images = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()  # NCHW
         self.labels = torch.from_numpy(labels)
@@ -75,6 +100,8 @@ class ImageArrayDataset(Dataset):
         self.std = torch.tensor(std).view(1, 3, 1, 1) * 255
         self.augment = augment
         self.pad = pad
+        self.cutout = cutout
+        """Side of the square erased from every augmented image (0: none)."""
         self.generator = generator
         """Source of the crop and flip draws; None: torch's global generator (in a DataLoader
         worker, the worker's own, seeded by the loader)."""
@@ -98,7 +125,10 @@ class ImageArrayDataset(Dataset):
         return self.assemble(index, draws)
 
     def _draws(self, batch: int) -> AugmentDraws | None:
-        return draw_augmentation(batch, self.pad, self.generator) if self.augment else None
+        if not self.augment:
+            return None
+        size = self.images.shape[-1]
+        return draw_augmentation(batch, self.pad, self.generator, self.cutout, size)
 
     def assemble(
         self, index: torch.Tensor, draws: AugmentDraws | None
@@ -109,8 +139,12 @@ class ImageArrayDataset(Dataset):
         index = index.to(device)
         x = self.images[index]
         if draws is not None:
-            x = crop_and_flip(x, AugmentDraws(*(d.to(device) for d in draws)), self.pad)
-        return (x.float() - self.mean) / self.std, self.labels[index]
+            draws = draws.to(device)
+            x = crop_and_flip(x, draws, self.pad)
+        x = (x.float() - self.mean) / self.std
+        if draws is not None and draws.centre is not None:
+            x = cut_out(x, draws.centre, self.cutout)
+        return x, self.labels[index]
 
     def to(self, device: torch.device | str) -> ImageArrayDataset:
         """A copy whose images, labels and normalization live on ``device`` (copied once)."""

@@ -120,6 +120,7 @@ DATA_RULES: dict[str, Rule] = {
     "eval_batch_size": integer(1, optional=True),
     "num_workers": integer(0),
     "augment": boolean(),
+    "cutout": integer(0, 32),
     "mean": numbers(3),
     "std": numbers(3, positive=True),
     "seed": integer(0),
