@@ -54,9 +54,11 @@ def run_summary(
         summary.snn_source = (
             f"the fine-tuned SNN (trained at T={finetuned.timesteps})"
             if finetuned is not None
-            else "the best ANN checkpoint, converted"
-            if ckpt is not None and ckpt.best_model_path
             else "the final ANN weights, converted"
+            if ckpt is None or not ckpt.best_model_path
+            else "the best ANN checkpoint, converted"
+            if ckpt.monitor
+            else "the last epoch's ANN checkpoint, converted"
         )
     if deployment is not None and deployment.report is not None:
         summary.deployment = summarize(deployment.report, deployment.report_paths["markdown"])

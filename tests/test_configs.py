@@ -72,3 +72,11 @@ def test_default_trainer_uses_what_the_machine_has(tmp_path: Path) -> None:
     cfg = compose_train_config([], tmp_path)
     assert cfg.trainer.accelerator == "auto"
     assert compose_train_config(["trainer=cpu"], tmp_path).trainer.accelerator == "cpu"
+
+
+def test_the_resnet20_recipe_keeps_its_last_epoch(tmp_path: Path) -> None:
+    """Its one-cycle schedule anneals to zero: the last epoch is the trained net (docs/results.md,
+    twenty-fourth session), the QCFS twin's too."""
+    for recipe in ("resnet20_cpu", "resnet20_qcfs_cpu"):
+        cfg = compose_train_config([f"experiment={recipe}"], tmp_path)
+        assert cfg.callbacks.model_checkpoint.monitor is None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -31,6 +32,17 @@ def test_a_run_without_a_logger(train_cfg, tmp_path: Path) -> None:
     metrics = train(train_cfg("~conversion", "logger=none"))
     assert "test/acc" in metrics
     assert not (tmp_path / "run" / "csv").exists()
+
+
+def test_an_unmonitored_checkpoint_tests_the_last_epoch(train_cfg, tmp_path: Path) -> None:
+    """``callbacks.model_checkpoint.monitor=null`` (the ResNet-20 recipe) keeps, tests and
+    converts the last epoch, not the epoch the validation split liked best."""
+    train(train_cfg("trainer.max_epochs=3", "callbacks.model_checkpoint.monitor=null"))
+    kept = sorted(p.name for p in (tmp_path / "run" / "checkpoints").glob("epoch_*.ckpt"))
+    assert kept == ["epoch_002.ckpt"]
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert Path(summary["checkpoint"]).name == "epoch_002.ckpt"
+    assert summary["snn_source"] == "the last epoch's ANN checkpoint, converted"
 
 
 def test_wandb_offline_run_holds_the_metrics(train_cfg, tmp_path: Path, monkeypatch) -> None:
