@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import lightning as L
+from lightning.pytorch.callbacks import ModelCheckpoint
 
 from callbacks.deployment import Deployment
 from callbacks.finetune_nir import FinetuneNIRRoundTrip
@@ -31,6 +32,19 @@ def _nir_check(round_trip: NIRRoundTrip | None, checkpoint: str) -> NIRCheck | N
     return NIRCheck.from_report(path, round_trip.checks[path]) if path else None
 
 
+def _snn_source(ckpt: ModelCheckpoint | None, finetuned: FinetuneResult | None) -> str:
+    """Which SNN ``train.py`` tested: the fine-tuned one, else the kept ANN checkpoint converted
+    (the best by its monitor, or with ``monitor: null`` the last epoch's), else the final
+    weights."""
+    if finetuned is not None:
+        return f"the fine-tuned SNN (trained at T={finetuned.timesteps})"
+    if ckpt is None or not ckpt.best_model_path:
+        return "the final ANN weights, converted"
+    if ckpt.monitor:
+        return "the best ANN checkpoint, converted"
+    return "the last epoch's ANN checkpoint, converted"
+
+
 def run_summary(
     trainer: L.Trainer,
     metrics: dict[str, float],
@@ -51,15 +65,7 @@ def run_summary(
         nir=_nir_check(find_callback(trainer, NIRRoundTrip), checkpoint),
     )
     if snn_test:  # which SNN train.py tested (finetune_stage.best_ann, run_finetune)
-        summary.snn_source = (
-            f"the fine-tuned SNN (trained at T={finetuned.timesteps})"
-            if finetuned is not None
-            else "the final ANN weights, converted"
-            if ckpt is None or not ckpt.best_model_path
-            else "the best ANN checkpoint, converted"
-            if ckpt.monitor
-            else "the last epoch's ANN checkpoint, converted"
-        )
+        summary.snn_source = _snn_source(ckpt, finetuned)
     if deployment is not None and deployment.report is not None:
         summary.deployment = summarize(deployment.report, deployment.report_paths["markdown"])
     if finetuned is not None:
