@@ -74,9 +74,12 @@ def test_default_trainer_uses_what_the_machine_has(tmp_path: Path) -> None:
     assert compose_train_config(["trainer=cpu"], tmp_path).trainer.accelerator == "cpu"
 
 
-def test_the_resnet20_recipe_keeps_its_last_epoch(tmp_path: Path) -> None:
-    """Its one-cycle schedule anneals to zero: the last epoch is the trained net (docs/results.md,
-    twenty-fourth session), the QCFS twin's too."""
-    for recipe in ("resnet20_cpu", "resnet20_qcfs_cpu"):
+def test_the_cpu_recipes_keep_their_last_epoch(tmp_path: Path) -> None:
+    """Their one-cycle schedules anneal to zero: the last epoch is the trained net (docs/results.md,
+    twenty-fourth and twenty-fifth sessions), the QCFS twins' too; the default keeps the best."""
+    for recipe in ("cifarnet_cpu", "cifarnet_qcfs_cpu", "resnet20_cpu", "resnet20_qcfs_cpu"):
         cfg = compose_train_config([f"experiment={recipe}"], tmp_path)
-        assert cfg.callbacks.model_checkpoint.monitor is None
+        assert cfg.callbacks.model_checkpoint.monitor is None, recipe
+        finetune = cfg.get("finetune")
+        assert finetune is None or finetune.callbacks.model_checkpoint.monitor is None, recipe
+    assert compose_train_config([], tmp_path).callbacks.model_checkpoint.monitor == "val/acc"
