@@ -19,6 +19,7 @@ from neurocuda.snn.trainable import (
     neuron_scale_pairs,
     refresh,
     runtime_copy,
+    set_detach_reset,
     set_trainable,
 )
 
@@ -38,6 +39,7 @@ __all__ = [
     "poisson_encode",
     "refresh",
     "runtime_copy",
+    "set_detach_reset",
     "set_trainable",
     "spike",
 ]

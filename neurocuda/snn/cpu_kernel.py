@@ -133,7 +133,7 @@ def _integrate_kept(x, fire_level, neg_threshold, scale, out, membranes):  # see
 
 
 @numba.njit(parallel=True, cache=True, boundscheck=False)
-def _backward(grad, membranes, fire_level, threshold, neg_threshold, scale, grad_x, sums):
+def _backward(grad, membranes, fire_level, threshold, reset_gain, scale, grad_x, sums):
     steps, rows, channels = grad.shape
     one, zero = grad.dtype.type(1), grad.dtype.type(0)
     last = steps - 1
@@ -157,7 +157,7 @@ def _backward(grad, membranes, fire_level, threshold, neg_threshold, scale, grad
                         after = grad_x[t + 1, r, c]
                         if fired:
                             reset[c] += after
-                        total = grad_spike + after * neg_threshold[c]
+                        total = grad_spike + after * reset_gain[c]
                         grad_x[t, r, c] = after + total * slope
         for r in range(lo, hi):
             for c in range(channels):
@@ -297,11 +297,13 @@ def if_backward(
     fire_level: torch.Tensor,
     threshold: torch.Tensor,
     scale: torch.Tensor,
+    reset_gain: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """The backward pass of :func:`integrate_and_fire_kept` with the triangle surrogate, from the
     gradient of its output ``grad``: the gradient of the input (``membranes``' shape and layout)
     and, per channel, the sums ``sum_t g_{t+1} s_t`` (minus the threshold's gradient through the
     reset), ``sum g_0`` (minus the fire level's) and ``sum_t grad_t s_t`` (the scale's);
+    ``reset_gain``: ``d u_{t+1} / d s_t`` (``-threshold``, or 0 with the reset detached);
     ``_KernelIFSequence.backward`` has the formulas."""
     if grad.dtype != membranes.dtype or _channels_last(grad) is None:
         grad = torch.empty_like(membranes).copy_(grad)
@@ -310,7 +312,7 @@ def if_backward(
     sums = torch.zeros((3, _blocks(rows), channels), dtype=grad.dtype)
     arrays = _arrays(grad, membranes, grad_x)
     constants = [
-        _per_channel(v, channels, grad.dtype) for v in (fire_level, threshold, -threshold, scale)
+        _per_channel(v, channels, grad.dtype) for v in (fire_level, threshold, reset_gain, scale)
     ]
     _backward(*arrays[:2], *constants, arrays[2], sums.numpy())
     reset, fire, scaled = sums.sum(1)

@@ -81,6 +81,9 @@ class IFNeuron(MultiStepModule):
         self.compiled_kernel = True
         """Run on CPU in :mod:`~neurocuda.snn.cpu_kernel`'s loops where they apply (same spikes);
         a :class:`~neurocuda.snn.SpikingModel` sets it from its own ``compiled_kernel``."""
+        self.detach_reset = False
+        """Training only (reset by subtraction): the reset takes no gradient from the spike
+        (:func:`~neurocuda.snn.if_sequence.reset_gain`); reset to zero never takes one."""
         self.last_spike_count = torch.zeros(())
         self.last_neurons_per_sample = 0
 
@@ -214,7 +217,9 @@ class IFNeuron(MultiStepModule):
         fire_level = threshold - self.v_init if self.trainable else self.fire_level
         x = x.to(threshold.dtype)  # bfloat16 conv outputs under autocast: the state stays float32
         if self.reset == "subtract":
-            return if_sequence(x, threshold, fire_level, self.compiled_kernel, scale)
+            return if_sequence(
+                x, threshold, fire_level, self.compiled_kernel, scale, self.detach_reset
+            )
         u = torch.zeros_like(x[0])
         steps = []
         neg_v_init = -self.v_init

@@ -58,6 +58,13 @@ def set_trainable(snn: SpikingModel, enabled: bool) -> None:
             scale.register_buffer("scale", neuron.threshold.clone())
 
 
+def set_detach_reset(snn: SpikingModel, enabled: bool) -> None:
+    """Whether backprop through time leaves out each reset's gradient through the spike
+    (:func:`~neurocuda.snn.if_sequence.reset_gain`); inference is the same either way."""
+    for neuron in snn.neuron_layers().values():
+        neuron.detach_reset = enabled
+
+
 def refresh(snn: SpikingModel, min_threshold: float) -> None:
     """After an optimizer step: clamp thresholds to ``>= min_threshold``, recompute fire levels."""
     for neuron in snn.neuron_layers().values():

@@ -227,6 +227,7 @@ def run_finetune(
         distill_weight=weight,
         distill_temperature=temperature,
         teacher=copy.deepcopy(net) if weight > 0 else None,
+        detach_reset=bool(settings.detach_reset),
     )
     callbacks = finetune_callbacks(settings)
     if (cfg.get("callbacks") or {}).get("progress_bar"):  # the run's progress display

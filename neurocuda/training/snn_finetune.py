@@ -34,6 +34,7 @@ from neurocuda.snn import (
     match_neuron_shapes,
     refresh,
     runtime_copy,
+    set_detach_reset,
     set_trainable,
 )
 from neurocuda.training.distill import FrozenTeacher, check_distillation, distillation_kl
@@ -85,6 +86,8 @@ class SNNFinetuneModule(L.LightningModule):
     ``scheduler``: cosine | none. ``loss_timesteps``: see :func:`check_loss_timesteps`.
     ``distill_weight`` > 0 mixes in distillation from ``teacher`` (the ANN; see
     :meth:`distillation_loss`): ``(1 - weight) * loss + weight * distillation``.
+    ``detach_reset``: backprop leaves out each reset's gradient through its spike
+    (:func:`~neurocuda.snn.set_detach_reset`; the forward pass is unchanged).
     """
 
     def __init__(
@@ -103,6 +106,7 @@ class SNNFinetuneModule(L.LightningModule):
         distill_weight: float = 0.0,
         distill_temperature: float = 4.0,
         teacher: nn.Module | None = None,
+        detach_reset: bool = False,
     ) -> None:
         super().__init__()
         if timesteps < 1 or any(int(t) < 1 for t in eval_timesteps):
@@ -127,6 +131,7 @@ class SNNFinetuneModule(L.LightningModule):
         self.snn = snn.train()  # no layer depends on it; Lightning warns about eval-mode modules
         set_trainable(self.snn, True)
         self.snn.requires_grad_(True)
+        set_detach_reset(self.snn, detach_reset)
         self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
         self.eval_timesteps = sorted({int(t) for t in eval_timesteps} | {timesteps})
         self.loss_timesteps = sorted({int(t) for t in loss_timesteps or (timesteps,)})
