@@ -70,13 +70,13 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         if cfg.get("train", True):
             trainer.fit(model, datamodule=datamodule, ckpt_path=resolve_ckpt_path(cfg))
         metrics = dict(trainer.callback_metrics)
+        best = ann_checkpoint(cfg, trainer)  # before a test restores older checkpoint states
         snn = finetuned = None
         if cfg.get("finetune"):
             finetuned = run_finetune(cfg, trainer, datamodule, model)
             snn = finetuned.snn
             metrics.update(finetuned.metrics)
         if cfg.get("test", True):
-            best = ann_checkpoint(cfg, trainer)
             trainer.test(model, datamodule=datamodule, ckpt_path=best or None)
             metrics.update(trainer.callback_metrics)
             if conversion_group(cfg):  # the fine-tuned SNN, else the best ANN converted
@@ -90,7 +90,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                 )  # fmt: skip
         metrics = {k: float(v) for k, v in metrics.items()}
         if trainer.is_global_zero:  # one summary (console and summary.json) per run
-            report_summary(run_summary(trainer, metrics, cfg.paths.output_dir, finetuned))
+            report_summary(run_summary(trainer, metrics, cfg.paths.output_dir, finetuned, best))
     finally:
         finish_loggers(loggers)
     return metrics

@@ -32,14 +32,18 @@ def _nir_check(round_trip: NIRRoundTrip | None, checkpoint: str) -> NIRCheck | N
     return NIRCheck.from_report(path, round_trip.checks[path]) if path else None
 
 
-def _snn_source(ckpt: ModelCheckpoint | None, finetuned: FinetuneResult | None) -> str:
+def _snn_source(
+    ckpt: ModelCheckpoint | None, finetuned: FinetuneResult | None, ann_file: str
+) -> str:
     """Which SNN ``train.py`` tested: the fine-tuned one, else the kept ANN checkpoint converted
-    (the best by its monitor, or with ``monitor: null`` the last epoch's), else the final
-    weights."""
+    (the best by its monitor, or with ``monitor: null`` the last epoch's), else another ANN
+    file given to the run, else the final weights."""
     if finetuned is not None:
         return f"the fine-tuned SNN (trained at T={finetuned.timesteps})"
-    if ckpt is None or not ckpt.best_model_path:
+    if not ann_file:
         return "the final ANN weights, converted"
+    if ckpt is None or ann_file != ckpt.best_model_path:
+        return "the given ANN checkpoint, converted"
     if ckpt.monitor:
         return "the best ANN checkpoint, converted"
     return "the last epoch's ANN checkpoint, converted"
@@ -50,11 +54,16 @@ def run_summary(
     metrics: dict[str, float],
     run_dir: str,
     finetuned: FinetuneResult | None = None,
+    ann_file: str = "",
 ) -> RunSummary:
     """The summary of a finished run: test metrics (``test/acc``, ``test/snn_acc_T{t}``), the
-    NIR check of the tested checkpoint's file, the deployment report and the checkpoints."""
+    NIR check of the tested checkpoint's file, the deployment report and the checkpoints.
+    ``ann_file``: the ANN checkpoint the run tested and converted
+    (``finetune_stage.ann_checkpoint``): its fit's, or without a fit the one it was given
+    (a test with ``ckpt_path`` restores that file's own, older checkpoint state)."""
     ckpt = trainer.checkpoint_callback
-    checkpoint = ckpt.best_model_path or ckpt.last_model_path if ckpt is not None else ""
+    saved = ckpt.best_model_path or ckpt.last_model_path if ckpt is not None else ""
+    checkpoint = ann_file or saved
     deployment = find_callback(trainer, Deployment)
     snn_test = accuracy_per_timestep(metrics, "test/snn_acc_T")
     summary = RunSummary(
@@ -65,7 +74,7 @@ def run_summary(
         nir=_nir_check(find_callback(trainer, NIRRoundTrip), checkpoint),
     )
     if snn_test:  # which SNN train.py tested (finetune_stage.best_ann, run_finetune)
-        summary.snn_source = _snn_source(ckpt, finetuned)
+        summary.snn_source = _snn_source(ckpt, finetuned, ann_file)
     if deployment is not None and deployment.report is not None:
         summary.deployment = summarize(deployment.report, deployment.report_paths["markdown"])
     if finetuned is not None:

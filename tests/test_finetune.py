@@ -463,13 +463,23 @@ def test_train_py_fine_tunes_a_given_checkpoint_without_fitting(
 ) -> None:
     ann = train(train_cfg("~conversion"))
     checkpoint = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    converted = ["conversion.timesteps=[2]", "conversion.calibration.batches=1",
+                 "conversion.eval_subset=8"]  # fmt: skip
+    train(train_cfg("train=false", f"ckpt_path={checkpoint}", *converted))  # test and convert
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["checkpoint"] == str(checkpoint)  # not its restored best (epoch_000.ckpt)
+    assert summary["snn_source"] == "the given ANN checkpoint, converted"
     cfg = train_cfg("train=false", "finetune=snn", "finetune.timesteps=2",
-                    f"finetune.start_from={checkpoint}", "conversion.timesteps=[2]",
-                    "conversion.calibration.batches=1", "conversion.eval_subset=8")  # fmt: skip
+                    f"finetune.start_from={checkpoint}", *converted,
+                    "finetune.detach_reset=true")  # fmt: skip
     metrics = train(cfg)
     assert metrics["test/acc"] == ann["test/acc"]  # the given ANN was tested, not fresh weights
     assert {"finetune/acc", "test/snn_acc_T2", "test/snn_gap_T2"} <= set(metrics)
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["checkpoint"] == str(checkpoint)  # the ANN the run started from
     folder = tmp_path / "run" / "checkpoints" / "finetune"
+    finetuned = load_finetuned(folder / "last.ckpt")  # the setting reached the neurons
+    assert all(n.detach_reset for n in finetuned.snn.neuron_layers().values())
     # verify_nir.py runs the fine-tuned checkpoint itself (not a fresh conversion of an ANN)
     verify = [sys.executable, "scripts/verify_nir.py", str(folder / "last.nir"), "--timesteps",
               "1", "2", "--num-images", "8", "--archive", str(tiny_archive), "--checkpoint",
@@ -521,6 +531,8 @@ def test_train_py_fine_tunes_a_given_checkpoint_without_fitting(
         train(train_cfg(*again[1:], f"ckpt_path={checkpoint}"))
     metrics = train(train_cfg(*again, f"ckpt_path={checkpoint}"))
     assert metrics["test/acc"] == ann["test/acc"] and "test/snn_gap_T2" in metrics
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["checkpoint"] == str(checkpoint)  # the ANN the gaps count against
     x = torch.rand(3, 3, 32, 32)
     with torch.no_grad():
         before = load_finetuned(earlier).spiking_model()(x, 2)
