@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from neurocuda.nir import Executor
-from neurocuda.snn import cpu_kernel
+from neurocuda.snn import Surrogate, cpu_kernel
 from neurocuda.snn.if_sequence import if_sequence, integrate_and_fire
 from neurocuda.snn.layout import empty_steps, to_layout
 from neurocuda.snn.trainable import set_trainable
@@ -144,23 +144,27 @@ def test_what_the_pooling_kernel_does_not_take() -> None:
     assert not cpu_kernel.pools_exactly(x.contiguous(), 2, fire, theta)  # standard layout
 
 
-def if_gradients(x, theta, fire, grad, compiled: bool, scaled: str | None, detach_reset=False):
+def if_gradients(x, theta, fire, grad, compiled: bool, scaled: str | None, surrogate=None):
     """Output and gradients of ``if_sequence``; ``scaled``: None, the threshold as the scale
     (``tied``, as fine-tuning does) or a scale of its ``own``."""
     x, theta, fire = (t.detach().clone().requires_grad_() for t in (x, theta, fire))
     own = (theta.detach() * 1.5 + 0.25).requires_grad_()
     scale = {None: None, "tied": theta, "own": own}[scaled]
-    out = if_sequence(x, theta, fire, compiled, scale, detach_reset)
+    out = if_sequence(x, theta, fire, compiled, scale, surrogate or Surrogate())
     out.backward(grad)
     return out, x.grad, theta.grad, fire.grad, *([own.grad] if scaled == "own" else [])
 
 
-@pytest.mark.parametrize("detach_reset", [False, True])
+@pytest.mark.parametrize(
+    "surrogate",
+    [Surrogate(), Surrogate(detach_reset=True), Surrogate(width=0.5)],
+    ids=["default", "detach_reset", "width_0.5"],
+)
 @pytest.mark.parametrize("scaled", [None, "tied", "own"])
 @pytest.mark.parametrize("per_channel", [True, False])
 @pytest.mark.parametrize("shape", [(4, 3, 16, 9, 7), (1, 2, 5, 3, 3), (6, 700, 33)])
 def test_training_kernels_equal_the_tensor_operations(
-    shape, per_channel, scaled, detach_reset, monkeypatch
+    shape, per_channel, scaled, surrogate, monkeypatch
 ) -> None:
     """Forward bit for bit (the runtime's spikes, times the scale); gradients to float rounding
     (the channel sums add in another order)."""
@@ -170,8 +174,8 @@ def test_training_kernels_equal_the_tensor_operations(
     calls = []
     backward = cpu_kernel.if_backward
     monkeypatch.setattr(cpu_kernel, "if_backward", lambda *a: calls.append(1) or backward(*a))
-    compiled = if_gradients(x, theta, fire, grad, True, scaled, detach_reset)
-    reference = if_gradients(x, theta, fire, grad, False, scaled, detach_reset)
+    compiled = if_gradients(x, theta, fire, grad, True, scaled, surrogate)
+    reference = if_gradients(x, theta, fire, grad, False, scaled, surrogate)
     assert calls == [1]  # the kernels ran, and only for the compiled run
     assert torch.equal(compiled[0], reference[0])
     for got, expected in zip(compiled[1:], reference[1:], strict=True):

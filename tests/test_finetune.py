@@ -23,8 +23,8 @@ from neurocuda.models import build_model
 from neurocuda.nir import Executor
 from neurocuda.nir import load as load_nir
 from neurocuda.nir.verify import compare, export_and_compare
-from neurocuda.snn import IFNeuron, neuron_scale_pairs, refresh, runtime_copy, spike
-from neurocuda.snn.if_sequence import if_sequence
+from neurocuda.snn import IFNeuron, Surrogate, neuron_scale_pairs, refresh, runtime_copy, spike
+from neurocuda.snn.if_sequence import DEFAULT_SURROGATE, if_sequence
 from neurocuda.training import SNNFinetuneModule
 from neurocuda.training.snn_finetune import load_finetuned, snn_structure
 from train import train
@@ -91,22 +91,23 @@ def test_spike_forward_is_the_comparison_and_backward_a_triangle() -> None:
     assert float(fire_level.grad) == -sum(u.grad.tolist())
 
 
-def _if_step_by_step(x, threshold, fire_level, detach_reset=False):
+def _if_step_by_step(x, threshold, fire_level, surrogate=DEFAULT_SURROGATE):
     """Reference: the contract's loop written out with autograd recording every step (the
-    reset's spike detached from the graph with ``detach_reset``)."""
+    reset's spike detached from the graph with ``surrogate.detach_reset``)."""
     u, s, out = torch.zeros_like(x[0]), torch.zeros_like(x[0]), []
     for t in range(x.shape[0]):
-        u = u + (x[t] + (-threshold) * (s.detach() if detach_reset else s))
-        s = spike(u, fire_level, threshold)
+        u = u + (x[t] + (-threshold) * (s.detach() if surrogate.detach_reset else s))
+        s = spike(u, fire_level, threshold * surrogate.width)
         out.append(s)
     return torch.stack(out)
 
 
-@pytest.mark.parametrize("detach_reset", [False, True])
+SURROGATES = [Surrogate(), Surrogate(detach_reset=True), Surrogate(width=0.5)]
+
+
+@pytest.mark.parametrize("surrogate", SURROGATES, ids=["default", "detach_reset", "width_0.5"])
 @pytest.mark.parametrize("constant_input", [False, True])
-def test_the_sequence_node_matches_autograd_through_every_step(
-    constant_input, detach_reset
-) -> None:
+def test_the_sequence_node_matches_autograd_through_every_step(constant_input, surrogate) -> None:
     torch.manual_seed(0)
     steps, shape = 6, (3, 4, 5, 5)
     base = torch.randn(shape) if constant_input else torch.randn(steps, *shape)
@@ -115,8 +116,8 @@ def test_the_sequence_node_matches_autograd_through_every_step(
     v_init = (torch.rand(4, 1, 1) * 0.5).requires_grad_()
     weights = torch.randn(steps, *shape)  # a loss that weights every spike differently
     grads, outputs = [], []
-    sequence = partial(if_sequence, detach_reset=detach_reset)
-    for run in (sequence, partial(_if_step_by_step, detach_reset=detach_reset)):
+    sequence = partial(if_sequence, surrogate=surrogate)
+    for run in (sequence, partial(_if_step_by_step, surrogate=surrogate)):
         x = base.clone().requires_grad_()
         inputs = x.expand(steps, *shape) if constant_input else x
         spikes = run(inputs, threshold, threshold - v_init)
@@ -130,20 +131,26 @@ def test_the_sequence_node_matches_autograd_through_every_step(
         torch.testing.assert_close(ours, reference, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("surrogate", SURROGATES[1:], ids=["detach_reset", "width_0.5"])
 @pytest.mark.parametrize("compiled", [False, True])
-def test_a_detached_reset_changes_the_gradients_not_the_spikes(compiled) -> None:
+def test_the_surrogate_settings_change_the_gradients_not_the_spikes(compiled, surrogate) -> None:
     torch.manual_seed(0)
     x = torch.randn(4, 2, 3, 5, 5).contiguous(memory_format=torch.channels_last_3d)
     threshold, fire_level = torch.full((3, 1, 1), 0.8), torch.full((3, 1, 1), 0.4)
     runs = []
-    for detach_reset in (False, True):
+    for setting in (Surrogate(), surrogate):
         inputs = x.clone().requires_grad_()
-        spikes = if_sequence(inputs, threshold, fire_level, compiled, detach_reset=detach_reset)
+        spikes = if_sequence(inputs, threshold, fire_level, compiled, surrogate=setting)
         spikes.sum().backward()
         runs.append((spikes.detach(), inputs.grad))
-    (attached, grad_attached), (detached, grad_detached) = runs
-    assert torch.equal(attached, detached)
-    assert not torch.allclose(grad_attached, grad_detached)
+    (default, grad_default), (changed, grad_changed) = runs
+    assert torch.equal(default, changed)
+    assert not torch.allclose(grad_default, grad_changed)
+
+
+def test_a_bad_surrogate_width_is_refused() -> None:
+    with pytest.raises(ValueError, match=r"finetune\.surrogate_width=0 must be > 0"):
+        Surrogate(width=0)
 
 
 def test_fine_tuning_lowers_the_training_loss(module, batch, tmp_path: Path) -> None:
@@ -153,22 +160,22 @@ def test_fine_tuning_lowers_the_training_loss(module, batch, tmp_path: Path) -> 
     assert loss_of(module, x, y) < before - 0.05
 
 
-def test_a_detached_reset_reaches_every_neuron_trains_and_is_reloaded(
+def test_the_surrogate_settings_reach_every_neuron_train_and_are_reloaded(
     tiny_datamodule, batch, tmp_path: Path
 ) -> None:
     x, y = batch
-    module = make_module(tiny_datamodule, detach_reset=True)
+    module = make_module(tiny_datamodule, detach_reset=True, surrogate_width=2.0)
+    wanted = Surrogate(width=2.0, detach_reset=True)
     neurons = module.snn.neuron_layers().values()
-    assert neurons and all(neuron.detach_reset for neuron in neurons)
+    assert neurons and all(neuron.surrogate == wanted for neuron in neurons)
     before = loss_of(module, x, y)
-    trainer = fit(module, x, y, steps=20, root=tmp_path)  # 2.31 -> 2.02 here (attached: 1.82)
+    trainer = fit(module, x, y, steps=20, root=tmp_path)
     assert loss_of(module, x, y) < before - 0.05
-    trainer.save_checkpoint(tmp_path / "detached.ckpt")
-    loaded = SNNFinetuneModule.load_from_checkpoint(tmp_path / "detached.ckpt")
-    assert all(neuron.detach_reset for neuron in loaded.snn.neuron_layers().values())
-    assert not any(
-        neuron.detach_reset for neuron in make_module(tiny_datamodule).snn.neuron_layers().values()
-    )
+    trainer.save_checkpoint(tmp_path / "surrogate.ckpt")
+    loaded = SNNFinetuneModule.load_from_checkpoint(tmp_path / "surrogate.ckpt")
+    assert all(neuron.surrogate == wanted for neuron in loaded.snn.neuron_layers().values())
+    default = make_module(tiny_datamodule).snn.neuron_layers().values()
+    assert all(neuron.surrogate == Surrogate() for neuron in default)
 
 
 def test_a_loss_over_several_timesteps_averages_their_cross_entropies(
@@ -471,7 +478,7 @@ def test_train_py_fine_tunes_a_given_checkpoint_without_fitting(
     assert summary["snn_source"] == "the given ANN checkpoint, converted"
     cfg = train_cfg("train=false", "finetune=snn", "finetune.timesteps=2",
                     f"finetune.start_from={checkpoint}", *converted,
-                    "finetune.detach_reset=true")  # fmt: skip
+                    "finetune.detach_reset=true", "finetune.surrogate_width=0.5")  # fmt: skip
     metrics = train(cfg)
     assert metrics["test/acc"] == ann["test/acc"]  # the given ANN was tested, not fresh weights
     assert {"finetune/acc", "test/snn_acc_T2", "test/snn_gap_T2"} <= set(metrics)
@@ -479,7 +486,8 @@ def test_train_py_fine_tunes_a_given_checkpoint_without_fitting(
     assert summary["checkpoint"] == str(checkpoint)  # the ANN the run started from
     folder = tmp_path / "run" / "checkpoints" / "finetune"
     finetuned = load_finetuned(folder / "last.ckpt")  # the setting reached the neurons
-    assert all(n.detach_reset for n in finetuned.snn.neuron_layers().values())
+    wanted = Surrogate(width=0.5, detach_reset=True)
+    assert all(n.surrogate == wanted for n in finetuned.snn.neuron_layers().values())
     # verify_nir.py runs the fine-tuned checkpoint itself (not a fresh conversion of an ANN)
     verify = [sys.executable, "scripts/verify_nir.py", str(folder / "last.nir"), "--timesteps",
               "1", "2", "--num-images", "8", "--archive", str(tiny_archive), "--checkpoint",
@@ -537,6 +545,11 @@ def test_train_py_fine_tunes_a_given_checkpoint_without_fitting(
     with torch.no_grad():
         before = load_finetuned(earlier).spiking_model()(x, 2)
         assert torch.equal(load_finetuned(folder / "last.ckpt").spiking_model()(x, 2), before)
+
+
+def test_a_bad_surrogate_width_fails_before_the_fit(train_cfg) -> None:
+    with pytest.raises(ValueError, match=r"finetune\.surrogate_width=-1\.0 must be > 0"):
+        train(train_cfg("finetune=snn", "finetune.surrogate_width=-1", "trainer.max_epochs=1000"))
 
 
 def test_bad_loss_timesteps_fail_before_the_fit(train_cfg) -> None:

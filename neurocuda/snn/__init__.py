@@ -13,13 +13,13 @@ from neurocuda.snn.neurons import (
     Scale,
     SpikingActivation,
 )
-from neurocuda.snn.surrogate import spike
+from neurocuda.snn.surrogate import Surrogate, spike
 from neurocuda.snn.trainable import (
     match_neuron_shapes,
     neuron_scale_pairs,
     refresh,
     runtime_copy,
-    set_detach_reset,
+    set_surrogate,
     set_trainable,
 )
 
@@ -33,13 +33,14 @@ __all__ = [
     "Scale",
     "SpikingActivation",
     "SpikingModel",
+    "Surrogate",
     "encode",
     "match_neuron_shapes",
     "neuron_scale_pairs",
     "poisson_encode",
     "refresh",
     "runtime_copy",
-    "set_detach_reset",
+    "set_surrogate",
     "set_trainable",
     "spike",
 ]

@@ -133,7 +133,7 @@ def _integrate_kept(x, fire_level, neg_threshold, scale, out, membranes):  # see
 
 
 @numba.njit(parallel=True, cache=True, boundscheck=False)
-def _backward(grad, membranes, fire_level, threshold, reset_gain, scale, grad_x, sums):
+def _backward(grad, membranes, fire_level, half_width, reset_gain, scale, grad_x, sums):
     steps, rows, channels = grad.shape
     one, zero = grad.dtype.type(1), grad.dtype.type(0)
     last = steps - 1
@@ -146,8 +146,8 @@ def _backward(grad, membranes, fire_level, threshold, reset_gain, scale, grad_x,
                     u = membranes[t, r, c]
                     fired = u > fire_level[c]
                     # the surrogate slope, as triangle_slope computes it
-                    distance = abs(u - fire_level[c]) / threshold[c]
-                    slope = max(one - distance, zero) / threshold[c]
+                    distance = abs(u - fire_level[c]) / half_width[c]
+                    slope = max(one - distance, zero) / half_width[c]
                     if fired:
                         scaled[c] += grad[t, r, c]  # d(s * scale) / d scale = s
                     grad_spike = grad[t, r, c] * scale[c]  # the scale's backward, as autograd's
@@ -295,7 +295,7 @@ def if_backward(
     grad: torch.Tensor,
     membranes: torch.Tensor,
     fire_level: torch.Tensor,
-    threshold: torch.Tensor,
+    half_width: torch.Tensor,
     scale: torch.Tensor,
     reset_gain: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -303,8 +303,8 @@ def if_backward(
     gradient of its output ``grad``: the gradient of the input (``membranes``' shape and layout)
     and, per channel, the sums ``sum_t g_{t+1} s_t`` (minus the threshold's gradient through the
     reset), ``sum g_0`` (minus the fire level's) and ``sum_t grad_t s_t`` (the scale's);
-    ``reset_gain``: ``d u_{t+1} / d s_t`` (``-threshold``, or 0 with the reset detached);
-    ``_KernelIFSequence.backward`` has the formulas."""
+    ``half_width`` and ``reset_gain``: :class:`~neurocuda.snn.surrogate.Surrogate`'s (theta and
+    -theta by default); ``_KernelIFSequence.backward`` has the formulas."""
     if grad.dtype != membranes.dtype or _channels_last(grad) is None:
         grad = torch.empty_like(membranes).copy_(grad)
     grad_x = torch.empty_like(membranes)
@@ -312,7 +312,7 @@ def if_backward(
     sums = torch.zeros((3, _blocks(rows), channels), dtype=grad.dtype)
     arrays = _arrays(grad, membranes, grad_x)
     constants = [
-        _per_channel(v, channels, grad.dtype) for v in (fire_level, threshold, reset_gain, scale)
+        _per_channel(v, channels, grad.dtype) for v in (fire_level, half_width, reset_gain, scale)
     ]
     _backward(*arrays[:2], *constants, arrays[2], sums.numpy())
     reset, fire, scaled = sums.sum(1)

@@ -19,7 +19,7 @@ from torch.autograd.function import once_differentiable
 
 from neurocuda.snn import cpu_kernel
 from neurocuda.snn.layout import empty_steps
-from neurocuda.snn.surrogate import triangle_slope
+from neurocuda.snn.surrogate import Surrogate, triangle_slope
 
 
 def integrate_and_fire(
@@ -66,26 +66,27 @@ class _IFSequence(torch.autograd.Function):
         x: torch.Tensor,
         threshold: torch.Tensor,
         fire_level: torch.Tensor,
-        detach_reset: bool,
+        surrogate: Surrogate,
     ) -> torch.Tensor:
         spikes = empty_steps(x[0], x.shape[0])
         membranes = empty_steps(x[0], x.shape[0])
         scratch = torch.empty_like(x[0])
         integrate_and_fire(x, fire_level, -threshold, spikes, membranes, scratch)
         ctx.save_for_backward(spikes, membranes, threshold, fire_level)
-        ctx.detach_reset = detach_reset
+        ctx.surrogate = surrogate
         return spikes
 
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         """With ``g_t = dL/du_t``: ``g_t = g_{t+1} + (dL/ds_t + r g_{t+1}) slope_t``
-        (``g_T = 0``; ``r``: :func:`reset_gain`); ``dL/dx_t = g_t``, ``dL/dtheta = -sum_t
-        g_{t+1} s_t`` (the reset; the surrogate's width takes no gradient) and ``dL/dfire_level
-        = -sum_t (dL/ds_t + r g_{t+1}) slope_t = -g_0`` (the sum telescopes)."""
+        (``g_T = 0``; ``r = -theta``, or ``Surrogate.reset_gain``); ``dL/dx_t = g_t``,
+        ``dL/dtheta = -sum_t g_{t+1} s_t`` (the reset; the surrogate's width takes no gradient)
+        and ``dL/dfire_level = -sum_t (dL/ds_t + r g_{t+1}) slope_t = -g_0`` (the sum
+        telescopes)."""
         spikes, membranes, threshold, fire_level = ctx.saved_tensors
-        slopes = triangle_slope(membranes, fire_level, threshold)
-        neg_threshold = reset_gain(threshold, ctx.detach_reset)
+        slopes = triangle_slope(membranes, fire_level, ctx.surrogate.half_width(threshold))
+        neg_threshold = ctx.surrogate.reset_gain(threshold)
         grad_u = empty_steps(grad[0], grad.shape[0])
         total = torch.empty_like(grad[0])
         last = grad.shape[0] - 1
@@ -113,13 +114,13 @@ class _KernelIFSequence(torch.autograd.Function):
         threshold: torch.Tensor,
         fire_level: torch.Tensor,
         scale: torch.Tensor,
-        detach_reset: bool,
+        surrogate: Surrogate,
     ) -> torch.Tensor:
         out = empty_steps(x[0], x.shape[0])
         membranes = empty_steps(x[0], x.shape[0])
         cpu_kernel.integrate_and_fire_kept(x, fire_level, -threshold, scale, out, membranes)
         ctx.save_for_backward(membranes, threshold, fire_level, scale)
-        ctx.detach_reset = detach_reset
+        ctx.surrogate = surrogate
         return out
 
     @staticmethod
@@ -128,8 +129,14 @@ class _KernelIFSequence(torch.autograd.Function):
         """``_IFSequence.backward`` with ``dL/ds_t = scale * dL/dy_t`` for the output ``y_t =
         scale * s_t``, and ``dL/dscale = sum_t s_t dL/dy_t``."""
         membranes, threshold, fire_level, scale = ctx.saved_tensors
+        surrogate = ctx.surrogate
         grad_u, resets, fires, scaled = cpu_kernel.if_backward(
-            grad, membranes, fire_level, threshold, scale, reset_gain(threshold, ctx.detach_reset)
+            grad,
+            membranes,
+            fire_level,
+            surrogate.half_width(threshold),
+            scale,
+            surrogate.reset_gain(threshold),
         )
         wanted = ctx.needs_input_grad
         return (
@@ -141,12 +148,7 @@ class _KernelIFSequence(torch.autograd.Function):
         )
 
 
-def reset_gain(threshold: torch.Tensor, detach_reset: bool) -> torch.Tensor:
-    """``r = d u_{t+1} / d s_t`` in the backward pass: ``-theta`` (the reset's own derivative),
-    or 0 with ``detach_reset``: the spike's surrogate gradient then reaches the loss only through
-    the layers after it, not back through its own membrane (Zenke & Vogels 2021). The threshold
-    keeps its gradient through the reset's value either way; the forward pass is the same."""
-    return torch.zeros_like(threshold) if detach_reset else -threshold
+DEFAULT_SURROGATE = Surrogate()
 
 
 def if_sequence(
@@ -155,17 +157,17 @@ def if_sequence(
     fire_level: torch.Tensor,
     compiled: bool = True,
     scale: torch.Tensor | None = None,
-    detach_reset: bool = False,
+    surrogate: Surrogate = DEFAULT_SURROGATE,
 ) -> torch.Tensor:
     """Spikes ``[T, B, ...]`` of IF neurons with reset by subtraction for input ``x`` (``[T, B,
     ...]``), differentiable in ``x``, ``threshold`` (through the reset) and ``fire_level``, with
     :func:`~neurocuda.snn.spike`'s triangle surrogate at the threshold; times ``scale`` (the
     :class:`~neurocuda.snn.Scale` after the layer, differentiable too) when given. ``compiled``:
     on CPU in :mod:`~neurocuda.snn.cpu_kernel` where it applies, the scale in the same pass.
-    ``detach_reset``: see :func:`reset_gain`."""
+    ``surrogate``: the backward's settings (:class:`~neurocuda.snn.surrogate.Surrogate`)."""
     constants = (threshold, fire_level) if scale is None else (threshold, fire_level, scale)
     if compiled and cpu_kernel.applies(x, *constants):
         one = torch.ones((), dtype=x.dtype) if scale is None else scale
-        return _KernelIFSequence.apply(x, threshold, fire_level, one, detach_reset)
-    spikes = _IFSequence.apply(x, threshold, fire_level, detach_reset)
+        return _KernelIFSequence.apply(x, threshold, fire_level, one, surrogate)
+    spikes = _IFSequence.apply(x, threshold, fire_level, surrogate)
     return spikes if scale is None else spikes * scale

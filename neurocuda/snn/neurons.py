@@ -22,7 +22,7 @@ from torch.utils.hooks import RemovableHandle
 from neurocuda.snn import cpu_kernel
 from neurocuda.snn.if_sequence import if_sequence, integrate_and_fire
 from neurocuda.snn.layout import empty_steps, to_layout
-from neurocuda.snn.surrogate import spike
+from neurocuda.snn.surrogate import Surrogate, spike
 
 ResetMode = Literal["subtract", "zero"]
 
@@ -81,9 +81,9 @@ class IFNeuron(MultiStepModule):
         self.compiled_kernel = True
         """Run on CPU in :mod:`~neurocuda.snn.cpu_kernel`'s loops where they apply (same spikes);
         a :class:`~neurocuda.snn.SpikingModel` sets it from its own ``compiled_kernel``."""
-        self.detach_reset = False
-        """Training only (reset by subtraction): the reset takes no gradient from the spike
-        (:func:`~neurocuda.snn.if_sequence.reset_gain`); reset to zero never takes one."""
+        self.surrogate = Surrogate()
+        """How backprop through time treats the spike (training only); a reset to zero never
+        takes a gradient from the spike, so ``detach_reset`` changes nothing there."""
         self.last_spike_count = torch.zeros(())
         self.last_neurons_per_sample = 0
 
@@ -218,14 +218,14 @@ class IFNeuron(MultiStepModule):
         x = x.to(threshold.dtype)  # bfloat16 conv outputs under autocast: the state stays float32
         if self.reset == "subtract":
             return if_sequence(
-                x, threshold, fire_level, self.compiled_kernel, scale, self.detach_reset
+                x, threshold, fire_level, self.compiled_kernel, scale, self.surrogate
             )
         u = torch.zeros_like(x[0])
         steps = []
         neg_v_init = -self.v_init
         for t in range(x.shape[0]):
             u = u + x[t]
-            s = spike(u, fire_level, threshold)
+            s = spike(u, fire_level, self.surrogate.half_width(threshold))
             steps.append(s)
             u = torch.where(s.bool(), neg_v_init, u)
         return torch.stack(steps)

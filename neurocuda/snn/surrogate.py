@@ -10,16 +10,50 @@ triangle surrogate of Esser et al. 2016 and Bellec et al. 2018).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 
+@dataclass(frozen=True)
+class Surrogate:
+    """How backprop through time treats the spike; training only, the forward pass and the
+    spikes are the same whatever it says.
+
+    ``width``: the triangle's half-width in thresholds (``width * theta``, height ``1 / (width *
+    theta)``, so its area stays 1). ``detach_reset``: the reset's gradient through the spike is
+    left out, ``d u_{t+1} / d s_t = 0`` instead of ``-theta``: a spike's surrogate gradient then
+    reaches the loss only through the layers after it, not back through its own membrane (Zenke
+    & Vogels 2021); the threshold keeps its gradient through the reset's value.
+    """
+
+    width: float = 1.0
+    detach_reset: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.width > 0:
+            raise ValueError(
+                f"finetune.surrogate_width={self.width} must be > 0: the surrogate's half-width "
+                "in thresholds (1.0: theta)."
+            )
+
+    def half_width(self, threshold: torch.Tensor) -> torch.Tensor:
+        """The triangle's half-width for a layer with this ``threshold``."""
+        return threshold if self.width == 1.0 else threshold * self.width
+
+    def reset_gain(self, threshold: torch.Tensor) -> torch.Tensor:
+        """``d u_{t+1} / d s_t`` in the backward pass: ``-threshold``, or 0 with the reset
+        detached."""
+        return torch.zeros_like(threshold) if self.detach_reset else -threshold
+
+
 def triangle_slope(
-    u: torch.Tensor, fire_level: torch.Tensor, threshold: torch.Tensor
+    u: torch.Tensor, fire_level: torch.Tensor, half_width: torch.Tensor
 ) -> torch.Tensor:
-    """The surrogate derivative ``max(0, 1 - |u - fire_level| / theta) / theta`` (area 1)."""
-    return (1 - (u - fire_level).abs() / threshold).clamp_(min=0) / threshold
+    """The surrogate derivative ``max(0, 1 - |u - fire_level| / w) / w`` (area 1) for the
+    half-width ``w`` (theta, or :meth:`Surrogate.half_width`)."""
+    return (1 - (u - fire_level).abs() / half_width).clamp_(min=0) / half_width
 
 
 class _TriangleSpike(torch.autograd.Function):

@@ -18,6 +18,7 @@ from torch import nn
 
 from neurocuda.snn.model import SpikingModel
 from neurocuda.snn.neurons import IFNeuron, Scale
+from neurocuda.snn.surrogate import Surrogate
 
 
 def neuron_scale_pairs(snn: SpikingModel) -> dict[str, tuple[IFNeuron, Scale]]:
@@ -58,11 +59,10 @@ def set_trainable(snn: SpikingModel, enabled: bool) -> None:
             scale.register_buffer("scale", neuron.threshold.clone())
 
 
-def set_detach_reset(snn: SpikingModel, enabled: bool) -> None:
-    """Whether backprop through time leaves out each reset's gradient through the spike
-    (:func:`~neurocuda.snn.if_sequence.reset_gain`); inference is the same either way."""
+def set_surrogate(snn: SpikingModel, surrogate: Surrogate) -> None:
+    """How backprop through time treats every neuron's spike; inference is the same whatever."""
     for neuron in snn.neuron_layers().values():
-        neuron.detach_reset = enabled
+        neuron.surrogate = surrogate
 
 
 def refresh(snn: SpikingModel, min_threshold: float) -> None:

@@ -22,7 +22,7 @@ from torch import nn
 
 from neurocuda.conversion import ConversionConfig, convert, evaluate_snn
 from neurocuda.files import read_checkpoint, verify_checkpoint
-from neurocuda.snn import SpikingModel
+from neurocuda.snn import SpikingModel, Surrogate
 from neurocuda.training.distill import check_distillation
 from neurocuda.training.instantiate import conversion_group, conversion_settings
 from neurocuda.training.snn_finetune import (
@@ -69,6 +69,7 @@ def check_finetune_settings(cfg: DictConfig) -> None:
             "bfloat16 (faster on CPUs with native bfloat16)."
         )
     check_distillation(*distillation(finetune), "finetune.distill")
+    Surrogate(width=float(finetune.surrogate_width))  # a bad width fails here, not after the fit
     finetune_callbacks(finetune)  # their settings (e.g. finetune.weight_average) checked now
     if finetune.start_from in ("best", "last"):
         if not cfg.get("train", True):
@@ -228,6 +229,7 @@ def run_finetune(
         distill_temperature=temperature,
         teacher=copy.deepcopy(net) if weight > 0 else None,
         detach_reset=bool(settings.detach_reset),
+        surrogate_width=float(settings.surrogate_width),
     )
     callbacks = finetune_callbacks(settings)
     if (cfg.get("callbacks") or {}).get("progress_bar"):  # the run's progress display

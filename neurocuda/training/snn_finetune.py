@@ -30,11 +30,12 @@ from neurocuda.models import build_model
 from neurocuda.snn import (
     Encoding,
     SpikingModel,
+    Surrogate,
     encode,
     match_neuron_shapes,
     refresh,
     runtime_copy,
-    set_detach_reset,
+    set_surrogate,
     set_trainable,
 )
 from neurocuda.training.distill import FrozenTeacher, check_distillation, distillation_kl
@@ -86,8 +87,8 @@ class SNNFinetuneModule(L.LightningModule):
     ``scheduler``: cosine | none. ``loss_timesteps``: see :func:`check_loss_timesteps`.
     ``distill_weight`` > 0 mixes in distillation from ``teacher`` (the ANN; see
     :meth:`distillation_loss`): ``(1 - weight) * loss + weight * distillation``.
-    ``detach_reset``: backprop leaves out each reset's gradient through its spike
-    (:func:`~neurocuda.snn.set_detach_reset`; the forward pass is unchanged).
+    ``surrogate_width`` and ``detach_reset``: how backprop treats the spike
+    (:class:`~neurocuda.snn.Surrogate`; the forward pass is the same).
     """
 
     def __init__(
@@ -107,6 +108,7 @@ class SNNFinetuneModule(L.LightningModule):
         distill_temperature: float = 4.0,
         teacher: nn.Module | None = None,
         detach_reset: bool = False,
+        surrogate_width: float = 1.0,
     ) -> None:
         super().__init__()
         if timesteps < 1 or any(int(t) < 1 for t in eval_timesteps):
@@ -120,6 +122,7 @@ class SNNFinetuneModule(L.LightningModule):
         if scheduler not in ("cosine", "none"):
             raise ValueError(f"finetune.scheduler={scheduler!r}: use cosine or none.")
         check_distillation(distill_weight, distill_temperature, "finetune.distill")
+        surrogate = Surrogate(width=surrogate_width, detach_reset=detach_reset)
         if snn is None:
             if structure is None:
                 raise ValueError(
@@ -131,7 +134,7 @@ class SNNFinetuneModule(L.LightningModule):
         self.snn = snn.train()  # no layer depends on it; Lightning warns about eval-mode modules
         set_trainable(self.snn, True)
         self.snn.requires_grad_(True)
-        set_detach_reset(self.snn, detach_reset)
+        set_surrogate(self.snn, surrogate)
         self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
         self.eval_timesteps = sorted({int(t) for t in eval_timesteps} | {timesteps})
         self.loss_timesteps = sorted({int(t) for t in loss_timesteps or (timesteps,)})
