@@ -59,23 +59,24 @@ def triangle_slope(
 class _TriangleSpike(torch.autograd.Function):
     @staticmethod
     def forward(
-        ctx: Any, u: torch.Tensor, fire_level: torch.Tensor, threshold: torch.Tensor
+        ctx: Any, u: torch.Tensor, fire_level: torch.Tensor, half_width: torch.Tensor
     ) -> torch.Tensor:
-        ctx.save_for_backward(u, fire_level, threshold)
+        ctx.save_for_backward(u, fire_level, half_width)
         return torch.gt(u, fire_level).to(u.dtype)
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        u, fire_level, threshold = ctx.saved_tensors
-        grad_u = grad * triangle_slope(u, fire_level, threshold)
+        u, fire_level, half_width = ctx.saved_tensors
+        grad_u = grad * triangle_slope(u, fire_level, half_width)
         grad_fire = (-grad_u).sum_to_size(fire_level.shape) if ctx.needs_input_grad[1] else None
         return grad_u, grad_fire, None
 
 
-def spike(u: torch.Tensor, fire_level: torch.Tensor, threshold: torch.Tensor) -> torch.Tensor:
-    """``(u > fire_level)`` as floats; gradient: triangle of half-width ``threshold`` (area 1).
+def spike(u: torch.Tensor, fire_level: torch.Tensor, half_width: torch.Tensor) -> torch.Tensor:
+    """``(u > fire_level)`` as floats; gradient: triangle of ``half_width`` (area 1), the
+    layer's threshold or :meth:`Surrogate.half_width` of it.
 
-    ``fire_level`` and ``threshold`` broadcast to ``u``; ``fire_level`` receives minus the
-    membrane's gradient, ``threshold`` only sets the surrogate's width (no gradient through it).
+    ``fire_level`` and ``half_width`` broadcast to ``u``; ``fire_level`` receives minus the
+    membrane's gradient, ``half_width`` only sets the surrogate's width (no gradient through it).
     """
-    return _TriangleSpike.apply(u, fire_level, threshold)
+    return _TriangleSpike.apply(u, fire_level, half_width)
