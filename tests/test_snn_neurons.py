@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from neurocuda.snn import IFNeuron, OutputIntegrator, Scale, SpikingModel
+from neurocuda.snn import IFNeuron, OutputIntegrator, Scale, SpikingModel, Surrogate
 from neurocuda.snn.layout import memory_format
 
 
@@ -36,6 +36,22 @@ def test_hard_reset_trace_sets_offset_membrane_to_minus_v_init() -> None:
     # soft keeps the surplus: .375, .75 fire, .125, .5, .875 fire
     assert run(soft, [0.375] * 5) == [0, 1, 0, 0, 1]
     assert run(neuron, [0.375] * 8) != run(soft, [0.375] * 8)
+
+
+def test_a_reset_to_zero_trains_with_the_surrogates_width() -> None:
+    """The reset-to-zero loop (autograd, step by step) takes the width; the spikes do not."""
+    x = torch.tensor([0.375, 0.2, 0.45, 0.3, 0.1]).reshape(-1, 1)  # [T, B=1]
+    runs = []
+    for width in (1.0, 0.5):
+        neuron = IFNeuron(torch.tensor(1.0), torch.tensor(0.5), reset="zero")
+        neuron.surrogate = Surrogate(width=width)
+        inputs = x.clone().requires_grad_()
+        spikes = neuron.run_sequence(inputs)
+        spikes.sum().backward()
+        runs.append((spikes.detach(), inputs.grad))
+    (wide, grad_wide), (narrow, grad_narrow) = runs
+    assert torch.equal(wide, narrow) and float(wide.sum()) > 0
+    assert float(grad_wide.abs().sum()) > 0 and not torch.allclose(grad_wide, grad_narrow)
 
 
 def test_negative_input_and_per_channel_thresholds() -> None:
