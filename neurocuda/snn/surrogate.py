@@ -40,7 +40,7 @@ class Surrogate:
 
     def half_width(self, threshold: torch.Tensor) -> torch.Tensor:
         """The triangle's half-width for a layer with this ``threshold``."""
-        return threshold if self.width == 1.0 else threshold * self.width
+        return threshold * self.width
 
     def reset_gain(self, threshold: torch.Tensor) -> torch.Tensor:
         """``d u_{t+1} / d s_t`` in the backward pass: ``-threshold``, or 0 with the reset
