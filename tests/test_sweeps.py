@@ -8,7 +8,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from lightning.pytorch.loggers import CSVLogger
 
+from neurocuda.reporting.sweep_summary import summarize
 from neurocuda.reporting.wandb_offline import last_values, read_offline_run
 from tests.conftest import ROOT, tiny_run_overrides
 
@@ -90,8 +92,85 @@ def test_summarize_turns_the_sweep_into_a_table_and_plots(sweep_dir: Path) -> No
     assert "SNN T=1 %" in table and "SNN T=2 %" in table and "NIR max diff" in table
     rows = [line for line in table.splitlines() if line.startswith("| model.optimizer.lr=")]
     assert len(rows) == 2 and all("| 0 |" in row for row in rows)  # NIR diff exactly 0
-    for png in ("summary_accuracy_vs_T.png", "summary_spike_rates.png"):
+    for png in ("summary_accuracy_vs_T.png", "summary_spike_rates.png", "summary_curves.png"):
         assert (sweep_dir / png).read_bytes()[:4] == b"\x89PNG"
+    curves = (sweep_dir / "summary_curves.md").read_text()  # the one epoch of each run
+    assert "### ANN, validation (`val/acc`, %)" in curves and "converted SNN T=2" in curves
+    assert curves.count("| model.optimizer.lr=0.05 | ") == curves.count("### ") >= 3
+
+
+def _log_run(run: Path, overrides: list[str], rows: list[dict[str, float]]) -> None:
+    """A run directory as train.py leaves it: its config, overrides and CSV logger's metrics."""
+    (run / ".hydra").mkdir(parents=True)
+    (run / ".hydra" / "config.yaml").write_text("model: {arch: cifarnet, activation: qcfs}\n")
+    (run / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
+    logger = CSVLogger(run, name="csv", version=0)
+    for step, row in enumerate(rows):
+        logger.log_metrics(row, step=step)
+    logger.save()
+
+
+def test_summarize_reads_fine_tuning_runs_and_their_learning_curves(tmp_path: Path) -> None:
+    """A fine-tuning run's SNN figures are its end-of-run test ones (not the validation subset's
+    of the ANN's conversions), its NIR figure the worst round trip; the learning curves hold each
+    metric's last value per epoch, epochs from 1, the ANN fit's and the fine-tuning's apart."""
+    ann = [
+        {"epoch": 0, "train/acc": 0.40},
+        {
+            "epoch": 0,
+            "val/acc": 0.50,
+            "snn/acc_T4": 0.30,
+            "snn/ann_acc": 0.52,
+            "snn/gap_T4": 0.22,
+            "nir/max_abs_diff": 0.0,
+        },
+    ]
+    for width, (val_t4, test_t4, diff) in {
+        "1.0": ((0.61, 0.70), 0.68, 0.25),  # a round trip that was not exact
+        "0.5": ((0.64, 0.72), 0.71, 0.0),
+    }.items():
+        fine_tuning = [
+            {"epoch": 0, "finetune/acc": 0.55, "finetune/loss_step": 1.5},
+            {"epoch": 0, "val/snn_acc_T4": val_t4[0], "finetune/nir/max_abs_diff": 0.0},
+            {"epoch": 1, "val/snn_acc_T4": 0.0},  # overwritten later in the same epoch
+            {"epoch": 1, "val/snn_acc_T4": val_t4[1], "finetune/nir/max_abs_diff": diff},
+            {
+                "epoch": 1,
+                "test/acc": 0.74,
+                "test/snn_acc_T4": test_t4,
+                "test/snn_gap_T4": 0.74 - test_t4,
+            },
+        ]
+        _log_run(
+            tmp_path / width,
+            ["finetune=snn", f"finetune.surrogate_width={width}"],
+            ann + fine_tuning,
+        )
+    files = summarize(tmp_path)
+    rows = [line.split(" | ") for line in files["table"].read_text().splitlines()[4:]]
+    assert [r[0] for r in rows] == [
+        "| finetune.surrogate_width=0.5",
+        "| finetune.surrogate_width=1.0",
+    ]
+    header = files["table"].read_text().splitlines()[2].split(" | ")
+    width_05, width_1 = (dict(zip(header, row, strict=True)) for row in rows)
+    assert width_05["SNN"] == "fine-tuned, test" and width_05["SNN T=4 %"] == "71.00"
+    assert width_05["gap T=4"] == "3.00" and width_05["NIR max diff"] == "0"
+    assert width_1["NIR max diff"] == "0.25"  # the fine-tuned SNN's, not the ANN's exact one
+    curves = files["curves_table"].read_text()
+    titles = [line for line in curves.splitlines() if line.startswith("### ")]
+    assert titles == [
+        "### ANN, validation (`val/acc`, %)",
+        "### ANN, training (`train/acc`, %)",
+        "### converted SNN T=4, validation (`snn/acc_T4`, %)",
+        "### fine-tuning, training (at its T) (`finetune/acc`, %)",
+        "### fine-tuned SNN T=4, validation (`val/snn_acc_T4`, %)",
+    ]
+    section = curves.split("`val/snn_acc_T4`")[1]
+    assert "| finetune.surrogate_width=0.5 | 64.0 | 72.0 |" in section
+    assert "| finetune.surrogate_width=1.0 | 61.0 | 70.0 |" in section
+    assert files["curves_plot"].read_bytes()[:4] == b"\x89PNG"
+    assert "spike_rate_plot" not in files  # no spike rates logged: no empty plot
 
 
 def test_summarize_without_runs_is_a_clear_error(tmp_path: Path) -> None:

@@ -74,7 +74,8 @@ def _draw(ax: Axes, curves: list[AccuracyCurve]) -> None:
     ax.set_xlabel("time steps T")
     ax.set_ylabel("accuracy (%)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7 if len(curves) > 3 else None)
+    if ax.get_legend_handles_labels()[0]:  # no legend (and no warning) for a panel without lines
+        ax.legend(fontsize=7 if len(curves) > 3 else None)
 
 
 def plot_accuracy_vs_t(

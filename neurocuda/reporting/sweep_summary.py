@@ -2,7 +2,7 @@
 
 Reads each run's ``.hydra/config.yaml`` and ``.hydra/overrides.yaml``, the CSV logger's
 ``csv/version_*/metrics.csv`` and offline W&B runs' logs (no W&B account or server needed); writes a
-markdown table and PNG plots.
+markdown table (the runs' final figures, then their learning curves epoch by epoch) and PNG plots.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import math
 import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,23 +21,61 @@ from neurocuda.files import atomic_write_text, save_figure
 from neurocuda.reporting.accuracy_plots import AccuracyCurve, plot_accuracy_curves
 
 _ACC_T = re.compile(r"^snn/acc_T(\d+)$")
+_TEST_ACC_T = re.compile(r"^test/snn_acc_T(\d+)$")
+# the metrics logged once an epoch that make a learning curve: the ANN fit's accuracies, the SNN's
+# at its conversions, and the fine-tuning stage's (training at its T, validation at each T)
+_CURVE = re.compile(r"^(val/acc|train/acc|snn/acc_T\d+|finetune/acc|val/snn_acc_T\d+)$")
+_CURVE_STAGES = ("val/acc", "train/acc", "snn/", "finetune/", "val/snn_")  # their reading order
+_NIR_KEYS = ("nir/", "finetune/nir/")  # the ANN checkpoints' round trips, the fine-tuned SNN's
 
 
 @dataclass
-class RunSummary:
-    """The last logged value of every metric of one run, plus what identifies the run."""
+class RunRecord:
+    """The last logged value of every metric of one run, its learning curves, and what
+    identifies the run."""
 
     path: Path
     label: str
     arch: str
     activation: str
     metrics: dict[str, float] = field(default_factory=dict)
+    curves: dict[str, dict[int, float]] = field(default_factory=dict)
+    """Per-epoch values (epochs counted from 1) of each learning-curve metric; see
+    :func:`epoch_values`."""
+
+    @property
+    def snn_on_test(self) -> bool:
+        """Whether the run reported its SNN on the test set (``test/snn_acc_T{t}``, train.py's
+        end-of-run figures); otherwise its figures are the last conversion's, on validation."""
+        return any(_TEST_ACC_T.match(k) for k in self.metrics)
+
+    @property
+    def snn_source(self) -> str:
+        fine_tuned = any(k.startswith("finetune/") for k in self.metrics)
+        if self.snn_on_test:
+            return "fine-tuned, test" if fine_tuned else "converted, test"
+        return "converted, val" if self.snn_accuracy else "–"
 
     @property
     def snn_accuracy(self) -> dict[int, float]:
-        """SNN accuracy per T (the last conversion of the run)."""
-        found = {int(m[1]): v for k, v in self.metrics.items() if (m := _ACC_T.match(k))}
+        """SNN accuracy per T: the end-of-run test figures, else the last conversion's."""
+        pattern = _TEST_ACC_T if self.snn_on_test else _ACC_T
+        found = {int(m[1]): v for k, v in self.metrics.items() if (m := pattern.match(k))}
         return dict(sorted(found.items()))
+
+    def snn_gap(self, t: int) -> float:
+        """ANN minus SNN accuracy at ``t``, on the split of :attr:`snn_accuracy`."""
+        return self.get(f"test/snn_gap_T{t}" if self.snn_on_test else f"snn/gap_T{t}")
+
+    @property
+    def snn_reference(self) -> float:
+        """The ANN accuracy the SNN's gaps count against, on the same split."""
+        return self.get("test/acc" if self.snn_on_test else "snn/ann_acc")
+
+    def nir(self, name: str) -> float:
+        """The worst ``max_abs_diff`` or ``divergent_images`` over the run's NIR round trips."""
+        values = [self.metrics[p + name] for p in _NIR_KEYS if p + name in self.metrics]
+        return max(values, default=math.nan)
 
     @property
     def mean_spike_rate(self) -> float:
@@ -61,31 +100,65 @@ def find_runs(directory: str | Path) -> list[Path]:
     return runs
 
 
+def _csv_rows(run: Path) -> list[dict[str, str]]:
+    rows: list[dict[str, str]] = []
+    for path in sorted(run.glob("csv/version_*/metrics.csv")):
+        with path.open() as handle:
+            rows.extend(csv.DictReader(handle))
+    return rows
+
+
+def _numbers(row: Mapping[str, object]) -> dict[str, float]:
+    """The numeric entries of a logged row (CSV cells are strings; W&B keeps its own ``_``
+    keys and media entries, both left out)."""
+    found = {}
+    for key, value in row.items():
+        if isinstance(value, bool) or key.startswith("_") or value in ("", None):
+            continue
+        if isinstance(value, int | float | str):
+            try:
+                found[key] = float(value)
+            except ValueError:
+                continue
+    return found
+
+
 def csv_metrics(run: Path) -> dict[str, float]:
     """Last value of every metric the CSV logger wrote in run directory ``run``."""
     metrics: dict[str, float] = {}
-    for path in sorted(run.glob("csv/version_*/metrics.csv")):
-        with path.open() as handle:
-            for row in csv.DictReader(handle):
-                metrics.update({k: float(v) for k, v in row.items() if v not in ("", None)})
+    for row in _csv_rows(run):
+        metrics.update(_numbers(row))
     return metrics
 
 
-def _last_metrics(run: Path) -> dict[str, float]:
-    """Last value of every metric from the CSV logger and from offline W&B runs, if any."""
-    from neurocuda.reporting.wandb_offline import last_values, read_offline_run  # loads wandb
+def epoch_values(rows: Iterable[Mapping[str, object]]) -> dict[str, dict[int, float]]:
+    """The learning curves in logged rows (CSV logger rows or W&B history, each with its
+    ``epoch``): every curve metric's last value in each epoch, epochs counted from 1. The ANN fit
+    and the fine-tuning stage count their epochs apart; their metrics' names differ."""
+    curves: dict[str, dict[int, float]] = {}
+    for row in rows:
+        values = _numbers(row)
+        if "epoch" not in values:
+            continue
+        epoch = int(values["epoch"]) + 1
+        for key, value in values.items():
+            if _CURVE.match(key):
+                curves.setdefault(key, {})[epoch] = value
+    return curves
 
-    metrics = csv_metrics(run)
+
+def _logged(run: Path) -> tuple[dict[str, float], dict[str, dict[int, float]]]:
+    """Last value of every metric and the learning curves, from the CSV logger and from offline
+    W&B runs, if any."""
+    from neurocuda.reporting.wandb_offline import read_offline_run  # loads wandb
+
+    rows: list[Mapping[str, object]] = list(_csv_rows(run))
     for wandb_run in sorted(run.glob("wandb/offline-run-*")):
-        logged = last_values(read_offline_run(wandb_run)["history"])
-        metrics.update(
-            {
-                k: float(v)
-                for k, v in logged.items()
-                if isinstance(v, int | float) and not k.startswith("_")
-            }
-        )
-    return metrics
+        rows.extend(read_offline_run(wandb_run)["history"])
+    metrics: dict[str, float] = {}
+    for row in rows:
+        metrics.update(_numbers(row))
+    return metrics, epoch_values(rows)
 
 
 def _overrides(run: Path) -> list[str]:
@@ -93,7 +166,7 @@ def _overrides(run: Path) -> list[str]:
     return [str(o) for o in OmegaConf.load(path)] if path.exists() else []
 
 
-def load_runs(runs: list[Path]) -> list[RunSummary]:
+def load_runs(runs: list[Path]) -> list[RunRecord]:
     """Summarize run directories, labelling each by the overrides that differ between them."""
     overrides = {run: _overrides(run) for run in runs}
     shared = set.intersection(*(set(o) for o in overrides.values())) if len(runs) > 1 else set()
@@ -101,57 +174,128 @@ def load_runs(runs: list[Path]) -> list[RunSummary]:
     for run in runs:
         cfg = OmegaConf.load(run / ".hydra" / "config.yaml")
         label = " ".join(o for o in overrides[run] if o not in shared)
+        metrics, curves = _logged(run)
         summaries.append(
-            RunSummary(
+            RunRecord(
                 path=run,
                 label=label or run.name,
                 arch=str(OmegaConf.select(cfg, "model.arch", default="?")),
                 activation=str(OmegaConf.select(cfg, "model.activation", default="?")),
-                metrics=_last_metrics(run),
+                metrics=metrics,
+                curves=curves,
             )
         )
     return summaries
 
 
-def _fmt(value: float, percent: bool = False) -> str:
+def _fmt(value: float, percent: bool = False, decimals: int = 2) -> str:
     if math.isnan(value):
         return "–"
-    return f"{100 * value:.2f}" if percent else f"{value:.4g}"
+    return f"{100 * value:.{decimals}f}" if percent else f"{value:.4g}"
 
 
-def markdown_table(runs: list[RunSummary]) -> str:
-    """One row per run: ANN and SNN accuracy per T, gaps, spike rate, NIR diff, deployment."""
+def markdown_table(runs: list[RunRecord]) -> str:
+    """One row per run: ANN and SNN accuracy per T, gaps, spike rate, NIR diff, deployment.
+
+    The SNN's figures are train.py's end-of-run test figures where the run has them (its
+    fine-tuned SNN's, with ``finetune=snn``), else its last conversion's (a validation subset);
+    the "SNN" column says which.
+    """
     timesteps = sorted({t for r in runs for t in r.snn_accuracy})
     deploy_keys = sorted({k for r in runs for k in r.metrics if k.startswith("deploy/")})
-    header = ["run", "arch", "act", "ANN val %", "ANN test %"]
+    header = ["run", "arch", "act", "ANN val %", "ANN test %", "SNN"]
     header += [f"SNN T={t} %" for t in timesteps] + [f"gap T={t}" for t in timesteps]
     header += ["spike rate", "NIR max diff", "NIR divergent", *deploy_keys]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in runs:
         ann = r.get("snn/ann_acc") if not math.isnan(r.get("snn/ann_acc")) else r.get("val/acc")
         row = [r.label, r.arch, r.activation, _fmt(ann, True), _fmt(r.get("test/acc"), True)]
+        row.append(r.snn_source)
         row += [_fmt(r.snn_accuracy.get(t, math.nan), True) for t in timesteps]
-        row += [_fmt(100 * r.get(f"snn/gap_T{t}")) for t in timesteps]
+        row += [_fmt(r.snn_gap(t), True) for t in timesteps]  # pp
         row += [
             _fmt(r.mean_spike_rate),
-            _fmt(r.get("nir/max_abs_diff")),
-            _fmt(r.get("nir/divergent_images")),
+            _fmt(r.nir("max_abs_diff")),
+            _fmt(r.nir("divergent_images")),
         ]
         row += [_fmt(r.get(k)) for k in deploy_keys]
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines) + "\n"
 
 
-def plot_accuracy_vs_t(runs: list[RunSummary], path: Path) -> None:
-    """SNN accuracy against T (log2 axis), one line per run, ANN accuracy dashed."""
+def _curve_order(key: str) -> tuple[int, int]:
+    """ANN validation, ANN training, conversions by T, fine-tuning training, its validation by T."""
+    stage = next(i for i, prefix in enumerate(_CURVE_STAGES) if key.startswith(prefix))
+    return stage, int(key.rsplit("_T", 1)[1]) if "_T" in key else 0
+
+
+def curve_title(key: str) -> str:
+    """A learning-curve metric's name in words."""
+    if key in ("val/acc", "train/acc"):
+        return f"ANN, {'validation' if key == 'val/acc' else 'training'}"
+    if key == "finetune/acc":
+        return "fine-tuning, training (at its T)"
+    t = key.rsplit("_T", 1)[1]
+    return f"{'fine-tuned' if key.startswith('val/') else 'converted'} SNN T={t}, validation"
+
+
+def curve_keys(runs: list[RunRecord]) -> list[str]:
+    """The learning-curve metrics any of ``runs`` logged, in reading order."""
+    return sorted({k for r in runs for k in r.curves}, key=_curve_order)
+
+
+def markdown_curves(runs: list[RunRecord]) -> str:
+    """Per learning-curve metric a table: one row per run, one column per epoch (%)."""
+    sections = []
+    for key in curve_keys(runs):
+        epochs = sorted({e for r in runs for e in r.curves.get(key, {})})
+        lines = [f"### {curve_title(key)} (`{key}`, %)", ""]
+        lines.append("| run | " + " | ".join(str(e) for e in epochs) + " |")
+        lines.append("|---|" + "---:|" * len(epochs))
+        for r in runs:
+            if key in r.curves:
+                cells = [_fmt(r.curves[key].get(e, math.nan), True, 1) for e in epochs]
+                lines.append(f"| {r.label} | " + " | ".join(cells) + " |")
+        sections.append("\n".join(lines))
+    return "\n\n".join(sections) + "\n" if sections else ""
+
+
+def plot_curves(runs: list[RunRecord], path: Path) -> None:
+    """The learning curves: one panel per metric (:func:`curve_keys`), one line per run."""
+    keys = curve_keys(runs)
+    cols = min(3, len(keys))
+    rows = -(-len(keys) // cols)
+    fig = Figure(figsize=(4.5 * cols, 3.2 * rows), dpi=120)
+    axes = fig.subplots(rows, cols, squeeze=False).flatten()
+    for ax, key in zip(axes, keys, strict=False):
+        for i, r in enumerate(runs):
+            if key in r.curves:
+                epochs = sorted(r.curves[key])
+                ys = [100 * r.curves[key][e] for e in epochs]
+                ax.plot(epochs, ys, ".-", color=f"C{i % 10}", label=r.label)
+        ax.set_title(curve_title(key), fontsize=9)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("accuracy (%)")
+        ax.grid(alpha=0.3)
+    for ax in axes[len(keys) :]:
+        ax.set_visible(False)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=min(3, len(runs)), fontsize=8)
+    fig.tight_layout(rect=(0, 0.04 + 0.02 * (len(runs) // 3), 1, 1))
+    save_figure(fig, path)
+
+
+def plot_accuracy_vs_t(runs: list[RunRecord], path: Path) -> None:
+    """SNN accuracy against T (log2 axis), one line per run, its ANN's accuracy on the same split
+    dashed."""
     curves = []
     for r in runs:
-        ann = r.get("snn/ann_acc")
+        ann = r.snn_reference
         curves.append(AccuracyCurve(r.label, r.snn_accuracy, None if math.isnan(ann) else ann))
     plot_accuracy_curves(path, curves)
 
 
-def plot_spike_rates(runs: list[RunSummary], path: Path) -> None:
+def plot_spike_rates(runs: list[RunRecord], path: Path) -> None:
     """Per-layer spike rates of every run as grouped bars."""
     layers = sorted(
         {k for r in runs for k in r.metrics if k.startswith("snn/spike_rate/")},
@@ -174,16 +318,22 @@ def plot_spike_rates(runs: list[RunSummary], path: Path) -> None:
 
 
 def summarize(directory: str | Path, out_dir: str | Path | None = None) -> dict[str, Path]:
-    """Write ``summary.md``, ``summary_accuracy_vs_T.png`` and ``summary_spike_rates.png``."""
+    """Write ``summary.md`` (the runs' final figures) and ``summary_accuracy_vs_T.png``; where the
+    runs logged them, ``summary_curves.md`` and ``summary_curves.png`` (learning curves by epoch)
+    and ``summary_spike_rates.png``. Returns the files written by name."""
     runs = load_runs(find_runs(directory))
     out = Path(out_dir or directory)
     out.mkdir(parents=True, exist_ok=True)
-    files = {
-        "table": out / "summary.md",
-        "accuracy_plot": out / "summary_accuracy_vs_T.png",
-        "spike_rate_plot": out / "summary_spike_rates.png",
-    }
+    files = {"table": out / "summary.md", "accuracy_plot": out / "summary_accuracy_vs_T.png"}
     atomic_write_text(files["table"], f"# Runs under {directory}\n\n" + markdown_table(runs))
     plot_accuracy_vs_t(runs, files["accuracy_plot"])
-    plot_spike_rates(runs, files["spike_rate_plot"])
+    if curves := markdown_curves(runs):
+        files["curves_table"] = out / "summary_curves.md"
+        heading = f"# Learning curves of the runs under {directory} (epochs from 1)\n\n"
+        atomic_write_text(files["curves_table"], heading + curves)
+        files["curves_plot"] = out / "summary_curves.png"
+        plot_curves(runs, files["curves_plot"])
+    if any(k.startswith("snn/spike_rate/") for r in runs for k in r.metrics):
+        files["spike_rate_plot"] = out / "summary_spike_rates.png"
+        plot_spike_rates(runs, files["spike_rate_plot"])
     return files
