@@ -47,6 +47,26 @@ def test_validation_split_is_seeded_and_disjoint(tiny_archive: Path, tmp_path: P
     assert not torch.equal(val_images(0), val_images(1))
 
 
+def test_shuffle_seed_changes_the_training_order_and_keeps_the_split(
+    tiny_archive: Path, tmp_path: Path
+) -> None:
+    def first_batch_and_split(**seeds: int) -> tuple[torch.Tensor, torch.Tensor]:
+        dm = CIFAR10DataModule(
+            source="jpeg", archive=str(tiny_archive), cache_dir=str(tmp_path), val_size=40,
+            batch_size=32, **seeds,
+        )  # fmt: skip
+        dm.setup()
+        loader = dm.train_dataloader()
+        loader.sampler.set_epoch(0)
+        return next(iter(loader))[0], dm.datasets["val"].images
+
+    batch, split = first_batch_and_split(seed=0)
+    same_batch, _ = first_batch_and_split(seed=0, shuffle_seed=0)  # null means seed
+    other_batch, same_split = first_batch_and_split(seed=0, shuffle_seed=1)
+    assert torch.equal(batch, same_batch) and torch.equal(split, same_split)
+    assert not torch.equal(batch, other_batch)
+
+
 def test_cache_makes_second_start_fast(tiny_archive: Path, tmp_path: Path) -> None:
     kwargs = {
         "source": "jpeg",

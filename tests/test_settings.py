@@ -25,6 +25,7 @@ BAD = [
     ("data.source=s3", r"data\.source='s3' must be auto or jpeg or torchvision"),
     ("+data.std=[0.2,0,0.2]", r"data\.std=\[0\.2, 0, 0\.2\] must be a list of 3 finite positive"),
     ("seed=null", r"data\.seed=None must be an integer >= 0"),
+    ("data.shuffle_seed=-3", r"data\.shuffle_seed=-3 must be an integer >= 0 or null"),
     (
         "+data.batchsize=64",
         r"data\.batchsize is not a setting of the data group; known: .*batch_size",

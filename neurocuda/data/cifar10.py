@@ -51,6 +51,10 @@ class EpochShuffle(RandomSampler):
 class CIFAR10DataModule(L.LightningDataModule):
     """CIFAR-10 with a seeded validation split carved from train and optional subsets.
 
+    ``seed`` draws the split and subsets, and the training order and augmentation unless
+    ``shuffle_seed`` is given: then that seeds them alone, so a rerun with another
+    ``shuffle_seed`` keeps the validation split (e.g. to measure run-to-run spread).
+
     ``on_device``: where training batches are assembled. ``"auto"``: on the trainer's device when
     it is not the CPU; ``True``: on the device the batch is moved to, also the CPU (what the GPU
     path computes, testable without one); ``False``: the CPU DataLoader.
@@ -78,6 +82,7 @@ class CIFAR10DataModule(L.LightningDataModule):
         std: tuple[float, ...] = CIFAR10_STD,
         seed: int = 0,
         on_device: bool | str = "auto",
+        shuffle_seed: int | None = None,
     ) -> None:
         super().__init__()
         if on_device not in ("auto", True, False):
@@ -143,7 +148,8 @@ class CIFAR10DataModule(L.LightningDataModule):
         if not self.datasets:
             self.setup()
         train = self.datasets["train"]
-        order = EpochShuffle(train, self.hparams.seed)
+        hp = self.hparams
+        order = EpochShuffle(train, hp.seed if hp.shuffle_seed is None else hp.shuffle_seed)
         if self.hparams.num_workers == 0:  # workers augment with their own, per-epoch seeded RNG
             train.generator = order.generator
         train.deferred = self.assembles_on_device()

@@ -124,6 +124,7 @@ DATA_RULES: dict[str, Rule] = {
     "mean": numbers(3),
     "std": numbers(3, positive=True),
     "seed": integer(0),
+    "shuffle_seed": integer(0, optional=True),
     "on_device": auto_or_boolean(),
 }
 """``data`` group: the arguments of :class:`~neurocuda.data.CIFAR10DataModule`."""
