@@ -51,6 +51,7 @@ class RunRecord:
 
     @property
     def snn_source(self) -> str:
+        """Which SNN :attr:`snn_accuracy` measures, and on which split."""
         fine_tuned = any(k.startswith("finetune/") for k in self.metrics)
         if self.snn_on_test:
             return "fine-tuned, test" if fine_tuned else "converted, test"
