@@ -2,6 +2,7 @@
 
 python scripts/summarize.py logs/train/multiruns/2026-11-25_10-00-00
 python scripts/summarize.py logs/train/runs/RUN --out reports/
+python scripts/summarize.py logs/ft/run_a logs/ft/run_b --out reports/   # runs side by side
 """
 
 from __future__ import annotations
@@ -17,10 +18,17 @@ from neurocuda.reporting.sweep_summary import summarize
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("directory", type=Path, help="a run dir or a sweep dir holding run dirs")
-    parser.add_argument("--out", type=Path, default=None, help="output dir (default: directory)")
+    parser.add_argument(
+        "directories", type=Path, nargs="+", help="run dirs or sweep dirs holding run dirs"
+    )
+    parser.add_argument(
+        "--out", type=Path, default=None, help="output dir (default: the one directory)"
+    )
     args = parser.parse_args()
-    files = summarize(args.directory, args.out)
+    try:
+        files = summarize(args.directories, args.out)
+    except (FileNotFoundError, ValueError) as error:  # no runs there, or several dirs, no --out
+        parser.error(str(error))
     console = Console()
     console.print(Markdown(files["table"].read_text()))
     for name, path in files.items():

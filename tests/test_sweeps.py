@@ -146,14 +146,17 @@ def test_summarize_reads_fine_tuning_runs_and_their_learning_curves(tmp_path: Pa
             ["finetune=snn", f"finetune.surrogate_width={width}"],
             ann + fine_tuning,
         )
-    files = summarize(tmp_path)
+    runs = [tmp_path / "1.0", tmp_path / "0.5"]  # two dirs of runs side by side
+    with pytest.raises(ValueError, match=r"2 directories of runs: name the output dir"):
+        summarize(runs)
+    files = summarize(runs, tmp_path / "out")
     rows = [line.split(" | ") for line in files["table"].read_text().splitlines()[4:]]
-    assert [r[0] for r in rows] == [
-        "| finetune.surrogate_width=0.5",
+    assert [r[0] for r in rows] == [  # in the order given
         "| finetune.surrogate_width=1.0",
+        "| finetune.surrogate_width=0.5",
     ]
     header = files["table"].read_text().splitlines()[2].split(" | ")
-    width_05, width_1 = (dict(zip(header, row, strict=True)) for row in rows)
+    width_1, width_05 = (dict(zip(header, row, strict=True)) for row in rows)
     assert width_05["SNN"] == "fine-tuned, test" and width_05["SNN T=4 %"] == "71.00"
     assert width_05["gap T=4"] == "3.00" and width_05["NIR max diff"] == "0"
     assert width_1["NIR max diff"] == "0.25"  # the fine-tuned SNN's, not the ANN's exact one
@@ -167,8 +170,8 @@ def test_summarize_reads_fine_tuning_runs_and_their_learning_curves(tmp_path: Pa
         "### fine-tuned SNN T=4, validation (`val/snn_acc_T4`, %)",
     ]
     section = curves.split("`val/snn_acc_T4`")[1]
-    assert "| finetune.surrogate_width=0.5 | 64.0 | 72.0 |" in section
     assert "| finetune.surrogate_width=1.0 | 61.0 | 70.0 |" in section
+    assert "| finetune.surrogate_width=0.5 | 64.0 | 72.0 |" in section
     assert files["curves_plot"].read_bytes()[:4] == b"\x89PNG"
     assert "spike_rate_plot" not in files  # no spike rates logged: no empty plot
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import csv
 import math
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -87,17 +87,19 @@ class RunRecord:
         return self.metrics.get(key, math.nan)
 
 
-def find_runs(directory: str | Path) -> list[Path]:
-    """Run directories (holding ``.hydra/config.yaml``) at or below ``directory``."""
-    root = Path(directory)
-    if not root.is_dir():
-        raise FileNotFoundError(f"{root} is not a directory of runs.")
-    runs = sorted(p.parent.parent for p in root.glob("**/.hydra/config.yaml"))
-    if not runs:
-        raise FileNotFoundError(
-            f"No runs under {root}: expected train.py output dirs holding .hydra/config.yaml "
-            "(e.g. logs/train/multiruns/<timestamp>)."
-        )
+def find_runs(*directories: str | Path) -> list[Path]:
+    """Run directories (holding ``.hydra/config.yaml``) at or below each of ``directories``."""
+    runs: list[Path] = []
+    for directory in map(Path, directories):
+        if not directory.is_dir():
+            raise FileNotFoundError(f"{directory} is not a directory of runs.")
+        found = sorted(p.parent.parent for p in directory.glob("**/.hydra/config.yaml"))
+        if not found:
+            raise FileNotFoundError(
+                f"No runs under {directory}: expected train.py output dirs holding "
+                ".hydra/config.yaml (e.g. logs/train/multiruns/<timestamp>)."
+            )
+        runs += [run for run in found if run not in runs]
     return runs
 
 
@@ -318,19 +320,26 @@ def plot_spike_rates(runs: list[RunRecord], path: Path) -> None:
     save_figure(fig, path)
 
 
-def summarize(directory: str | Path, out_dir: str | Path | None = None) -> dict[str, Path]:
+def summarize(
+    directories: str | Path | Sequence[str | Path], out_dir: str | Path | None = None
+) -> dict[str, Path]:
     """Write ``summary.md`` (the runs' final figures) and ``summary_accuracy_vs_T.png``; where the
     runs logged them, ``summary_curves.md`` and ``summary_curves.png`` (learning curves by epoch)
-    and ``summary_spike_rates.png``. Returns the files written by name."""
-    runs = load_runs(find_runs(directory))
-    out = Path(out_dir or directory)
+    and ``summary_spike_rates.png``. ``directories``: one or more dirs of runs; ``out_dir``
+    (default: the one directory) is required with several. Returns the files written by name."""
+    roots = [directories] if isinstance(directories, str | Path) else list(directories)
+    if out_dir is None and len(roots) != 1:
+        raise ValueError(f"{len(roots)} directories of runs: name the output dir (--out DIR).")
+    runs = load_runs(find_runs(*roots))
+    out = Path(out_dir or roots[0])
     out.mkdir(parents=True, exist_ok=True)
+    where = ", ".join(str(root) for root in roots)
     files = {"table": out / "summary.md", "accuracy_plot": out / "summary_accuracy_vs_T.png"}
-    atomic_write_text(files["table"], f"# Runs under {directory}\n\n" + markdown_table(runs))
+    atomic_write_text(files["table"], f"# Runs under {where}\n\n" + markdown_table(runs))
     plot_accuracy_vs_t(runs, files["accuracy_plot"])
     if curves := markdown_curves(runs):
         files["curves_table"] = out / "summary_curves.md"
-        heading = f"# Learning curves of the runs under {directory} (epochs from 1)\n\n"
+        heading = f"# Learning curves of the runs under {where} (epochs from 1)\n\n"
         atomic_write_text(files["curves_table"], heading + curves)
         files["curves_plot"] = out / "summary_curves.png"
         plot_curves(runs, files["curves_plot"])
