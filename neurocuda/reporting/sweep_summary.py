@@ -10,11 +10,13 @@ from __future__ import annotations
 import csv
 import math
 import re
+import textwrap
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 from omegaconf import OmegaConf
 
 from neurocuda.files import atomic_write_text, save_figure
@@ -282,9 +284,13 @@ def plot_curves(runs: list[RunRecord], path: Path) -> None:
         ax.grid(alpha=0.3)
     for ax in axes[len(keys) :]:
         ax.set_visible(False)
-    handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=min(3, len(runs)), fontsize=8)
-    fig.tight_layout(rect=(0, 0.04 + 0.02 * (len(runs) // 3), 1, 1))
+    fig.tight_layout()
+    # below the panels (the saved PNG's tight box takes it in), one entry per run, also for a run
+    # missing from some panels (e.g. an ANN fit beside fine-tuning runs); long labels one a row
+    labels = [textwrap.fill(r.label, 90) for r in runs]
+    handles = [Line2D([], [], color=f"C{i % 10}", marker=".") for i in range(len(runs))]
+    ncol = 1 if max(map(len, labels)) > 40 else min(3, len(runs))
+    fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0), ncol=ncol, fontsize=8)
     save_figure(fig, path)
 
 
