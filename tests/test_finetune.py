@@ -23,7 +23,15 @@ from neurocuda.models import build_model
 from neurocuda.nir import Executor
 from neurocuda.nir import load as load_nir
 from neurocuda.nir.verify import compare, export_and_compare
-from neurocuda.snn import IFNeuron, Surrogate, neuron_scale_pairs, refresh, runtime_copy, spike
+from neurocuda.snn import (
+    IFNeuron,
+    Surrogate,
+    neuron_scale_pairs,
+    refresh,
+    runtime_copy,
+    spike,
+    thresholds_per_channel,
+)
 from neurocuda.snn.if_sequence import DEFAULT_SURROGATE, if_sequence
 from neurocuda.training import SNNFinetuneModule
 from neurocuda.training.snn_finetune import load_finetuned, snn_structure
@@ -247,6 +255,43 @@ def test_gradients_reach_weights_thresholds_and_initial_membranes(module, batch)
             assert parameter.grad is not None and float(parameter.grad.abs().sum()) > 0
     weights = [p for name, p in module.snn.named_parameters() if name.endswith("weight")]
     assert len(weights) == 8 and all(float(w.grad.abs().sum()) > 0 for w in weights)  # 7 conv, 1 fc
+
+
+def test_per_channel_thresholds_keep_the_spikes_then_train_apart(
+    tiny_datamodule, batch, tmp_path: Path
+) -> None:
+    """``channel_thresholds``: a QCFS net's one threshold per layer becomes one per channel (the
+    same network at first), the channels' thresholds learn different values, and the result is
+    still an exact IF network that reloads from its checkpoint."""
+    x, y = batch
+    torch.manual_seed(0)
+    qcfs = {**ANN, "activation": "qcfs", "activation_kwargs": {"levels": 4}}
+    ann = build_model(**{k: v for k, v in qcfs.items() if k != "arch_kwargs"}, **ANN["arch_kwargs"])
+    ann.train()(x)  # the thresholds are set from the first training batch
+    snn = convert(ann, tiny_datamodule.calibration_dataloader(), ConversionConfig())
+    assert all(n.threshold.dim() == 0 for n in snn.neuron_layers().values())
+    converted = runtime_copy(snn)
+    module = SNNFinetuneModule(
+        snn, timesteps=STEPS, optimizer={"lr": 3e-2}, scheduler="none", channel_thresholds=True,
+        structure=snn_structure(qcfs, "subtract", snn.input_shape),
+    )  # fmt: skip
+    with torch.no_grad():
+        assert torch.equal(module.spiking_model()(x, STEPS), converted(x, STEPS))
+    convs = [m for m in module.snn.modules() if isinstance(m, torch.nn.Conv2d)]
+    pairs = neuron_scale_pairs(module.snn)
+    assert len(pairs) == len(convs) == 7  # one after each conv layer
+    for (neuron, scale), conv in zip(pairs.values(), convs, strict=True):
+        assert neuron.threshold.shape == neuron.v_init.shape == (conv.out_channels, 1, 1)
+        assert scale.scale is neuron.threshold and neuron.trainable
+    assert thresholds_per_channel(module.snn) == []  # already per channel
+    trainer = fit(module, x, y, steps=6, root=tmp_path)
+    assert any(n.threshold.unique().numel() > 1 for n in module.snn.neuron_layers().values())
+    _, report = export_and_compare(module.spiking_model(), [tmp_path / "ch.nir"], x, y, [1, 4])
+    assert report.worst_diff == 0.0 and report.total_divergent == 0
+    trainer.save_checkpoint(tmp_path / "ch.ckpt")
+    loaded = load_finetuned(tmp_path / "ch.ckpt")
+    with torch.no_grad():
+        assert torch.equal(loaded.spiking_model()(x, STEPS), module.spiking_model()(x, STEPS))
 
 
 def test_thresholds_stay_positive(module) -> None:
@@ -478,7 +523,9 @@ def test_train_py_fine_tunes_a_given_checkpoint_without_fitting(
     assert summary["snn_source"] == "the given ANN checkpoint, converted"
     cfg = train_cfg("train=false", "finetune=snn", "finetune.timesteps=2",
                     f"finetune.start_from={checkpoint}", *converted,
-                    "finetune.detach_reset=true", "finetune.surrogate_width=0.5")  # fmt: skip
+                    "finetune.detach_reset=true", "finetune.surrogate_width=0.5",
+                    "conversion.calibration.per_channel=false",
+                    "finetune.channel_thresholds=true")  # fmt: skip
     metrics = train(cfg)
     assert metrics["test/acc"] == ann["test/acc"]  # the given ANN was tested, not fresh weights
     assert {"finetune/acc", "test/snn_acc_T2", "test/snn_gap_T2"} <= set(metrics)
@@ -488,6 +535,8 @@ def test_train_py_fine_tunes_a_given_checkpoint_without_fitting(
     finetuned = load_finetuned(folder / "last.ckpt")  # the setting reached the neurons
     wanted = Surrogate(width=0.5, detach_reset=True)
     assert all(n.surrogate == wanted for n in finetuned.snn.neuron_layers().values())
+    # converted with one threshold per layer, fine-tuned (and checked below) with one per channel
+    assert all(n.threshold.dim() > 0 for n in finetuned.snn.neuron_layers().values())
     # verify_nir.py runs the fine-tuned checkpoint itself (not a fresh conversion of an ANN)
     verify = [sys.executable, "scripts/verify_nir.py", str(folder / "last.nir"), "--timesteps",
               "1", "2", "--num-images", "8", "--archive", str(tiny_archive), "--checkpoint",

@@ -21,6 +21,7 @@ from neurocuda.snn.trainable import (
     runtime_copy,
     set_surrogate,
     set_trainable,
+    thresholds_per_channel,
 )
 
 __all__ = [
@@ -43,4 +44,5 @@ __all__ = [
     "set_surrogate",
     "set_trainable",
     "spike",
+    "thresholds_per_channel",
 ]

@@ -59,6 +59,47 @@ def set_trainable(snn: SpikingModel, enabled: bool) -> None:
             scale.register_buffer("scale", neuron.threshold.clone())
 
 
+@torch.no_grad()
+def thresholds_per_channel(snn: SpikingModel) -> list[str]:
+    """Give every neuron with one threshold for its layer one per channel (that value in each),
+    its initial membrane and ``Scale`` the same shape, so that fine-tuning can train them apart.
+    The spikes do not change. Returns the names of the layers changed.
+
+    A layer's channels are read from one constant-input step on a blank image (conv features
+    ``[C, H, W]`` get ``[C, 1, 1]``, linear ``[C]`` get ``[C]``, as conversion lays out
+    per-channel thresholds).
+    """
+    pairs = neuron_scale_pairs(snn)
+    layers = {name: pair for name, pair in pairs.items() if pair[0].threshold.dim() == 0}
+    if not layers:
+        return []
+    shapes: dict[str, torch.Size] = {}
+    hooks = [
+        snn.network.get_submodule(name).register_forward_pre_hook(
+            lambda _m, args, name=name: shapes.__setitem__(name, args[0].shape[1:])
+        )
+        for name in layers
+    ]
+    device = next(snn.parameters()).device
+    try:
+        snn(torch.zeros(1, *snn.input_shape, device=device), 1)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    trainable = any(neuron.trainable for neuron, _ in pairs.values())
+    if trainable:
+        set_trainable(snn, False)
+    for name, (neuron, scale) in layers.items():
+        shape = (shapes[name][0], *([1] * (len(shapes[name]) - 1)))
+        neuron.threshold = neuron.threshold.expand(shape).clone()
+        neuron.v_init = neuron.v_init.expand(shape).clone()
+        neuron.refresh()
+        scale.scale = neuron.threshold.clone()
+    if trainable:
+        set_trainable(snn, True)
+    return list(layers)
+
+
 def set_surrogate(snn: SpikingModel, surrogate: Surrogate) -> None:
     """How backprop through time treats every neuron's spike; inference is the same whatever."""
     for neuron in snn.neuron_layers().values():

@@ -230,6 +230,7 @@ def run_finetune(
         teacher=copy.deepcopy(net) if weight > 0 else None,
         detach_reset=bool(settings.detach_reset),
         surrogate_width=float(settings.surrogate_width),
+        channel_thresholds=bool(settings.channel_thresholds),
     )
     callbacks = finetune_callbacks(settings)
     if (cfg.get("callbacks") or {}).get("progress_bar"):  # the run's progress display

@@ -37,6 +37,7 @@ from neurocuda.snn import (
     runtime_copy,
     set_surrogate,
     set_trainable,
+    thresholds_per_channel,
 )
 from neurocuda.training.distill import FrozenTeacher, check_distillation, distillation_kl
 
@@ -88,7 +89,9 @@ class SNNFinetuneModule(L.LightningModule):
     ``distill_weight`` > 0 mixes in distillation from ``teacher`` (the ANN; see
     :meth:`distillation_loss`): ``(1 - weight) * loss + weight * distillation``.
     ``surrogate_width`` and ``detach_reset``: how backprop treats the spike
-    (:class:`~neurocuda.snn.Surrogate`; the forward pass is the same).
+    (:class:`~neurocuda.snn.Surrogate`; the forward pass is the same). ``channel_thresholds``:
+    a layer with one threshold gets one per channel to train
+    (:func:`~neurocuda.snn.thresholds_per_channel`).
     """
 
     def __init__(
@@ -109,6 +112,7 @@ class SNNFinetuneModule(L.LightningModule):
         teacher: nn.Module | None = None,
         detach_reset: bool = False,
         surrogate_width: float = 1.0,
+        channel_thresholds: bool = False,
     ) -> None:
         super().__init__()
         if timesteps < 1 or any(int(t) < 1 for t in eval_timesteps):
@@ -132,6 +136,8 @@ class SNNFinetuneModule(L.LightningModule):
             snn = _rebuild(structure)
         self.save_hyperparameters(ignore=["snn", "teacher"])
         self.snn = snn.train()  # no layer depends on it; Lightning warns about eval-mode modules
+        if channel_thresholds:
+            thresholds_per_channel(self.snn)
         set_trainable(self.snn, True)
         self.snn.requires_grad_(True)
         set_surrogate(self.snn, surrogate)
