@@ -48,6 +48,8 @@ class FinetuneNIRRoundTrip(NIRRoundTrip):
             "epoch": int(trainer.current_epoch),
             "checkpoint": ",".join(Path(p).name for p in checkpoints),
             "finetune_timesteps": int(hparams.timesteps),
+            # the conversion settings below say how the thresholds started, this how they trained
+            "finetune_channel_thresholds": str(bool(hparams.get("channel_thresholds"))).lower(),
             **(hparams.metadata or {}),
         }
         paths = [Path(p).with_suffix(".nir") for p in checkpoints]

@@ -537,6 +537,8 @@ def test_train_py_fine_tunes_a_given_checkpoint_without_fitting(
     assert all(n.surrogate == wanted for n in finetuned.snn.neuron_layers().values())
     # converted with one threshold per layer, fine-tuned (and checked below) with one per channel
     assert all(n.threshold.dim() > 0 for n in finetuned.snn.neuron_layers().values())
+    metadata = load_nir(folder / "last.nir").metadata
+    assert metadata["per_channel"] == "false" and metadata["finetune_channel_thresholds"] == "true"
     # verify_nir.py runs the fine-tuned checkpoint itself (not a fresh conversion of an ANN)
     verify = [sys.executable, "scripts/verify_nir.py", str(folder / "last.nir"), "--timesteps",
               "1", "2", "--num-images", "8", "--archive", str(tiny_archive), "--checkpoint",
