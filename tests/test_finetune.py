@@ -294,6 +294,26 @@ def test_per_channel_thresholds_keep_the_spikes_then_train_apart(
         assert torch.equal(loaded.spiking_model()(x, STEPS), module.spiking_model()(x, STEPS))
 
 
+@pytest.mark.parametrize("scale", [1.0, 10.0])
+def test_thresholds_and_initial_membranes_step_at_their_own_learning_rate(
+    tiny_datamodule, batch, tmp_path: Path, scale: float
+) -> None:
+    """AdamW's first step moves a parameter by at most its group's lr (by it exactly where the
+    gradient is far above eps): ``lr`` for weights and biases, ``lr * neuron_lr_scale`` for
+    thresholds and initial membranes."""
+    x, y = batch
+    lr = 1e-3
+    module = make_module(tiny_datamodule, optimizer={"lr": lr, "neuron_lr_scale": scale})
+    before = {name: p.detach().clone() for name, p in module.snn.named_parameters()}
+    fit(module, x, y, steps=1, root=tmp_path)
+    for name, p in module.snn.named_parameters():
+        step = float((p.detach() - before[name]).abs().max())  # lr where |grad| >> AdamW's eps
+        wanted = lr * scale if name.endswith(("threshold", "v_init")) else lr
+        assert step == pytest.approx(wanted, rel=1e-2), name  # float32 rounding
+    with pytest.raises(ValueError, match="neuron_lr_scale=-1 must be > 0"):
+        make_module(tiny_datamodule, optimizer={"neuron_lr_scale": -1})
+
+
 def test_thresholds_stay_positive(module) -> None:
     neuron = next(iter(module.snn.neuron_layers().values()))
     with torch.no_grad():
@@ -601,6 +621,15 @@ def test_train_py_fine_tunes_a_given_checkpoint_without_fitting(
 def test_a_bad_surrogate_width_fails_before_the_fit(train_cfg) -> None:
     with pytest.raises(ValueError, match=r"finetune\.surrogate_width=-1\.0 must be > 0"):
         train(train_cfg("finetune=snn", "finetune.surrogate_width=-1", "trainer.max_epochs=1000"))
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [("neuron_lr_scale=0", r"neuron_lr_scale=0 must be > 0"), ("name=adam", r"'adam': use adamw")],
+)
+def test_bad_optimizer_settings_fail_before_the_fit(train_cfg, override, message) -> None:
+    with pytest.raises(ValueError, match=message):
+        train(train_cfg("finetune=snn", f"finetune.optimizer.{override}", "trainer.max_epochs=9"))
 
 
 def test_bad_loss_timesteps_fail_before_the_fit(train_cfg) -> None:

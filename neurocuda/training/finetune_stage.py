@@ -30,6 +30,7 @@ from neurocuda.training.snn_finetune import (
     check_loss_timesteps,
     is_finetune_checkpoint,
     load_finetuned,
+    optimizer_settings,
     snn_structure,
 )
 
@@ -70,6 +71,7 @@ def check_finetune_settings(cfg: DictConfig) -> None:
         )
     check_distillation(*distillation(finetune), "finetune.distill")
     Surrogate(width=float(finetune.surrogate_width))  # a bad width fails here, not after the fit
+    optimizer_settings(OmegaConf.to_container(finetune.optimizer, resolve=True))
     finetune_callbacks(finetune)  # their settings (e.g. finetune.weight_average) checked now
     if finetune.start_from in ("best", "last"):
         if not cfg.get("train", True):

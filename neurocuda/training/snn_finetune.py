@@ -41,7 +41,26 @@ from neurocuda.snn import (
 )
 from neurocuda.training.distill import FrozenTeacher, check_distillation, distillation_kl
 
-_DEFAULT_OPTIMIZER = {"name": "adamw", "lr": 1e-4, "weight_decay": 0.0, "momentum": 0.9}
+_DEFAULT_OPTIMIZER = {
+    "name": "adamw",
+    "lr": 1e-4,
+    "weight_decay": 0.0,
+    "momentum": 0.9,
+    "neuron_lr_scale": 1.0,
+}
+
+
+def optimizer_settings(optimizer: dict[str, Any] | None) -> dict[str, Any]:
+    """``optimizer`` over the defaults, checked: fails on an unknown name or a scale <= 0."""
+    settings = {**_DEFAULT_OPTIMIZER, **(optimizer or {})}
+    if settings["name"] not in ("adamw", "sgd"):
+        raise ValueError(f"finetune.optimizer.name={settings['name']!r}: use adamw or sgd.")
+    if not float(settings["neuron_lr_scale"]) > 0:
+        raise ValueError(
+            f"finetune.optimizer.neuron_lr_scale={settings['neuron_lr_scale']} must be > 0 (the "
+            "thresholds' and initial membranes' learning rate over lr; 1: the same)."
+        )
+    return settings
 
 
 def snn_structure(
@@ -84,8 +103,10 @@ class SNNFinetuneModule(L.LightningModule):
     ``eval_timesteps`` (from one run at the largest). ``structure`` (see :func:`snn_structure`)
     makes checkpoints loadable without ``snn``; ``metadata`` (e.g. the conversion settings) is
     recorded in exported NIR files. ``optimizer``: ``name`` adamw | sgd, ``lr``, ``weight_decay``
-    (weights only, not biases, thresholds or initial membranes), ``momentum`` (sgd);
-    ``scheduler``: cosine | none. ``loss_timesteps``: see :func:`check_loss_timesteps`.
+    (weights only, not biases, thresholds or initial membranes), ``momentum`` (sgd),
+    ``neuron_lr_scale`` (the thresholds' and initial membranes' learning rate over ``lr``; see
+    :func:`optimizer_settings`); ``scheduler``: cosine | none. ``loss_timesteps``: see
+    :func:`check_loss_timesteps`.
     ``distill_weight`` > 0 mixes in distillation from ``teacher`` (the ANN; see
     :meth:`distillation_loss`): ``(1 - weight) * loss + weight * distillation``.
     ``surrogate_width`` and ``detach_reset``: how backprop treats the spike
@@ -121,6 +142,7 @@ class SNNFinetuneModule(L.LightningModule):
                 "be >= 1."
             )
         check_loss_timesteps(loss_timesteps, timesteps)
+        optimizer_settings(optimizer)
         if min_threshold <= 0:
             raise ValueError(f"finetune.min_threshold={min_threshold} must be > 0.")
         if scheduler not in ("cosine", "none"):
@@ -231,23 +253,22 @@ class SNNFinetuneModule(L.LightningModule):
         return runtime_copy(self.snn)
 
     def configure_optimizers(self) -> dict[str, Any]:
-        settings = {**_DEFAULT_OPTIMIZER, **(self.hparams.optimizer or {})}
-        name = settings.pop("name")
+        settings = optimizer_settings(self.hparams.optimizer)
         lr, weight_decay, momentum = settings["lr"], settings["weight_decay"], settings["momentum"]
         layers = self.snn.neuron_layers().values()
-        neurons = {id(p) for layer in layers for p in (layer.threshold, layer.v_init)}
-        weights = [p for p in self.snn.parameters() if p.dim() > 1 and id(p) not in neurons]
-        others = [p for p in self.snn.parameters() if p.dim() <= 1 or id(p) in neurons]
+        neurons = [p for layer in layers for p in (layer.threshold, layer.v_init)]
+        ids = {id(p) for p in neurons}
+        weights = [p for p in self.snn.parameters() if p.dim() > 1 and id(p) not in ids]
+        biases = [p for p in self.snn.parameters() if p.dim() <= 1 and id(p) not in ids]
         groups = [
             {"params": weights, "weight_decay": weight_decay},
-            {"params": others, "weight_decay": 0.0},
+            {"params": biases, "weight_decay": 0.0},
+            {"params": neurons, "weight_decay": 0.0, "lr": lr * settings["neuron_lr_scale"]},
         ]
-        if name == "adamw":
+        if settings["name"] == "adamw":
             optimizer: torch.optim.Optimizer = torch.optim.AdamW(groups, lr=lr)
-        elif name == "sgd":
-            optimizer = torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=momentum > 0)
         else:
-            raise ValueError(f"finetune.optimizer.name={name!r}: use adamw or sgd.")
+            optimizer = torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=momentum > 0)
         if self.hparams.scheduler == "none":
             return {"optimizer": optimizer}
         total = max(1, int(self.trainer.estimated_stepping_batches))
