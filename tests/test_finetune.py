@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from callbacks.checkpoint import CheckpointWithNIR
 from callbacks.weight_average import SNNWeightAverage
 from neurocuda.conversion import ConversionConfig, convert
+from neurocuda.files import read_checkpoint
 from neurocuda.models import build_model
 from neurocuda.nir import Executor
 from neurocuda.nir import load as load_nir
@@ -34,6 +35,7 @@ from neurocuda.snn import (
 )
 from neurocuda.snn.if_sequence import DEFAULT_SURROGATE, if_sequence
 from neurocuda.training import SNNFinetuneModule
+from neurocuda.training.finetune_stage import distill_teacher
 from neurocuda.training.snn_finetune import load_finetuned, snn_structure
 from train import train
 
@@ -616,6 +618,16 @@ def test_train_py_fine_tunes_a_given_checkpoint_without_fitting(
     with torch.no_grad():
         before = load_finetuned(earlier).spiking_model()(x, 2)
         assert torch.equal(load_finetuned(folder / "last.ckpt").spiking_model()(x, 2), before)
+    # finetune.distill.teacher: the network of an ANN file (any model) as teacher, which lets a
+    # continued run distil without ckpt_path; a missing file fails before any work
+    teacher = distill_teacher(None, str(checkpoint), torch.device("cpu"))
+    state = read_checkpoint(checkpoint)["state_dict"]
+    assert all(torch.equal(v, state[f"net.{k}"]) for k, v in teacher.state_dict().items())
+    distil = [*again, "test=false", "finetune.distill.weight=0.5"]
+    with pytest.raises(FileNotFoundError, match=r"finetune\.distill\.teacher=.*missing\.ckpt"):
+        train(train_cfg(*distil, f"finetune.distill.teacher={tmp_path / 'missing.ckpt'}"))
+    metrics = train(train_cfg(*distil, f"finetune.distill.teacher={checkpoint}"))
+    assert "finetune/distill_loss" in metrics
 
 
 def test_a_bad_surrogate_width_fails_before_the_fit(train_cfg) -> None:

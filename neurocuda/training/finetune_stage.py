@@ -23,7 +23,8 @@ from torch import nn
 from neurocuda.conversion import ConversionConfig, convert, evaluate_snn
 from neurocuda.files import read_checkpoint, verify_checkpoint
 from neurocuda.snn import SpikingModel, Surrogate
-from neurocuda.training.distill import check_distillation
+from neurocuda.training.classifier import ClassifierModule
+from neurocuda.training.distill import check_distillation, check_teacher_file
 from neurocuda.training.instantiate import conversion_group, conversion_settings
 from neurocuda.training.snn_finetune import (
     SNNFinetuneModule,
@@ -70,6 +71,8 @@ def check_finetune_settings(cfg: DictConfig) -> None:
             "bfloat16 (faster on CPUs with native bfloat16)."
         )
     check_distillation(*distillation(finetune), "finetune.distill")
+    check_teacher_file({"weight": distillation(finetune)[0], "teacher": teacher_file(finetune)},
+                       "finetune.distill")  # fmt: skip
     Surrogate(width=float(finetune.surrogate_width))  # a bad width fails here, not after the fit
     optimizer_settings(OmegaConf.to_container(finetune.optimizer, resolve=True))
     finetune_callbacks(finetune)  # their settings (e.g. finetune.weight_average) checked now
@@ -91,11 +94,12 @@ def check_finetune_settings(cfg: DictConfig) -> None:
                 "(test/acc and the SNN's gaps) needs the ANN it was converted from, "
                 "ckpt_path=ANN.ckpt; or test=false."
             )
-        if distillation(finetune)[0] > 0 and not cfg.get("ckpt_path"):
+        if distillation(finetune)[0] > 0 and not (cfg.get("ckpt_path") or teacher_file(finetune)):
             raise ValueError(
                 f"finetune.start_from={finetune.start_from} is a fine-tuning checkpoint: "
                 "distillation (finetune.distill.weight > 0) needs the ANN it was converted from "
-                "as teacher, ckpt_path=ANN.ckpt; or finetune.distill.weight=0."
+                "as teacher, ckpt_path=ANN.ckpt (or another, finetune.distill.teacher=FILE.ckpt); "
+                "or finetune.distill.weight=0."
             )
 
 
@@ -126,6 +130,21 @@ def distillation(finetune: DictConfig) -> tuple[float, float]:
     """``finetune.distill``'s weight and temperature (weight 0, off, without the node)."""
     distill = finetune.get("distill") or {}
     return float(distill.get("weight", 0.0)), float(distill.get("temperature", 4.0))
+
+
+def teacher_file(finetune: DictConfig) -> str:
+    """``finetune.distill.teacher``: an ANN checkpoint to distil from ("": the run's ANN)."""
+    return str((finetune.get("distill") or {}).get("teacher") or "")
+
+
+def distill_teacher(ann: nn.Module | None, path: str, device: torch.device) -> nn.Module:
+    """The network whose logits the SNN distils: ``path``'s (any model of this project, e.g. the
+    ReLU recipe's ANN for a QCFS network) when given, else a copy of ``ann``."""
+    if not path:
+        assert ann is not None  # run_finetune reads the ANN whenever no teacher file is given
+        return copy.deepcopy(ann)
+    log.info("Distilling from %s", path)
+    return ClassifierModule.load_from_checkpoint(verify_checkpoint(path), device).net
 
 
 FINETUNE_PRECISIONS = ("32-true", "bf16-mixed")
@@ -200,8 +219,9 @@ def run_finetune(
     weight, temperature = distillation(settings)
     start = settings.start_from
     continuing = start not in ("best", "last") and is_finetune_checkpoint(start)
+    teacher = teacher_file(settings)
     net = None  # the ANN: converted, or (continuing) read only as the distillation teacher
-    if not continuing or weight > 0:
+    if not continuing or (weight > 0 and not teacher):
         net = ann.net if start == "last" else ann_with_weights(ann, ann_checkpoint(cfg, trainer))
     if continuing:
         log.info("Fine-tuning further the SNN of %s", start)
@@ -229,7 +249,7 @@ def run_finetune(
         metadata=metadata,
         distill_weight=weight,
         distill_temperature=temperature,
-        teacher=copy.deepcopy(net) if weight > 0 else None,
+        teacher=distill_teacher(net, teacher, device) if weight > 0 else None,
         detach_reset=bool(settings.detach_reset),
         surrogate_width=float(settings.surrogate_width),
         channel_thresholds=bool(settings.channel_thresholds),
