@@ -156,8 +156,7 @@ class ClassifierModule(L.LightningModule):
         if self.hparams.compile:  # checked here, not at load: evaluation never compiles
             _check_compiler()
         if self.distill["weight"] > 0 and self._teacher is None:
-            path = verify_checkpoint(self.distill["teacher"])  # a damaged file: a clear error
-            self.set_teacher(ClassifierModule.load_from_checkpoint(path, self.device).net)
+            self.set_teacher(ann_network(self.distill["teacher"], self.device))
             log.info("Distilling from %s (weight %s, temperature %s).", self.distill["teacher"],
                      self.distill["weight"], self.distill["temperature"])  # fmt: skip
 
@@ -262,3 +261,9 @@ class ClassifierModule(L.LightningModule):
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
         }
+
+
+def ann_network(path: str | os.PathLike[str], device: torch.device | str = "cpu") -> nn.Module:
+    """The network of a ClassifierModule checkpoint, built from its own saved settings (e.g. a
+    distillation teacher); a missing or damaged file raises one clear error."""
+    return ClassifierModule.load_from_checkpoint(verify_checkpoint(path), device).net

@@ -23,7 +23,7 @@ from torch import nn
 from neurocuda.conversion import ConversionConfig, convert, evaluate_snn
 from neurocuda.files import read_checkpoint, verify_checkpoint
 from neurocuda.snn import SpikingModel, Surrogate
-from neurocuda.training.classifier import ClassifierModule
+from neurocuda.training.classifier import ann_network
 from neurocuda.training.distill import check_distillation, check_teacher_file
 from neurocuda.training.instantiate import conversion_group, conversion_settings
 from neurocuda.training.snn_finetune import (
@@ -71,8 +71,7 @@ def check_finetune_settings(cfg: DictConfig) -> None:
             "bfloat16 (faster on CPUs with native bfloat16)."
         )
     check_distillation(*distillation(finetune), "finetune.distill")
-    check_teacher_file({"weight": distillation(finetune)[0], "teacher": teacher_file(finetune)},
-                       "finetune.distill")  # fmt: skip
+    check_teacher_file(finetune.get("distill"), "finetune.distill")
     Surrogate(width=float(finetune.surrogate_width))  # a bad width fails here, not after the fit
     optimizer_settings(OmegaConf.to_container(finetune.optimizer, resolve=True))
     finetune_callbacks(finetune)  # their settings (e.g. finetune.weight_average) checked now
@@ -144,7 +143,7 @@ def distill_teacher(ann: nn.Module | None, path: str, device: torch.device) -> n
         assert ann is not None  # run_finetune reads the ANN whenever no teacher file is given
         return copy.deepcopy(ann)
     log.info("Distilling from %s", path)
-    return ClassifierModule.load_from_checkpoint(verify_checkpoint(path), device).net
+    return ann_network(path, device)
 
 
 FINETUNE_PRECISIONS = ("32-true", "bf16-mixed")
