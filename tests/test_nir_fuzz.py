@@ -22,6 +22,7 @@ import itertools
 import multiprocessing
 import os
 import shutil
+import struct
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -606,6 +607,55 @@ def test_huge_declared_tensor_is_refused_before_reading(base: Path, tmp_path: Pa
     assert path.stat().st_size < 2 * base.stat().st_size
     with pytest.raises(NIRFormatError, match=r"declares shape \(1000000, 1000000\)"):
         load(path)
+
+
+def _set_string_length(path: Path, dataset: str, index: int, length: int) -> None:
+    """Overwrite the stored length of element ``index`` of a variable-length string dataset."""
+    with h5py.File(path, "r") as f:
+        at = f[dataset].id.get_offset() + 16 * index  # 16-byte descriptors: 8-byte addresses
+    with path.open("r+b") as raw:
+        raw.seek(at)
+        raw.write(struct.pack("<I", length))
+
+
+@pytest.mark.parametrize(("dataset", "index"), [("node/edges", 17), ("node/type", 0)])
+def test_corrupt_string_length_is_refused_before_allocating(
+    base: Path, tmp_path: Path, dataset: str, index: int
+) -> None:
+    """The fuzz's m227: one flipped byte made an edge name declare 2 GB, which libhdf5 allocated
+    and touched before failing (6 s of CPU, 2.6 GB resident; a hang in a loaded CI run)."""
+    path = tmp_path / "long.nir"
+    shutil.copyfile(base, path)
+    _set_string_length(path, dataset, index, 0x7F000004)
+    start = time.process_time()
+    with pytest.raises(NIRFormatError, match=r"2,130,706,436 bytes \(LoadLimits.max_string_bytes"):
+        load(path)
+    assert time.process_time() - start < 1.0
+
+
+def test_string_layouts(base: Path, tmp_path: Path) -> None:
+    """Strings in chunks, and a file after a 512-byte user block, load as the original; strings
+    whose lengths cannot be read first (in the dataset header) are refused with the fix."""
+    moved = tmp_path / "moved.nir"
+    with h5py.File(base, "r") as src, h5py.File(moved, "w", userblock_size=512) as out:
+        src.copy("node", out)
+        edges = out["node/edges"][()]
+        del out["node/edges"]
+        out["node"].create_dataset("edges", data=edges, dtype=STRING, chunks=(1, 2))
+    x = _inputs()
+    np.testing.assert_array_equal(_run(load(moved), x), _run(load(base), x))
+    compact = tmp_path / "compact.nir"
+    shutil.copyfile(base, compact)
+    with h5py.File(compact, "r+") as f:
+        plist = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+        plist.set_layout(h5py.h5d.COMPACT)  # low level: create_dataset makes scalars contiguous
+        del f["node/type"]
+        scalar = h5py.h5s.create(h5py.h5s.SCALAR)
+        string = h5py.h5t.py_create(STRING, logical=True)
+        stored = h5py.h5d.create(f["node"].id, b"type", string, scalar, dcpl=plist)
+        stored.write(h5py.h5s.ALL, h5py.h5s.ALL, np.array(b"NIRGraph", dtype=STRING))
+    with pytest.raises(NIRFormatError, match=r"field 'type' stores variable-length data .* header"):
+        load(compact)
 
 
 def test_gzip_bomb_is_refused_before_decompressing(base: Path, tmp_path: Path) -> None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,6 +51,12 @@ class LoadLimits:
     """Edges of one graph level; nir's type inference takes time quadratic in it (~1 s here)."""
     max_depth: int = 32
     """Nesting depth of graphs (and metadata groups)."""
+    max_string_bytes: int = 2**20
+    """Bytes of one variable-length element (a name, a type, a metadata string), read from its
+    stored length before libhdf5 allocates it."""
+
+
+VLEN_BLOCK = 2**16  # variable-length descriptors read at a time
 
 
 # How each stored field is checked; any other field is a parameter ("float").
@@ -115,6 +122,14 @@ def _node_types() -> dict[str, type]:
 
 
 NODE_TYPES = _node_types()
+
+
+def _variable_item_bytes(dtype: np.dtype) -> int | None:
+    """Bytes per unit of a variable-length string or sequence dtype (None: fixed size)."""
+    if (string := h5py.check_string_dtype(dtype)) is not None:
+        return 1 if string.length is None else None
+    base = h5py.check_vlen_dtype(dtype)
+    return None if base is None else base.itemsize
 
 
 class Reader:
@@ -256,12 +271,13 @@ class Reader:
                 f"{limits.max_tensor_elements:,})."
             )
         nbytes = elements * dataset.dtype.itemsize
-        self.bytes += nbytes
-        if self.bytes > limits.max_total_bytes:
+        self.account(nbytes)
+        if (item := _variable_item_bytes(dataset.dtype)) is not None:
+            self.account(self.variable_bytes(dataset, item))
+        elif dataset.dtype.hasobject and h5py.check_ref_dtype(dataset.dtype) is None:
             raise self.fail(
-                f"brings the datasets over "
-                f"{limits.max_total_bytes:,} bytes "
-                "(LoadLimits.max_total_bytes)."
+                f"has dtype {dataset.dtype}, a compound or array type with variable-length "
+                "members; NIR fields and metadata hold strings, numbers and arrays of them."
             )
         if dataset.id.get_create_plist().get_nfilters() > 0:  # compressed (or other filters)
             self.decompressed += nbytes
@@ -271,6 +287,59 @@ class Reader:
                     f"{limits.max_decompressed_bytes:,} bytes once decompressed "
                     "(LoadLimits.max_decompressed_bytes)."
                 )
+
+    def account(self, nbytes: int) -> None:
+        self.bytes += nbytes
+        if self.bytes > self.limits.max_total_bytes:
+            raise self.fail(
+                f"brings the datasets over {self.limits.max_total_bytes:,} bytes "
+                "(LoadLimits.max_total_bytes)."
+            )
+
+    def variable_bytes(self, dataset: h5py.Dataset, item: int) -> int:
+        """Bytes the variable-length elements of ``dataset`` declare (``item`` bytes per unit),
+        read from their stored descriptors (length, heap address, index); one over
+        ``LoadLimits.max_string_bytes`` is refused.
+
+        By hand because libhdf5 allocates whatever a descriptor declares before it finds the data
+        shorter (one flipped byte in a file: a 2 GB allocation, seconds of page faults, or the
+        OOM killer) and h5py exposes no H5Dvlen_get_buf_size to ask first."""
+        address_bytes = dataset.file.id.get_create_plist().get_sizes()[0]
+        descriptor = np.dtype([("length", "<u4"), ("heap", f"V{address_bytes + 4}")])
+        plist = dataset.id.get_create_plist()
+        layout = plist.get_layout()
+        if layout == h5py.h5d.CONTIGUOUS:  # what libhdf5 reads: one descriptor per element
+            offset = dataset.id.get_offset()  # None: never written, the elements are empty
+            size = math.prod(dataset.shape) * descriptor.itemsize
+            spans = [] if offset is None else [(offset, size)]
+        elif layout == h5py.h5d.CHUNKED and plist.get_nfilters() == 0:
+            chunks = (dataset.id.get_chunk_info(i) for i in range(dataset.id.get_num_chunks()))
+            spans = [(chunk.byte_offset, chunk.size) for chunk in chunks]
+        else:
+            raise self.fail(
+                "stores variable-length data compressed or in its header, where their lengths "
+                "cannot be checked before libhdf5 allocates them; write strings uncompressed "
+                "(as nir.write and neurocuda.nir.save do)."
+            )
+        handle = dataset.file.id.get_vfd_handle()
+        total = 0
+        for start, size in spans:
+            if size % descriptor.itemsize:
+                raise self.fail(f"stores {size} bytes, not whole {descriptor.itemsize}-byte items.")
+            for at in range(start, start + size, VLEN_BLOCK * descriptor.itemsize):
+                count = min(VLEN_BLOCK * descriptor.itemsize, start + size - at)
+                raw = os.pread(handle, count, at)
+                if len(raw) != count:
+                    raise self.fail("stores its data past the end of the file (truncated).")
+                lengths = np.frombuffer(raw, descriptor)["length"].astype(np.int64) * item
+                if lengths.size and (longest := int(lengths.max())) > self.limits.max_string_bytes:
+                    raise self.fail(
+                        f"declares a variable-length element of {longest:,} bytes "
+                        f"(LoadLimits.max_string_bytes is {self.limits.max_string_bytes:,}); "
+                        "the file is corrupt."
+                    )
+                total += int(lengths.sum())
+        return total
 
     def check_dtype(self, dataset: h5py.Dataset, key: str) -> None:
         kind = FIELD_KINDS.get(key, "float")
@@ -323,6 +392,7 @@ class Reader:
             raise self.fail("is not a single string.")
         if h5py.check_string_dtype(dataset.dtype) is None:
             raise self.fail(f"has dtype {dataset.dtype}, not a string.")
+        self.size(dataset)
         return self.decode(dataset[()])
 
     def decode(self, value: Any) -> str:
