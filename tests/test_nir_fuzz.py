@@ -658,22 +658,49 @@ def test_string_layouts(base: Path, tmp_path: Path) -> None:
         load(compact)
 
 
-def test_gzip_bomb_is_refused_before_decompressing(base: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("hidden", [False, True])
+def test_gzip_bomb_is_refused_before_decompressing(
+    base: Path, tmp_path: Path, hidden: bool
+) -> None:
+    """16 MiB of zeros compressed to a few KB: declared as a tensor, or hidden in one chunk of a
+    parameter that keeps its 10 elements (libhdf5 decompresses whole chunks)."""
     path = tmp_path / "bomb.nir"
     shutil.copyfile(base, path)
     with h5py.File(path, "r+") as f:
         node, _, key = parameters(f, np.random.default_rng(0))
-        shape = f[node][key].shape
+        original = f[node][key][()]
         del f[node][key]
-        zeros = np.zeros((2**22,), np.float32)  # 16 MiB of zeros compress to a few KB
-        f[node].create_dataset(key, data=zeros, compression="gzip", compression_opts=9)
+        gzip = {"compression": "gzip", "compression_opts": 9}
+        if hidden:
+            stored = f[node].create_dataset(
+                key, shape=original.shape, maxshape=(None,), chunks=(2**22,), dtype="f4", **gzip
+            )
+            stored[...] = original
+        else:
+            f[node].create_dataset(key, data=np.zeros((2**22,), np.float32), **gzip)
     assert path.stat().st_size < base.stat().st_size + 2**20
     limits = LoadLimits(max_decompressed_bytes=2**23)
     start = time.process_time()  # CPU time: the machine may be busy
     with pytest.raises(NIRFormatError, match="max_decompressed_bytes"):
         load(path, limits)
     assert time.process_time() - start < 1.0
-    assert shape != zeros.shape
+    assert original.shape == (10,)
+
+
+def test_chunk_count_fails_fast(base: Path, tmp_path: Path) -> None:
+    """A parameter declared as 2**20 one-element chunks (nothing written; the file stays small):
+    libhdf5 would visit every chunk (5.6 s for 10**6 here); refused from the header."""
+    path = tmp_path / "chunks.nir"
+    shutil.copyfile(base, path)
+    with h5py.File(path, "r+") as f:
+        node, _, key = parameters(f, np.random.default_rng(0))
+        del f[node][key]
+        f[node].create_dataset(key, shape=(2**20,), chunks=(1,), dtype="f4")
+    assert path.stat().st_size < base.stat().st_size + 2**16
+    start = time.process_time()
+    with pytest.raises(NIRFormatError, match=r"chunks of \(1,\).*LoadLimits.max_chunks"):
+        load(path)
+    assert time.process_time() - start < 1.0
 
 
 def test_node_count_and_nesting_fail_fast(base: Path, tmp_path: Path) -> None:

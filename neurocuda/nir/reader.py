@@ -51,6 +51,9 @@ class LoadLimits:
     """Edges of one graph level; nir's type inference takes time quadratic in it (~1 s here)."""
     max_depth: int = 32
     """Nesting depth of graphs (and metadata groups)."""
+    max_chunks: int = 2**16
+    """Chunks of all datasets together, as their shapes and chunk shapes declare (libhdf5 takes
+    ~5 s for 10**6 chunks, written or not; h5py's chunks are 8 KiB-1 MiB)."""
     max_string_bytes: int = 2**20
     """Bytes of one variable-length element (a name, a type, a metadata string), read from its
     stored length before libhdf5 allocates it."""
@@ -144,6 +147,7 @@ class Reader:
         self.nodes = 0
         self.bytes = 0
         self.decompressed = 0
+        self.chunks = 0
 
     @property
     def location(self) -> str:
@@ -270,6 +274,15 @@ class Reader:
                 f"elements; LoadLimits.max_tensor_elements is "
                 f"{limits.max_tensor_elements:,})."
             )
+        grid = 0  # chunks as declared; libhdf5 visits each, written or not (superlinear)
+        if dataset.chunks is not None:
+            grid = math.prod(-(-n // c) for n, c in zip(dataset.shape, dataset.chunks, strict=True))
+            self.chunks += grid
+            if self.chunks > limits.max_chunks:
+                raise self.fail(
+                    f"stores {elements:,} elements in chunks of {dataset.chunks}, which brings "
+                    f"the file over {limits.max_chunks:,} chunks (LoadLimits.max_chunks)."
+                )
         nbytes = elements * dataset.dtype.itemsize
         self.account(nbytes)
         if (item := _variable_item_bytes(dataset.dtype)) is not None:
@@ -280,7 +293,8 @@ class Reader:
                 "members; NIR fields and metadata hold strings, numbers and arrays of them."
             )
         if dataset.id.get_create_plist().get_nfilters() > 0:  # compressed (or other filters)
-            self.decompressed += nbytes
+            # libhdf5 decompresses whole chunks: a (10,) tensor in a (2**27,) chunk is 512 MiB
+            self.decompressed += grid * math.prod(dataset.chunks) * dataset.dtype.itemsize
             if self.decompressed > limits.max_decompressed_bytes:
                 raise self.fail(
                     f"brings the compressed datasets over "
