@@ -703,6 +703,21 @@ def test_chunk_count_fails_fast(base: Path, tmp_path: Path) -> None:
     assert time.process_time() - start < 1.0
 
 
+def test_data_in_other_files_is_refused(base: Path, tmp_path: Path) -> None:
+    """HDF5 lets a dataset's bytes live in any other file (external storage): a received NIR file
+    could load, say, a key file into a bias. Refused, naming the fix."""
+    other = tmp_path / "other.bin"
+    other.write_bytes(np.arange(10, dtype=np.float32).tobytes())
+    path = tmp_path / "external.nir"
+    shutil.copyfile(base, path)
+    with h5py.File(path, "r+") as f:
+        node, _, key = parameters(f, np.random.default_rng(0))
+        del f[node][key]
+        f[node].create_dataset(key, shape=(10,), dtype="f4", external=[(str(other), 0, 40)])
+    with pytest.raises(NIRFormatError, match=r"in other files .* re-export it"):
+        load(path)
+
+
 def test_node_count_and_nesting_fail_fast(base: Path, tmp_path: Path) -> None:
     """A 20,000-node graph and 400-level nesting: the limit error in well under a second."""
     chain = tmp_path / "chain.nir"

@@ -2,10 +2,11 @@
 
 Two iterative passes (no recursion on the file's nesting, so deep files cannot overflow the stack):
 
-1. **Scan** (no data read): node types, field names, dataset shapes and dtypes, node/edge counts
-   and nesting depth against :class:`LoadLimits`. Sizes come from the HDF5 headers, so a small
-   file declaring a huge tensor, or a gzip bomb, is refused before anything is allocated or
-   decompressed.
+1. **Scan** (no data read): node types, field names, dataset shapes and dtypes, chunk and
+   node/edge counts, nesting depth and string lengths against :class:`LoadLimits`; data stored in
+   other files is refused. Sizes come from the HDF5 headers (strings' from their stored
+   descriptors), so a small file declaring a huge tensor or string, or a gzip bomb, is refused
+   before anything is allocated or decompressed.
 2. **Build**: read each dataset, check its values (finite parameters, positive time constants,
    sane shapes and strides), then construct the nodes bottom-up with nir's own constructors and
    type inference (as ``nir.read`` does) and refuse dangling edges and names that collide once
@@ -274,6 +275,12 @@ class Reader:
                 f"elements; LoadLimits.max_tensor_elements is "
                 f"{limits.max_tensor_elements:,})."
             )
+        plist = dataset.id.get_create_plist()
+        if plist.get_layout() == h5py.h5d.VIRTUAL or plist.get_external_count():
+            raise self.fail(
+                "stores its data in other files (an HDF5 external or virtual dataset), which "
+                "loading would read; a NIR file holds its own data: re-export it."
+            )
         grid = 0  # chunks as declared; libhdf5 visits each, written or not (superlinear)
         if dataset.chunks is not None:
             grid = math.prod(-(-n // c) for n, c in zip(dataset.shape, dataset.chunks, strict=True))
@@ -292,7 +299,7 @@ class Reader:
                 f"has dtype {dataset.dtype}, a compound or array type with variable-length "
                 "members; NIR fields and metadata hold strings, numbers and arrays of them."
             )
-        if dataset.id.get_create_plist().get_nfilters() > 0:  # compressed (or other filters)
+        if plist.get_nfilters() > 0:  # compressed (or other filters)
             # libhdf5 decompresses whole chunks: a (10,) tensor in a (2**27,) chunk is 512 MiB
             self.decompressed += grid * math.prod(dataset.chunks) * dataset.dtype.itemsize
             if self.decompressed > limits.max_decompressed_bytes:
