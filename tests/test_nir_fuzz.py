@@ -704,8 +704,9 @@ def test_chunk_count_fails_fast(base: Path, tmp_path: Path) -> None:
 
 
 def test_data_in_other_files_is_refused(base: Path, tmp_path: Path) -> None:
-    """HDF5 lets a dataset's bytes live in any other file (external storage): a received NIR file
-    could load, say, a key file into a bias. Refused, naming the fix."""
+    """HDF5 lets a dataset's bytes, or a whole node, live in any other file (external storage,
+    external links): a received NIR file could load, say, a key file into a bias. Refused, naming
+    the fix."""
     other = tmp_path / "other.bin"
     other.write_bytes(np.arange(10, dtype=np.float32).tobytes())
     path = tmp_path / "external.nir"
@@ -716,6 +717,13 @@ def test_data_in_other_files_is_refused(base: Path, tmp_path: Path) -> None:
         f[node].create_dataset(key, shape=(10,), dtype="f4", external=[(str(other), 0, 40)])
     with pytest.raises(NIRFormatError, match=r"in other files .* re-export it"):
         load(path)
+    linked = tmp_path / "linked.nir"  # a node that is another file's node (an HDF5 external link)
+    shutil.copyfile(base, linked)
+    with h5py.File(linked, "r+") as f:
+        del f["node/nodes/_3"]
+        f["node/nodes/_3"] = h5py.ExternalLink(str(base), "/node/nodes/_3")
+    with pytest.raises(NIRFormatError, match=r"links '_3' to '/node/nodes/_3' in .*base.nir"):
+        load(linked)
 
 
 def test_node_count_and_nesting_fail_fast(base: Path, tmp_path: Path) -> None:

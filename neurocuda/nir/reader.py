@@ -4,9 +4,9 @@ Two iterative passes (no recursion on the file's nesting, so deep files cannot o
 
 1. **Scan** (no data read): node types, field names, dataset shapes and dtypes, chunk and
    node/edge counts, nesting depth and string lengths against :class:`LoadLimits`; data stored in
-   other files is refused. Sizes come from the HDF5 headers (strings' from their stored
-   descriptors), so a small file declaring a huge tensor or string, or a gzip bomb, is refused
-   before anything is allocated or decompressed.
+   other files (external links and storage, virtual datasets) is refused. Sizes come from the
+   HDF5 headers (strings' from their stored descriptors), so a small file declaring a huge tensor
+   or string, or a gzip bomb, is refused before anything is allocated or decompressed.
 2. **Build**: read each dataset, check its values (finite parameters, positive time constants,
    sane shapes and strides), then construct the nodes bottom-up with nir's own constructors and
    type inference (as ``nir.read`` does) and refuse dangling edges and names that collide once
@@ -161,7 +161,7 @@ class Reader:
         return NIRFormatError(f"{self.path}: {self.location} {problem}")
 
     def read(self, file: h5py.File) -> nir.NIRGraph:
-        if "node" not in file or not isinstance(file["node"], h5py.Group):
+        if "node" not in file or not isinstance(self.member(file, "node"), h5py.Group):
             raise NIRFormatError(
                 f"{self.path} is an HDF5 file without a 'node' group: not a NIR file."
             )
@@ -196,7 +196,7 @@ class Reader:
             else:
                 parent.children[name] = spec
             if spec.kind is nir.NIRGraph:
-                members = group["nodes"]
+                members = self.member(group, "nodes")
                 if not isinstance(members, h5py.Group):
                     raise self.fail("has a 'nodes' field that is not a group.")
                 self.count_nodes(len(members))
@@ -204,7 +204,7 @@ class Reader:
                 for child in members:
                     child_name = self.name(child, "node name")
                     child_where = child_name if where == ROOT else f"{where}.{child_name}"
-                    item = members[child]
+                    item = self.member(members, child)
                     if not isinstance(item, h5py.Group):
                         raise self.fail(f"has a member {child_name!r} that is not a group.")
                     children.append((item, child_where, depth + 1, spec, child_name))
@@ -213,6 +213,16 @@ class Reader:
                 )  # popped in file order: nodes keep nir.read's order
         assert root is not None
         return root
+
+    def member(self, group: h5py.Group, key: str) -> h5py.HLObject:
+        """``group[key]``, refusing a link into another file (loading would read that file)."""
+        link = group.get(key, getlink=True)
+        if isinstance(link, h5py.ExternalLink):
+            raise self.fail(
+                f"links {key!r} to {link.path!r} in {link.filename!r}, another file; a NIR file "
+                "holds its own data: re-export it."
+            )
+        return group[key]
 
     def name(self, key: str | bytes, what: str) -> str:
         if not isinstance(key, str):
@@ -231,7 +241,7 @@ class Reader:
         if "type" not in keys:
             raise self.fail("has no 'type' field.")
         self.field = "type"
-        kind_name = self.string(group["type"])
+        kind_name = self.string(self.member(group, "type"))
         self.field = None
         kind = NODE_TYPES.get(kind_name)
         if kind is None or kind is nir.NIRNode:
@@ -248,7 +258,7 @@ class Reader:
         spec = _Spec(where, kind, group)
         for key in sorted(keys - {"type", "metadata", "nodes"}):
             self.field = key
-            dataset = group[key]
+            dataset = self.member(group, key)
             if not isinstance(dataset, h5py.Dataset):
                 raise self.fail("is a group, not a dataset.")
             self.size(dataset)
@@ -259,7 +269,7 @@ class Reader:
                 spec.fields[key] = dataset
         if "metadata" in keys:
             self.field = "metadata"
-            self.scan_metadata(group["metadata"])
+            self.scan_metadata(self.member(group, "metadata"))
         self.field = None
         return spec
 
@@ -406,7 +416,7 @@ class Reader:
             self.count_nodes(len(item))  # metadata entries count like nodes (a bound on work)
             for key in item:
                 self.name(key, "key")
-                stack.append((item[key], depth + 1))
+                stack.append((self.member(item, key), depth + 1))
 
     def string(self, dataset: h5py.HLObject) -> str:
         if not isinstance(dataset, h5py.Dataset) or dataset.shape != ():
