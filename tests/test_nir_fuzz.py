@@ -635,7 +635,7 @@ def test_corrupt_string_length_is_refused_before_allocating(
 
 def test_string_layouts(base: Path, tmp_path: Path) -> None:
     """Strings in chunks, and a file after a 512-byte user block, load as the original; strings
-    whose lengths cannot be read first (in the dataset header) are refused with the fix."""
+    whose lengths cannot be read first (in the dataset header, inside a compound) are refused."""
     moved = tmp_path / "moved.nir"
     with h5py.File(base, "r") as src, h5py.File(moved, "w", userblock_size=512) as out:
         src.copy("node", out)
@@ -656,6 +656,14 @@ def test_string_layouts(base: Path, tmp_path: Path) -> None:
         stored.write(h5py.h5s.ALL, h5py.h5s.ALL, np.array(b"NIRGraph", dtype=STRING))
     with pytest.raises(NIRFormatError, match=r"field 'type' stores variable-length data .* header"):
         load(compact)
+    nested = tmp_path / "nested.nir"  # strings inside a compound: lengths out of reach
+    shutil.copyfile(base, nested)
+    with h5py.File(nested, "r+") as f:
+        record = np.dtype([("name", STRING), ("value", "f4")])
+        metadata = f["node"].require_group("metadata")
+        metadata.create_dataset("entry", data=np.array([("a", 1)], record))
+    with pytest.raises(NIRFormatError, match="with variable-length members"):
+        load(nested)
 
 
 @pytest.mark.parametrize("hidden", [False, True])

@@ -128,6 +128,15 @@ def _node_types() -> dict[str, type]:
 NODE_TYPES = _node_types()
 
 
+def _nested_variable(dtype: np.dtype) -> bool:
+    """Whether variable-length data sits inside another type (a compound, an array, a
+    variable-length sequence of them)."""
+    if h5py.check_string_dtype(dtype) is not None or h5py.check_ref_dtype(dtype) is not None:
+        return False
+    base = h5py.check_vlen_dtype(dtype)
+    return (dtype if base is None else base).hasobject
+
+
 def _variable_item_bytes(dtype: np.dtype) -> int | None:
     """Bytes per unit of a variable-length string or sequence dtype (None: fixed size)."""
     if (string := h5py.check_string_dtype(dtype)) is not None:
@@ -302,13 +311,14 @@ class Reader:
                 )
         nbytes = elements * dataset.dtype.itemsize
         self.account(nbytes)
+        if _nested_variable(dataset.dtype):
+            raise self.fail(
+                f"has dtype {dataset.dtype}, a type with variable-length members (whose lengths "
+                "cannot be checked first); NIR fields and metadata hold strings, numbers and "
+                "arrays of them."
+            )
         if (item := _variable_item_bytes(dataset.dtype)) is not None:
             self.account(self.variable_bytes(dataset, item))
-        elif dataset.dtype.hasobject and h5py.check_ref_dtype(dataset.dtype) is None:
-            raise self.fail(
-                f"has dtype {dataset.dtype}, a compound or array type with variable-length "
-                "members; NIR fields and metadata hold strings, numbers and arrays of them."
-            )
         if plist.get_nfilters() > 0:  # compressed (or other filters)
             # libhdf5 decompresses whole chunks: a (10,) tensor in a (2**27,) chunk is 512 MiB
             self.decompressed += grid * math.prod(dataset.chunks) * dataset.dtype.itemsize
