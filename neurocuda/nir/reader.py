@@ -318,7 +318,7 @@ class Reader:
                 "arrays of them."
             )
         if (item := _variable_item_bytes(dataset.dtype)) is not None:
-            self.account(self.variable_bytes(dataset, item))
+            self.account(self.variable_bytes(dataset, plist, item))
         if plist.get_nfilters() > 0:  # compressed (or other filters)
             # libhdf5 decompresses whole chunks: a (10,) tensor in a (2**27,) chunk is 512 MiB
             self.decompressed += grid * math.prod(dataset.chunks) * dataset.dtype.itemsize
@@ -337,7 +337,7 @@ class Reader:
                 "(LoadLimits.max_total_bytes)."
             )
 
-    def variable_bytes(self, dataset: h5py.Dataset, item: int) -> int:
+    def variable_bytes(self, dataset: h5py.Dataset, plist: h5py.h5p.PropDCID, item: int) -> int:
         """Bytes the variable-length elements of ``dataset`` declare (``item`` bytes per unit),
         read from their stored descriptors (length, heap address, index); one over
         ``LoadLimits.max_string_bytes`` is refused.
@@ -347,7 +347,6 @@ class Reader:
         OOM killer) and h5py exposes no H5Dvlen_get_buf_size to ask first."""
         address_bytes = dataset.file.id.get_create_plist().get_sizes()[0]
         descriptor = np.dtype([("length", "<u4"), ("heap", f"V{address_bytes + 4}")])
-        plist = dataset.id.get_create_plist()
         layout = plist.get_layout()
         if layout == h5py.h5d.CONTIGUOUS:  # what libhdf5 reads: one descriptor per element
             offset = dataset.id.get_offset()  # None: never written, the elements are empty
@@ -363,12 +362,13 @@ class Reader:
                 "(as nir.write and neurocuda.nir.save do)."
             )
         handle = dataset.file.id.get_vfd_handle()
+        block = VLEN_BLOCK * descriptor.itemsize
         total = 0
         for start, size in spans:
             if size % descriptor.itemsize:
                 raise self.fail(f"stores {size} bytes, not whole {descriptor.itemsize}-byte items.")
-            for at in range(start, start + size, VLEN_BLOCK * descriptor.itemsize):
-                count = min(VLEN_BLOCK * descriptor.itemsize, start + size - at)
+            for at in range(start, start + size, block):
+                count = min(block, start + size - at)
                 raw = os.pread(handle, count, at)
                 if len(raw) != count:
                     raise self.fail("stores its data past the end of the file (truncated).")
