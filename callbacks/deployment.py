@@ -19,6 +19,7 @@ from callbacks.lookup import find_callback
 from callbacks.snn_conversion import SNNConversion
 from neurocuda.checkpoint import export_snn, snn_from_checkpoint
 from neurocuda.conversion import ConversionConfig
+from neurocuda.data.calibration import calibration_loader
 from neurocuda.deploy import Backend, run_deployment
 from neurocuda.deploy.report import DeploymentReport, report_metrics
 
@@ -88,6 +89,7 @@ class Deployment(L.Callback):
             report, self.report_paths = run_deployment(
                 graph, self.backend, loader, self.timesteps, out_dir, self.max_images,
                 self.calibration_batches, source=source,
+                calibration=calibration_loader(datamodule),
             )  # fmt: skip
         self.report = report
         for logger in trainer.loggers:

@@ -6,11 +6,15 @@
     python scripts/benchmark_deploy.py --checkpoint last.ckpt --images 1000 --timesteps 8 32
     python scripts/benchmark_deploy.py --checkpoint last.ckpt --sections ratio profile \
         --images 256 --timesteps 8 32
+    python scripts/benchmark_deploy.py --nir FILE.nir --sections accuracy --split val \
+        --uncorrected --timesteps 4 8 experiment=resnet20_qcfs_cpu  # with/without bias correction
 
 Sections (``--sections``; each printed and saved in ``--out`` as JSON):
 
 1. accuracy: the trained graph (``--nir``, or ``--checkpoint`` converted and exported here) on the
-   test set at each T: float SNN (NIR executor) vs the loihi2 simulator.
+   test set (``--split val``: the validation split) at each T: float SNN (NIR executor) vs the
+   loihi2 simulator, calibrated on training images as deployments are (``--uncorrected``: also
+   without its bias correction).
 2. speed: images/s of our simulator in ``lava`` mode vs lava-nc itself (its venv, see
    scripts/install_lava.sh) on the same integer conv net; Lava's time is its ``run`` only
    (compilation excluded), one image per run as Lava processes one sample.
@@ -30,6 +34,7 @@ Data come from the project's Hydra configs (trailing overrides, e.g. ``data=cifa
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import statistics
 import subprocess
@@ -43,10 +48,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from neurocuda.data.calibration import calibration_loader  # noqa: E402
 from neurocuda.deploy import deploy  # noqa: E402
 from neurocuda.deploy.evaluate import MAX_SAMPLE_STEPS  # noqa: E402
 from neurocuda.deploy.loihi2.backend import Loihi2Backend  # noqa: E402
-from neurocuda.deploy.loihi2.encoding import InputEncoding  # noqa: E402
 from neurocuda.deploy.loihi2.network import IntNetwork, Population, Projection, to_json  # noqa: E402
 from neurocuda.deploy.loihi2.simulator import simulate  # noqa: E402
 from neurocuda.deploy.torch_backend import TorchBackend  # noqa: E402
@@ -74,18 +79,29 @@ def graph_from_checkpoint(path: Path, datamodule):
     return nir_from_checkpoint(path, datamodule=datamodule)[0]
 
 
-def accuracy_section(graph, datamodule, timesteps, max_images, device) -> list[dict]:
+def calibrated_loihi2(graph, datamodule, device: str, bias_correction: bool = True):
+    """The loihi2 target on ``graph``, calibrated as deployments are: 4 batches of training
+    images."""
+    backend = Loihi2Backend(device=device, bias_correction=bias_correction)
+    backend.prepare(graph)
+    backend.calibrate(itertools.islice(calibration_loader(datamodule), 4))
+    return backend
+
+
+def accuracy_section(
+    graph, datamodule, timesteps, max_images, device, uncorrected: bool = False, split: str = "test"
+) -> list[dict]:
     rows = []
-    batches = datamodule.test_dataloader()
-    encoding = InputEncoding.from_batches(batches, 4)
+    batches = datamodule.val_dataloader() if split == "val" else datamodule.test_dataloader()
+    targets = ("float", "loihi2", "loihi2_uncorrected") if uncorrected else ("float", "loihi2")
     for t in timesteps:
-        row = {"T": t}
-        for target in ("float", "loihi2"):
+        row = {"T": t, "split": split}
+        for target in targets:
             if target == "float":
                 backend = TorchBackend(device)
+                backend.prepare(graph)
             else:
-                backend = Loihi2Backend(input_encoding=encoding, device=device)
-            backend.prepare(graph)
+                backend = calibrated_loihi2(graph, datamodule, device, target == "loihi2")
             report = deploy(backend, batches, t, max_images=max_images)
             row[f"{target}_acc"] = report.accuracy
             row[f"{target}_images_per_s"] = report.throughput_images_per_s
@@ -189,12 +205,9 @@ def test_images(datamodule, images: int) -> torch.Tensor:
 
 
 def _backends(graph, datamodule, device: str) -> tuple[TorchBackend, Loihi2Backend]:
-    encoding = InputEncoding.from_batches(datamodule.test_dataloader(), 4)
     float_backend = TorchBackend(device)
-    loihi2 = Loihi2Backend(input_encoding=encoding, device=device)
     float_backend.prepare(graph)
-    loihi2.prepare(graph)
-    return float_backend, loihi2
+    return float_backend, calibrated_loihi2(graph, datamodule, device)
 
 
 def _run_all(backend, x: torch.Tensor, timesteps: int) -> tuple[float, torch.Tensor]:
@@ -299,8 +312,7 @@ def mapping_section(datamodule, images: int, trained: dict) -> list[dict]:
         graph, note = trained.get(arch, (None, "untrained weights: activity not representative"))
         if graph is None:
             graph = untrained_graph(arch, x)
-        backend = Loihi2Backend(input_encoding=InputEncoding.from_batches([(x, None)], 1))
-        backend.prepare(graph)
+        backend = calibrated_loihi2(graph, datamodule, "cpu")
         report = deploy(backend, [(x[:images], torch.zeros(images, dtype=torch.long))], 8)
         r = report.target_info["resources"]
         energy = report.energy
@@ -331,6 +343,18 @@ def main() -> None:
     parser.add_argument("--images", type=int, help="test images (default: all; --quick: 500)")
     parser.add_argument("--timesteps", type=int, nargs="+", help="default: 8 32 (--quick: 8)")
     parser.add_argument("--rounds", type=int, default=5, help="ratio section: interleaved rounds")
+    parser.add_argument(
+        "--uncorrected",
+        action="store_true",
+        help="accuracy section: also loihi2 without its bias correction (loihi2_uncorrected_acc)",
+    )
+    parser.add_argument(
+        "--split",
+        choices=("test", "val"),
+        default="test",
+        help="accuracy section: the images deployed (val: to choose settings; the data "
+        "overrides set the split, e.g. experiment=resnet20_qcfs_cpu)",
+    )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", type=Path, default=ROOT / "outputs" / "benchmark_deploy.json")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for the data")
@@ -351,7 +375,7 @@ def main() -> None:
     if "accuracy" in sections:
         max_images = args.images or (500 if args.quick else None)
         results["accuracy"] = accuracy_section(
-            graph, datamodule, timesteps, max_images, args.device
+            graph, datamodule, timesteps, max_images, args.device, args.uncorrected, args.split
         )
     if "speed" in sections:
         steps = 8 if args.quick else 32

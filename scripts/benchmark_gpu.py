@@ -44,6 +44,7 @@ sys.path.insert(0, str(ROOT))
 
 from neurocuda.checkpoint import checkpoint_datamodule, export_snn, snn_from_checkpoint  # noqa: E402
 from neurocuda.conversion import ConversionConfig, evaluate_snn  # noqa: E402
+from neurocuda.data.calibration import calibration_loader  # noqa: E402
 from neurocuda.deploy import run_deployment  # noqa: E402
 from neurocuda.deploy.loihi2.backend import Loihi2Backend  # noqa: E402
 from neurocuda.devices import resolve_device  # noqa: E402
@@ -177,7 +178,7 @@ def main(argv: list[str] | None = None) -> dict:
     (report, report_paths), _ = timed(
         run_deployment, nir_path, Loihi2Backend(device=str(device)), test,
         args.loihi_timesteps, out / "deploy", args.loihi_images, progress=False,
-        source=str(nir_path),
+        source=str(nir_path), calibration=calibration_loader(datamodule),
     )  # fmt: skip
 
     resources = report.target_info.get("resources", {})

@@ -23,6 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from neurocuda.cli import run_cli  # noqa: E402
+from neurocuda.data.calibration import calibration_loader  # noqa: E402
 from neurocuda.deploy.base import load_graph  # noqa: E402
 from neurocuda.deploy.report import summarize  # noqa: E402
 from neurocuda.deploy.run import run_deployment  # noqa: E402
@@ -62,6 +63,7 @@ def main(argv: list[str] | None = None) -> None:
         deploy_cfg.max_images,
         int(deploy_cfg.calibration_batches),
         source=str(args.nir_file),
+        calibration=calibration_loader(datamodule),
     )
     report_summary(RunSummary(run_dir=str(out), deployment=summarize(report, paths["markdown"])))
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 from pathlib import Path
@@ -62,7 +63,7 @@ def test_loihi2_accuracy_within_bound_of_float_snn(trained_run: Path, tiny_datam
     float_backend.prepare(graph)
     loihi = Loihi2Backend()
     loihi.prepare(graph)
-    loihi.calibrate(batches)
+    loihi.calibrate(itertools.islice(tiny_datamodule.calibration_dataloader(), 4))
     labels, float_pred, int_pred = [], [], []
     for x, y in batches:
         labels.append(y)

@@ -1,5 +1,6 @@
 """CIFAR-10 data: sources (JPEG archive, torchvision batches, download) and the DataModule."""
 
+from neurocuda.data.calibration import calibration_loader
 from neurocuda.data.cifar10 import CIFAR10DataModule
 from neurocuda.data.errors import CorruptDatasetError, DatasetNotFoundError
 from neurocuda.data.from_checkpoint import CheckpointDataError, datamodule_from_checkpoint
@@ -9,5 +10,6 @@ __all__ = [
     "CheckpointDataError",
     "CorruptDatasetError",
     "DatasetNotFoundError",
+    "calibration_loader",
     "datamodule_from_checkpoint",
 ]

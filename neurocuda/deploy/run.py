@@ -26,11 +26,15 @@ def run_deployment(
     num_classes: int = 10,
     source: str = "",
     progress: bool = True,
+    calibration: Iterable | None = None,
 ) -> tuple[DeploymentReport, dict[str, Path]]:
     """Prepare ``backend`` on ``graph``, calibrate it on the first ``calibration_batches``
-    batches, run it on ``batches`` and write JSON/markdown/PNG reports into ``output_dir``."""
+    batches of ``calibration`` (training images, e.g. :func:`neurocuda.data.calibration_loader`;
+    ``None``: of ``batches``), run it on ``batches`` and write JSON/markdown/PNG reports into
+    ``output_dir``."""
     backend.prepare(graph)
-    backend.calibrate(itertools.islice(batches, calibration_batches))
+    source_batches = batches if calibration is None else calibration
+    backend.calibrate(itertools.islice(source_batches, calibration_batches))
     report = deploy(
         backend, batches, timesteps, num_classes, max_images, progress=progress, source=source
     )

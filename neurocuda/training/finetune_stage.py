@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from neurocuda.conversion import ConversionConfig, convert, evaluate_snn
+from neurocuda.data.calibration import calibration_loader
 from neurocuda.files import read_checkpoint, verify_checkpoint
 from neurocuda.snn import SpikingModel, Surrogate
 from neurocuda.training.classifier import ann_network
@@ -194,13 +195,8 @@ def convert_for_run(
     (default: where ``ann`` is; after a fit Lightning has moved it back to the CPU)."""
     if device is not None:
         ann = ann.to(device)
-    data = (
-        datamodule.calibration_dataloader()
-        if hasattr(datamodule, "calibration_dataloader")
-        else datamodule.train_dataloader()
-    )
     with torch.autocast(next(ann.parameters()).device.type, enabled=False):
-        return convert(ann, data, conversion_config(cfg, datamodule))
+        return convert(ann, calibration_loader(datamodule), conversion_config(cfg, datamodule))
 
 
 def run_finetune(
