@@ -7,14 +7,13 @@
     python scripts/benchmark_deploy.py --checkpoint last.ckpt --sections ratio profile \
         --images 256 --timesteps 8 32
     python scripts/benchmark_deploy.py --nir FILE.nir --sections accuracy --split val \
-        --uncorrected --timesteps 4 8 experiment=resnet20_qcfs_cpu  # with/without bias correction
+        --timesteps 4 8 experiment=resnet20_qcfs_cpu  # validation split of that experiment
 
 Sections (``--sections``; each printed and saved in ``--out`` as JSON):
 
 1. accuracy: the trained graph (``--nir``, or ``--checkpoint`` converted and exported here) on the
    test set (``--split val``: the validation split) at each T: float SNN (NIR executor) vs the
-   loihi2 simulator, calibrated on training images as deployments are (``--uncorrected``: also
-   without its bias correction).
+   loihi2 simulator, calibrated on training images as deployments are.
 2. speed: images/s of our simulator in ``lava`` mode vs lava-nc itself (its venv, see
    scripts/install_lava.sh) on the same integer conv net; Lava's time is its ``run`` only
    (compilation excluded), one image per run as Lava processes one sample.
@@ -79,29 +78,28 @@ def graph_from_checkpoint(path: Path, datamodule):
     return nir_from_checkpoint(path, datamodule=datamodule)[0]
 
 
-def calibrated_loihi2(graph, datamodule, device: str, bias_correction: bool = True):
+def calibrated_loihi2(graph, datamodule, device: str) -> Loihi2Backend:
     """The loihi2 target on ``graph``, calibrated as deployments are: 4 batches of training
     images."""
-    backend = Loihi2Backend(device=device, bias_correction=bias_correction)
+    backend = Loihi2Backend(device=device)
     backend.prepare(graph)
     backend.calibrate(itertools.islice(calibration_loader(datamodule), 4))
     return backend
 
 
 def accuracy_section(
-    graph, datamodule, timesteps, max_images, device, uncorrected: bool = False, split: str = "test"
+    graph, datamodule, timesteps, max_images, device, split: str = "test"
 ) -> list[dict]:
     rows = []
     batches = datamodule.val_dataloader() if split == "val" else datamodule.test_dataloader()
-    targets = ("float", "loihi2", "loihi2_uncorrected") if uncorrected else ("float", "loihi2")
     for t in timesteps:
         row = {"T": t, "split": split}
-        for target in targets:
+        for target in ("float", "loihi2"):
             if target == "float":
                 backend = TorchBackend(device)
                 backend.prepare(graph)
             else:
-                backend = calibrated_loihi2(graph, datamodule, device, target == "loihi2")
+                backend = calibrated_loihi2(graph, datamodule, device)
             report = deploy(backend, batches, t, max_images=max_images)
             row[f"{target}_acc"] = report.accuracy
             row[f"{target}_images_per_s"] = report.throughput_images_per_s
@@ -344,11 +342,6 @@ def main() -> None:
     parser.add_argument("--timesteps", type=int, nargs="+", help="default: 8 32 (--quick: 8)")
     parser.add_argument("--rounds", type=int, default=5, help="ratio section: interleaved rounds")
     parser.add_argument(
-        "--uncorrected",
-        action="store_true",
-        help="accuracy section: also loihi2 without its bias correction (loihi2_uncorrected_acc)",
-    )
-    parser.add_argument(
         "--split",
         choices=("test", "val"),
         default="test",
@@ -375,7 +368,7 @@ def main() -> None:
     if "accuracy" in sections:
         max_images = args.images or (500 if args.quick else None)
         results["accuracy"] = accuracy_section(
-            graph, datamodule, timesteps, max_images, args.device, args.uncorrected, args.split
+            graph, datamodule, timesteps, max_images, args.device, args.split
         )
     if "speed" in sections:
         steps = 8 if args.quick else 32

@@ -116,7 +116,6 @@ def test_cpu_and_loihi2_agree_exactly_on_exactly_representable_graph(
     # 10 bits of headroom: these inputs drive membranes to -200 thresholds without clipping
     loihi = Loihi2Backend(input_encoding=encoding, headroom_bits=10)
     loihi.prepare(graph)
-    loihi.calibrate(batches())  # exact weights: the bias correction has nothing to correct
     for payload, _ in batches():
         x = payload * 16 * encoding.scale.reshape(-1, 1, 1) + encoding.offset.reshape(-1, 1, 1)
         x = x.float()
@@ -131,7 +130,6 @@ def test_cpu_and_loihi2_agree_exactly_on_exactly_representable_graph(
 def test_lava_mode_adds_pipeline_delay_and_hard_reset() -> None:
     loihi = Loihi2Backend(mode="lava", input_encoding=InputEncoding.uniform(1 / 16))
     loihi.prepare(hand_graph(hard_reset=True))
-    loihi.calibrate(batches())
     out = loihi.run(batches()[0][0], T)
     assert out.steps_run == T + 3  # three projections on the input -> readout path
     pops = loihi.int_network.populations
@@ -164,19 +162,9 @@ def test_unsupported_node_is_rejected_by_name() -> None:
         compile_graph(graph)
 
 
-def test_loihi2_bias_correction_asks_for_calibration_images() -> None:
-    backend = Loihi2Backend(input_encoding=InputEncoding.uniform(1 / 16))
-    backend.prepare(hand_graph())
-    with pytest.raises(RuntimeError, match=r"calibrate\(batches of training images\).*bias_corr"):
-        backend.run(batches()[0][0], T)
-    backend.calibrate(batches()[:1])
-    assert backend.run(batches()[0][0], T).logits.shape == (4, 3)
-
-
 def test_report_holds_the_numbers(tmp_path) -> None:
     backend = Loihi2Backend(input_encoding=InputEncoding.uniform(1 / 16))
     backend.prepare(hand_graph())
-    backend.calibrate(batches()[:2])
     report = deploy(backend, batches(), T, num_classes=3, progress=False, source="hand")
     paths = write_report(report, tmp_path)
     data = json.loads(paths["json"].read_text())
@@ -193,19 +181,15 @@ def test_report_holds_the_numbers(tmp_path) -> None:
     assert energy["loihi_uj"] == pytest.approx(expected)
     assert energy["ann_fp32_uj"] == pytest.approx(energy["ann_macs"] * FP32_MAC_PJ * 1e-6)
     assert data["target_info"]["resources"]["cores"] >= 3
-    assert data["target_info"]["bias_correction"] == {
-        "enabled": True, "calibration_images": 8, "steps": [T]
-    }  # fmt: skip
     text = paths["markdown"].read_text()
     assert f"{100 * report.accuracy:.2f}%" in text and "neuro-cores" in text
     first_layer = data["target_info"]["quantization"]["layers"][0]
     assert f"| {first_layer['name']} | " in text and "weight rel. error" in text
-    assert "- bias correction: on, spike rates of 8 calibration images at [6] steps" in text
     assert paths["plot"].stat().st_size > 1000
 
 
 def test_large_batches_run_in_pieces_with_the_same_report(monkeypatch) -> None:
-    backend = Loihi2Backend(input_encoding=InputEncoding.uniform(1 / 16), bias_correction=False)
+    backend = Loihi2Backend(input_encoding=InputEncoding.uniform(1 / 16))
     backend.prepare(hand_graph())
     whole = deploy(backend, batches(batch=12), T, num_classes=3, progress=False)
     runs = []
@@ -265,6 +249,27 @@ def test_run_deployment_takes_any_backend(tmp_path) -> None:
     assert len(backend.calibrated) == 2 and torch.equal(backend.calibrated[1], batches()[1][0])
     assert report.target == "recording" and report.images == 12
     assert paths["json"] == tmp_path / "deploy_recording.json" and paths["json"].is_file()
+    training = batches(n=8, batch=2)[::-1]  # other images: calibration comes from them
+    run_deployment(
+        hand_graph(), backend, batches(), T, tmp_path, calibration_batches=3, num_classes=3,
+        progress=False, calibration=training,
+    )  # fmt: skip
+    assert len(backend.calibrated) == 3 and torch.equal(backend.calibrated[0], training[0][0])
+
+
+def test_calibration_loader_reads_training_images_never_evaluated_ones(tiny_datamodule) -> None:
+    from neurocuda.data import calibration_loader
+
+    class TrainOnly:  # a data module without a calibration loader
+        def train_dataloader(self):
+            return "train"
+
+    first, again = (next(iter(calibration_loader(tiny_datamodule)))[0] for _ in range(2))
+    assert torch.equal(first, again)  # fixed images, un-augmented
+    train = tiny_datamodule.datasets["train"]
+    train.augment = False
+    assert all(torch.equal(first[i], train[i][0]) for i in range(4))  # the training split's
+    assert calibration_loader(TrainOnly()) == "train"
 
 
 @pytest.mark.parametrize("option", ["cpu", "gpu", "loihi2"])

@@ -126,7 +126,7 @@ def test_simulator_outputs_are_pinned(
     monkeypatch.setattr(simulator, "convolves_as_gemm", lambda device: conv_as_gemm)
     x = torch.randn(6, 2, 4, 4, generator=torch.Generator().manual_seed(7))
     encoding = InputEncoding.from_batches([(x, None)], 1)
-    backend = Loihi2Backend(mode=mode, input_encoding=encoding, bias_correction=False)
+    backend = Loihi2Backend(mode=mode, input_encoding=encoding)
     backend.prepare(seeded_graph(hard_reset))
     net = backend.int_network
     network = [

@@ -72,10 +72,6 @@ class Backend(ABC):
         """Fit settings that depend on the data to ``batches`` (``(x, y)`` or ``x``); by default
         there are none."""
 
-    def prepare_for(self, timesteps: int) -> None:  # noqa: B027  (optional step, no-op here)
-        """Build what runs of ``timesteps`` steps need, ahead of the timed runs (:func:`deploy`
-        calls it; ``run`` must work without it); by default nothing."""
-
     @abstractmethod
     def run(self, inputs: torch.Tensor, timesteps: int) -> BatchOutput:
         """Run ``inputs`` (``[B, C, H, W]``, a constant current, or ``[T, B, ...]``) for T steps."""

@@ -52,7 +52,6 @@ def deploy(
     extra: dict[str, int] = {}
     images, steps_run, seconds = 0, timesteps, 0.0
     per_run = max(1, MAX_SAMPLE_STEPS // timesteps)
-    backend.prepare_for(timesteps)  # e.g. loihi2's bias correction: not in the throughput
     description = f"deploy[{backend.name}] T={timesteps}"
     with show_progress(description, image_count(batches, max_images), enabled=progress) as advance:
         for x, y in batches:

@@ -68,13 +68,6 @@ def markdown(report: DeploymentReport) -> str:
             f"- quantization: {info['quantization_saturations']} values clipped to fit "
             f"Loihi widths; pipeline depth {info['pipeline_depth']}"
         )
-        bias = info.get("bias_correction", {})
-        lines.append(
-            f"- bias correction: on, spike rates of {bias['calibration_images']} calibration "
-            f"images at {bias['steps']} steps"
-            if bias.get("enabled")
-            else "- bias correction: off"
-        )
     lines += [
         "",
         "| layer | neurons | spikes/img | rate | synops/img | neuron upd/img |",
@@ -117,15 +110,14 @@ def _quantization_table(quantization: dict) -> list[str]:
         f"offset {_values(encoding['offset'])}.",
         "",
         "| layer | membrane LSB | weight exponents | weight rel. error | channel gains | "
-        "bias correction (LSB, rms) | clipped weights / biases / thresholds |",
-        "|---|---:|---|---:|---:|---:|---:|",
+        "clipped weights / biases / thresholds |",
+        "|---|---:|---|---:|---:|---:|",
     ]
     for q in quantization["layers"]:
         gains = q["channel_gains"]
         lines.append(
             f"| {q['name']} | {q['membrane_lsb']:.3g} | {q['weight_exps']} | "
             f"{100 * q['weight_rel_error']:.2f}% | {min(gains):g}-{max(gains):g} | "
-            f"{q['bias_correction_rms']:.3g} | "
             f"{q['clipped_weights']} / {q['clipped_biases']} / {q['clipped_thresholds']} |"
         )
     return lines

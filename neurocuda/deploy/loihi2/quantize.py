@@ -17,13 +17,7 @@ weight ``m * 2**(6 + e)``). Per population:
 2. For every incoming projection the exponent ``e`` (``[-8, 7]``) and the mantissas
    (``[-128, 127]``) are the pair, among the two finest exponents that cover the weights, with the
    least squared error (a finer exponent may clip a few outliers); clipped weights are counted.
-3. Bias correction (with ``mean_inputs``, each source's mean input per neuron and step measured on
-   calibration images): rounding the weights of a projection adds ``(W_q - W) r`` to a neuron's
-   mean input current, ``r`` the sources' mean spike rates (payloads for the image); that current
-   is subtracted from the neuron's bias, which Loihi holds per neuron at 13-bit precision (the
-   bias correction of Nagel et al., ICCV 2019, on spike rates). Spikes stay binary and the run's
-   T unchanged; only the integer biases move.
-4. Thresholds, initial membranes, reset amounts and biases are divided by ``q_l`` and rounded.
+3. Thresholds, initial membranes, reset amounts and biases are divided by ``q_l`` and rounded.
 
 ``mode="lava"``: thresholds are 17-bit and shifted by 6, reset is to zero, Conv has no exponent
 (``e = 0`` forces ``q_l``), Dense stores ``2 * m`` (Lava truncates mixed-sign weights to even
@@ -36,7 +30,6 @@ the weights of the projections leaving the input, its offset into the receiving 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 
 import torch
@@ -67,8 +60,6 @@ class LayerQuantization:
     clipped_weights: int = 0
     clipped_biases: int = 0
     clipped_thresholds: int = 0
-    bias_correction_rms: float = 0.0
-    """Root mean square over neurons of the bias correction, in membrane LSBs (0: none)."""
 
 
 @dataclass
@@ -196,15 +187,6 @@ def _per_step_bound(
     return float(total.max())
 
 
-def _mean_current(p: FloatProjection, weight: torch.Tensor, mean_input: torch.Tensor):
-    """Per target neuron, the mean input current through ``weight`` for sources at
-    ``mean_input`` (the source's shape; zero padding included, as the spikes see it)."""
-    r = mean_input.to(torch.float64)
-    if p.kind == "dense":
-        return weight @ r.reshape(-1)
-    return F.conv2d(r[None], weight, None, p.stride, p.padding, p.dilation, p.groups)[0]
-
-
 def quantize(
     network: FloatNetwork,
     encoding: InputEncoding,
@@ -212,11 +194,8 @@ def quantize(
     headroom_bits: int = 6,
     readout_headroom_bits: int = 8,
     channel_gains: bool = True,
-    mean_inputs: Mapping[str, torch.Tensor] | None = None,
 ) -> tuple[IntNetwork, QuantizationReport]:
-    """Quantize ``network`` for graded inputs sent as ``encoding``'s payloads; with
-    ``mean_inputs`` (per input port and population: mean payload or spike rate per neuron and
-    step), correct the biases for the weights' rounding (module docstring, step 3)."""
+    """Quantize ``network`` for graded inputs sent as ``encoding``'s payloads."""
     report = QuantizationReport(input_encoding=encoding.as_dict())
     populations, projections = [], []
     for pop in network.populations:
@@ -252,7 +231,6 @@ def quantize(
         layer = LayerQuantization(pop.label or pop.name, lsb, [], 0.0)
         layer.channel_gains = gains.tolist() if gains is not None else [1.0] * pop.shape[0]
         err_num = err_den = 0.0
-        correction = torch.zeros(pop.shape, dtype=torch.float64)
         for p, w, g in zip(incoming, weights, graded, strict=True):
             hint = _exp_needed(float(w.abs().max()), lsb * 64)
             if mode == "lava" and p.kind == "conv":
@@ -261,11 +239,8 @@ def quantize(
             else:
                 m, e, clipped = _quantize_weights(w, lsb * 64, hint)
                 stored, stored_exp = (2 * m, e - 1) if mode == "lava" else (m, e)
-            rounding = m.to(torch.float64) * 2.0**e * lsb * 64 - w
-            err_num += float((rounding**2).sum())
+            err_num += float(((m * 2.0**e * lsb * 64 - w) ** 2).sum())
             err_den += float((w**2).sum())
-            if mean_inputs is not None:
-                correction += _mean_current(p, rounding, mean_inputs[p.source]).reshape(pop.shape)
             layer.clipped_weights += clipped
             layer.weight_exps.append(e)
             projections.append(
@@ -283,9 +258,6 @@ def quantize(
                 )
             )
         layer.weight_rel_error = math.sqrt(err_num / err_den) if err_den else 0.0
-        if mean_inputs is not None:
-            pop = replace(pop, bias=pop.bias - correction.to(pop.bias.dtype))
-            layer.bias_correction_rms = float(correction.pow(2).mean().sqrt()) / lsb
         populations.append(_population(pop, lsb, mode, layer))
         report.layers.append(layer)
     net = IntNetwork(

@@ -179,8 +179,6 @@ class SimResult:
     readout: torch.Tensor
     counters: dict[str, PopulationCounters]
     traces: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
-    spike_counts: dict[str, torch.Tensor] = field(default_factory=dict)
-    """Spikes of every neuron of each spiking population, summed over the batch and steps."""
 
 
 _COUNTER_FIELDS = ("spikes", "synops", "current_wraps", "voltage_clips", "dendrite_wraps")
@@ -569,7 +567,6 @@ def simulate(
         for p in network.populations
     }
     readouts = []
-    spike_counts: dict[str, torch.Tensor] = {}
     traces: dict[str, dict[str, list[torch.Tensor]]] = {
         p.name: {"u": [], "v": [], "s": []} for p in network.populations
     }
@@ -592,8 +589,6 @@ def simulate(
                     with _phase("spike/synop counting"):
                         per_neuron = out["s"].sum(dim=(0, 1)).to(torch.int64)
                         tally[name]["spikes"] += per_neuron.sum()
-                        if pop.pop.spiking:
-                            spike_counts[name] = spike_counts.get(name, 0) + per_neuron
                         if name in fan_out:
                             tally[name]["synops"] += (per_neuron * fan_out[name]).sum()
                     values[name] = _Value(out["s"], False, 1)
@@ -615,4 +610,4 @@ def simulate(
         )
         for name, fields in tally.items()
     }
-    return SimResult(torch.cat(readouts, dim=1), counters, stacked, spike_counts)
+    return SimResult(readout=torch.cat(readouts, dim=1), counters=counters, traces=stacked)
