@@ -37,6 +37,7 @@ from neurocuda.snn.if_sequence import DEFAULT_SURROGATE, if_sequence
 from neurocuda.training import SNNFinetuneModule
 from neurocuda.training.finetune_stage import distill_teacher
 from neurocuda.training.snn_finetune import load_finetuned, snn_structure
+from neurocuda.training.weight_noise import grid_steps, with_grid_noise
 from train import train
 
 ANN = {"arch": "cifarnet", "num_classes": 10, "arch_kwargs": {"widths": [4, 8, 8, 8]}}
@@ -259,6 +260,54 @@ def test_gradients_reach_weights_thresholds_and_initial_membranes(module, batch)
     assert len(weights) == 8 and all(float(w.grad.abs().sum()) > 0 for w in weights)  # 7 conv, 1 fc
 
 
+def test_grid_noise_moves_each_weight_within_half_a_power_of_two_step_of_its_channel() -> None:
+    torch.manual_seed(0)
+    weight = (
+        torch.randn(6, 3, 3, 3)
+        * torch.tensor([1e-3, 0.02, 0.3, 1.0, 7.0, 0.0])[:, None, None, None]
+    )
+    weight.requires_grad_(True)
+    steps = grid_steps(weight, 8)
+    assert steps.shape == (6, 1, 1, 1)
+    assert torch.equal(torch.log2(steps), torch.log2(steps).round())  # powers of two
+    peak = weight.detach().abs().amax(dim=(1, 2, 3), keepdim=True)
+    live = peak > 0
+    assert bool((peak[live] <= 127 * steps[live]).all())  # the grid covers the channel ...
+    assert bool((peak[live] > 63.5 * steps[live]).all())  # ... with the finest such step
+    noisy = with_grid_noise(weight, 8)
+    moved = (noisy - weight).detach()
+    assert bool((moved.abs() <= steps / 2).all())
+    assert float(moved[:5].abs().min()) > 0 and float(moved[5].abs().max()) == 0.0
+    assert float(moved[3].abs().max()) > 0.25 * float(steps[3])  # the whole range is used
+    noisy.sum().backward()
+    assert torch.equal(weight.grad, torch.ones_like(weight))  # straight to the clean weights
+    assert not torch.equal(with_grid_noise(weight, 8), noisy)  # drawn anew every call
+
+
+def test_weight_noise_trains_through_noisy_weights_and_keeps_the_clean_ones(
+    tiny_datamodule, batch, tmp_path: Path
+) -> None:
+    x, y = batch
+    module = make_module(tiny_datamodule, weight_noise_bits=3)
+    clean = make_module(tiny_datamodule)
+    weights = {k: v.detach().clone() for k, v in module.snn.named_parameters()}
+    with torch.no_grad():
+        assert torch.equal(module(x), clean(x))  # the forward pass (validation, export): clean
+        assert not torch.equal(module.training_trace(x), clean.training_trace(x))
+        assert torch.equal(clean.training_trace(x), clean(x))
+    module.criterion(module.training_trace(x)[-1] / STEPS, y).backward()
+    for name, p in module.snn.named_parameters():
+        assert torch.equal(p.detach(), weights[name])  # the noise never lands in the module
+        if name.endswith("weight"):
+            assert p.grad is not None and float(p.grad.abs().sum()) > 0
+    module.zero_grad()
+    before = loss_of(module, x, y)
+    fit(module, x, y, steps=10, root=tmp_path)
+    assert loss_of(module, x, y) < before - 0.05
+    with pytest.raises(ValueError, match=r"finetune\.weight_noise_bits=1 must be an integer"):
+        make_module(tiny_datamodule, weight_noise_bits=1)
+
+
 def test_per_channel_thresholds_keep_the_spikes_then_train_apart(
     tiny_datamodule, batch, tmp_path: Path
 ) -> None:
@@ -467,6 +516,7 @@ def test_train_py_fine_tunes_and_reports_snn_test_accuracy(train_cfg, tmp_path: 
         "finetune.timesteps=2",
         "finetune.distill.weight=0.5",  # with the run's ANN as teacher
         "finetune.precision=bf16-mixed",  # its checkpoints' .nir files still exact
+        "finetune.weight_noise_bits=8",  # trained on noisy weights, exported clean: still exact
         "conversion.timesteps=[1,2,4]",
         "conversion.calibration.batches=2",
         "conversion.eval_subset=16",
@@ -642,6 +692,11 @@ def test_a_bad_surrogate_width_fails_before_the_fit(train_cfg) -> None:
 def test_bad_optimizer_settings_fail_before_the_fit(train_cfg, override, message) -> None:
     with pytest.raises(ValueError, match=message):
         train(train_cfg("finetune=snn", f"finetune.optimizer.{override}", "trainer.max_epochs=9"))
+
+
+def test_bad_weight_noise_bits_fail_before_the_fit(train_cfg) -> None:
+    with pytest.raises(ValueError, match=r"finetune\.weight_noise_bits=32 must be an integer"):
+        train(train_cfg("finetune=snn", "finetune.weight_noise_bits=32", "trainer.max_epochs=1000"))
 
 
 def test_bad_loss_timesteps_fail_before_the_fit(train_cfg) -> None:

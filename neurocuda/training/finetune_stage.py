@@ -35,6 +35,7 @@ from neurocuda.training.snn_finetune import (
     optimizer_settings,
     snn_structure,
 )
+from neurocuda.training.weight_noise import check_weight_noise_bits
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +75,7 @@ def check_finetune_settings(cfg: DictConfig) -> None:
     check_distillation(*distillation(finetune), "finetune.distill")
     check_teacher_file(finetune.get("distill"), "finetune.distill")
     Surrogate(width=float(finetune.surrogate_width))  # a bad width fails here, not after the fit
+    check_weight_noise_bits(finetune.get("weight_noise_bits"))
     optimizer_settings(OmegaConf.to_container(finetune.optimizer, resolve=True))
     finetune_callbacks(finetune)  # their settings (e.g. finetune.weight_average) checked now
     if finetune.start_from in ("best", "last"):
@@ -248,6 +250,7 @@ def run_finetune(
         detach_reset=bool(settings.detach_reset),
         surrogate_width=float(settings.surrogate_width),
         channel_thresholds=bool(settings.channel_thresholds),
+        weight_noise_bits=settings.get("weight_noise_bits"),
     )
     callbacks = finetune_callbacks(settings)
     if (cfg.get("callbacks") or {}).get("progress_bar"):  # the run's progress display

@@ -40,6 +40,7 @@ from neurocuda.snn import (
     thresholds_per_channel,
 )
 from neurocuda.training.distill import FrozenTeacher, check_distillation, distillation_kl
+from neurocuda.training.weight_noise import check_weight_noise_bits, with_grid_noise
 
 _DEFAULT_OPTIMIZER = {
     "name": "adamw",
@@ -112,7 +113,9 @@ class SNNFinetuneModule(L.LightningModule):
     ``surrogate_width`` and ``detach_reset``: how backprop treats the spike
     (:class:`~neurocuda.snn.Surrogate`; the forward pass is the same). ``channel_thresholds``:
     a layer with one threshold gets one per channel to train
-    (:func:`~neurocuda.snn.thresholds_per_channel`).
+    (:func:`~neurocuda.snn.thresholds_per_channel`). ``weight_noise_bits``: training steps see every
+    conv/linear weight moved by uniform noise of a ``bits``-bit grid's step
+    (:mod:`neurocuda.training.weight_noise`); None: clean weights.
     """
 
     def __init__(
@@ -134,6 +137,7 @@ class SNNFinetuneModule(L.LightningModule):
         detach_reset: bool = False,
         surrogate_width: float = 1.0,
         channel_thresholds: bool = False,
+        weight_noise_bits: int | None = None,
     ) -> None:
         super().__init__()
         if timesteps < 1 or any(int(t) < 1 for t in eval_timesteps):
@@ -148,6 +152,7 @@ class SNNFinetuneModule(L.LightningModule):
         if scheduler not in ("cosine", "none"):
             raise ValueError(f"finetune.scheduler={scheduler!r}: use cosine or none.")
         check_distillation(distill_weight, distill_temperature, "finetune.distill")
+        check_weight_noise_bits(weight_noise_bits)
         surrogate = Surrogate(width=surrogate_width, detach_reset=detach_reset)
         if snn is None:
             if structure is None:
@@ -181,6 +186,27 @@ class SNNFinetuneModule(L.LightningModule):
         steps = timesteps or self.hparams.timesteps
         return self.snn(encode(x, steps, self.hparams.encoding), steps)
 
+    def training_trace(self, x: torch.Tensor) -> torch.Tensor:
+        """The output trace a training step learns from: :meth:`forward` at the training T, with
+        fresh weight noise when ``weight_noise_bits`` is set (the module's weights stay clean)."""
+        bits = self.hparams.weight_noise_bits
+        if bits is None:
+            return self(x)
+        steps = self.hparams.timesteps
+        params = dict(self.snn.named_parameters())
+        noisy = {name: with_grid_noise(params[name], bits) for name in self._weight_names()}
+        inputs = encode(x, steps, self.hparams.encoding)
+        return torch.func.functional_call(self.snn, noisy, (inputs, steps))
+
+    def _weight_names(self) -> list[str]:
+        """The names of the conv/linear weights in ``snn`` (not biases, thresholds or initial
+        membranes): what weight decay and weight noise apply to."""
+        layers = self.snn.neuron_layers().values()
+        neurons = {id(p) for layer in layers for p in (layer.threshold, layer.v_init)}
+        return [
+            name for name, p in self.snn.named_parameters() if p.dim() > 1 and id(p) not in neurons
+        ]
+
     def loss(self, trace: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Mean cross-entropy of the output means ``o_t / t`` at each of ``loss_timesteps``."""
         losses = [self.criterion(trace[t - 1] / t, y) for t in self.loss_timesteps]
@@ -208,7 +234,7 @@ class SNNFinetuneModule(L.LightningModule):
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], _: int) -> torch.Tensor:
         x, y = batch
         steps = self.hparams.timesteps
-        trace = self(x)
+        trace = self.training_trace(x)
         loss = self.loss(trace, y)
         weight = self.hparams.distill_weight
         if weight > 0:
@@ -257,9 +283,10 @@ class SNNFinetuneModule(L.LightningModule):
         lr, weight_decay, momentum = settings["lr"], settings["weight_decay"], settings["momentum"]
         layers = self.snn.neuron_layers().values()
         neurons = [p for layer in layers for p in (layer.threshold, layer.v_init)]
-        ids = {id(p) for p in neurons}
-        weights = [p for p in self.snn.parameters() if p.dim() > 1 and id(p) not in ids]
-        biases = [p for p in self.snn.parameters() if p.dim() <= 1 and id(p) not in ids]
+        params = dict(self.snn.named_parameters())
+        weights = [params[name] for name in self._weight_names()]
+        ids = {id(p) for p in neurons + weights}
+        biases = [p for p in self.snn.parameters() if id(p) not in ids]
         groups = [
             {"params": weights, "weight_decay": weight_decay},
             {"params": biases, "weight_decay": 0.0},
