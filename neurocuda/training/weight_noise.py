@@ -5,9 +5,9 @@ projection and a power-of-two gain per output channel (neurocuda/deploy/loihi2/q
 every weight moves by up to half a step of a power-of-two grid that covers its channel's largest
 weight. Fine-tuning under that much uniform noise, drawn anew at every step, aims at a network whose
 accuracy tolerates the move (on the ResNet-20 recipe no effect was measurable, docs/results.md).
-Gradients reach the clean weights unchanged (the noise is added, not
-learned); validation, checkpoints and ``.nir`` files hold the clean weights, so the forward pass
-that is exported and deployed is the runtime's, as without the option.
+Gradients reach the clean weights unchanged (the noise is added, not learned); validation,
+checkpoints and ``.nir`` files hold the clean weights, so the forward pass that is exported and
+deployed is the runtime's, as without the option.
 """
 
 from __future__ import annotations
