@@ -3,6 +3,9 @@
 python scripts/summarize.py logs/train/multiruns/2026-11-25_10-00-00
 python scripts/summarize.py logs/train/runs/RUN --out reports/
 python scripts/summarize.py logs/ft/run_a logs/ft/run_b --out reports/   # runs side by side
+
+Runs that differ only in ``seed`` or ``data.shuffle_seed`` are replicates: the table gives each such
+arm of two or more runs a row of means +- standard deviations.
 """
 
 from __future__ import annotations

@@ -176,6 +176,32 @@ def test_summarize_reads_fine_tuning_runs_and_their_learning_curves(tmp_path: Pa
     assert "spike_rate_plot" not in files  # no spike rates logged: no empty plot
 
 
+def test_summarize_gives_replicates_of_an_arm_their_mean_and_deviation(tmp_path: Path) -> None:
+    """Runs differing only in their seeds are one arm: a row of mean +- sample standard
+    deviation per column (the worst NIR round trip); an arm of one run gets no such row."""
+    arms = {
+        "a7": (["finetune.optimizer.lr=1e-3", "data.shuffle_seed=7"], 0.70, 0.0),
+        "a11": (["finetune.optimizer.lr=1e-3", "data.shuffle_seed=11"], 0.73, 0.25),
+        "a13": (["finetune.optimizer.lr=1e-3", "+seed=13"], 0.76, 0.0),
+        "b7": (["finetune.optimizer.lr=3e-4", "data.shuffle_seed=7"], 0.60, 0.0),
+    }
+    for name, (overrides, test_t4, diff) in arms.items():
+        row = {"epoch": 0, "test/acc": 0.80, "test/snn_acc_T4": test_t4}
+        row |= {"test/snn_gap_T4": 0.80 - test_t4, "finetune/nir/max_abs_diff": diff}
+        _log_run(tmp_path / "runs" / name, ["finetune=snn", *overrides], [row])
+    files = summarize(tmp_path / "runs", tmp_path / "out")
+    lines = files["table"].read_text().splitlines()
+    header = lines[2].split(" | ")
+    rows = {r[0]: dict(zip(header, r, strict=True)) for r in (x.split(" | ") for x in lines[4:])}
+    assert len(rows) == 5  # four runs, one arm of three replicates
+    mean = rows["| mean ± sd of 3: finetune.optimizer.lr=1e-3"]
+    assert mean["SNN T=4 %"] == "73.00 ± 3.00"  # sample standard deviation (n - 1)
+    assert mean["gap T=4"] == "7.00 ± 3.00" and mean["ANN test %"] == "80.00 ± 0.00"
+    assert mean["NIR max diff"] == "0.25"  # the worst round trip, not an average
+    assert mean["SNN"] == "fine-tuned, test" and mean["arch"] == "cifarnet"
+    assert not any("lr=3e-4" in label and "mean" in label for label in rows)
+
+
 def test_summarize_without_runs_is_a_clear_error(tmp_path: Path) -> None:
     result = subprocess.run(
         [sys.executable, "scripts/summarize.py", str(tmp_path)],

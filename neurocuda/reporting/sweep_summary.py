@@ -3,6 +3,8 @@
 Reads each run's ``.hydra/config.yaml`` and ``.hydra/overrides.yaml``, the CSV logger's
 ``csv/version_*/metrics.csv`` and offline W&B runs' logs (no W&B account or server needed); writes a
 markdown table (the runs' final figures, then their learning curves epoch by epoch) and PNG plots.
+Runs that differ only in their seeds (:data:`SEED_KEYS`) are replicates of one arm: the table gives
+each arm of two or more runs a row of means +- standard deviations.
 """
 
 from __future__ import annotations
@@ -11,9 +13,10 @@ import csv
 import math
 import re
 import textwrap
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from statistics import mean, stdev
 
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
@@ -29,6 +32,8 @@ _TEST_ACC_T = re.compile(r"^test/snn_acc_T(\d+)$")
 _CURVE = re.compile(r"^(val/acc|train/acc|snn/acc_T\d+|finetune/acc|val/snn_acc_T\d+)$")
 _CURVE_STAGES = ("val/acc", "train/acc", "snn/", "finetune/", "val/snn_")  # their reading order
 _NIR_KEYS = ("nir/", "finetune/nir/")  # the ANN checkpoints' round trips, the fine-tuned SNN's
+SEED_KEYS = frozenset({"seed", "data.shuffle_seed"})
+"""Overrides that only redraw a run's randomness (initial weights, training order)."""
 
 
 @dataclass
@@ -44,6 +49,9 @@ class RunRecord:
     curves: dict[str, dict[int, float]] = field(default_factory=dict)
     """Per-epoch values (epochs counted from 1) of each learning-curve metric; see
     :func:`epoch_values`."""
+    arm: str = ""
+    """:attr:`label` without the seed overrides (:data:`SEED_KEYS`): runs with the same arm are
+    replicates."""
 
     @property
     def snn_on_test(self) -> bool:
@@ -178,7 +186,8 @@ def load_runs(runs: list[Path]) -> list[RunRecord]:
     summaries = []
     for run in runs:
         cfg = OmegaConf.load(run / ".hydra" / "config.yaml")
-        label = " ".join(o for o in overrides[run] if o not in shared)
+        differing = [o for o in overrides[run] if o not in shared]
+        label = " ".join(differing)
         metrics, curves = _logged(run)
         summaries.append(
             RunRecord(
@@ -188,9 +197,15 @@ def load_runs(runs: list[Path]) -> list[RunRecord]:
                 activation=str(OmegaConf.select(cfg, "model.activation", default="?")),
                 metrics=metrics,
                 curves=curves,
+                arm=" ".join(o for o in differing if _override_key(o) not in SEED_KEYS),
             )
         )
     return summaries
+
+
+def _override_key(override: str) -> str:
+    """The config key an override sets (``+seed=3`` -> ``seed``)."""
+    return override.lstrip("+~").split("=", 1)[0]
 
 
 def _fmt(value: float, percent: bool = False, decimals: int = 2) -> str:
@@ -199,31 +214,84 @@ def _fmt(value: float, percent: bool = False, decimals: int = 2) -> str:
     return f"{100 * value:.{decimals}f}" if percent else f"{value:.4g}"
 
 
+@dataclass(frozen=True)
+class _Column:
+    """A numeric column of :func:`markdown_table`: its header, its value for a run, whether it
+    is a fraction shown in percent, and whether replicates show their worst (largest) value
+    instead of mean +- standard deviation."""
+
+    header: str
+    value: Callable[[RunRecord], float]
+    percent: bool = True
+    worst: bool = False
+
+
+def _ann_accuracy(run: RunRecord) -> float:
+    """The ANN's validation accuracy: the one its conversions counted against, else ``val/acc``."""
+    converted = run.get("snn/ann_acc")
+    return run.get("val/acc") if math.isnan(converted) else converted
+
+
+def _columns(runs: list[RunRecord]) -> tuple[list[_Column], list[_Column]]:
+    """The numeric columns before and after the "SNN" one."""
+    timesteps = sorted({t for r in runs for t in r.snn_accuracy})
+    deploy_keys = sorted({k for r in runs for k in r.metrics if k.startswith("deploy/")})
+    ann = [_Column("ANN val %", _ann_accuracy), _Column("ANN test %", lambda r: r.get("test/acc"))]
+    snn = [
+        _Column(f"SNN T={t} %", lambda r, t=t: r.snn_accuracy.get(t, math.nan)) for t in timesteps
+    ]
+    snn += [_Column(f"gap T={t}", lambda r, t=t: r.snn_gap(t)) for t in timesteps]  # pp
+    snn += [
+        _Column("spike rate", lambda r: r.mean_spike_rate, percent=False),
+        _Column("NIR max diff", lambda r: r.nir("max_abs_diff"), percent=False, worst=True),
+        _Column("NIR divergent", lambda r: r.nir("divergent_images"), percent=False, worst=True),
+    ]
+    snn += [_Column(k, lambda r, k=k: r.get(k), percent=False) for k in deploy_keys]
+    return ann, snn
+
+
+def _replicates(column: _Column, runs: list[RunRecord]) -> str:
+    """``column`` over replicate ``runs``: mean +- sample standard deviation (the worst value for
+    a ``worst`` column); runs without the value are left out."""
+    values = [v for v in (column.value(r) for r in runs) if not math.isnan(v)]
+    if column.worst or len(values) < 2:
+        return _fmt(max(values, default=math.nan), column.percent)
+    if column.percent:
+        return f"{100 * mean(values):.2f} ± {100 * stdev(values):.2f}"
+    return f"{mean(values):.4g} ± {stdev(values):.2g}"
+
+
+def _distinct(values: Iterable[str]) -> str:
+    return ", ".join(sorted(set(values)))
+
+
 def markdown_table(runs: list[RunRecord]) -> str:
-    """One row per run: ANN and SNN accuracy per T, gaps, spike rate, NIR diff, deployment.
+    """One row per run: ANN and SNN accuracy per T, gaps, spike rate, NIR diff, deployment; then
+    a row per arm of two or more replicates (runs differing only in their seeds, see
+    :attr:`RunRecord.arm`): means +- standard deviations, the worst NIR round trip.
 
     The SNN's figures are train.py's end-of-run test figures where the run has them (its
     fine-tuned SNN's, with ``finetune=snn``), else its last conversion's (a validation subset);
     the "SNN" column says which.
     """
-    timesteps = sorted({t for r in runs for t in r.snn_accuracy})
-    deploy_keys = sorted({k for r in runs for k in r.metrics if k.startswith("deploy/")})
-    header = ["run", "arch", "act", "ANN val %", "ANN test %", "SNN"]
-    header += [f"SNN T={t} %" for t in timesteps] + [f"gap T={t}" for t in timesteps]
-    header += ["spike rate", "NIR max diff", "NIR divergent", *deploy_keys]
+    ann, snn = _columns(runs)
+    header = ["run", "arch", "act", *(c.header for c in ann), "SNN", *(c.header for c in snn)]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in runs:
-        ann = r.get("snn/ann_acc") if not math.isnan(r.get("snn/ann_acc")) else r.get("val/acc")
-        row = [r.label, r.arch, r.activation, _fmt(ann, True), _fmt(r.get("test/acc"), True)]
-        row.append(r.snn_source)
-        row += [_fmt(r.snn_accuracy.get(t, math.nan), True) for t in timesteps]
-        row += [_fmt(r.snn_gap(t), True) for t in timesteps]  # pp
-        row += [
-            _fmt(r.mean_spike_rate),
-            _fmt(r.nir("max_abs_diff")),
-            _fmt(r.nir("divergent_images")),
-        ]
-        row += [_fmt(r.get(k)) for k in deploy_keys]
+        row = [r.label, r.arch, r.activation, *(_fmt(c.value(r), c.percent) for c in ann)]
+        row += [r.snn_source, *(_fmt(c.value(r), c.percent) for c in snn)]
+        lines.append("| " + " | ".join(row) + " |")
+    arms: dict[str, list[RunRecord]] = {}
+    for r in runs:
+        arms.setdefault(r.arm, []).append(r)
+    for arm, group in arms.items():
+        if len(group) < 2:
+            continue
+        row = [f"mean ± sd of {len(group)}: {arm or 'all runs'}"]
+        row += [_distinct(r.arch for r in group), _distinct(r.activation for r in group)]
+        row += [_replicates(c, group) for c in ann]
+        row += [_distinct(r.snn_source for r in group)]
+        row += [_replicates(c, group) for c in snn]
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines) + "\n"
 
