@@ -261,6 +261,10 @@ def _replicates(column: _Column, runs: list[RunRecord]) -> str:
     return f"{mean(values):.4g} ± {stdev(values):.2g}"
 
 
+def _markdown_row(cells: Sequence[str]) -> str:
+    return "| " + " | ".join(cells) + " |"
+
+
 def _distinct(values: Iterable[str]) -> str:
     return ", ".join(sorted(set(values)))
 
@@ -276,11 +280,11 @@ def markdown_table(runs: list[RunRecord]) -> str:
     """
     ann, snn = _columns(runs)
     header = ["run", "arch", "act", *(c.header for c in ann), "SNN", *(c.header for c in snn)]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines = [_markdown_row(header), "|" + "---|" * len(header)]
     for r in runs:
         row = [r.label, r.arch, r.activation, *(_fmt(c.value(r), c.percent) for c in ann)]
         row += [r.snn_source, *(_fmt(c.value(r), c.percent) for c in snn)]
-        lines.append("| " + " | ".join(row) + " |")
+        lines.append(_markdown_row(row))
     arms: dict[str, list[RunRecord]] = {}
     for r in runs:
         arms.setdefault(r.arm, []).append(r)
@@ -292,7 +296,7 @@ def markdown_table(runs: list[RunRecord]) -> str:
         row += [_replicates(c, group) for c in ann]
         row += [_distinct(r.snn_source for r in group)]
         row += [_replicates(c, group) for c in snn]
-        lines.append("| " + " | ".join(row) + " |")
+        lines.append(_markdown_row(row))
     return "\n".join(lines) + "\n"
 
 
@@ -323,12 +327,12 @@ def markdown_curves(runs: list[RunRecord]) -> str:
     for key in curve_keys(runs):
         epochs = sorted({e for r in runs for e in r.curves.get(key, {})})
         lines = [f"### {curve_title(key)} (`{key}`, %)", ""]
-        lines.append("| run | " + " | ".join(str(e) for e in epochs) + " |")
+        lines.append(_markdown_row(["run", *(str(e) for e in epochs)]))
         lines.append("|---|" + "---:|" * len(epochs))
         for r in runs:
             if key in r.curves:
                 cells = [_fmt(r.curves[key].get(e, math.nan), True, 1) for e in epochs]
-                lines.append(f"| {r.label} | " + " | ".join(cells) + " |")
+                lines.append(_markdown_row([r.label, *cells]))
         sections.append("\n".join(lines))
     return "\n\n".join(sections) + "\n" if sections else ""
 
