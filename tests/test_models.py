@@ -33,6 +33,19 @@ def test_built_for_conversion(arch: str) -> None:
         assert any(isinstance(m, Add) for m in modules)
 
 
+@pytest.mark.parametrize("arch", ["resnet18", "resnet20"])
+def test_zero_init_residual_starts_every_block_at_its_shortcut(arch: str) -> None:
+    torch.manual_seed(0)
+    model = build_model(arch, zero_init_residual=True).eval()
+    blocks = [m for m in model.modules() if hasattr(m, "shortcut")]
+    assert blocks and all(float(b.bn2.weight.abs().sum()) == 0.0 for b in blocks)
+    x = torch.randn(2, blocks[0].conv1.in_channels, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(blocks[0](x), blocks[0].act2(blocks[0].shortcut(x)))
+    default = build_model(arch)  # the default keeps BatchNorm's unit scales
+    assert all(float(m.bn2.weight.min()) == 1.0 for m in default.modules() if hasattr(m, "bn2"))
+
+
 def test_unknown_names_are_clear_errors() -> None:
     with pytest.raises(ValueError, match="Unknown model 'resnet99'"):
         build_model("resnet99")
