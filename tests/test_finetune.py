@@ -430,6 +430,53 @@ def test_checkpoint_loads_back_without_the_converted_model(module, batch, tmp_pa
     assert thresholds[0] == (4, 1, 1)  # per-channel shapes restored into the rebuilt structure
 
 
+def test_batch_norm_trains_then_folds_into_an_exact_if_network(
+    batch, tiny_datamodule, tmp_path: Path
+) -> None:
+    """finetune.batch_norm: the norms start as the identity, train, and fold into the weights of
+    the network that validation measures, checkpoints hold and NIR files describe."""
+    x, y = batch
+    module = make_module(tiny_datamodule, batch_norm=True)
+    norms = module.conv_norms
+    assert norms is not None and norms.names  # the converted convolutions: BatchNorm folded
+    converted = runtime_copy(module.snn)
+    assert module.evaluated_network() is module.snn  # nothing to fold before the first batch
+    norms.calibrate(module.snn, lambda: module(x))
+    calibrated = module.spiking_model()  # the identity: folding moves the weights by roundings
+    for a, b in zip(converted.parameters(), calibrated.parameters(), strict=True):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-5)
+    start = {key: norm.weight.detach().clone() for key, norm in norms.norms.items()}
+    norms.calibrated = False  # as a fresh module: the fit calibrates on its first batch
+    before = loss_of(module, x, y)
+    trainer = fit(module, x, y, steps=6, root=tmp_path)
+    assert norms.calibrated and loss_of(module, x, y) != before
+    assert any(not torch.allclose(n.weight, start[k]) for k, n in norms.norms.items())  # trained
+    plain = module.spiking_model()
+    name = norms.names[0]
+    norm = norms.norms[name.replace(".", "__")]
+    raw, folded = (net.network.get_submodule(name) for net in (module.snn, plain))
+    with torch.no_grad():  # folded: the norm's inference form after the trained convolution
+        image = x.to(memory_format=torch.channels_last)
+        assert torch.allclose(folded(image), norm.eval()(raw(image)), atol=1e-5)
+        norm.train()
+    traces = []
+    module.snn.register_forward_hook(lambda m, _i, out: traces.append((m, out)))
+    trainer.validate(module, DataLoader(TensorDataset(x, y), len(y)), verbose=False)
+    ((network, trace),) = traces  # a folded copy (its hook copied with it), not the trained one
+    assert network is not module.snn
+    with torch.no_grad():
+        assert torch.equal(trace, plain(x, max(module.eval_timesteps)))
+    path = tmp_path / "bn.ckpt"
+    trainer.save_checkpoint(path)
+    assert not any(k.startswith("conv_norms.") for k in torch.load(path)["state_dict"])
+    loaded = SNNFinetuneModule.load_from_checkpoint(path, map_location="cpu")
+    with torch.no_grad():
+        assert torch.equal(loaded.spiking_model()(x, STEPS), plain(x, STEPS))
+    assert loaded.conv_norms is not None and not loaded.conv_norms.calibrated
+    _, report = export_and_compare(plain, [tmp_path / "bn.nir"], x, y, [1, 2, 4])
+    assert report.worst_diff == 0.0 and report.total_divergent == 0
+
+
 class _RecordSteps(L.Callback):
     """The SNN's parameters after each optimizer step (before any callback listed after it)."""
 
@@ -517,6 +564,7 @@ def test_train_py_fine_tunes_and_reports_snn_test_accuracy(train_cfg, tmp_path: 
         "finetune.distill.weight=0.5",  # with the run's ANN as teacher
         "finetune.precision=bf16-mixed",  # its checkpoints' .nir files still exact
         "finetune.weight_noise_bits=8",  # trained on noisy weights, exported clean: still exact
+        "finetune.batch_norm=true",  # trained with batch norms, exported folded: still exact
         "conversion.timesteps=[1,2,4]",
         "conversion.calibration.batches=2",
         "conversion.eval_subset=16",
@@ -697,6 +745,12 @@ def test_bad_optimizer_settings_fail_before_the_fit(train_cfg, override, message
 def test_bad_weight_noise_bits_fail_before_the_fit(train_cfg) -> None:
     with pytest.raises(ValueError, match=r"finetune\.weight_noise_bits=32 must be an integer"):
         train(train_cfg("finetune=snn", "finetune.weight_noise_bits=32", "trainer.max_epochs=1000"))
+
+
+def test_batch_norm_with_a_weight_average_fails_before_the_fit(train_cfg) -> None:
+    with pytest.raises(ValueError, match=r"finetune\.batch_norm=true and finetune\.weight_average"):
+        train(train_cfg("finetune=snn", "finetune.batch_norm=true", "finetune.weight_average=0.9",
+                        "trainer.max_epochs=1000"))  # fmt: skip
 
 
 def test_bad_loss_timesteps_fail_before_the_fit(train_cfg) -> None:

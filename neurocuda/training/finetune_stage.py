@@ -78,6 +78,12 @@ def check_finetune_settings(cfg: DictConfig) -> None:
     check_weight_noise_bits(finetune.get("weight_noise_bits"))
     optimizer_settings(OmegaConf.to_container(finetune.optimizer, resolve=True))
     finetune_callbacks(finetune)  # their settings (e.g. finetune.weight_average) checked now
+    if finetune.get("batch_norm") and finetune.get("weight_average") is not None:
+        raise ValueError(
+            "finetune.batch_norm=true and finetune.weight_average do not combine (an average of "
+            "the weights and of the batch norms apart is not the average network); set one of "
+            "them off (finetune.batch_norm=false or finetune.weight_average=null)."
+        )
     if finetune.start_from in ("best", "last"):
         if not cfg.get("train", True):
             raise ValueError(
@@ -251,6 +257,7 @@ def run_finetune(
         surrogate_width=float(settings.surrogate_width),
         channel_thresholds=bool(settings.channel_thresholds),
         weight_noise_bits=settings.get("weight_noise_bits"),
+        batch_norm=bool(settings.get("batch_norm", False)),
     )
     callbacks = finetune_callbacks(settings)
     if (cfg.get("callbacks") or {}).get("progress_bar"):  # the run's progress display

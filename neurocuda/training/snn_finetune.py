@@ -15,6 +15,8 @@ architecture the spiking network was converted from)::
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -39,6 +41,7 @@ from neurocuda.snn import (
     set_trainable,
     thresholds_per_channel,
 )
+from neurocuda.training.conv_norms import ConvNorms
 from neurocuda.training.distill import FrozenTeacher, check_distillation, distillation_kl
 from neurocuda.training.weight_noise import check_weight_noise_bits, with_grid_noise
 
@@ -115,7 +118,10 @@ class SNNFinetuneModule(L.LightningModule):
     a layer with one threshold gets one per channel to train
     (:func:`~neurocuda.snn.thresholds_per_channel`). ``weight_noise_bits``: training steps see every
     conv/linear weight moved by uniform noise of a ``bits``-bit grid's step
-    (:mod:`neurocuda.training.weight_noise`); None: clean weights.
+    (:mod:`neurocuda.training.weight_noise`); None: clean weights. ``batch_norm``: training steps
+    normalise each folded convolution's output with batch statistics, folded back into the
+    weights for validation, checkpoints and :meth:`spiking_model`
+    (:mod:`neurocuda.training.conv_norms`).
     """
 
     def __init__(
@@ -138,6 +144,7 @@ class SNNFinetuneModule(L.LightningModule):
         surrogate_width: float = 1.0,
         channel_thresholds: bool = False,
         weight_noise_bits: int | None = None,
+        batch_norm: bool = False,
     ) -> None:
         super().__init__()
         if timesteps < 1 or any(int(t) < 1 for t in eval_timesteps):
@@ -168,6 +175,8 @@ class SNNFinetuneModule(L.LightningModule):
         set_trainable(self.snn, True)
         self.snn.requires_grad_(True)
         set_surrogate(self.snn, surrogate)
+        self.conv_norms = ConvNorms(self.snn) if batch_norm else None
+        self._evaluated: SpikingModel | None = None
         self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
         self.eval_timesteps = sorted({int(t) for t in eval_timesteps} | {timesteps})
         self.loss_timesteps = sorted({int(t) for t in loss_timesteps or (timesteps,)})
@@ -189,14 +198,33 @@ class SNNFinetuneModule(L.LightningModule):
     def training_trace(self, x: torch.Tensor) -> torch.Tensor:
         """The output trace a training step learns from: :meth:`forward` at the training T, with
         fresh weight noise when ``weight_noise_bits`` is set (the module's weights stay clean)."""
-        bits = self.hparams.weight_noise_bits
-        if bits is None:
-            return self(x)
-        steps = self.hparams.timesteps
-        params = dict(self.snn.named_parameters())
-        noisy = {name: with_grid_noise(params[name], bits) for name in self._weight_names()}
-        inputs = encode(x, steps, self.hparams.encoding)
-        return torch.func.functional_call(self.snn, noisy, (inputs, steps))
+        with self._norms_applied():
+            bits = self.hparams.weight_noise_bits
+            if bits is None:
+                return self(x)
+            steps = self.hparams.timesteps
+            params = dict(self.snn.named_parameters())
+            noisy = {name: with_grid_noise(params[name], bits) for name in self._weight_names()}
+            inputs = encode(x, steps, self.hparams.encoding)
+            return torch.func.functional_call(self.snn, noisy, (inputs, steps))
+
+    def _norms_applied(self) -> contextlib.AbstractContextManager[None]:
+        """Within: the batch norms of ``batch_norm`` after their convolutions (none without)."""
+        norms = self.conv_norms
+        return contextlib.nullcontext() if norms is None else norms.applied(self.snn)
+
+    def on_train_batch_start(self, batch: tuple[torch.Tensor, torch.Tensor], _: int) -> None:
+        norms = self.conv_norms
+        if norms is not None and not norms.calibrated:  # the identity for the first batch
+            steps = self.hparams.timesteps
+            norms.calibrate(self.snn, lambda: self(batch[0], steps))
+
+    def evaluated_network(self) -> SpikingModel:
+        """The network validation measures and checkpoints hold: ``snn``, its batch norms folded
+        into the weights (a copy) when ``batch_norm`` is set."""
+        if self.conv_norms is None or not self.conv_norms.calibrated:
+            return self.snn
+        return self.conv_norms.fold_into(copy.deepcopy(self.snn))
 
     def _weight_names(self) -> list[str]:
         """The names of the conv/linear weights in ``snn`` (not biases, thresholds or initial
@@ -247,10 +275,18 @@ class SNNFinetuneModule(L.LightningModule):
         self.log("finetune/acc", acc, on_step=False, on_epoch=True, prog_bar=True)
         return loss
 
+    def on_validation_epoch_start(self) -> None:
+        self._evaluated = self.evaluated_network()
+
+    def on_validation_epoch_end(self) -> None:
+        self._evaluated = None
+
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], _: int) -> None:
         x, y = batch
+        snn = self._evaluated or self.snn
+        steps = max(self.eval_timesteps)
         with torch.autocast(self.device.type, enabled=False):  # the runtime's float32 network
-            trace = self(x, max(self.eval_timesteps))
+            trace = snn(encode(x, steps, self.hparams.encoding), steps)
         steps = self.hparams.timesteps
         loss = self.loss(trace, y)
         self.log("val/snn_loss", loss, on_epoch=True, batch_size=len(y))
@@ -264,6 +300,12 @@ class SNNFinetuneModule(L.LightningModule):
         refresh(self.snn, self.hparams.min_threshold)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.conv_norms is not None:  # the folded network: what validation measured
+            state = checkpoint["state_dict"]
+            folded = self.evaluated_network().state_dict()
+            state.update({f"snn.{key}": value for key, value in folded.items()})
+            for key in [key for key in state if key.startswith("conv_norms.")]:
+                del state[key]
         # saved after validation: keep its figures with the weights they were measured on
         metrics = self._trainer.callback_metrics if self._trainer is not None else {}
         checkpoint["validation_metrics"] = {
@@ -272,11 +314,15 @@ class SNNFinetuneModule(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         match_neuron_shapes(self.snn, checkpoint["state_dict"], prefix="snn.")
+        if self.conv_norms is not None:  # saved folded: the norms start again, uncalibrated
+            norms = self.conv_norms.state_dict()
+            checkpoint["state_dict"].update({f"conv_norms.{k}": v for k, v in norms.items()})
         self.validation_metrics = dict(checkpoint.get("validation_metrics", {}))
 
     def spiking_model(self) -> SpikingModel:
-        """The fine-tuned network as the runtime holds it (a copy: buffers, no gradients)."""
-        return runtime_copy(self.snn)
+        """The fine-tuned network as the runtime holds it (a copy: buffers, no gradients; batch
+        norms folded)."""
+        return runtime_copy(self.evaluated_network())
 
     def configure_optimizers(self) -> dict[str, Any]:
         settings = optimizer_settings(self.hparams.optimizer)
@@ -286,7 +332,7 @@ class SNNFinetuneModule(L.LightningModule):
         params = dict(self.snn.named_parameters())
         weights = [params[name] for name in self._weight_names()]
         ids = {id(p) for p in neurons + weights}
-        biases = [p for p in self.snn.parameters() if id(p) not in ids]
+        biases = [p for p in self.parameters() if id(p) not in ids]  # and the batch norms
         groups = [
             {"params": weights, "weight_decay": weight_decay},
             {"params": biases, "weight_decay": 0.0},
