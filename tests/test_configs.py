@@ -66,6 +66,20 @@ def test_precision_follows_the_device(monkeypatch) -> None:
     monkeypatch.setattr(resolvers.torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(resolvers.torch.cuda, "is_bf16_supported", lambda: False)
     assert resolvers.fast_precision("gpu") == "16-mixed"
+    assert resolvers.fast_precision("gpu", "32-true") == "32-true"
+
+
+@pytest.mark.parametrize("native", [False, True])
+def test_the_recipes_fine_tune_in_bfloat16_only_where_it_is_native(
+    monkeypatch, tmp_path: Path, native: bool
+) -> None:
+    from neurocuda.training import resolvers
+
+    monkeypatch.setattr(resolvers, "_cpu_has_bf16", lambda: native)
+    for experiment in ("cifarnet_qcfs_cpu", "resnet20_qcfs_cpu"):
+        cfg = compose_train_config([f"experiment={experiment}"], tmp_path)
+        assert cfg.finetune.precision == ("bf16-mixed" if native else "32-true")
+        assert cfg.trainer.precision == cfg.finetune.precision
 
 
 def test_default_trainer_uses_what_the_machine_has(tmp_path: Path) -> None:

@@ -29,14 +29,17 @@ def job_label() -> str | None:
     return f"{job.num}: {job.override_dirname}"
 
 
-def fast_precision(accelerator: str = "cpu") -> str:
-    """``bf16-mixed`` where the device computes bfloat16 natively, else ``32-true``.
+def fast_precision(accelerator: str = "cpu", without_bf16: str = "16-mixed") -> str:
+    """``bf16-mixed`` where the device computes bfloat16 natively, else ``32-true`` (on a GPU
+    without bfloat16: ``without_bf16``, e.g. ``32-true`` for the SNN fine-tuning stage, which
+    takes no float16).
 
     On a CPU without AVX512-BF16/AMX (e.g. AMD Zen 3) bfloat16 is emulated: a ResNet-20 training
-    step measured 8.6x slower than float32 there (docs/results.md).
+    step measured 8.6x slower than float32 there, a ResNet-20 SNN fine-tuning step at T=4 6.6x
+    (docs/results.md).
     """
     if accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available():
-        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+        return "bf16-mixed" if torch.cuda.is_bf16_supported() else without_bf16
     return "bf16-mixed" if _cpu_has_bf16() else "32-true"
 
 
