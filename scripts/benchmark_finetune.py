@@ -1,21 +1,25 @@
 """Seconds per SNN fine-tuning step: float32 against bfloat16 autocast (``finetune.precision``),
-or (``--compare kernel``, in bf16-mixed) the IF layers in tensor operations against the CPU
+or (``--compare kernel``) the IF layers in tensor operations against the CPU
 kernels of :mod:`neurocuda.snn.cpu_kernel` (``SpikingModel.compiled_kernel``), or (``--compare
-passes``, bf16-mixed with the kernels) the inference runtime's passes of 64 samples against
+passes``, with the kernels) the inference runtime's passes of 64 samples against
 training's :data:`~neurocuda.snn.chunking.CPU_TRAINING_SAMPLES_PER_PASS`, or (``--compare fusion``)
-each IF layer's kernel and then its scale apart against both in one kernel node.
+each IF layer's kernel and then its scale apart against both in one kernel node, or (``--compare
+batch_norm``) the step with ``finetune.batch_norm``'s norms after the folded convolutions against
+without.
 
     python scripts/benchmark_finetune.py --arch resnet20 --timesteps 4 --batch 128 --rounds 5
     python scripts/benchmark_finetune.py --arch resnet20 --timesteps 4 --batch 128 --compare kernel
     python scripts/benchmark_finetune.py --arch resnet20 --timesteps 4 --batch 128 --compare passes
     python scripts/benchmark_finetune.py --arch resnet20 --timesteps 4 --batch 128 --compare fusion
+    python scripts/benchmark_finetune.py --arch resnet20 --timesteps 4 --batch 128 \
+        --compare batch_norm --precision 32-true
 
 One process, the two variants alternating within each round (this machine's speed drifts
 between runs); the ratio is the median of the per-round ratios. A step is what the fine-tuning
 stage runs per batch: the converted network at T steps (random weights, calibrated on random
 images: the arithmetic does not depend on them), the cross-entropy of the output mean,
 backward through time and an AdamW step, under ``torch.autocast`` for bf16-mixed as Lightning
-runs it.
+runs it (``--precision``: the autocast of every comparison but ``precision``).
 """
 
 from __future__ import annotations
@@ -44,13 +48,14 @@ class Variant(NamedTuple):
     compiled: bool = True  # SpikingModel.compiled_kernel
     fused: bool = True  # SpikingModel.fuse_activations: IF layer and scale in one node
     samples: int = chunking.CPU_TRAINING_SAMPLES_PER_PASS  # CPU samples per training pass
+    batch_norm: bool = False  # finetune.batch_norm
 
 
 VARIANTS = {
     "precision": {"32-true": Variant(bf16=False), "bf16-mixed": Variant()},
     "kernel": {
-        "bf16-mixed, tensor ops": Variant(compiled=False),
-        "bf16-mixed, CPU kernels": Variant(),
+        "tensor ops": Variant(compiled=False),
+        "CPU kernels": Variant(),
     },
     "passes": {
         f"passes of {chunking.CPU_SAMPLES_PER_PASS} samples": Variant(
@@ -62,6 +67,7 @@ VARIANTS = {
         "IF kernel, then the scale": Variant(fused=False),
         "IF and scale in one kernel": Variant(),
     },
+    "batch_norm": {"batch norms": Variant(batch_norm=True), "no batch norms": Variant()},
 }
 """``--compare`` -> its two variants by name."""
 
@@ -76,26 +82,41 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5, help="timed rounds after a warm-up")
     parser.add_argument("--device", default="cpu", help="cpu, gpu, cuda:N or auto")
     parser.add_argument("--compare", choices=sorted(VARIANTS), default="precision")
+    parser.add_argument(
+        "--precision",
+        choices=("32-true", "bf16-mixed"),
+        default="bf16-mixed",
+        help="of every variant but --compare precision's",
+    )
     args = parser.parse_args()
     variants = VARIANTS[args.compare]
+    if args.compare != "precision":
+        bf16 = args.precision == "bf16-mixed"
+        variants = {name: variant._replace(bf16=bf16) for name, variant in variants.items()}
     device = resolve_device(args.device)
     torch.manual_seed(0)
     ann = build_model(args.arch).eval()
     images = torch.randn(args.batch, 3, 32, 32)
     snn = convert(ann, [images], ConversionConfig(calibration_batches=1))
     structure = snn_structure({"arch": args.arch}, "subtract", snn.input_shape)
-    module = SNNFinetuneModule(snn, timesteps=args.timesteps, structure=structure).to(device)
+    module = SNNFinetuneModule(
+        snn, timesteps=args.timesteps, structure=structure, batch_norm=True
+    ).to(device)
     module.train()
     optimizer = torch.optim.AdamW(module.parameters(), lr=1e-4)
     x, y = images.to(device), torch.randint(0, 10, (args.batch,), device=device)
+    norms = module.conv_norms
+    assert norms is not None
+    norms.calibrate(module.snn, lambda: module(x))
 
     def step(variant: Variant) -> float:
         module.snn.compiled_kernel = variant.compiled
         module.snn.fuse_activations = variant.fused
         chunking.CPU_TRAINING_SAMPLES_PER_PASS = variant.samples  # read at each call
+        module.conv_norms = norms if variant.batch_norm else None
         start = time.perf_counter()
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=variant.bf16):
-            loss = module.loss(module(x), y)
+            loss = module.loss(module.training_trace(x), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -109,8 +130,9 @@ def main() -> None:
             times[name].append(step(variant))
     first, second = variants
     ratios = [a / b for a, b in zip(times[first][1:], times[second][1:], strict=True)]
+    precision = "" if args.compare == "precision" else f", {args.precision}"
     table = Table(title=f"{args.arch} fine-tuning step, T={args.timesteps}, batch {args.batch}, "
-                  f"{device}, {torch.get_num_threads()} threads")  # fmt: skip
+                  f"{device}, {torch.get_num_threads()} threads{precision}")  # fmt: skip
     for column in ("variant", "s / step", "images/s"):
         table.add_column(column, justify="right")
     for name, measured in times.items():

@@ -781,4 +781,8 @@ def test_the_finetune_benchmark_times_both_variants() -> None:
     kernel = [*args, "--compare", "kernel"]
     done = subprocess.run([sys.executable, script, *kernel], capture_output=True, text=True,
                           cwd=ROOT, timeout=300, check=True)  # fmt: skip
-    assert "bf16-mixed, tensor ops time / bf16-mixed, CPU kernels time" in done.stdout
+    assert "tensor ops time / CPU kernels time" in done.stdout
+    norms = [*args, "--compare", "batch_norm", "--precision", "32-true"]
+    done = subprocess.run([sys.executable, script, *norms], capture_output=True, text=True,
+                          cwd=ROOT, timeout=300, check=True)  # fmt: skip
+    assert "32-true" in done.stdout and "batch norms time / no batch norms time" in done.stdout
