@@ -441,7 +441,18 @@ def test_batch_norm_trains_then_folds_into_an_exact_if_network(
     assert norms is not None and norms.names  # the converted convolutions: BatchNorm folded
     converted = runtime_copy(module.snn)
     assert module.evaluated_network() is module.snn  # nothing to fold before the first batch
+    outputs = []  # the last convolution's, over every pass of the batch (16 images each here)
+    name = norms.names[-1]
+    hook = module.snn.network.get_submodule(name).register_forward_hook(
+        lambda _m, _i, out: outputs.append(out.detach())
+    )
     norms.calibrate(module.snn, lambda: module(x))
+    hook.remove()
+    assert len(outputs) > 1  # several passes: the statistics must cover them all
+    var, mean = torch.var_mean(torch.cat(outputs), dim=(0, 2, 3), correction=0)
+    norm = norms.norms[name.replace(".", "__")]
+    assert torch.allclose(norm.running_mean, mean, atol=1e-5)
+    assert torch.allclose(norm.running_var, var, rtol=1e-4, atol=1e-6)
     calibrated = module.spiking_model()  # the identity: folding moves the weights by roundings
     for a, b in zip(converted.parameters(), calibrated.parameters(), strict=True):
         assert torch.allclose(a, b, rtol=1e-4, atol=1e-5)

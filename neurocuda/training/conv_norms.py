@@ -2,8 +2,9 @@
 
 Conversion folds every BatchNorm into the convolution before it, so the spiking network trains
 without normalisation. ``finetune.batch_norm=true`` puts a BatchNorm back after each of those
-convolutions for the training steps only (statistics over the ``T * B`` samples of a batch, as
-tdBN does; Zheng et al. 2021): the batch statistics keep every layer's input current centred and
+convolutions for the training steps only (statistics over the ``T * b`` samples of a pass, as
+tdBN does over time and batch, Zheng et al. 2021; on CPU a pass holds 64 images at T=4,
+:mod:`neurocuda.snn.chunking`): the batch statistics keep every layer's input current centred and
 scaled while the weights move. It starts as the identity (its scale and shift set from one
 batch's statistics of the convolution's output) and is folded into the convolution's weight and
 bias, with its running statistics, wherever the network is used: validation, checkpoints, their
@@ -80,12 +81,14 @@ class ConvNorms(nn.Module):
         """Make each norm the identity for the outputs ``run()`` (a forward pass of ``snn``, not
         normalised) gives its convolution: scale ``sqrt(var + eps)``, shift and running mean the
         mean, running variance the variance (per channel, over samples and positions)."""
-        stats: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        moments: dict[str, list[torch.Tensor]] = {name: [] for name in self.names}
 
         def record(name: str) -> Callable[..., None]:
             def hook(_m: nn.Module, _args: Any, out: torch.Tensor) -> None:
-                var, mean = torch.var_mean(out.float(), dim=(0, 2, 3), correction=0)
-                stats[name] = (mean, var)
+                # per pass: the network may run a batch in several (neurocuda.snn.chunking)
+                values = out.double().transpose(0, 1).flatten(1)  # [C, samples x positions]
+                count = values.new_full((len(values),), values.shape[1])
+                moments[name].append(torch.stack([count, values.sum(1), values.square().sum(1)]))
 
             return hook
 
@@ -97,7 +100,9 @@ class ConvNorms(nn.Module):
             for hook in hooks:
                 hook.remove()
         for name in self.names:
-            mean, var = stats[name]
+            count, total, squares = torch.stack(moments[name]).sum(0)
+            mean = total / count
+            var = (squares / count - mean.square()).clamp(min=0)
             norm = self.norms[_key(name)]
             norm.weight.copy_((var + norm.eps).sqrt())
             norm.bias.copy_(mean)
