@@ -26,6 +26,7 @@ from neurocuda.nir import load as load_nir
 from neurocuda.nir.verify import compare, export_and_compare
 from neurocuda.snn import (
     IFNeuron,
+    SpikingModel,
     Surrogate,
     neuron_scale_pairs,
     refresh,
@@ -488,6 +489,58 @@ def test_batch_norm_trains_then_folds_into_an_exact_if_network(
     assert report.worst_diff == 0.0 and report.total_divergent == 0
 
 
+class _FoldedAtEpochEnd(L.Callback):
+    """The network validation would measure (norms folded) at the end of each training epoch."""
+
+    def __init__(self) -> None:
+        self.networks: list[SpikingModel] = []
+
+    def on_train_epoch_end(self, _trainer, module) -> None:
+        self.networks.append(module.spiking_model())
+
+
+def test_batch_norm_epochs_fold_the_norms_for_good(batch, tiny_datamodule, tmp_path: Path) -> None:
+    """finetune.batch_norm_epochs=1: the first epoch trains with the norms, the second starts
+    from their folded network and trains it plainly; its files are still exact."""
+    x, y = batch
+    module = make_module(tiny_datamodule, batch_norm=True, batch_norm_epochs=1)
+    recorder = _FoldedAtEpochEnd()
+    loader = DataLoader(TensorDataset(x.repeat(3, 1, 1, 1), y.repeat(3)), len(y))
+    trainer = L.Trainer(
+        max_epochs=2, logger=False, enable_progress_bar=False, enable_model_summary=False,
+        enable_checkpointing=False, default_root_dir=tmp_path, callbacks=[recorder],
+    )  # fmt: skip
+    with torch.no_grad():
+        start = module.snn(x, STEPS)
+    trainer.fit(module, train_dataloaders=loader)
+    assert module.conv_norms is None  # folded in and gone: the second epoch had none
+    first, second = recorder.networks
+    trained = runtime_copy(module.snn)
+    with torch.no_grad():
+        assert not torch.equal(first(x, STEPS), start)  # the first epoch trained (with norms)
+        assert not torch.equal(second(x, STEPS), first(x, STEPS))  # the second trained on
+        assert torch.equal(second(x, STEPS), trained(x, STEPS))  # no norms left to fold
+    path = tmp_path / "folded.ckpt"
+    trainer.save_checkpoint(path)
+    loaded = SNNFinetuneModule.load_from_checkpoint(path, map_location="cpu")
+    with torch.no_grad():
+        assert torch.equal(loaded.spiking_model()(x, STEPS), trained(x, STEPS))
+    _, report = export_and_compare(trained, [tmp_path / "folded.nir"], x, y, [1, 2, 4])
+    assert report.worst_diff == 0.0 and report.total_divergent == 0
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"batch_norm_epochs": 2}, r"batch_norm_epochs=2 needs the batch norms"),
+        ({"batch_norm": True, "batch_norm_epochs": 0}, r"batch_norm_epochs=0 must be a number"),
+    ],
+)
+def test_bad_batch_norm_epochs_fail(tiny_datamodule, settings, message) -> None:
+    with pytest.raises(ValueError, match=message):
+        make_module(tiny_datamodule, **settings)
+
+
 class _RecordSteps(L.Callback):
     """The SNN's parameters after each optimizer step (before any callback listed after it)."""
 
@@ -762,6 +815,11 @@ def test_batch_norm_with_a_weight_average_fails_before_the_fit(train_cfg) -> Non
     with pytest.raises(ValueError, match=r"finetune\.batch_norm=true and finetune\.weight_average"):
         train(train_cfg("finetune=snn", "finetune.batch_norm=true", "finetune.weight_average=0.9",
                         "trainer.max_epochs=1000"))  # fmt: skip
+
+
+def test_batch_norm_epochs_without_batch_norm_fail_before_the_fit(train_cfg) -> None:
+    with pytest.raises(ValueError, match=r"finetune\.batch_norm_epochs=3 needs the batch norms"):
+        train(train_cfg("finetune=snn", "finetune.batch_norm_epochs=3", "trainer.max_epochs=1000"))
 
 
 def test_bad_loss_timesteps_fail_before_the_fit(train_cfg) -> None:

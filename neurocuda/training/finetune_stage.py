@@ -29,6 +29,7 @@ from neurocuda.training.distill import check_distillation, check_teacher_file
 from neurocuda.training.instantiate import conversion_group, conversion_settings
 from neurocuda.training.snn_finetune import (
     SNNFinetuneModule,
+    check_batch_norm_epochs,
     check_loss_timesteps,
     is_finetune_checkpoint,
     load_finetuned,
@@ -78,6 +79,7 @@ def check_finetune_settings(cfg: DictConfig) -> None:
     check_weight_noise_bits(finetune.get("weight_noise_bits"))
     optimizer_settings(OmegaConf.to_container(finetune.optimizer, resolve=True))
     finetune_callbacks(finetune)  # their settings (e.g. finetune.weight_average) checked now
+    check_batch_norm_epochs(bool(finetune.get("batch_norm")), finetune.get("batch_norm_epochs"))
     if finetune.get("batch_norm") and finetune.get("weight_average") is not None:
         raise ValueError(
             "finetune.batch_norm=true and finetune.weight_average do not combine (an average of "
@@ -258,6 +260,7 @@ def run_finetune(
         channel_thresholds=bool(settings.channel_thresholds),
         weight_noise_bits=settings.get("weight_noise_bits"),
         batch_norm=bool(settings.get("batch_norm", False)),
+        batch_norm_epochs=settings.get("batch_norm_epochs"),
     )
     callbacks = finetune_callbacks(settings)
     if (cfg.get("callbacks") or {}).get("progress_bar"):  # the run's progress display

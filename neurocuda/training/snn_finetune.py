@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import logging
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -44,6 +45,8 @@ from neurocuda.snn import (
 from neurocuda.training.conv_norms import ConvNorms
 from neurocuda.training.distill import FrozenTeacher, check_distillation, distillation_kl
 from neurocuda.training.weight_noise import check_weight_noise_bits, with_grid_noise
+
+log = logging.getLogger(__name__)
 
 _DEFAULT_OPTIMIZER = {
     "name": "adamw",
@@ -92,6 +95,23 @@ def check_loss_timesteps(loss_timesteps: Sequence[int] | None, timesteps: int) -
         )
 
 
+def check_batch_norm_epochs(batch_norm: bool, epochs: int | None) -> None:
+    """Fail unless ``epochs`` (``finetune.batch_norm_epochs``) is None or, with ``batch_norm``,
+    an epoch count >= 1."""
+    if epochs is None:
+        return
+    if not batch_norm:
+        raise ValueError(
+            f"finetune.batch_norm_epochs={epochs} needs the batch norms it folds: add "
+            "finetune.batch_norm=true, or set finetune.batch_norm_epochs=null."
+        )
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+        raise ValueError(
+            f"finetune.batch_norm_epochs={epochs!r} must be a number of epochs >= 1 (after them "
+            "the norms are folded for good), or null (every epoch has them)."
+        )
+
+
 def _rebuild(structure: dict[str, Any]) -> SpikingModel:
     model = dict(structure["model"])
     arch_kwargs = model.pop("arch_kwargs", None) or {}
@@ -121,7 +141,9 @@ class SNNFinetuneModule(L.LightningModule):
     (:mod:`neurocuda.training.weight_noise`); None: clean weights. ``batch_norm``: training steps
     normalise each folded convolution's output with batch statistics, folded back into the
     weights for validation, checkpoints and :meth:`spiking_model`
-    (:mod:`neurocuda.training.conv_norms`).
+    (:mod:`neurocuda.training.conv_norms`); ``batch_norm_epochs``: after that many epochs they are
+    folded into the trained weights for good and the rest of the epochs train the plain network
+    (None: every epoch has them).
     """
 
     def __init__(
@@ -145,6 +167,7 @@ class SNNFinetuneModule(L.LightningModule):
         channel_thresholds: bool = False,
         weight_noise_bits: int | None = None,
         batch_norm: bool = False,
+        batch_norm_epochs: int | None = None,
     ) -> None:
         super().__init__()
         if timesteps < 1 or any(int(t) < 1 for t in eval_timesteps):
@@ -160,6 +183,7 @@ class SNNFinetuneModule(L.LightningModule):
             raise ValueError(f"finetune.scheduler={scheduler!r}: use cosine or none.")
         check_distillation(distill_weight, distill_temperature, "finetune.distill")
         check_weight_noise_bits(weight_noise_bits)
+        check_batch_norm_epochs(batch_norm, batch_norm_epochs)
         surrogate = Surrogate(width=surrogate_width, detach_reset=detach_reset)
         if snn is None:
             if structure is None:
@@ -218,6 +242,15 @@ class SNNFinetuneModule(L.LightningModule):
         if norms is not None and not norms.calibrated:  # the identity for the first batch
             steps = self.hparams.timesteps
             norms.calibrate(self.snn, lambda: self(batch[0], steps))
+
+    def on_train_epoch_start(self) -> None:
+        epochs = self.hparams.batch_norm_epochs
+        if self.conv_norms is not None and epochs is not None and self.current_epoch >= epochs:
+            # for good: the plain network trains on (the optimizer's state for the norms' and
+            # convolutions' parameters stays; AdamW's step is unchanged by a per-channel rescale)
+            self.conv_norms.fold_into(self.snn)
+            self.conv_norms = None
+            log.info("Batch norms folded into the SNN's weights after %d epoch(s)", epochs)
 
     def evaluated_network(self) -> SpikingModel:
         """The network validation measures and checkpoints hold: ``snn``, its batch norms folded
