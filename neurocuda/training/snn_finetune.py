@@ -246,8 +246,8 @@ class SNNFinetuneModule(L.LightningModule):
     def on_train_epoch_start(self) -> None:
         epochs = self.hparams.batch_norm_epochs
         if self.conv_norms is not None and epochs is not None and self.current_epoch >= epochs:
-            # for good: the plain network trains on (the optimizer's state for the norms' and
-            # convolutions' parameters stays; AdamW's step is unchanged by a per-channel rescale)
+            # for good: the plain network trains on. The optimizer's state stays: AdamW's
+            # update is unchanged by the fold's per-channel rescale; SGD's momentum is not
             self.conv_norms.fold_into(self.snn)
             self.conv_norms = None
             log.info("Batch norms folded into the SNN's weights after %d epoch(s)", epochs)
