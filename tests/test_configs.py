@@ -82,6 +82,15 @@ def test_the_recipes_fine_tune_in_bfloat16_only_where_it_is_native(
         assert cfg.trainer.precision == cfg.finetune.precision
 
 
+def test_only_the_cifarnet_recipe_fine_tunes_with_batch_norms(tmp_path: Path) -> None:
+    """Measured to help CifarNet (two runs above all four without) and to cost the ResNet-20 its
+    T=1 (docs/results.md, fortieth and forty-first sessions)."""
+    cifarnet = compose_train_config(["experiment=cifarnet_qcfs_cpu"], tmp_path).finetune
+    resnet = compose_train_config(["experiment=resnet20_qcfs_cpu"], tmp_path).finetune
+    assert cifarnet.batch_norm is True and cifarnet.batch_norm_epochs is None
+    assert resnet.batch_norm is False
+
+
 def test_default_trainer_uses_what_the_machine_has(tmp_path: Path) -> None:
     cfg = compose_train_config([], tmp_path)
     assert cfg.trainer.accelerator == "auto"
