@@ -27,6 +27,8 @@ from neurocuda.training.finetune_stage import (
     ann_with_weights,
     check_finetune_settings,
     convert_for_run,
+    finetune_resume_checkpoint,
+    finish_resumed_fit,
     run_finetune,
     snn_test_metrics,
 )
@@ -67,13 +69,16 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
 
     try:
-        if cfg.get("train", True):
+        finetune_resume = finetune_resume_checkpoint(cfg)  # killed in the fine-tuning stage
+        if cfg.get("train", True) and finetune_resume:
+            finish_resumed_fit(cfg, trainer, model, datamodule)
+        elif cfg.get("train", True):
             trainer.fit(model, datamodule=datamodule, ckpt_path=resolve_ckpt_path(cfg))
         metrics = dict(trainer.callback_metrics)
         best = ann_checkpoint(cfg, trainer)  # before a test restores older checkpoint states
         snn = finetuned = None
         if cfg.get("finetune"):
-            finetuned = run_finetune(cfg, trainer, datamodule, model)
+            finetuned = run_finetune(cfg, trainer, datamodule, model, finetune_resume)
             snn = finetuned.snn
             metrics.update(finetuned.metrics)
         if cfg.get("test", True):

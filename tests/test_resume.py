@@ -1,6 +1,6 @@
 """A train.py run SIGKILLed mid-epoch, between an epoch's two checkpoint writes and during an
-epoch's end, resumed with only its directory, ends exactly like the uninterrupted run: weights,
-metrics file, checkpoints and .nir files."""
+epoch's end, in its ANN fit or in its SNN fine-tuning stage, resumed with only its directory, ends
+exactly like the uninterrupted run: weights, metrics file, checkpoints and .nir files."""
 
 from __future__ import annotations
 
@@ -76,22 +76,29 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tiny_archive: Path, tmp_
         assert (run / ".hydra" / "config.yaml").read_text() == saved_config
     assert (tmp_path / "kills").read_text().split() == ["step:4", "save:1:2", "epoch_end:1"]
 
-    assert _files(run) == _files(reference)  # no stray .nir, one metrics file
-    ours = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
-    theirs = torch.load(reference / "checkpoints" / "last.ckpt", weights_only=True)
-    assert ours["global_step"] == theirs["global_step"] == 6
-    assert ours["state_dict"].keys() == theirs["state_dict"].keys()
-    for key, value in theirs["state_dict"].items():
-        assert torch.equal(ours["state_dict"][key], value), key
-
-    metrics = "csv/version_0/metrics.csv"
-    with (run / metrics).open() as a, (reference / metrics).open() as b:
-        rows = list(csv.DictReader(a))
-        assert rows == list(csv.DictReader(b))
+    _assert_same_run(run, reference, "checkpoints/last.ckpt")
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 6
+    with (run / "csv/version_0/metrics.csv").open() as file:
+        rows = list(csv.DictReader(file))
     for key in ("train/acc", "snn/acc_T2", "nir/max_abs_diff", "val/acc_best"):  # every epoch's
         assert [r["epoch"] for r in rows if r[key]] == ["0", "1"], key
     assert [r["test/acc"] for r in rows if r["test/acc"]], "no test row"
 
+
+def _assert_same_run(run: Path, reference: Path, checkpoint: str) -> None:
+    """The same files, the same weights in ``checkpoint`` (every tensor the file holds), the same
+    metrics file and the same arrays in every .nir file."""
+    assert _files(run) == _files(reference)  # no stray .nir, one metrics file
+    ours = torch.load(run / checkpoint, weights_only=True)
+    theirs = torch.load(reference / checkpoint, weights_only=True)
+    assert ours["global_step"] == theirs["global_step"]
+    for part in ("state_dict", "unfolded_state_dict"):
+        assert ours.get(part, {}).keys() == theirs.get(part, {}).keys(), part
+        for key, value in theirs.get(part, {}).items():
+            assert torch.equal(ours[part][key], value), f"{part}: {key}"
+    metrics = "csv/version_0/metrics.csv"
+    with (run / metrics).open() as a, (reference / metrics).open() as b:
+        assert list(csv.DictReader(a)) == list(csv.DictReader(b))
     nir_files = sorted(p.relative_to(reference) for p in reference.rglob("*.nir"))
     assert nir_files, "the run exported no .nir files"
     for name in nir_files:
@@ -100,6 +107,44 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tiny_archive: Path, tmp_
         assert ours_nir.keys() == theirs_nir.keys(), name
         for key, value in theirs_nir.items():
             assert np.array_equal(ours_nir[key], value), f"{name}{key}"
+
+
+def test_killed_fine_tuning_resumes_to_the_uninterrupted_result(
+    tiny_archive: Path, tmp_path: Path
+) -> None:
+    """Fine-tuning (2 epochs of 3 batches, batch norms on) after a finished ANN fit: killed in
+    its epoch 0's end, before its global step 4 and between epoch 1's two checkpoints."""
+    base = [
+        *tiny_run_overrides(tiny_archive, tmp_path),
+        "conversion.timesteps=[1,2]",
+        "conversion.calibration.batches=1",
+        "conversion.eval_subset=16",
+        "conversion.callbacks.nir_round_trip.num_images=4",
+        "finetune=snn",
+        "finetune.timesteps=2",
+        "finetune.epochs=2",
+        "finetune.train_batches=3",
+        "finetune.batch_norm=true",
+        "finetune.callbacks.model_checkpoint.monitor=null",  # two saves every epoch
+        "finetune.callbacks.nir_round_trip.num_images=4",
+    ]
+    reference, run = tmp_path / "reference", tmp_path / "killed"
+    done = _train(*base, f"hydra.run.dir={reference}")
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    points = ["epoch_end:0", "step:4", "save:1:2"]
+    kill = ["+finetune.callbacks.kill._target_=tests.helpers.KillOnce",
+            f"+finetune.callbacks.kill.at=[{','.join(points)}]",
+            f"+finetune.callbacks.kill.marker={tmp_path / 'kills'}"]  # fmt: skip
+    first = _train(*base, *kill, f"hydra.run.dir={run}")
+    assert first.returncode == -9, first.stderr[-3000:]
+    for expected in (-9, -9, 0):
+        resumed = _train(f"hydra.run.dir={run}", "resume=true")
+        assert resumed.returncode == expected, resumed.stderr[-3000:]
+        assert "The ANN fit had finished" in resumed.stdout + resumed.stderr
+    assert (tmp_path / "kills").read_text().split() == points
+    _assert_same_run(run, reference, "checkpoints/finetune/last.ckpt")
+    _assert_same_run(run, reference, "checkpoints/last.ckpt")
 
 
 def test_resume_falls_back_to_the_newest_checkpoint_that_loads(tmp_path: Path) -> None:

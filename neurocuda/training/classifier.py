@@ -18,6 +18,7 @@ from neurocuda.files import verify_checkpoint
 from neurocuda.models import build_model
 from neurocuda.models.qcfs import QCFS
 from neurocuda.training.distill import FrozenTeacher, check_distillation, distillation_kl
+from neurocuda.training.metric_states import load_metric_states, save_metric_states
 
 log = logging.getLogger(__name__)
 
@@ -184,16 +185,10 @@ class ClassifierModule(L.LightningModule):
         }
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["metric_states"] = {
-            name: {key: value.detach().cpu().clone() for key, value in metric.metric_state.items()}
-            for name, metric in self._checkpointed_metrics().items()
-        }
+        save_metric_states(checkpoint, self._checkpointed_metrics())
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        metrics = self._checkpointed_metrics()
-        for name, states in checkpoint.get("metric_states", {}).items():  # none in older files
-            for key, value in states.items():
-                setattr(metrics[name], key, value.to(self.device))
+        load_metric_states(checkpoint, self._checkpointed_metrics(), self.device)
 
     def on_validation_epoch_end(self) -> None:
         if self.trainer.sanity_checking:

@@ -72,6 +72,8 @@ class ResumableCSVLogger(CSVLogger):
         if self._experiment is None:
             self._fs.makedirs(self.root_dir, exist_ok=True)
             self._experiment = _ContinuingWriter(log_dir=self.log_dir)
-            if not self.resume:
+            if self.resume:  # continued under its own header, whatever restore cuts it back
+                self._experiment.keep_rows(None)
+            else:
                 self._experiment.start_anew()
         return self._experiment

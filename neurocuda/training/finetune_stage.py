@@ -11,11 +11,13 @@ from __future__ import annotations
 import copy
 import logging
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import hydra
 import lightning as L
 import torch
 from hydra.errors import InstantiationException
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import Logger
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
@@ -26,7 +28,12 @@ from neurocuda.files import read_checkpoint, verify_checkpoint
 from neurocuda.snn import SpikingModel, Surrogate
 from neurocuda.training.classifier import ann_network
 from neurocuda.training.distill import check_distillation, check_teacher_file
-from neurocuda.training.instantiate import conversion_group, conversion_settings
+from neurocuda.training.instantiate import (
+    conversion_group,
+    conversion_settings,
+    resolve_ckpt_path,
+    resume_checkpoint,
+)
 from neurocuda.training.snn_finetune import (
     SNNFinetuneModule,
     check_batch_norm_epochs,
@@ -130,6 +137,41 @@ def finetune_callbacks(finetune: DictConfig) -> list[L.Callback]:
         raise
 
 
+def finetune_resume_checkpoint(cfg: DictConfig) -> str | None:
+    """With ``resume=true``: the newest complete checkpoint of the fine-tuning stage (in the
+    directory of its ``finetune.callbacks`` checkpoints), from which the stage continues; None
+    when the killed run had saved none (the stage then starts afresh) or there is no stage."""
+    if not (cfg.get("resume") and cfg.get("finetune")):
+        return None
+    nodes = (cfg.finetune.get("callbacks") or {}).values()
+    directories = {
+        str(node.dirpath) for node in nodes if isinstance(node, DictConfig) and node.get("dirpath")
+    }
+    for directory in sorted(directories):
+        if checkpoint := resume_checkpoint(Path(directory)):
+            return checkpoint
+    return None
+
+
+def finish_resumed_fit(
+    cfg: DictConfig, trainer: L.Trainer, model: L.LightningModule, datamodule: L.LightningDataModule
+) -> None:
+    """For a run resumed in its fine-tuning stage, whose ANN fit had finished: restore the fit's
+    end state (weights, the checkpoint callbacks' record of the best file, epoch and step
+    counters) by letting Lightning finish the fit from its newest checkpoint with only the
+    checkpoint callbacks and no logger. The rest of that epoch's end (conversion, NIR export,
+    deployment, their rows) happened before the kill and is not repeated; the metrics file is
+    cut back by the stage's checkpoint instead."""
+    callbacks, loggers = trainer.callbacks, trainer.loggers
+    trainer.callbacks = [cb for cb in callbacks if isinstance(cb, ModelCheckpoint)]
+    trainer.loggers = []
+    try:
+        trainer.fit(model, datamodule=datamodule, ckpt_path=resolve_ckpt_path(cfg))
+    finally:
+        trainer.callbacks, trainer.loggers = callbacks, loggers
+    log.info("The ANN fit had finished before the kill: its end state restored, not fitted again")
+
+
 def loss_timesteps(finetune: DictConfig) -> list[int] | None:
     """``finetune.loss_timesteps`` as a list (None when unset)."""
     steps = finetune.get("loss_timesteps")
@@ -210,14 +252,19 @@ def convert_for_run(
 
 
 def run_finetune(
-    cfg: DictConfig, trainer: L.Trainer, datamodule: L.LightningDataModule, ann: L.LightningModule
+    cfg: DictConfig,
+    trainer: L.Trainer,
+    datamodule: L.LightningDataModule,
+    ann: L.LightningModule,
+    resume_from: str | None = None,
 ) -> FinetuneResult:
     """Convert the ANN (``finetune.start_from``: best checkpoint, last weights or a checkpoint
     file, see :func:`ann_checkpoint`), or take the SNN of a fine-tuning checkpoint given as
     ``finetune.start_from`` (with ``train=false``), and train the
     SNN at ``finetune.timesteps`` with a second trainer (the run's trainer settings and loggers,
     float32, ``finetune.epochs``) and the ``finetune.callbacks`` (checkpoints under
-    ``checkpoints/finetune`` with verified ``.nir`` files)."""
+    ``checkpoints/finetune`` with verified ``.nir`` files). ``resume_from``: a checkpoint of the
+    stage (:func:`finetune_resume_checkpoint`) whose training it continues."""
     check_finetune_settings(cfg)
     settings = cfg.finetune
     device = trainer.strategy.root_device
@@ -265,6 +312,8 @@ def run_finetune(
     callbacks = finetune_callbacks(settings)
     if (cfg.get("callbacks") or {}).get("progress_bar"):  # the run's progress display
         callbacks.append(hydra.utils.instantiate(cfg.callbacks.progress_bar))
+    if csv_resume := ((cfg.get("logger") or {}).get("callbacks") or {}).get("csv_resume"):
+        callbacks.append(hydra.utils.instantiate(csv_resume))  # the stage's rows resume too
     # finetune.precision whatever the ANN used; validation runs the float32 runtime either way
     finetuner: L.Trainer = hydra.utils.instantiate(
         cfg.trainer,
@@ -275,7 +324,7 @@ def run_finetune(
         logger=trainer.loggers,
     )
     log.info("Fine-tuning the SNN at T=%d for %d epoch(s)", settings.timesteps, settings.epochs)
-    finetuner.fit(module, datamodule=datamodule)
+    finetuner.fit(module, datamodule=datamodule, ckpt_path=resume_from)
     metrics = {k: float(v) for k, v in finetuner.callback_metrics.items()}
     best = finetuner.checkpoint_callback.best_model_path if finetuner.checkpoint_callback else ""
     if best:

@@ -99,13 +99,22 @@ def resolve_ckpt_path(cfg: DictConfig) -> str | None:
         return str(verify_checkpoint(path))  # a damaged file fails here, before any training
     if cfg.get("resume"):
         directory = Path(cfg.paths.output_dir) / "checkpoints"
-        newest = newest_checkpoint(directory)
+        newest = resume_checkpoint(directory)
         if newest is None:
             raise FileNotFoundError(
                 f"resume=true but {directory} holds no complete checkpoint: point hydra.run.dir at "
                 "the killed run's directory (python train.py hydra.run.dir=RUN_DIR resume=true) or "
                 "set ckpt_path=."
             )
-        log.info("Resuming from %s", newest)
-        return str(restore_last_checkpoint(newest))
+        return newest
     return None
+
+
+def resume_checkpoint(directory: Path) -> str | None:
+    """The newest complete checkpoint in ``directory`` to resume from (``last.ckpt`` made to hold
+    it again, see :func:`restore_last_checkpoint`); None when it holds none."""
+    newest = newest_checkpoint(directory)
+    if newest is None:
+        return None
+    log.info("Resuming from %s", newest)
+    return str(restore_last_checkpoint(newest))

@@ -24,7 +24,9 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.trainer.states import TrainerFn
 from torch import nn
+from torchmetrics import MeanMetric
 
 from neurocuda.conversion import spiking_structure
 from neurocuda.devices import resolve_device
@@ -44,6 +46,7 @@ from neurocuda.snn import (
 )
 from neurocuda.training.conv_norms import ConvNorms
 from neurocuda.training.distill import FrozenTeacher, check_distillation, distillation_kl
+from neurocuda.training.metric_states import load_metric_states, save_metric_states
 from neurocuda.training.weight_noise import check_weight_noise_bits, with_grid_noise
 
 log = logging.getLogger(__name__)
@@ -119,10 +122,19 @@ def _rebuild(structure: dict[str, Any]) -> SpikingModel:
     return spiking_structure(ann, structure["reset"], tuple(structure["input_shape"]))
 
 
+EPOCH_MEANS = {
+    "loss": "finetune/loss_epoch",
+    "acc": "finetune/acc",
+    "distill_loss": "finetune/distill_loss",
+}
+"""The training epoch's means :class:`SNNFinetuneModule` logs: metric key -> logged name."""
+
+
 class SNNFinetuneModule(L.LightningModule):
     """Train ``snn`` (a converted :class:`SpikingModel`) at ``timesteps`` steps.
 
-    Logs ``finetune/loss`` (see :meth:`loss`) and ``finetune/acc`` (training, at ``timesteps``),
+    Logs ``finetune/loss_step`` and ``_epoch`` (see :meth:`loss`) and ``finetune/acc`` (training,
+    at ``timesteps``),
     and on validation ``val/snn_loss`` and ``val/snn_acc_T{t}`` for every ``t`` in
     ``eval_timesteps`` (from one run at the largest). ``structure`` (see :func:`snn_structure`)
     makes checkpoints loadable without ``snn``; ``metadata`` (e.g. the conversion settings) is
@@ -145,6 +157,10 @@ class SNNFinetuneModule(L.LightningModule):
     folded into the trained weights for good and the rest of the epochs train the plain network
     (None: every epoch has them).
     """
+
+    TRAINING_STATE = "unfolded_state_dict"
+    """Checkpoint key, with ``batch_norm``: the weights before folding and the norms (the
+    ``state_dict`` holds the folded network), from which a resumed fit continues exactly."""
 
     def __init__(
         self,
@@ -202,6 +218,8 @@ class SNNFinetuneModule(L.LightningModule):
         self.conv_norms = ConvNorms(self.snn) if batch_norm else None
         self._evaluated: SpikingModel | None = None
         self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+        # the training epoch's means, logged at its end from states that checkpoints keep
+        self.epoch_means = nn.ModuleDict({key: MeanMetric() for key in EPOCH_MEANS})
         self.eval_timesteps = sorted({int(t) for t in eval_timesteps} | {timesteps})
         self.loss_timesteps = sorted({int(t) for t in loss_timesteps or (timesteps,)})
         self.validation_metrics: dict[str, float] = {}
@@ -300,13 +318,22 @@ class SNNFinetuneModule(L.LightningModule):
         weight = self.hparams.distill_weight
         if weight > 0:
             distillation = self.distillation_loss(trace, self._teacher(x))
-            self.log("finetune/distill_loss", distillation, on_step=False, on_epoch=True)
+            self.epoch_means["distill_loss"].update(distillation.detach(), len(y))
             loss = (1 - weight) * loss + weight * distillation
         logits = trace[-1] / steps
         acc = (logits.argmax(-1) == y).float().mean()
-        self.log("finetune/loss", loss, on_step=True, on_epoch=True, prog_bar=True)
-        self.log("finetune/acc", acc, on_step=False, on_epoch=True, prog_bar=True)
+        self.log("finetune/loss_step", loss, prog_bar=True)
+        self.epoch_means["loss"].update(loss.detach(), len(y))
+        self.epoch_means["acc"].update(acc, len(y))
         return loss
+
+    def on_train_epoch_end(self) -> None:
+        """Log the epoch's means (``finetune/loss_epoch``, ``finetune/acc``, with distillation
+        ``finetune/distill_loss``) and reset them for the next epoch."""
+        for key, name in EPOCH_MEANS.items():
+            if key != "distill_loss" or self.hparams.distill_weight > 0:
+                self.log(name, self.epoch_means[key].compute(), prog_bar=key == "acc")
+            self.epoch_means[key].reset()
 
     def on_validation_epoch_start(self) -> None:
         self._evaluated = self.evaluated_network()
@@ -333,8 +360,11 @@ class SNNFinetuneModule(L.LightningModule):
         refresh(self.snn, self.hparams.min_threshold)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        save_metric_states(checkpoint, dict(self.epoch_means))
         if self.conv_norms is not None:  # the folded network: what validation measured
             state = checkpoint["state_dict"]
+            if self.conv_norms.calibrated:  # and the one in training, for a resumed fit
+                checkpoint[self.TRAINING_STATE] = dict(state)
             folded = self.evaluated_network().state_dict()
             state.update({f"snn.{key}": value for key, value in folded.items()})
             for key in [key for key in state if key.startswith("conv_norms.")]:
@@ -347,7 +377,13 @@ class SNNFinetuneModule(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         match_neuron_shapes(self.snn, checkpoint["state_dict"], prefix="snn.")
-        if self.conv_norms is not None:  # saved folded: the norms start again, uncalibrated
+        load_metric_states(checkpoint, dict(self.epoch_means), self.device)
+        fitting = self._trainer is not None and self._trainer.state.fn == TrainerFn.FITTING
+        if self.conv_norms is not None and fitting and self.TRAINING_STATE in checkpoint:
+            # a resumed fit goes on from the unfolded weights and their trained norms
+            checkpoint["state_dict"] = checkpoint[self.TRAINING_STATE]
+            self.conv_norms.calibrated = True
+        elif self.conv_norms is not None:  # saved folded: the norms start again, uncalibrated
             norms = self.conv_norms.state_dict()
             checkpoint["state_dict"].update({f"conv_norms.{k}": v for k, v in norms.items()})
         self.validation_metrics = dict(checkpoint.get("validation_metrics", {}))
