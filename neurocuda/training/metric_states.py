@@ -28,3 +28,6 @@ def load_metric_states(
     for name, states in checkpoint.get(KEY, {}).items():
         for key, value in states.items():
             setattr(metrics[name], key, value.to(device))
+        # the restored state holds the epoch's updates; torchmetrics counts only update() calls
+        # (no public setter) and would warn at compute() that there were none
+        metrics[name]._update_count = max(metrics[name]._update_count, 1)
