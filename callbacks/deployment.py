@@ -3,7 +3,9 @@
 Hook choice: ``on_fit_end``. It runs once, after the last epoch's checkpoint and its ``.nir`` exist
 (the NIR round-trip callback writes them at checkpoint time), whether or not the run also tests
 (``test=false``), and before ``trainer.test`` reloads the best weights, which does not change the
-``.nir`` we deploy. The test set is set up here if the data module has not done it yet.
+``.nir`` we deploy. The test set is set up here if the data module has not done it yet. A run with
+a fine-tuning stage hands this callback to the stage's trainer (``run_finetune``): it deploys the
+SNN the run tests, the stage's kept checkpoint's ``.nir``, not the ANN's conversion.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import lightning as L
 import nir
 import torch
 
+from callbacks.finetune_nir import FinetuneNIRRoundTrip
 from callbacks.lookup import find_callback
 from callbacks.snn_conversion import SNNConversion
 from neurocuda.checkpoint import export_snn, snn_from_checkpoint
@@ -24,6 +27,21 @@ from neurocuda.deploy import Backend, run_deployment
 from neurocuda.deploy.report import DeploymentReport, report_metrics
 
 log = logging.getLogger(__name__)
+
+
+def _finetuned_graph(trainer: L.Trainer) -> tuple[Path, str]:
+    """The ``.nir`` file of the fine-tuning stage's kept checkpoint (the SNN the run tests),
+    which the stage's NIR round trip verified when it was written."""
+    ckpt = trainer.checkpoint_callback
+    kept = ckpt.best_model_path or ckpt.last_model_path if ckpt is not None else ""
+    path = Path(kept).with_suffix(".nir")
+    if not kept or not path.is_file():
+        raise RuntimeError(
+            f"deploy after fine-tuning needs the kept checkpoint's .nir file ({path}); keep the "
+            "stage's checkpoint and NIR round-trip callbacks (finetune.callbacks)."
+        )
+    log.info("Deploying the fine-tuned SNN %s", path)
+    return path, str(path)
 
 
 class Deployment(L.Callback):
@@ -55,6 +73,8 @@ class Deployment(L.Callback):
     def _graph(trainer: L.Trainer, sample: torch.Tensor) -> tuple[nir.NIRGraph | Path, str]:
         """The last conversion's verified ``.nir`` file; without one, its SNN (or, without the
         conversion callback, the last checkpoint converted with the default settings) exported."""
+        if find_callback(trainer, FinetuneNIRRoundTrip) is not None:
+            return _finetuned_graph(trainer)
         conversion = find_callback(trainer, SNNConversion)
         result = conversion.latest if conversion is not None else None
         if result is not None and result.nir_paths:

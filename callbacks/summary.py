@@ -64,7 +64,9 @@ def run_summary(
     ckpt = trainer.checkpoint_callback
     saved = ckpt.best_model_path or ckpt.last_model_path if ckpt is not None else ""
     checkpoint = ann_file or saved
-    deployment = find_callback(trainer, Deployment)
+    deployment = find_callback(trainer, Deployment)  # after fine-tuning: the stage's trainer's
+    if finetuned is not None and finetuned.trainer is not None:
+        deployment = find_callback(finetuned.trainer, Deployment) or deployment
     snn_test = accuracy_per_timestep(metrics, "test/snn_acc_T")
     summary = RunSummary(
         run_dir=run_dir,

@@ -98,3 +98,31 @@ def test_deploy_script_on_a_nir_file(
     assert "neurocuda run summary" in printed
     row = rf"Deployment \(cpu\) +{100 * data['accuracy']:.2f}% on 16 test images"
     assert re.search(row, printed), printed
+
+
+def test_a_fine_tuning_run_deploys_its_fine_tuned_snn(tiny_archive: Path, tmp_path: Path) -> None:
+    """With ``finetune=snn`` the deployment runs after the stage, on the ``.nir`` of the stage's
+    kept checkpoint (the SNN the run tests), not on the ANN's conversion; the summary reports it."""
+    from neurocuda.training.compose import compose_train_config
+    from tests.conftest import tiny_run_overrides
+
+    overrides = [
+        *tiny_run_overrides(tiny_archive, tmp_path),
+        "conversion.timesteps=[1,2]",
+        "conversion.calibration.batches=1",
+        "conversion.eval_subset=16",
+        "finetune=snn",
+        "finetune.timesteps=2",
+        "finetune.train_batches=2",
+        "deploy=cpu",
+        "deploy.timesteps=2",
+        "deploy.max_images=16",
+    ]
+    run = tmp_path / "run"
+    train(compose_train_config(overrides, run))
+    kept = next((run / "checkpoints" / "finetune").glob("epoch_*.nir"))
+    data = json.loads((run / "deploy" / "deploy_cpu.json").read_text())
+    assert data["source"] == str(kept) and data["images"] == 16
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["deployment"]["source"] == str(kept)
+    assert summary["finetune"]["checkpoint"] == str(kept.with_suffix(".ckpt"))

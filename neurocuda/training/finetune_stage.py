@@ -31,6 +31,7 @@ from neurocuda.training.distill import check_distillation, check_teacher_file
 from neurocuda.training.instantiate import (
     conversion_group,
     conversion_settings,
+    deploy_callbacks,
     resolve_ckpt_path,
     resume_checkpoint,
 )
@@ -314,6 +315,7 @@ def run_finetune(
         callbacks.append(hydra.utils.instantiate(cfg.callbacks.progress_bar))
     if csv_resume := ((cfg.get("logger") or {}).get("callbacks") or {}).get("csv_resume"):
         callbacks.append(hydra.utils.instantiate(csv_resume))  # the stage's rows resume too
+    callbacks += deploy_callbacks(cfg)  # at the stage's end: the SNN the run tests
     # finetune.precision whatever the ANN used; validation runs the float32 runtime either way
     finetuner: L.Trainer = hydra.utils.instantiate(
         cfg.trainer,

@@ -50,9 +50,13 @@ def instantiate_callbacks(cfg: DictConfig) -> list[Callback]:
     """Instantiate ``cfg.callbacks.*`` and then ``cfg.<group>.callbacks.*`` for the other groups.
 
     A callback node with a ``settings`` key receives the run's :func:`conversion_settings`.
+    With a fine-tuning stage the ``deploy`` group's callbacks are left to it
+    (:func:`deploy_callbacks`).
     """
     nodes = list(_targets(cfg.get("callbacks"), "callbacks"))
     for group in CALLBACK_GROUPS[1:]:
+        if group == "deploy" and cfg.get("finetune"):
+            continue  # the fine-tuning stage deploys its SNN (deploy_callbacks), not the ANN's
         group_cfg = conversion_group(cfg) if group == "conversion" else cfg.get(group)
         if group_cfg:
             nodes += _targets(group_cfg.get("callbacks"), f"{group}.callbacks")
@@ -65,6 +69,16 @@ def instantiate_callbacks(cfg: DictConfig) -> list[Callback]:
         else:
             callbacks.append(hydra.utils.instantiate(node))
     return callbacks
+
+
+def deploy_callbacks(cfg: DictConfig) -> list[Callback]:
+    """The ``deploy`` group's callbacks (none without the group), for the stage that deploys."""
+    return [
+        hydra.utils.instantiate(node)
+        for node in _targets(
+            cfg.deploy.get("callbacks") if cfg.get("deploy") else None, "deploy.callbacks"
+        )
+    ]
 
 
 def instantiate_loggers(cfg: DictConfig) -> list[Logger]:
