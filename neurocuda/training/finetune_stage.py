@@ -31,7 +31,7 @@ from neurocuda.training.distill import check_distillation, check_teacher_file
 from neurocuda.training.instantiate import (
     conversion_group,
     conversion_settings,
-    deploy_callbacks,
+    group_callbacks,
     resolve_ckpt_path,
     resume_checkpoint,
 )
@@ -313,9 +313,9 @@ def run_finetune(
     callbacks = finetune_callbacks(settings)
     if (cfg.get("callbacks") or {}).get("progress_bar"):  # the run's progress display
         callbacks.append(hydra.utils.instantiate(cfg.callbacks.progress_bar))
-    if csv_resume := ((cfg.get("logger") or {}).get("callbacks") or {}).get("csv_resume"):
-        callbacks.append(hydra.utils.instantiate(csv_resume))  # the stage's rows resume too
-    callbacks += deploy_callbacks(cfg)  # at the stage's end: the SNN the run tests
+    # at the stage's end the SNN the run tests is deployed; the logger group's callbacks keep
+    # the metrics file in step with the stage's checkpoints and log its dashboard panels
+    callbacks += group_callbacks(cfg, "deploy") + group_callbacks(cfg, "logger")
     # finetune.precision whatever the ANN used; validation runs the float32 runtime either way
     finetuner: L.Trainer = hydra.utils.instantiate(
         cfg.trainer,

@@ -51,12 +51,12 @@ def instantiate_callbacks(cfg: DictConfig) -> list[Callback]:
 
     A callback node with a ``settings`` key receives the run's :func:`conversion_settings`.
     With a fine-tuning stage the ``deploy`` group's callbacks are left to it
-    (:func:`deploy_callbacks`).
+    (:func:`group_callbacks`).
     """
     nodes = list(_targets(cfg.get("callbacks"), "callbacks"))
     for group in CALLBACK_GROUPS[1:]:
         if group == "deploy" and cfg.get("finetune"):
-            continue  # the fine-tuning stage deploys its SNN (deploy_callbacks), not the ANN's
+            continue  # the fine-tuning stage deploys its SNN (run_finetune), not the ANN's
         group_cfg = conversion_group(cfg) if group == "conversion" else cfg.get(group)
         if group_cfg:
             nodes += _targets(group_cfg.get("callbacks"), f"{group}.callbacks")
@@ -71,14 +71,11 @@ def instantiate_callbacks(cfg: DictConfig) -> list[Callback]:
     return callbacks
 
 
-def deploy_callbacks(cfg: DictConfig) -> list[Callback]:
-    """The ``deploy`` group's callbacks (none without the group), for the stage that deploys."""
-    return [
-        hydra.utils.instantiate(node)
-        for node in _targets(
-            cfg.deploy.get("callbacks") if cfg.get("deploy") else None, "deploy.callbacks"
-        )
-    ]
+def group_callbacks(cfg: DictConfig, group: str) -> list[Callback]:
+    """The callbacks of config group ``group`` (``cfg.<group>.callbacks``; none without it)."""
+    node = cfg.get(group)
+    nodes = _targets(node.get("callbacks") if node else None, f"{group}.callbacks")
+    return [hydra.utils.instantiate(n) for n in nodes]
 
 
 def instantiate_loggers(cfg: DictConfig) -> list[Logger]:
