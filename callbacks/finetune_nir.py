@@ -9,6 +9,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 
 from callbacks.nir_round_trip import NIRRoundTrip
 from callbacks.snn_conversion import saved_this_step
+from neurocuda.snn import Encoding, SpikingModel
 from neurocuda.training import SNNFinetuneModule
 from neurocuda.training.snn_finetune import load_finetuned
 
@@ -35,6 +36,13 @@ class FinetuneNIRRoundTrip(NIRRoundTrip):
         for ckpt in trainer.checkpoint_callbacks:
             if isinstance(ckpt, ModelCheckpoint) and ckpt._save_on_train_epoch_end is None:
                 ckpt._save_on_train_epoch_end = False
+
+    def _saved_snn(
+        self, trainer: L.Trainer, checkpoint: str
+    ) -> tuple[SpikingModel, list[int], Encoding]:
+        module = load_finetuned(checkpoint)
+        timesteps = self.timesteps or module.eval_timesteps
+        return module.spiking_model(), timesteps, module.hparams.encoding
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: SNNFinetuneModule) -> None:
         checkpoints = saved_this_step(trainer)

@@ -14,9 +14,10 @@ from lightning.pytorch.loggers import WandbLogger
 
 from callbacks.lookup import find_callback
 from callbacks.snn_conversion import SNNConversion
+from neurocuda.checkpoint import snn_from_checkpoint
 from neurocuda.conversion import ConversionResult
-from neurocuda.nir import Profile
-from neurocuda.nir.verify import RoundTripReport, export_and_compare
+from neurocuda.nir import Executor, Profile, load
+from neurocuda.nir.verify import RoundTripReport, compare, export_and_compare
 from neurocuda.snn import Encoding, SpikingModel
 
 log = logging.getLogger(__name__)
@@ -63,6 +64,28 @@ class NIRRoundTrip(L.Callback):
                 "or add callbacks.snn_conversion.SNNConversion before it)."
             )
         return conversion
+
+    def verify_saved(self, trainer: L.Trainer, path: Path, checkpoint: str) -> RoundTripReport:
+        """Re-execute ``path``, a ``.nir`` file not written by this process (a resumed run's,
+        from before the kill), against the SNN of its ``checkpoint`` on the fixed batch, on the
+        CPU; the report is recorded in :attr:`checks` (the run summary's) and returned."""
+        snn, timesteps, encoding = self._saved_snn(trainer, checkpoint)
+        x, y = self._fixed_batch(trainer)
+        executor = Executor(load(path))
+        report = compare(executor, snn.cpu(), [(x.cpu(), y.cpu())], timesteps, encoding)
+        self.checks[str(path)] = report
+        log.info("NIR round trip %s (written before this process): max abs diff %g, %d "
+                 "divergent images", path, report.worst_diff, report.total_divergent)  # fmt: skip
+        return report
+
+    def _saved_snn(
+        self, trainer: L.Trainer, checkpoint: str
+    ) -> tuple[SpikingModel, list[int], Encoding]:
+        """The SNN of ``checkpoint`` (its ANN converted with the run's settings), the T's and
+        the encoding it is compared at."""
+        settings = self._conversion(trainer).settings
+        snn = snn_from_checkpoint(checkpoint, settings, trainer.datamodule).snn
+        return snn, self.timesteps or list(settings.timesteps), settings.encoding
 
     def _fixed_batch(self, trainer: L.Trainer) -> tuple[torch.Tensor, torch.Tensor]:
         if self._batch is None:

@@ -21,14 +21,19 @@ from neurocuda.reporting.run_summary import (
 from neurocuda.training.finetune_stage import FinetuneResult
 
 
-def _nir_check(round_trip: NIRRoundTrip | None, checkpoint: str) -> NIRCheck | None:
-    """The check of ``<checkpoint>.nir``; else of the newest file checked that is still on disk
-    (the last conversion's: ModelCheckpoint deletes a superseded best with its ``.nir``)."""
+def _nir_check(
+    round_trip: NIRRoundTrip | None, checkpoint: str, trainer: L.Trainer
+) -> NIRCheck | None:
+    """The check of ``<checkpoint>.nir`` (re-executed now when this process did not write it: a
+    resumed run's file from before the kill); else of the newest file checked that is still on
+    disk (the last conversion's: ModelCheckpoint deletes a superseded best with its ``.nir``)."""
     if round_trip is None:
         return None
+    wanted = Path(checkpoint).with_suffix(".nir") if checkpoint else None
+    if wanted is not None and str(wanted) not in round_trip.checks and wanted.is_file():
+        round_trip.verify_saved(trainer, wanted, checkpoint)
     kept = [path for path in round_trip.checks if Path(path).is_file()]
-    wanted = str(Path(checkpoint).with_suffix(".nir")) if checkpoint else ""
-    path = wanted if wanted in kept else kept[-1] if kept else None
+    path = str(wanted) if str(wanted) in kept else kept[-1] if kept else None
     return NIRCheck.from_report(path, round_trip.checks[path]) if path else None
 
 
@@ -73,7 +78,7 @@ def run_summary(
         checkpoint=checkpoint,
         ann_test_accuracy=float(metrics["test/acc"]) if "test/acc" in metrics else None,
         snn_test_accuracy=snn_test,
-        nir=_nir_check(find_callback(trainer, NIRRoundTrip), checkpoint),
+        nir=_nir_check(find_callback(trainer, NIRRoundTrip), checkpoint, trainer),
     )
     if snn_test:  # which SNN train.py tested (finetune_stage.best_ann, run_finetune)
         summary.snn_source = _snn_source(ckpt, finetuned, ann_file)
@@ -85,6 +90,6 @@ def run_summary(
             timesteps=finetuned.timesteps,
             checkpoint=finetuned.checkpoint,
             val_accuracy=accuracy_per_timestep(finetuned.metrics, "val/snn_acc_T"),
-            nir=_nir_check(round_trip, finetuned.checkpoint),
+            nir=_nir_check(round_trip, finetuned.checkpoint, finetuned.trainer),
         )
     return summary

@@ -5,6 +5,7 @@ exactly like the uninterrupted run: weights, metrics file, checkpoints and .nir 
 from __future__ import annotations
 
 import csv
+import json
 import os
 import subprocess
 import sys
@@ -87,8 +88,11 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tiny_archive: Path, tmp_
 
 def _assert_same_run(run: Path, reference: Path, checkpoint: str) -> None:
     """The same files, the same weights in ``checkpoint`` (every tensor the file holds), the same
-    metrics file and the same arrays in every .nir file."""
+    metrics file, the same arrays in every .nir file and the same summary (its NIR checks too)."""
     assert _files(run) == _files(reference)  # no stray .nir, one metrics file
+    ours, theirs = (json.loads((d / "summary.json").read_text().replace(str(d), "RUN"))
+                    for d in (run, reference))  # fmt: skip
+    assert ours == theirs and ours["nir"]["passed"]
     ours = torch.load(run / checkpoint, weights_only=True)
     theirs = torch.load(reference / checkpoint, weights_only=True)
     assert ours["global_step"] == theirs["global_step"]
