@@ -137,8 +137,9 @@ def test_accuracy_per_timestep_and_empty_summary() -> None:
 
 
 def test_the_summary_names_a_nir_file_that_is_on_disk(tmp_path: Path) -> None:
-    """The tested checkpoint's own file when it has one; else the newest checked file still on
-    disk, not one ModelCheckpoint deleted with a superseded best checkpoint."""
+    """The tested checkpoint's own file when it has one (re-executed when another process wrote
+    it); else the newest checked file still on disk, not one ModelCheckpoint deleted with a
+    superseded best checkpoint."""
     from types import SimpleNamespace
 
     from callbacks.summary import _nir_check
@@ -148,8 +149,19 @@ def test_the_summary_names_a_nir_file_that_is_on_disk(tmp_path: Path) -> None:
     checks = {str(tmp_path / f"{n}.nir"): RoundTripReport(16, {4: 0.0}, {4: 0}) for n in names}
     for name in names[:2]:
         (tmp_path / f"{name}.nir").write_bytes(b"")
-    round_trip = SimpleNamespace(checks=checks)
+    rechecked: list[Path] = []
+
+    def verify_saved(trainer: object, path: Path, checkpoint: str) -> None:
+        rechecked.append(path)
+        checks[str(path)] = RoundTripReport(16, {4: 0.0}, {4: 0})
+
+    round_trip = SimpleNamespace(checks=checks, verify_saved=verify_saved)
     best = str(tmp_path / "epoch_060.ckpt")  # a best epoch without a conversion
-    assert _nir_check(round_trip, best).path == str(tmp_path / "last.nir")
-    assert _nir_check(round_trip, str(tmp_path / "epoch_014.ckpt")).path.endswith("epoch_014.nir")
-    assert _nir_check(SimpleNamespace(checks={}), best) is None
+    assert _nir_check(round_trip, best, None).path == str(tmp_path / "last.nir")
+    kept = _nir_check(round_trip, str(tmp_path / "epoch_014.ckpt"), None)
+    assert kept.path.endswith("epoch_014.nir") and not rechecked
+    assert _nir_check(SimpleNamespace(checks={}), best, None) is None
+    # a resumed run's file from before the kill: on disk, not checked by this process
+    (tmp_path / "epoch_030.nir").write_bytes(b"")
+    resumed = _nir_check(round_trip, str(tmp_path / "epoch_030.ckpt"), None)
+    assert resumed.path == str(tmp_path / "epoch_030.nir") == str(rechecked[0])
