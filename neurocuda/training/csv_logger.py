@@ -38,6 +38,19 @@ class _ContinuingWriter(ExperimentWriter):
             atomic_write_text(path, out.getvalue())
         self.metrics_keys = sorted(header)
 
+    def _rewrite_with_new_header(self, fieldnames: list[str]) -> None:
+        """Lightning's rewrite for new columns, written whole to a temporary file and renamed:
+        Lightning's own truncates the file first, so a kill (or an error) while it writes
+        loses every row logged before."""
+        path = Path(self.metrics_file_path)
+        with path.open(newline="") as file:
+            rows = list(csv.DictReader(file))
+        out = io.StringIO()
+        writer = csv.DictWriter(out, fieldnames=fieldnames, lineterminator="\r\n")
+        writer.writeheader()
+        writer.writerows(rows)
+        atomic_write_text(path, out.getvalue())
+
     def start_anew(self) -> None:
         """Delete a metrics file left by an earlier run in the same directory."""
         Path(self.metrics_file_path).unlink(missing_ok=True)
