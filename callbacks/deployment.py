@@ -17,7 +17,6 @@ import lightning as L
 import nir
 import torch
 
-from callbacks.finetune_nir import FinetuneNIRRoundTrip
 from callbacks.lookup import find_callback
 from callbacks.snn_conversion import SNNConversion
 from neurocuda.checkpoint import export_snn, snn_from_checkpoint
@@ -25,6 +24,7 @@ from neurocuda.conversion import ConversionConfig
 from neurocuda.data.calibration import calibration_loader
 from neurocuda.deploy import Backend, run_deployment
 from neurocuda.deploy.report import DeploymentReport, report_metrics
+from neurocuda.training import SNNFinetuneModule
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +73,7 @@ class Deployment(L.Callback):
     def _graph(trainer: L.Trainer, sample: torch.Tensor) -> tuple[nir.NIRGraph | Path, str]:
         """The last conversion's verified ``.nir`` file; without one, its SNN (or, without the
         conversion callback, the last checkpoint converted with the default settings) exported."""
-        if find_callback(trainer, FinetuneNIRRoundTrip) is not None:
+        if isinstance(trainer.lightning_module, SNNFinetuneModule):
             return _finetuned_graph(trainer)
         conversion = find_callback(trainer, SNNConversion)
         result = conversion.latest if conversion is not None else None
