@@ -69,24 +69,33 @@ def _run_train(overrides: list[str], env: dict | None = None) -> subprocess.Comp
 
 
 def test_killed_run_resumes_and_finishes_all_epochs(tiny_archive: Path, tmp_path: Path) -> None:
+    """Also in W&B: the resumed process continues the killed one's run (the same run id)."""
     run = tmp_path / "run"
     base = [
         *tiny_run_overrides(tiny_archive, tmp_path),
         "~conversion",
+        "logger=wandb",
         "trainer.max_epochs=3",
         f"hydra.run.dir={run}",
     ]
+    offline = {"WANDB_MODE": "offline"}
     killed = _run_train(
-        [*base, "+callbacks.kill._target_=tests.helpers.ExitAfterEpoch", "+callbacks.kill.epoch=0"]
+        [*base, "+callbacks.kill._target_=tests.helpers.ExitAfterEpoch", "+callbacks.kill.epoch=0"],
+        offline,
     )
     assert killed.returncode == 17, killed.stderr[-2000:]
     assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["epoch"] == 0
-    resumed = _run_train([*base, "resume=true"])
+    resumed = _run_train([*base, "resume=true"], offline)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "Restoring states from the checkpoint" in resumed.stdout + resumed.stderr
     final = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
     assert final["epoch"] == 2  # epoch 0 before the kill; epochs 1 and 2 after resuming
     assert final["global_step"] == 3 * 3  # 3 epochs of 3 batches, none repeated
+    parts = sorted((run / "wandb").glob("offline-run-*"))  # one per process, synced in order
+    assert len(parts) == 2 and len({p.name.rsplit("-", 1)[1] for p in parts}) == 1, parts
+    # offline W&B writes its log in 32 KiB blocks: this tiny killed run's records died in its buffer
+    resumed_part = read_offline_run(parts[1])["history"]
+    assert [r["epoch"] for r in resumed_part if "val/acc" in r] == [1, 2]
 
 
 def test_resume_without_checkpoint_is_a_clear_error(tiny_archive: Path, tmp_path: Path) -> None:

@@ -30,6 +30,8 @@ def _payloads(data: bytes) -> list[bytes]:
         length = int.from_bytes(data[pos + 4 : pos + 6], "little")
         kind = data[pos + 6]
         payload = data[pos + _HEADER : pos + _HEADER + length]
+        if len(payload) < length:  # a killed process's last, half-written record
+            break
         pos += _HEADER + length
         if kind == _FULL:
             records.append(payload)

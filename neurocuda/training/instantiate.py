@@ -79,12 +79,30 @@ def group_callbacks(cfg: DictConfig, group: str) -> list[Callback]:
 
 
 def instantiate_loggers(cfg: DictConfig) -> list[Logger]:
-    """Instantiate every logger node in ``cfg.logger`` (empty for ``logger=none``)."""
+    """Instantiate every logger node in ``cfg.logger`` (empty for ``logger=none``).
+
+    With ``resume=true`` a W&B logger continues the killed run's W&B run (its id, found in the run
+    directory) instead of opening a second one.
+    """
     loggers = []
     for node in _targets(cfg.get("logger"), "logger"):
         log.info("Instantiating logger <%s>", node._target_)
-        loggers.append(hydra.utils.instantiate(node))
+        extra = {}
+        if cfg.get("resume") and node._target_.endswith("WandbLogger") and not node.get("id"):
+            run_id = wandb_run_id(Path(node.get("save_dir") or cfg.paths.output_dir) / "wandb")
+            if run_id:
+                log.info("Resuming W&B run %s", run_id)
+                extra = {"id": run_id, "resume": "allow"}
+        loggers.append(hydra.utils.instantiate(node, **extra))
     return loggers
+
+
+def wandb_run_id(directory: Path) -> str | None:
+    """The id of the newest W&B run in ``directory`` (``[offline-]run-<time>-<id>`` folders); None
+    when it holds none. Offline, each resumed process writes a folder of the same id: ``wandb sync``
+    uploads them in start order into that one run."""
+    runs = sorted(directory.glob("*run-*-*"), key=lambda d: d.name.split("run-", 1)[1])
+    return runs[-1].name.rsplit("-", 1)[1] if runs else None
 
 
 def finish_loggers(loggers: list[Logger]) -> None:
