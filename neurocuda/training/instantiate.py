@@ -88,7 +88,8 @@ def instantiate_loggers(cfg: DictConfig) -> list[Logger]:
     for node in _targets(cfg.get("logger"), "logger"):
         log.info("Instantiating logger <%s>", node._target_)
         extra = {}
-        if cfg.get("resume") and node._target_.endswith("WandbLogger") and not node.get("id"):
+        wandb = issubclass(hydra.utils.get_class(node._target_), WandbLogger)
+        if cfg.get("resume") and wandb and not node.get("id"):
             run_id = wandb_run_id(Path(node.get("save_dir") or cfg.paths.output_dir) / "wandb")
             if run_id:
                 log.info("Resuming W&B run %s", run_id)
