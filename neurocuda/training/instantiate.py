@@ -88,8 +88,11 @@ def instantiate_loggers(cfg: DictConfig) -> list[Logger]:
     for node in _targets(cfg.get("logger"), "logger"):
         log.info("Instantiating logger <%s>", node._target_)
         extra = {}
-        wandb = issubclass(hydra.utils.get_class(node._target_), WandbLogger)
-        if cfg.get("resume") and wandb and not node.get("id"):
+        if (
+            cfg.get("resume")
+            and not node.get("id")
+            and issubclass(hydra.utils.get_class(node._target_), WandbLogger)
+        ):
             run_id = wandb_run_id(Path(node.get("save_dir") or cfg.paths.output_dir) / "wandb")
             if run_id:
                 log.info("Resuming W&B run %s", run_id)
