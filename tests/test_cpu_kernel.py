@@ -85,6 +85,11 @@ def test_what_the_kernel_does_not_take() -> None:
     assert not cpu_kernel.applies(standard, fire, theta)
     assert not cpu_kernel.applies(x.half(), fire, theta)
     assert not cpu_kernel.applies(x, torch.ones(3, 1, 1), theta)  # 3 values for 8 channels
+    # one value per position, not per channel, though H x W = 9 could pass for 9 channels
+    nine = inputs((4, 2, 9, 3, 3), torch.float32, True)[0]
+    assert not cpu_kernel.applies(nine, torch.ones(1, 3, 3), torch.ones(()))
+    assert not cpu_kernel.applies(nine, torch.ones(9), torch.ones(()))  # broadcasts along W
+    assert cpu_kernel.applies(nine, torch.ones(1, 9, 1, 1), torch.ones(9, 1, 1))
     with pytest.raises(ValueError, match="channels last"):
         cpu_kernel.fire_and_scale(standard, fire, -theta, theta, torch.empty_like(standard))
 

@@ -239,6 +239,36 @@ def test_recurrent_edge_reads_previous_step():
     assert 0 < out.sum() < out.numel()
 
 
+def test_position_dependent_threshold_is_not_read_per_channel():
+    """A file's threshold that varies over H x W only (compacted to ``[1, H, W]``) with H x W = C:
+    the CPU kernel (per-layer or per-channel constants) must leave it to the stepped nodes."""
+    shape = (4, 2, 2)
+    theta = np.broadcast_to(np.array([[0.5, 1.0], [1.5, 2.0]], np.float32), shape).copy()
+    graph = nir.NIRGraph(
+        nodes={
+            "input": nir.Input(np.array(shape)),
+            "i": nir.I(r=np.ones(shape, np.float32)),
+            "thr": nir.Threshold(threshold=theta),
+            "reset": nir.Scale(scale=-theta),
+            "output": nir.Output(np.array(shape)),
+        },
+        edges=[("input", "i"), ("i", "thr"), ("thr", "reset"), ("reset", "i"), ("thr", "output")],
+    )
+    x = to_layout(torch.rand(6 * B, *shape) * 2).reshape(6, B, *shape)
+    ref, u, s = [], torch.zeros_like(x[0]), torch.zeros_like(x[0])
+    t = torch.from_numpy(theta)
+    for x_t in x:
+        u = u + (x_t + (-t) * s)
+        s = (u > t).float()
+        ref.append(s)
+    executor = Executor(graph)
+    with torch.no_grad():
+        compiled = executor(x)
+        executor.compiled_kernel = False
+        assert torch.equal(executor(x), compiled)
+    assert torch.equal(compiled, torch.stack(ref))
+
+
 def test_nested_graph_and_multi_input_sum():
     """Two paths summed at a nested soft-reset neuron, then integrated."""
     n = 4

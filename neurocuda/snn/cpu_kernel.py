@@ -196,8 +196,22 @@ def _spatial(x: torch.Tensor) -> torch.Tensor | None:
 
 
 def _per_channel(value: torch.Tensor, channels: int, dtype: torch.dtype) -> np.ndarray:
-    """A per-layer (``[]``) or per-channel (``[C, 1, 1]``, ``[C]``) constant as a ``[C]`` array."""
+    """A per-layer or per-channel constant (:func:`_varies_by_channel_only`) as a ``[C]`` array."""
     return value.detach().to(dtype).reshape(-1).expand(channels).contiguous().numpy()
+
+
+def _varies_by_channel_only(constant: torch.Tensor, features: torch.Size) -> bool:
+    """Whether ``constant``, broadcast against one sample's ``features`` (``[C, H, W]`` or
+    ``[F]``), holds one value per layer or per channel: ``[]``, ``[C, 1, 1]``, ``[1, C, 1, 1]``;
+    not ``[1, H, W]`` (one per position, even where H x W happens to equal C) nor ``[C]`` against
+    ``[C, H, W]`` (broadcasting reads that along W)."""
+    shape = list(constant.shape)
+    while len(shape) > len(features) and shape[0] == 1:
+        shape.pop(0)
+    if len(shape) > len(features):
+        return False
+    shape = [1] * (len(features) - len(shape)) + shape
+    return shape[0] in (1, features[0]) and all(size == 1 for size in shape[1:])
 
 
 def applies(x: torch.Tensor, *constants: torch.Tensor) -> bool:
@@ -205,8 +219,9 @@ def applies(x: torch.Tensor, *constants: torch.Tensor) -> bool:
     last in memory, with per-layer or per-channel ``constants``."""
     if x.device.type != "cpu" or x.dtype not in DTYPES or _channels_last(x) is None:
         return False
-    channels = x.shape[2]
-    return all(c.numel() in (1, channels) and c.device.type == "cpu" for c in constants)
+    return all(
+        c.device.type == "cpu" and _varies_by_channel_only(c, x.shape[2:]) for c in constants
+    )
 
 
 def _arrays(*tensors: torch.Tensor) -> list[np.ndarray]:
