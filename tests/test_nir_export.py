@@ -110,6 +110,27 @@ def test_unsupported_module_is_named():
         export(snn, torch.randn(1, 3, 32, 32))
 
 
+class _Shift(nn.Module):
+    """Arithmetic in a forward with no module: nirtorch wired it as a plain edge (a sum of one
+    input), dropping the constant, and the file computed something else."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + 0.5
+
+
+@pytest.mark.parametrize("arch", ["cifarnet", "resnet20"])
+def test_operation_outside_a_module_is_named(arch):
+    snn = converted(arch, widths=(8, 8, 8, 8)) if arch == "cifarnet" else converted(arch)
+    first = snn.network[0] if arch == "cifarnet" else snn.network.stem
+    shifted = nn.Sequential(first, _Shift())
+    if arch == "cifarnet":
+        snn.network[0] = shifted
+    else:
+        snn.network.stem = shifted
+    with pytest.raises(ValueError, match=r"computes add\(.*, 0\.5\) in module '.*1' \(_Shift\)"):
+        export(snn, torch.randn(1, 3, 32, 32))
+
+
 def test_poisson_input_runs_every_step(tmp_path):
     snn = converted("cifarnet", widths=(8, 8, 8, 8))
     spikes = (torch.rand(T, 2, 3, 32, 32) > 0.5).float()

@@ -18,6 +18,7 @@ consumer, in operand order. The soft-reset IF neuron becomes a nested graph (see
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable
 from typing import Any, Literal, get_args
 
@@ -216,6 +217,52 @@ def _check_modules(network: nn.Module, mappers: dict[type[nn.Module], Any]) -> N
             )
 
 
+def _type_name(kind: Any) -> str:
+    return getattr(kind, "__name__", str(kind).rsplit(".", 1)[-1])
+
+
+class _MappedLeaves(fx.Tracer):
+    """Traces into every module but the mapped ones, down to the operations nirtorch wires."""
+
+    def __init__(self, mapped: tuple[type[nn.Module], ...]) -> None:
+        super().__init__()
+        self.mapped = mapped
+
+    def is_leaf_module(self, module: nn.Module, qualified_name: str) -> bool:
+        return type(module) in self.mapped
+
+
+def _check_operations(network: nn.Module, mappers: dict[type[nn.Module], Any]) -> None:
+    """Raise for an operation between modules other than the sum of two tensors (a residual
+    addition), which nirtorch would otherwise wire as a plain edge, silently dropping it: e.g.
+    ``x + 0.5`` in a custom module's forward became a sum of one input, without the constant."""
+    try:
+        graph = _MappedLeaves(tuple(mappers)).trace(network)
+    except fx.proxy.TraceError:
+        return  # torch_to_nir raises it again, with its own message
+    for node in graph.nodes:
+        if node.op in ("placeholder", "output", "call_module"):
+            continue
+        is_sum = (
+            node.op == "call_function"
+            and node.target in (operator.add, torch.add)
+            and len(node.args) == 2
+            and all(isinstance(arg, fx.Node) for arg in node.args)
+            and not node.kwargs
+        )
+        if not is_sum:
+            op = getattr(node.target, "__name__", str(node.target))
+            args = ", ".join(str(arg) for arg in node.args)
+            stack = list(node.meta.get("nn_module_stack", {}).values())
+            where = f" in module {stack[-1][0]!r} ({_type_name(stack[-1][1])})" if stack else ""
+            raise ValueError(
+                f"The spiking network computes {op}({args}){where}, which has no NIR mapping: "
+                "between modules export takes only the sum of two tensors (neurocuda.models."
+                "layers.Add). Move the operation into a supported module: "
+                f"{sorted(t.__name__ for t in mappers)}."
+            )
+
+
 def _record_shapes(snn: SpikingModel, sample: torch.Tensor) -> Shapes:
     shapes: Shapes = {}
 
@@ -278,6 +325,7 @@ def export(
     network = snn.network
     mappers = _mappers(profile)
     _check_modules(network, mappers)
+    _check_operations(network, mappers)
     sample = sample_input.to(next(iter(network.buffers())).device)
     shapes = _record_shapes(snn, sample)
 
