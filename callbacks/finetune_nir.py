@@ -51,14 +51,15 @@ class FinetuneNIRRoundTrip(NIRRoundTrip):
         hparams = pl_module.hparams
         timesteps = self.timesteps or pl_module.eval_timesteps
         metadata = {
+            # the conversion's settings say how the thresholds started; the keys below, which
+            # replace its encoding and T's, what this stage trained and checked the file at
+            **(hparams.metadata or {}),
             "encoding": hparams.encoding,
             "timesteps": ",".join(map(str, timesteps)),
             "epoch": int(trainer.current_epoch),
             "checkpoint": ",".join(Path(p).name for p in checkpoints),
             "finetune_timesteps": int(hparams.timesteps),
-            # the conversion settings below say how the thresholds started, this how they trained
             "finetune_channel_thresholds": str(bool(hparams.get("channel_thresholds"))).lower(),
-            **(hparams.metadata or {}),
         }
         paths = [Path(p).with_suffix(".nir") for p in checkpoints]
         saved = load_finetuned(checkpoints[0], pl_module.device).spiking_model()

@@ -705,7 +705,7 @@ def test_train_py_fine_tunes_a_given_checkpoint_without_fitting(
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["checkpoint"] == str(checkpoint)  # not its restored best (epoch_000.ckpt)
     assert summary["snn_source"] == "the given ANN checkpoint, converted"
-    cfg = train_cfg("train=false", "finetune=snn", "finetune.timesteps=2",
+    cfg = train_cfg("train=false", "finetune=snn", "finetune.timesteps=1",
                     f"finetune.start_from={checkpoint}", *converted,
                     "finetune.detach_reset=true", "finetune.surrogate_width=0.5",
                     "conversion.calibration.per_channel=false",
@@ -723,6 +723,7 @@ def test_train_py_fine_tunes_a_given_checkpoint_without_fitting(
     assert all(n.threshold.dim() > 0 for n in finetuned.snn.neuron_layers().values())
     metadata = load_nir(folder / "last.nir").metadata
     assert metadata["per_channel"] == "false" and metadata["finetune_channel_thresholds"] == "true"
+    assert metadata["timesteps"] == "1,2"  # checked at the trained T too, not only conversion's
     # verify_nir.py runs the fine-tuned checkpoint itself (not a fresh conversion of an ANN)
     verify = [sys.executable, "scripts/verify_nir.py", str(folder / "last.nir"), "--timesteps",
               "1", "2", "--num-images", "8", "--archive", str(tiny_archive), "--checkpoint",
