@@ -56,6 +56,27 @@ def test_bad_deploy_setting_fails(target: str, override: str, message: str, tmp_
         validate_run_settings(compose_train_config([f"deploy={target}", override], tmp_path))
 
 
+POISSON = [
+    (
+        ["+data.mean=[0.5,0.5,0.5]"],
+        r"conversion\.encoding=poisson .* data\.mean=\[0\.5, 0\.5, 0\.5\]",
+    ),
+    (["+data.std=[0.25,0.25,0.25]"], r"data\.std=\[0\.25, 0\.25, 0\.25\] \(CIFAR-10's"),
+    (["deploy=loihi2"], r"deploy runs the deployed SNN on the image itself"),
+]
+
+
+@pytest.mark.parametrize(("overrides", "message"), POISSON, ids=[p[0][0] for p in POISSON])
+def test_poisson_runs_take_what_the_encoding_and_deployments_assume(
+    overrides: list[str], message: str, tmp_path
+) -> None:
+    with pytest.raises(SettingsError, match=message):
+        validate_run_settings(
+            compose_train_config(["conversion.encoding=poisson", *overrides], tmp_path)
+        )
+    validate_run_settings(compose_train_config(overrides, tmp_path))  # direct encoding: fine
+
+
 @pytest.mark.parametrize("option", sorted(p.stem for p in (ROOT / "configs/experiment").glob("*")))
 @pytest.mark.parametrize("deploy", ["cpu", "loihi2"])
 def test_shipped_configs_are_valid(option: str, deploy: str, tmp_path: Path) -> None:

@@ -21,9 +21,7 @@ from torch.utils.data import DataLoader, RandomSampler
 
 from neurocuda.data.dataset import ImageArrayDataset, IndexBatch, balanced_subset, collate_batch
 from neurocuda.data.sources import load_cifar10
-
-CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
-CIFAR10_STD = (0.2470, 0.2435, 0.2616)
+from neurocuda.normalization import CIFAR10_MEAN, CIFAR10_STD
 
 
 def epoch_seed(seed: int, epoch: int) -> int:

@@ -7,6 +7,8 @@ from typing import Literal
 
 import torch
 
+from neurocuda.normalization import CIFAR10_MEAN, CIFAR10_STD
+
 Encoding = Literal["direct", "poisson"]
 
 
@@ -35,11 +37,13 @@ def encode(
     x: torch.Tensor,
     timesteps: int,
     encoding: Encoding,
-    mean: Sequence[float] = (0.4914, 0.4822, 0.4465),
-    std: Sequence[float] = (0.2470, 0.2435, 0.2616),
+    mean: Sequence[float] = CIFAR10_MEAN,
+    std: Sequence[float] = CIFAR10_STD,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """``x`` itself for direct encoding (constant current), Poisson spike trains otherwise."""
+    """``x`` itself for direct encoding (constant current), Poisson spike trains otherwise (drawn
+    under ``mean`` and ``std``, the data's normalization: ``train.py`` and ``scripts/deploy.py``
+    reject Poisson runs with another data.mean / data.std before they start)."""
     if encoding == "direct":
         return x
     if encoding == "poisson":

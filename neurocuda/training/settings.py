@@ -17,6 +17,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from neurocuda.conversion.settings import MAX_TIMESTEPS
+from neurocuda.normalization import CIFAR10_MEAN, CIFAR10_STD
 
 CIFAR10_TRAIN_IMAGES = 50_000
 """Training images of CIFAR-10: the validation split is carved from them."""
@@ -181,3 +182,25 @@ def validate_run_settings(cfg: DictConfig) -> None:
         validate_group("deploy", deploy, DEPLOY_RULES, set(DEPLOY_RULES))
     trainer = OmegaConf.to_container(cfg.trainer, resolve=True)
     validate_group("trainer", trainer, TRAINER_RULES, _arguments(trainer["_target_"]))
+    if cfg.get("conversion") and cfg.conversion.get("encoding") == "poisson":
+        _check_poisson(data, bool(cfg.get("deploy")))
+
+
+def _check_poisson(data: Mapping[str, Any], deploying: bool) -> None:
+    """Poisson spikes are drawn with CIFAR-10's normalization (:mod:`neurocuda.snn.encoding`),
+    and the deployments feed the image itself at every step (direct encoding)."""
+    norm = {"mean": CIFAR10_MEAN, "std": CIFAR10_STD}
+    for key, standard in norm.items():
+        value = data.get(key, standard)
+        if not all(math.isclose(a, b) for a, b in zip(value, standard, strict=True)):
+            raise SettingsError(
+                f"conversion.encoding=poisson draws each pixel's spikes from its intensity under "
+                f"CIFAR-10's normalization, but data.{key}={list(value)} (CIFAR-10's: "
+                f"{list(standard)}); use conversion.encoding=direct or CIFAR-10's data.{key}."
+            )
+    if deploying:
+        raise SettingsError(
+            "deploy runs the deployed SNN on the image itself at every step (direct encoding), "
+            "so with conversion.encoding=poisson it would be measured on other inputs than the "
+            "SNN it is compared with; use conversion.encoding=direct, or leave deploy out."
+        )
