@@ -2,14 +2,37 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NoReturn
 
-USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, OSError)
+from hydra.errors import HydraException
+
+USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, OSError, HydraException)
 """Errors about the user's files, settings or disk (NIRFormatError, WriteError, missing files,
-invalid values); anything else is a bug and keeps its traceback."""
+invalid values, an override Hydra cannot apply); anything else is a bug and keeps its traceback."""
+
+
+def count(text: str) -> int:
+    """An ``argparse`` type: an integer >= 0 (e.g. ``--num-images``, where 0 means all)."""
+    return _integer(text, 0)
+
+
+def positive(text: str) -> int:
+    """An ``argparse`` type: an integer >= 1 (e.g. ``--batch-size``)."""
+    return _integer(text, 1)
+
+
+def _integer(text: str, low: int) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = low - 1
+    if value < low:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer >= {low}")
+    return value
 
 
 def run_cli(main: Callable[[list[str]], int | None], argv: Sequence[str] | None = None) -> NoReturn:

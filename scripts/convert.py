@@ -25,6 +25,7 @@ from neurocuda.devices import resolve_device
 from neurocuda.nir import save
 from neurocuda.reporting.accuracy_plots import save_accuracy_report
 from neurocuda.training.compose import compose_train_config
+from neurocuda.training.settings import validate_run_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -61,6 +62,7 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"checkpoint {args.checkpoint} does not exist.")
     out_dir = args.out or args.checkpoint.parent
     cfg = compose_train_config(args.overrides, out_dir)
+    validate_run_settings(cfg)  # e.g. data.test_subset=-5, before the data loads
     settings = ConversionConfig.from_group(cfg.conversion)
     datamodule = checkpoint_datamodule(args.checkpoint, cfg, args.overrides)
     device = resolve_device(args.device)

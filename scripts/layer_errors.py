@@ -29,7 +29,7 @@ from neurocuda.checkpoint import (
     refuse_conversion_overrides,
     snn_from_checkpoint,
 )
-from neurocuda.cli import run_cli
+from neurocuda.cli import count, positive, run_cli
 from neurocuda.conversion import ConversionConfig
 from neurocuda.data import CIFAR10DataModule
 from neurocuda.devices import resolve_device
@@ -37,6 +37,7 @@ from neurocuda.files import atomic_write_text, save_figure
 from neurocuda.metrics.layer_errors import LayerErrorReport, layer_errors
 from neurocuda.snn import SpikingModel
 from neurocuda.training.compose import compose_train_config
+from neurocuda.training.settings import validate_run_settings
 from neurocuda.training.snn_finetune import is_finetune_checkpoint, load_finetuned
 
 
@@ -45,6 +46,7 @@ def spiking_model(
 ) -> tuple[SpikingModel, CIFAR10DataModule]:
     """The checkpoint's SNN (fine-tuned as saved, an ANN converted) and its datamodule."""
     cfg = compose_train_config(args.overrides, out_dir)
+    validate_run_settings(cfg)  # e.g. data.test_subset=-5, before the data loads
     datamodule = checkpoint_datamodule(args.checkpoint, cfg, args.overrides)
     if is_finetune_checkpoint(args.checkpoint):
         refuse_conversion_overrides(args.checkpoint, args.overrides)
@@ -97,9 +99,9 @@ def main(argv: list[str]) -> int:
     )
     parser.add_argument("checkpoint", type=Path)
     parser.add_argument("overrides", nargs="*", help="Hydra overrides: conversion.*, data.*")
-    parser.add_argument("--timesteps", type=int, default=4)
+    parser.add_argument("--timesteps", type=positive, default=4)
     parser.add_argument("--split", choices=("val", "test"), default="val")
-    parser.add_argument("--num-images", type=int, default=0, help="at most this many (0 = all)")
+    parser.add_argument("--num-images", type=count, default=0, help="at most this many (0 = all)")
     parser.add_argument("--out", type=Path, help="output folder (default: beside the checkpoint)")
     parser.add_argument(
         "--device", default="auto", help="auto (the GPU when there is one), gpu, cuda:N or cpu"
@@ -107,8 +109,6 @@ def main(argv: list[str]) -> int:
     args = parser.parse_intermixed_args(argv)
     if not args.checkpoint.is_file():
         parser.error(f"checkpoint {args.checkpoint} does not exist.")
-    if args.timesteps < 1:
-        parser.error(f"--timesteps must be >= 1, got {args.timesteps}.")
     args.device = resolve_device(args.device)
     out_dir = args.out or args.checkpoint.parent
     snn, datamodule = spiking_model(args, out_dir)

@@ -33,7 +33,7 @@ from neurocuda.checkpoint import (
     settings_with_overrides,
     snn_from_checkpoint,
 )
-from neurocuda.cli import run_cli
+from neurocuda.cli import count, positive, run_cli
 from neurocuda.conversion import ConversionConfig, ConversionError
 from neurocuda.data import CheckpointDataError, CIFAR10DataModule, datamodule_from_checkpoint
 from neurocuda.devices import resolve_device
@@ -43,6 +43,7 @@ from neurocuda.nir.metadata import check_timesteps
 from neurocuda.nir.verify import RoundTripReport, compare
 from neurocuda.snn import SpikingModel
 from neurocuda.training.compose import compose_train_config
+from neurocuda.training.settings import validate_run_settings
 from neurocuda.training.snn_finetune import is_finetune_checkpoint, load_finetuned
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,8 +57,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--checkpoint", type=Path, help="Lightning checkpoint of the ANN or of SNN fine-tuning"
     )
     parser.add_argument("--timesteps", type=int, nargs="+", help="T values (default: metadata)")
-    parser.add_argument("--num-images", type=int, default=1000, help="test images (0 = all)")
-    parser.add_argument("--batch-size", type=int, default=100)
+    parser.add_argument("--num-images", type=count, default=1000, help="test images (0 = all)")
+    parser.add_argument("--batch-size", type=positive, default=100)
     parser.add_argument("--archive", type=Path, help="JPEG archive (default: data.archive)")
     parser.add_argument(
         "--device", default="auto", help="auto (the GPU when there is one), gpu, cuda:N or cpu"
@@ -118,6 +119,7 @@ def main(argv: list[str]) -> int:
     console = Console()
     graph = load(args.file)
     cfg = compose_train_config(args.overrides, ROOT / "logs" / "verify_nir")
+    validate_run_settings(cfg)  # e.g. data.batch_size=0, before the data loads
     try:
         recorded = ConversionConfig.from_metadata(graph.metadata)
     except ConversionError as error:

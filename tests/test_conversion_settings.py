@@ -22,6 +22,21 @@ def test_defaults_are_the_yaml_defaults() -> None:
     assert ConversionConfig.from_group(ConversionConfig().as_group()) == ConversionConfig()
 
 
+@pytest.mark.parametrize(
+    ("group", "key"),
+    [
+        ({"reset": "zero", "vinit": 0.3}, "vinit"),
+        ({"calibration": {"percentle": 50}}, "calibration.percentle"),
+    ],
+)
+def test_an_unknown_key_of_the_group_is_named(group: dict, key: str) -> None:
+    with pytest.raises(
+        ConversionError, match=rf"conversion\.{key} is not a setting .* known: .*v_init"
+    ):
+        ConversionConfig.from_group(group)
+    ConversionConfig.from_group({"every_n_epochs": 3, "eval_subset": None, "callbacks": {}})
+
+
 def test_the_callback_gets_the_group_as_one_object(tmp_path: Path) -> None:
     overrides = ["conversion.timesteps=[2,6]", "conversion.calibration.per_channel=false",
                  "conversion.encoding=poisson", "conversion.correction.timesteps=0"]  # fmt: skip

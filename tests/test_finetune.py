@@ -699,8 +699,11 @@ def test_train_py_fine_tunes_a_given_checkpoint_without_fitting(
 ) -> None:
     ann = train(train_cfg("~conversion"))
     checkpoint = tmp_path / "run" / "checkpoints" / "last.ckpt"
-    converted = ["conversion.timesteps=[2]", "conversion.calibration.batches=1",
-                 "conversion.eval_subset=8"]  # fmt: skip
+    converted = [
+        "conversion.timesteps=2",
+        "conversion.calibration.batches=1",
+        "conversion.eval_subset=8",
+    ]  # fmt: skip  (a bare T reads as [2] everywhere)
     train(train_cfg("train=false", f"ckpt_path={checkpoint}", *converted))  # test and convert
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["checkpoint"] == str(checkpoint)  # not its restored best (epoch_000.ckpt)

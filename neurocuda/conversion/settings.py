@@ -69,7 +69,9 @@ class ConversionConfig:
     @classmethod
     def from_group(cls, group: Mapping[str, Any], **extra: Any) -> ConversionConfig:
         """From the ``conversion`` config group (``cfg.conversion``); ``extra`` sets other fields
-        (``input_shape``). Keys the group lacks keep their defaults."""
+        (``input_shape``). Keys the group lacks keep their defaults; a key it should not have
+        (a typo in an experiment file) raises :class:`ConversionError` naming it."""
+        _check_keys(group)
         values = {}
         for name, key in _GROUP_KEYS.items():
             node: Any = group
@@ -138,6 +140,25 @@ def _parse(name: str, value: Any) -> Any:
     except (TypeError, ValueError, OverflowError) as error:
         kind = type(default).__name__
         raise _error(_GROUP_KEYS.get(name, name), value, f"a {kind}") from error
+
+
+_CALLBACK_KEYS = {"every_n_epochs", "eval_subset", "callbacks"}
+"""Keys of the ``conversion`` group that its callbacks' settings read, not this class."""
+
+
+def _check_keys(group: Mapping[str, Any], prefix: str = "") -> None:
+    known = set(_GROUP_KEYS.values())
+    for key, value in group.items():
+        path = f"{prefix}{key}"
+        if not prefix and key in _CALLBACK_KEYS:
+            continue
+        if isinstance(value, Mapping) and any(k.startswith(f"{path}.") for k in known):
+            _check_keys(value, f"{path}.")
+        elif path not in known:
+            raise ConversionError(
+                f"conversion.{path} is not a setting of the conversion group; known: "
+                f"{', '.join(sorted(known | _CALLBACK_KEYS))}."
+            )
 
 
 def _plain(value: Any) -> Any:

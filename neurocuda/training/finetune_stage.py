@@ -268,6 +268,7 @@ def run_finetune(
     stage (:func:`finetune_resume_checkpoint`) whose training it continues."""
     check_finetune_settings(cfg)
     settings = cfg.finetune
+    conversion = conversion_settings(cfg)
     device = trainer.strategy.root_device
     weight, temperature = distillation(settings)
     start = settings.start_from
@@ -286,13 +287,13 @@ def run_finetune(
         )
     else:
         snn = convert_for_run(cfg, datamodule, net, device)
-        structure = snn_structure(dict(ann.hparams), cfg.conversion.reset, snn.input_shape)
+        structure = snn_structure(dict(ann.hparams), conversion.reset, snn.input_shape)
         metadata = conversion_config(cfg, datamodule).as_metadata()
     module = SNNFinetuneModule(
         snn,
         timesteps=int(settings.timesteps),
-        eval_timesteps=list(cfg.conversion.timesteps),
-        encoding=cfg.conversion.encoding,
+        eval_timesteps=list(conversion.timesteps),
+        encoding=conversion.encoding,
         optimizer=OmegaConf.to_container(settings.optimizer, resolve=True),
         scheduler=settings.scheduler,
         min_threshold=float(settings.min_threshold),
@@ -357,10 +358,10 @@ def snn_test_metrics(
     also logged to ``loggers``."""
     if device is not None:
         snn = snn.to(device)
+    settings = conversion_settings(cfg)
     evaluation = evaluate_snn(
-        snn, datamodule.test_dataloader(), list(cfg.conversion.timesteps),
-        encoding=cfg.conversion.encoding,
-    )  # fmt: skip
+        snn, datamodule.test_dataloader(), list(settings.timesteps), encoding=settings.encoding
+    )
     # test/acc is a float32 metric over the same images: back to an exact count's fraction
     ann_accuracy = round(ann_accuracy * evaluation.images) / evaluation.images
     metrics = {f"test/snn_acc_T{t}": acc for t, acc in evaluation.accuracy.items()}

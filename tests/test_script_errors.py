@@ -1,0 +1,43 @@
+"""The command-line scripts refuse bad input in one line, before any data loads or work starts."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT
+
+CASES = [
+    # a negative count once evaluated 9,995 of the 10,000 test images (order[:-5])
+    (["scripts/convert.py", "{ckpt}", "data.test_subset=-5"], 1, r"data\.test_subset=-5 must be"),
+    (["scripts/layer_errors.py", "{ckpt}", "data.val_subset=0"], 1, r"data\.val_subset=0 must be"),
+    (["scripts/verify_nir.py", "{ckpt}", "--num-images", "-5"], 2, r"'-5' is not an integer >= 0"),
+    (["scripts/layer_errors.py", "{ckpt}", "--timesteps", "0"], 2, r"'0' is not an integer >= 1"),
+    # Hydra's own errors: one line, not a 60-line traceback
+    (
+        ["scripts/convert.py", "{ckpt}", "conversion.timestep=4"],
+        1,
+        r"Could not override 'conversion\.timestep'",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("command", "status", "message"), CASES, ids=[" ".join(c[0][::2]) for c in CASES]
+)
+def test_bad_input_gets_one_line(
+    command: list[str], status: int, message: str, tmp_path: Path
+) -> None:
+    ckpt = tmp_path / "model.ckpt"
+    ckpt.write_bytes(b"never read: the input is refused first")
+    args = [sys.executable, *(a.format(ckpt=ckpt) for a in command)]
+    result = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == status, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert re.search(message, lines[-1]), result.stderr
+    assert not (tmp_path / "cache").exists() and sorted(tmp_path.iterdir()) == [ckpt]
