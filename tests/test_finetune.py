@@ -803,11 +803,35 @@ def test_a_bad_surrogate_width_fails_before_the_fit(train_cfg) -> None:
 
 @pytest.mark.parametrize(
     ("override", "message"),
-    [("neuron_lr_scale=0", r"neuron_lr_scale=0 must be > 0"), ("name=adam", r"'adam': use adamw")],
+    [
+        ("neuron_lr_scale=0", r"neuron_lr_scale=0 must be > 0"),
+        ("name=adam", r"'adam': use adamw"),
+        (
+            "lr=-1",
+            r"finetune\.optimizer\.lr=-1 must be a finite number > 0",
+        ),  # was torch's, after the fit
+    ],
 )
 def test_bad_optimizer_settings_fail_before_the_fit(train_cfg, override, message) -> None:
     with pytest.raises(ValueError, match=message):
         train(train_cfg("finetune=snn", f"finetune.optimizer.{override}", "trainer.max_epochs=9"))
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("timesteps=abc", r"finetune\.timesteps='abc' must be an integer in \[1, 4096\]"),
+        ("epochs=0", r"finetune\.epochs=0 must be an integer >= 1"),
+        ("scheduler=step", r"finetune\.scheduler='step' must be cosine or none"),
+        ("train_batches=-1", r"finetune\.train_batches=-1 must be an integer >= 1, a fraction"),
+        ("train_batches=1.5", r"finetune\.train_batches=1\.5 must be an integer >= 1, a fraction"),
+        ("min_threshold=0", r"finetune\.min_threshold=0 must be a finite number > 0"),
+    ],
+)
+def test_bad_fine_tuning_values_fail_before_the_fit(train_cfg, override, message) -> None:
+    """Each of these failed only after the ANN fit and the conversion, or named no key."""
+    with pytest.raises(ValueError, match=message):
+        train(train_cfg("finetune=snn", f"finetune.{override}", "trainer.max_epochs=1000"))
 
 
 def test_bad_weight_noise_bits_fail_before_the_fit(train_cfg) -> None:

@@ -36,6 +36,7 @@ from neurocuda.training.instantiate import (
     resume_checkpoint,
 )
 from neurocuda.training.snn_finetune import (
+    FINETUNE_RULES,
     SNNFinetuneModule,
     check_batch_norm_epochs,
     check_loss_timesteps,
@@ -69,11 +70,9 @@ def check_finetune_settings(cfg: DictConfig) -> None:
             "finetune=snn converts the ANN with the conversion group's settings; do not remove "
             "it (~conversion)."
         )
-    if int(finetune.timesteps) < 1 or int(finetune.epochs) < 1:
-        raise ValueError(
-            f"finetune.timesteps={finetune.timesteps} and finetune.epochs={finetune.epochs} must "
-            "be >= 1."
-        )
+    for key, rule in FINETUNE_RULES.items():
+        if key in finetune:
+            rule(f"finetune.{key}", finetune[key])
     check_loss_timesteps(loss_timesteps(finetune), int(finetune.timesteps))
     if precision(finetune) not in FINETUNE_PRECISIONS:
         raise ValueError(

@@ -83,6 +83,37 @@ def text(*, optional: bool = False) -> Rule:
     return check
 
 
+def number(low: float, high: float | None = None, *, above: bool = False) -> Rule:
+    """A finite number >= ``low`` (> ``low`` if ``above``) and <= ``high`` (None: no bound)."""
+    allowed = f"a finite number {'>' if above else '>='} {low}"
+    allowed += "" if high is None else f" and <= {high}"
+
+    def check(key: str, value: Any) -> None:
+        ok = not isinstance(value, bool) and isinstance(value, int | float)
+        if not ok or not math.isfinite(value) or value < low or (above and value == low):
+            raise _fail(key, value, allowed)
+        if high is not None and value > high:
+            raise _fail(key, value, allowed)
+
+    return check
+
+
+def batches() -> Rule:
+    """How many batches of an epoch: a count >= 1, a fraction in (0, 1], or null (all)."""
+    allowed = "an integer >= 1, a fraction in (0, 1] or null (all)"
+
+    def check(key: str, value: Any) -> None:
+        if value is None:
+            return
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise _fail(key, value, allowed)
+        ok = value >= 1 if isinstance(value, int) else math.isfinite(value) and 0 < value <= 1
+        if not ok:
+            raise _fail(key, value, allowed)
+
+    return check
+
+
 def numbers(count: int, *, positive: bool = False) -> Rule:
     """``count`` finite numbers (each > 0 if ``positive``)."""
     allowed = f"a list of {count} finite {'positive ' if positive else ''}numbers"

@@ -29,6 +29,7 @@ from torch import nn
 from torchmetrics import MeanMetric
 
 from neurocuda.conversion import spiking_structure
+from neurocuda.conversion.settings import MAX_TIMESTEPS
 from neurocuda.devices import resolve_device
 from neurocuda.files import read_checkpoint, verify_checkpoint
 from neurocuda.models import build_model
@@ -47,9 +48,21 @@ from neurocuda.snn import (
 from neurocuda.training.conv_norms import ConvNorms
 from neurocuda.training.distill import FrozenTeacher, check_distillation, distillation_kl
 from neurocuda.training.metric_states import load_metric_states, save_metric_states
+from neurocuda.training.settings import Rule, batches, choice, integer, number
 from neurocuda.training.weight_noise import check_weight_noise_bits, with_grid_noise
 
 log = logging.getLogger(__name__)
+
+FINETUNE_RULES: dict[str, Rule] = {
+    "timesteps": integer(1, MAX_TIMESTEPS),
+    "epochs": integer(1),
+    "train_batches": batches(),
+    "scheduler": choice("cosine", "none"),
+    "min_threshold": number(0, above=True),
+    "label_smoothing": number(0, 1),
+}
+"""``finetune`` settings whose values are checked before the ANN fit (the others: below)."""
+
 
 _DEFAULT_OPTIMIZER = {
     "name": "adamw",
@@ -65,6 +78,9 @@ def optimizer_settings(optimizer: dict[str, Any] | None) -> dict[str, Any]:
     settings = {**_DEFAULT_OPTIMIZER, **(optimizer or {})}
     if settings["name"] not in ("adamw", "sgd"):
         raise ValueError(f"finetune.optimizer.name={settings['name']!r}: use adamw or sgd.")
+    number(0, above=True)("finetune.optimizer.lr", settings["lr"])
+    number(0)("finetune.optimizer.weight_decay", settings["weight_decay"])
+    number(0, 1)("finetune.optimizer.momentum", settings["momentum"])
     if not float(settings["neuron_lr_scale"]) > 0:
         raise ValueError(
             f"finetune.optimizer.neuron_lr_scale={settings['neuron_lr_scale']} must be > 0 (the "
@@ -193,10 +209,8 @@ class SNNFinetuneModule(L.LightningModule):
             )
         check_loss_timesteps(loss_timesteps, timesteps)
         optimizer_settings(optimizer)
-        if min_threshold <= 0:
-            raise ValueError(f"finetune.min_threshold={min_threshold} must be > 0.")
-        if scheduler not in ("cosine", "none"):
-            raise ValueError(f"finetune.scheduler={scheduler!r}: use cosine or none.")
+        FINETUNE_RULES["min_threshold"]("finetune.min_threshold", min_threshold)
+        FINETUNE_RULES["scheduler"]("finetune.scheduler", scheduler)
         check_distillation(distill_weight, distill_temperature, "finetune.distill")
         check_weight_noise_bits(weight_noise_bits)
         check_batch_norm_epochs(batch_norm, batch_norm_epochs)
