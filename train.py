@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 import neurocuda.training.resolvers  # noqa: F401  (registers ${sweep_group:} and ${job_label:})
 from callbacks.summary import run_summary
+from neurocuda.cli import USER_ERRORS, exit_with_one_line
 from neurocuda.reporting.run_summary import report_summary
 from neurocuda.training.compose import saved_run_config
 from neurocuda.training.distill import check_teacher_file
@@ -104,10 +105,15 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 @hydra.main(version_base="1.3", config_path="configs", config_name="train.yaml")
 def main(cfg: DictConfig) -> float | None:
     """Hydra entry point; returns ``optimized_metric`` for sweepers."""
-    if cfg.get("resume"):  # a killed run continues with its own saved config
-        hydra_cfg = HydraConfig.get()
-        cfg = saved_run_config(hydra_cfg.runtime.output_dir, hydra_cfg.overrides.task)
-    metrics = train(cfg)
+    try:
+        if cfg.get("resume"):  # a killed run continues with its own saved config
+            hydra_cfg = HydraConfig.get()
+            cfg = saved_run_config(hydra_cfg.runtime.output_dir, hydra_cfg.overrides.task)
+        metrics = train(cfg)
+    except USER_ERRORS as error:  # a setting, a file or the disk: one line, not a traceback
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        exit_with_one_line(error, "HYDRA_FULL_ERROR=1 shows the traceback")
     name = cfg.get("optimized_metric")
     if name is None:
         return None

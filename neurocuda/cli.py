@@ -49,9 +49,14 @@ def run_cli(main: Callable[[list[str]], int | None], argv: Sequence[str] | None 
     except USER_ERRORS as error:
         if debug:
             raise
-        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-        message = " ".join(lines) or type(error).__name__
-        print(f"{Path(sys.argv[0]).name}: error: {message} (--debug shows the traceback)",
-              file=sys.stderr)  # fmt: skip
-        sys.exit(1)
+        exit_with_one_line(error, "--debug shows the traceback")
     sys.exit(status or 0)
+
+
+def exit_with_one_line(error: BaseException, how_to_see_more: str) -> NoReturn:
+    """Print ``<script>: error: <error's message on one line> (<how_to_see_more>)`` on stderr and
+    exit with status 1."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    message = " ".join(lines) or type(error).__name__
+    print(f"{Path(sys.argv[0]).name}: error: {message} ({how_to_see_more})", file=sys.stderr)
+    sys.exit(1)

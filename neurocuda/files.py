@@ -132,6 +132,41 @@ class DamagedCheckpointError(ValueError):
         self.path = path
 
 
+class NotACheckpointError(ValueError):
+    """A file given as a checkpoint is another kind of file (empty, a ``.nir`` graph, a bare
+    ``state_dict``): nothing says it is damaged, so the message does not say so either."""
+
+    def __init__(self, path: Path, what: str) -> None:
+        super().__init__(
+            f"{path} is not a checkpoint of this project: {what}. Give a .ckpt file that "
+            "train.py wrote (checkpoints/*.ckpt of a run)."
+        )
+        self.path = path
+
+
+_ZIP_MAGIC = b"PK\x03\x04"
+_HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
+
+
+def _not_a_checkpoint(path: Path) -> str | None:
+    """What ``path`` clearly is instead of a ``torch.save`` zip archive (empty, HDF5, text), or
+    None (then a fault is damage: e.g. one flipped bit in the zip signature)."""
+    with open(path, "rb") as file:
+        head = file.read(512)
+    if not head:
+        return "the file is empty"
+    if head.startswith(_HDF5_MAGIC):
+        return "it is an HDF5 file (a .nir graph?)"
+    if not head.startswith(_ZIP_MAGIC) and b"\0" not in head:
+        try:
+            head.decode("utf-8")
+        except UnicodeDecodeError as error:
+            if error.start < len(head) - 3:  # not merely a character cut at the 512th byte
+                return None
+        return "it is a text file"
+    return None
+
+
 def verify_checkpoint(path: str | os.PathLike[str]) -> Path:
     """Check every member of a ``torch.save`` file (a zip archive) against its CRC-32.
 
@@ -142,6 +177,9 @@ def verify_checkpoint(path: str | os.PathLike[str]) -> Path:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(errno.ENOENT, f"{path} does not exist", str(path))
+    other = _not_a_checkpoint(path)
+    if other is not None:
+        raise NotACheckpointError(path, other)
     try:
         with zipfile.ZipFile(path) as archive:
             bad = archive.testzip()
@@ -163,3 +201,20 @@ def read_checkpoint(path: str | os.PathLike[str], **torch_load: Any) -> Any:
         return torch.load(verify_checkpoint(path), **torch_load)
     except (RuntimeError, EOFError, KeyError) as error:  # intact zip, unreadable contents
         raise DamagedCheckpointError(Path(path), f"torch.load failed: {error}") from error
+
+
+def read_lightning_checkpoint(path: str | os.PathLike[str], **torch_load: Any) -> dict[str, Any]:
+    """:func:`read_checkpoint` of a file Lightning wrote (a dict with ``state_dict`` and
+    ``pytorch-lightning_version``); another ``torch.save`` file (e.g. a bare ``state_dict``)
+    raises :class:`NotACheckpointError`."""
+    content = read_checkpoint(path, **torch_load)
+    if not isinstance(content, dict) or not {"state_dict", "pytorch-lightning_version"} <= set(
+        content
+    ):
+        kind = type(content).__name__
+        raise NotACheckpointError(
+            Path(path),
+            f"a torch.save file holding a {kind} without Lightning's state_dict and "
+            "version (a bare state_dict?)",
+        )
+    return content

@@ -12,7 +12,14 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from neurocuda.files import DamagedCheckpointError, WriteError, read_checkpoint, verify_checkpoint
+from neurocuda.data import datamodule_from_checkpoint
+from neurocuda.files import (
+    DamagedCheckpointError,
+    NotACheckpointError,
+    WriteError,
+    read_checkpoint,
+    verify_checkpoint,
+)
 from neurocuda.training.checkpoints import (
     SafeCheckpointIO,
     newest_checkpoint,
@@ -78,6 +85,26 @@ def test_cut_short_and_missing_files(tmp_path: Path) -> None:
         verify_checkpoint(path)
     with pytest.raises(FileNotFoundError):
         verify_checkpoint(tmp_path / "none.ckpt")
+
+
+def test_other_files_are_named_not_damaged(tmp_path: Path) -> None:
+    """An empty file, a .nir graph, a text file or a bare state_dict given as a checkpoint: the
+    message said the file was damaged and advised deleting it."""
+    empty, graph, text, bare = (tmp_path / n for n in ("e.ckpt", "g.nir", "t.ckpt", "s.pt"))
+    empty.write_bytes(b"")
+    graph.write_bytes(b"\x89HDF\r\n\x1a\n" + bytes(100))
+    text.write_text("model: resnet20\n")
+    torch.save({"weight": torch.ones(2)}, bare)
+    cases = [(empty, "the file is empty"), (graph, r"it is an HDF5 file \(a \.nir graph\?\)"),
+             (text, "it is a text file")]  # fmt: skip
+    for path, what in cases:
+        with pytest.raises(
+            NotACheckpointError, match=rf"{path.name} is not a checkpoint .*: {what}"
+        ):
+            read_checkpoint(path)
+    assert read_checkpoint(bare)["weight"].sum() == 2  # a torch.save file: read_checkpoint reads it
+    with pytest.raises(NotACheckpointError, match=r"holding a dict without Lightning's state_dict"):
+        datamodule_from_checkpoint(bare)  # before any data is decoded
 
 
 def test_save_writes_in_place_and_load_checks(tmp_path: Path) -> None:

@@ -808,7 +808,7 @@ def test_a_bad_surrogate_width_fails_before_the_fit(train_cfg) -> None:
         ("name=adam", r"'adam': use adamw"),
         (
             "lr=-1",
-            r"finetune\.optimizer\.lr=-1 must be a finite number > 0",
+            r"finetune\.optimizer\.lr=-1 must be a finite number >= 0",
         ),  # was torch's, after the fit
     ],
 )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -41,3 +42,20 @@ def test_bad_input_gets_one_line(
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert re.search(message, lines[-1]), result.stderr
     assert not (tmp_path / "cache").exists() and sorted(tmp_path.iterdir()) == [ckpt]
+
+
+def test_train_py_gives_a_bad_setting_one_line(tmp_path: Path) -> None:
+    """Hydra printed the message at the end of a 20-line traceback."""
+    run = [sys.executable, "train.py", "experiment=quickstart", "data.batch_size=0",
+           f"hydra.run.dir={tmp_path / 'run'}"]  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    result = subprocess.run(run, cwd=ROOT, capture_output=True, text=True, timeout=120, env=env)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        "train.py: error: data.batch_size=0 must be an integer >= 1. "
+        "(HYDRA_FULL_ERROR=1 shows the traceback)"
+    )
+    assert not (tmp_path / "run" / "checkpoints").exists()
+    full = subprocess.run(run, cwd=ROOT, capture_output=True, text=True, timeout=120,
+                          env={**env, "HYDRA_FULL_ERROR": "1"})  # fmt: skip
+    assert full.returncode == 1 and "Traceback" in full.stderr and "SettingsError" in full.stderr

@@ -12,7 +12,7 @@ import os
 from typing import Any
 
 from neurocuda.data.cifar10 import CIFAR10DataModule
-from neurocuda.files import read_checkpoint
+from neurocuda.files import read_lightning_checkpoint
 
 
 class CheckpointDataError(ValueError):
@@ -23,7 +23,7 @@ def datamodule_from_checkpoint(
     checkpoint: str | os.PathLike, **overrides: Any
 ) -> CIFAR10DataModule:
     """``CIFAR10DataModule`` with the checkpoint's saved settings, ``overrides`` replacing some."""
-    saved = read_checkpoint(checkpoint, map_location="cpu", weights_only=False).get(
+    saved = read_lightning_checkpoint(checkpoint, map_location="cpu", weights_only=False).get(
         "datamodule_hyper_parameters"
     )
     if not saved:

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
-from neurocuda.files import read_checkpoint
+from neurocuda.files import read_lightning_checkpoint
 from neurocuda.models.qcfs import QCFS
 
 log = logging.getLogger(__name__)
@@ -44,7 +44,7 @@ def load_network_weights(net: torch.nn.Module, path: Path) -> None:
     QCFS activations when the file has none (a ReLU ANN's): those stay uninitialised and are set
     from the first training batch, as in a fit from scratch.
     """
-    state = read_checkpoint(path, map_location="cpu")["state_dict"]
+    state = read_lightning_checkpoint(path, map_location="cpu")["state_dict"]
     weights = {k.removeprefix("net."): v for k, v in state.items() if k.startswith("net.")}
     qcfs = {f"{name}.{key}" for name, m in net.named_modules() if isinstance(m, QCFS)
             for key in ("threshold", "initialized")}  # fmt: skip

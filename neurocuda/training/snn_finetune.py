@@ -78,7 +78,7 @@ def optimizer_settings(optimizer: dict[str, Any] | None) -> dict[str, Any]:
     settings = {**_DEFAULT_OPTIMIZER, **(optimizer or {})}
     if settings["name"] not in ("adamw", "sgd"):
         raise ValueError(f"finetune.optimizer.name={settings['name']!r}: use adamw or sgd.")
-    number(0, above=True)("finetune.optimizer.lr", settings["lr"])
+    number(0)("finetune.optimizer.lr", settings["lr"])  # 0: the weights stay as they are
     number(0)("finetune.optimizer.weight_decay", settings["weight_decay"])
     number(0, 1)("finetune.optimizer.momentum", settings["momentum"])
     if not float(settings["neuron_lr_scale"]) > 0:
