@@ -42,6 +42,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if not args.nir_file.is_file():
         parser.error(f"{args.nir_file} does not exist; export one with scripts/convert.py.")
+    out = args.out or args.nir_file.with_name(args.nir_file.stem + "_deploy")
+    if out.exists() and not out.is_dir():
+        parser.error(f"--out {out} is a file; give a folder for the reports.")
     overrides = list(args.overrides)
     if not any(o.startswith("deploy=") for o in overrides):
         overrides.append("deploy=loihi2")
@@ -53,7 +56,6 @@ def main(argv: list[str] | None = None) -> None:
     backend = hydra.utils.instantiate(deploy_cfg.backend)
     datamodule = hydra.utils.instantiate(cfg.data)
     datamodule.setup("test")
-    out = args.out or args.nir_file.with_name(args.nir_file.stem + "_deploy")
     report, paths = run_deployment(
         graph,
         backend,

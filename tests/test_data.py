@@ -186,11 +186,12 @@ def test_datamodule_from_checkpoint_restores_settings_and_applies_overrides(
 ) -> None:
     saved = CIFAR10DataModule(source="jpeg", val_size=40, batch_size=16, seed=3)
     ckpt = tmp_path / "m.ckpt"
-    torch.save({"datamodule_hyper_parameters": dict(saved.hparams)}, ckpt)
+    lightning = {"state_dict": {}, "pytorch-lightning_version": "2.5.0"}  # what Lightning writes
+    torch.save({**lightning, "datamodule_hyper_parameters": dict(saved.hparams)}, ckpt)
     dm = datamodule_from_checkpoint(ckpt, batch_size=64)
     assert (dm.hparams.val_size, dm.hparams.seed, dm.hparams.source) == (40, 3, "jpeg")
     assert dm.hparams.batch_size == 64
-    torch.save({"state_dict": {}}, ckpt)
+    torch.save(lightning, ckpt)
     with pytest.raises(CheckpointDataError, match="holds no datamodule settings"):
         datamodule_from_checkpoint(ckpt)
 

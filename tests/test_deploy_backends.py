@@ -288,3 +288,18 @@ def test_deploy_option_names_its_backend_class(option: str, tmp_path) -> None:
         return
     backend = hydra.utils.instantiate(cfg.deploy.backend)
     assert isinstance(backend, Backend) and backend.name == option
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "key"),
+    [
+        ({"headroom_bits": -3}, "headroom_bits"),
+        ({"readout_headroom_bits": 24}, "readout_headroom_bits"),
+    ],
+)
+def test_loihi2_headroom_outside_the_membrane_is_refused(kwargs: dict, key: str) -> None:
+    """-3 was taken, and put thresholds above the 24-bit membrane's range."""
+    with pytest.raises(
+        ValueError, match=rf"deploy\.backend\.{key}=-?\d+ must be an integer in \[0, 23\]"
+    ):
+        Loihi2Backend(**kwargs)

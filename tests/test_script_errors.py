@@ -18,6 +18,8 @@ CASES = [
     (["scripts/layer_errors.py", "{ckpt}", "data.val_subset=0"], 1, r"data\.val_subset=0 must be"),
     (["scripts/verify_nir.py", "{ckpt}", "--num-images", "-5"], 2, r"'-5' is not an integer >= 0"),
     (["scripts/layer_errors.py", "{ckpt}", "--timesteps", "0"], 2, r"'0' is not an integer >= 1"),
+    # the whole deployment ran before "file exists" named the report inside the file
+    (["scripts/deploy.py", "{ckpt}", "--out", "{ckpt}"], 2, r"--out .*model\.ckpt is a file"),
     # Hydra's own errors: one line, not a 60-line traceback
     (
         ["scripts/convert.py", "{ckpt}", "conversion.timestep=4"],

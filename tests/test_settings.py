@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from neurocuda.data import CIFAR10DataModule
+from neurocuda.training import settings
 from neurocuda.training.compose import compose_train_config
 from neurocuda.training.settings import DATA_RULES, SettingsError, validate_run_settings
 from tests.conftest import ROOT
@@ -77,9 +78,19 @@ def test_poisson_runs_take_what_the_encoding_and_deployments_assume(
     validate_run_settings(compose_train_config(overrides, tmp_path))  # direct encoding: fine
 
 
+def test_a_gpu_trainer_without_a_gpu_names_the_fix(tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr(settings, "cuda_available", lambda: False)
+    with pytest.raises(
+        SettingsError, match=r"trainer\.accelerator=gpu but PyTorch sees no CUDA GPU .*trainer=cpu"
+    ):
+        validate_run_settings(compose_train_config(["trainer=gpu"], tmp_path))
+    validate_run_settings(compose_train_config([], tmp_path))  # auto: fine without one
+
+
 @pytest.mark.parametrize("option", sorted(p.stem for p in (ROOT / "configs/experiment").glob("*")))
 @pytest.mark.parametrize("deploy", ["cpu", "loihi2"])
-def test_shipped_configs_are_valid(option: str, deploy: str, tmp_path: Path) -> None:
+def test_shipped_configs_are_valid(option: str, deploy: str, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(settings, "cuda_available", lambda: True)  # the GPU recipes' machine
     validate_run_settings(
         compose_train_config([f"experiment={option}", f"deploy={deploy}"], tmp_path)
     )

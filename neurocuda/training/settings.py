@@ -178,7 +178,24 @@ DEPLOY_RULES: dict[str, Rule] = {
 }
 """``deploy`` group (``configs/deploy/*.yaml``)."""
 
-TRAINER_RULES: dict[str, Rule] = {"max_epochs": integer(1)}
+
+def accelerator(key: str, value: Any) -> None:
+    """``gpu`` / ``cuda`` only where PyTorch sees a CUDA device (Lightning's own message names no
+    fix)."""
+    if value in ("gpu", "cuda") and not cuda_available():
+        raise SettingsError(
+            f"{key}={value} but PyTorch sees no CUDA GPU here; use trainer=cpu, or the default "
+            "trainer (accelerator auto: the GPU when there is one)."
+        )
+
+
+def cuda_available() -> bool:
+    import torch  # here: the other rules need no torch
+
+    return torch.cuda.is_available()
+
+
+TRAINER_RULES: dict[str, Rule] = {"max_epochs": integer(1), "accelerator": accelerator}
 """``trainer`` group: values checked here; its keys are the Trainer's arguments."""
 
 HYDRA_KEYS = {"_target_", "_convert_", "_recursive_", "_partial_", "_args_"}

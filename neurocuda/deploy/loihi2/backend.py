@@ -38,6 +38,15 @@ class Loihi2Backend(Backend):
         super().__init__()
         if mode not in ("loihi2", "lava"):
             raise ValueError(f"loihi2 mode must be 'loihi2' or 'lava', got {mode!r}.")
+        for key, bits in (
+            ("headroom_bits", headroom_bits),
+            ("readout_headroom_bits", readout_headroom_bits),
+        ):
+            if isinstance(bits, bool) or not isinstance(bits, int) or not 0 <= bits <= 23:
+                raise ValueError(
+                    f"deploy.backend.{key}={bits!r} must be an integer in [0, 23] (the largest "
+                    f"threshold is put at most at 2**(23 - {key}) in the 24-bit membrane)."
+                )
         self.mode: SimMode = mode
         self.device = resolve_device(device)
         self.name = "loihi2" if mode == "loihi2" else "loihi2-lava"
