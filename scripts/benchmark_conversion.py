@@ -38,6 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from neurocuda.checkpoint import load_ann, snn_from_checkpoint  # noqa: E402
+from neurocuda.cli import count, positive, run_cli  # noqa: E402
 from neurocuda.conversion import ConversionConfig, evaluate_snn  # noqa: E402
 from neurocuda.data import datamodule_from_checkpoint  # noqa: E402
 from neurocuda.files import atomic_write_text, verify_checkpoint  # noqa: E402
@@ -182,15 +183,15 @@ def plot_results(files: list[Path], out: Path) -> Path:
     return out / "ablation.png"
 
 
-def main() -> None:
+def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
     parser.add_argument("--experiment", default="cifarnet_cpu", help="configs/experiment recipe")
     parser.add_argument("--relu-ckpt", type=Path)
     parser.add_argument("--qcfs-ckpt", type=Path)
-    parser.add_argument("--finetune-timesteps", type=int, default=4)
-    parser.add_argument("--finetune-batches", type=int, default=150,
+    parser.add_argument("--finetune-timesteps", type=positive, default=4)
+    parser.add_argument("--finetune-batches", type=count, default=150,
                         help="fine-tuning batches (0: no fine-tuning row)")  # fmt: skip
     parser.add_argument("--variants", nargs="+", default=VARIANTS, choices=VARIANTS,
                         help="rows measured per checkpoint (default: all)")  # fmt: skip
@@ -198,9 +199,9 @@ def main() -> None:
                         help="a fine-tuning checkpoint (train.py finetune=snn) of the one ANN "
                              "checkpoint given: its fine-tuned row, not re-run")  # fmt: skip
     parser.add_argument("--quick", action="store_true", help="small net, data subset, 2 epochs")
-    parser.add_argument("--timesteps", type=int, nargs="+", default=TIMESTEPS,
+    parser.add_argument("--timesteps", type=positive, nargs="+", default=TIMESTEPS,
                         help="T values evaluated (default: %(default)s)")  # fmt: skip
-    parser.add_argument("--images", type=int, help="test images (default: all; --quick: 500)")
+    parser.add_argument("--images", type=positive, help="test images (default: all; --quick: 500)")
     parser.add_argument("--out", type=Path, default=ROOT / "logs" / "benchmark_conversion")
     parser.add_argument(
         "--device", default="auto", help="auto (the GPU when there is one), gpu, cuda:N or cpu"
@@ -208,7 +209,7 @@ def main() -> None:
     parser.add_argument("--plot", type=Path, nargs="+", metavar="RESULTS_JSON",
                         help="only draw these earlier results in one plot under --out")  # fmt: skip
     parser.add_argument("overrides", nargs="*", help="extra train.py overrides (train, fine-tune)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.plot:
         Console().print(f"Wrote {plot_results(args.plot, args.out)}")
         return
@@ -244,4 +245,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

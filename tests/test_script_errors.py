@@ -20,6 +20,17 @@ CASES = [
     (["scripts/layer_errors.py", "{ckpt}", "--timesteps", "0"], 2, r"'0' is not an integer >= 1"),
     # the whole deployment ran before "file exists" named the report inside the file
     (["scripts/deploy.py", "{ckpt}", "--out", "{ckpt}"], 2, r"--out .*model\.ckpt is a file"),
+    # these two printed a traceback
+    (
+        ["scripts/benchmark_conversion.py", "--relu-ckpt", "{ckpt}.gone"],
+        1,
+        r"model\.ckpt\.gone does not exist",
+    ),
+    (
+        ["scripts/summarize.py", "{ckpt}"],
+        2,
+        r"not valid YAML \(.*\); is the run directory intact\?",
+    ),
     # Hydra's own errors: one line, not a 60-line traceback
     (
         ["scripts/convert.py", "{ckpt}", "conversion.timestep=4"],
@@ -37,6 +48,10 @@ def test_bad_input_gets_one_line(
 ) -> None:
     ckpt = tmp_path / "model.ckpt"
     ckpt.write_bytes(b"never read: the input is refused first")
+    if "scripts/summarize.py" in command:  # a run directory whose saved config is damaged
+        ckpt.unlink()
+        (ckpt / ".hydra").mkdir(parents=True)
+        (ckpt / ".hydra" / "config.yaml").write_text("model: [resnet20\n")
     args = [sys.executable, *(a.format(ckpt=ckpt) for a in command)]
     result = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == status, result.stderr

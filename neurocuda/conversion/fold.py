@@ -7,8 +7,12 @@ from torch import nn
 
 
 @torch.no_grad()
-def folded_layer(layer: nn.Conv2d | nn.Linear, bn: nn.BatchNorm1d | nn.BatchNorm2d) -> nn.Module:
-    """A new layer with bias computing ``bn(layer(x))`` with BN's running statistics."""
+def folded_parameters(
+    weight: torch.Tensor, bias: torch.Tensor | None, bn: nn.BatchNorm1d | nn.BatchNorm2d
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weight and bias of one layer computing ``bn(layer(x))`` (``layer``: ``weight``, ``bias``,
+    None for none) with BN's running statistics: the one folding formula, for conversion and for
+    the fine-tuning stage's batch norms."""
     if bn.running_mean is None or bn.running_var is None:
         raise ValueError("BatchNorm without running statistics cannot be folded.")
     scale = torch.rsqrt(bn.running_var + bn.eps)
@@ -17,20 +21,26 @@ def folded_layer(layer: nn.Conv2d | nn.Linear, bn: nn.BatchNorm1d | nn.BatchNorm
     shift = -bn.running_mean * scale
     if bn.bias is not None:
         shift = shift + bn.bias
-    bias = layer.bias if layer.bias is not None else torch.zeros_like(bn.running_mean)
+    bias = bias if bias is not None else torch.zeros_like(bn.running_mean)
+    per_output = scale.reshape(-1, *([1] * (weight.dim() - 1)))
+    return weight * per_output, bias * scale + shift
+
+
+@torch.no_grad()
+def folded_layer(layer: nn.Conv2d | nn.Linear, bn: nn.BatchNorm1d | nn.BatchNorm2d) -> nn.Module:
+    """A new layer with bias computing ``bn(layer(x))`` with BN's running statistics."""
+    weight, bias = folded_parameters(layer.weight, layer.bias, bn)
     if isinstance(layer, nn.Conv2d):
         new: nn.Module = nn.Conv2d(
             layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride,
             layer.padding, layer.dilation, layer.groups, bias=True,
             padding_mode=layer.padding_mode,
         )  # fmt: skip
-        weight = layer.weight * scale.reshape(-1, 1, 1, 1)
     else:
         new = nn.Linear(layer.in_features, layer.out_features, bias=True)
-        weight = layer.weight * scale.reshape(-1, 1)
     new = new.to(device=layer.weight.device, dtype=layer.weight.dtype)
     new.weight.copy_(weight.contiguous())
-    new.bias.copy_(bias * scale + shift)
+    new.bias.copy_(bias)
     return new
 
 

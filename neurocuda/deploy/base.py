@@ -33,7 +33,10 @@ def load_graph(graph: GraphLike) -> nir.NIRGraph:
 class BatchOutput:
     """One batch's result: the integrated output ``[B, classes]`` after T steps and counts.
 
-    ``spikes``/``synops``/``neuron_updates`` are totals over the batch and the steps, per layer.
+    ``spikes``/``synops``/``neuron_updates`` are totals over the batch and the steps, per layer;
+    a synop is one spike over one synapse of the deployed layer, average pooling folded into the
+    layer after it (so not the runtime's count, :mod:`neurocuda.metrics.spikes`, where pooling
+    merges spikes first).
     ``steps_run`` is how many steps the target needed (pipeline delays included).
     """
 

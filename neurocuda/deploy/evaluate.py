@@ -8,7 +8,7 @@ from collections.abc import Iterable
 import torch
 from torchmetrics.classification import MulticlassAccuracy
 
-from neurocuda.batches import image_count
+from neurocuda.batches import capped, image_count
 from neurocuda.deploy.base import Backend
 from neurocuda.deploy.report import DeploymentReport, LayerReport
 from neurocuda.metrics.energy import estimate_energy
@@ -54,11 +54,7 @@ def deploy(
     per_run = max(1, MAX_SAMPLE_STEPS // timesteps)
     description = f"deploy[{backend.name}] T={timesteps}"
     with show_progress(description, image_count(batches, max_images), enabled=progress) as advance:
-        for x, y in batches:
-            if max_images is not None and images >= max_images:
-                break
-            if max_images is not None:
-                x, y = x[: max_images - images], y[: max_images - images]
+        for x, y in capped(batches, max_images):
             for x_part, y_part in zip(x.split(per_run), y.split(per_run), strict=True):
                 start = time.perf_counter()
                 out = backend.run(x_part, timesteps)

@@ -6,6 +6,12 @@ Linear and AvgPool2d after the first IF layer, each nonzero input element counts
 the analog input (direct encoding); their operations are multiply-accumulates and are counted
 separately as ``input_ops`` (every input element times its fan-out, as executed: once per image
 for a constant input, once per step for an encoded sequence).
+
+This counts the network as the runtime computes it (``snn/synops_per_image``): an AvgPool2d's
+nonzero outputs each count the next layer's fan-out once, however many spikes they average. A
+deployment (:mod:`neurocuda.deploy`, ``deploy/<target>/synops_per_image``) folds the pooling into
+the next layer and counts every spike over every synapse of the folded layer, as neuromorphic
+hardware delivers it: where pooling merges spikes, its count is the larger.
 """
 
 from __future__ import annotations

@@ -17,7 +17,9 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from statistics import mean, stdev
+from typing import Any
 
+import yaml
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from omegaconf import OmegaConf
@@ -176,7 +178,18 @@ def _logged(run: Path) -> tuple[dict[str, float], dict[str, dict[int, float]]]:
 
 def _overrides(run: Path) -> list[str]:
     path = run / ".hydra" / "overrides.yaml"
-    return [str(o) for o in OmegaConf.load(path)] if path.exists() else []
+    return [str(o) for o in _load_yaml(path)] if path.exists() else []
+
+
+def _load_yaml(path: Path) -> Any:
+    """``OmegaConf.load(path)``; a file that is not YAML raises a ``ValueError`` naming it."""
+    try:
+        return OmegaConf.load(path)
+    except yaml.YAMLError as error:
+        detail = " ".join(str(error).split())
+        raise ValueError(
+            f"{path} is not valid YAML ({detail}); is the run directory intact?"
+        ) from error
 
 
 def load_runs(runs: list[Path]) -> list[RunRecord]:
@@ -185,7 +198,7 @@ def load_runs(runs: list[Path]) -> list[RunRecord]:
     shared = set.intersection(*(set(o) for o in overrides.values())) if len(runs) > 1 else set()
     summaries = []
     for run in runs:
-        cfg = OmegaConf.load(run / ".hydra" / "config.yaml")
+        cfg = _load_yaml(run / ".hydra" / "config.yaml")
         differing = [o for o in overrides[run] if o not in shared]
         label = " ".join(differing)
         metrics, curves = _logged(run)

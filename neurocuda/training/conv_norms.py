@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from neurocuda.conversion.fold import folded_parameters
 from neurocuda.snn import SpikingModel
 
 
@@ -113,16 +114,16 @@ class ConvNorms(nn.Module):
     @torch.no_grad()
     def fold_into(self, snn: SpikingModel) -> SpikingModel:
         """Write each norm (its running statistics: the inference form) into its convolution of
-        ``snn`` in place: ``w * g / sqrt(v + eps)``, ``(b - m) * g / sqrt(v + eps) + beta``.
-        Nothing to do before :meth:`calibrate`. Returns ``snn``."""
+        ``snn`` in place, as conversion folds its BatchNorms (:func:`~neurocuda.conversion.fold.
+        folded_parameters`). Nothing to do before :meth:`calibrate`. Returns ``snn``."""
         if not self.calibrated:
             return snn
         convs = normalized_convolutions(snn)
         for name in self.names:
-            norm, conv = self.norms[_key(name)], convs[name]
-            factor = norm.weight / (norm.running_var + norm.eps).sqrt()
-            conv.weight.mul_(factor.reshape(-1, 1, 1, 1))
-            conv.bias.copy_((conv.bias - norm.running_mean) * factor + norm.bias)
+            conv = convs[name]
+            weight, bias = folded_parameters(conv.weight, conv.bias, self.norms[_key(name)])
+            conv.weight.copy_(weight)
+            conv.bias.copy_(bias)
         return snn
 
 
