@@ -12,21 +12,22 @@ nirtorch/executor.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
 import torch
 from rich.console import Console
-from rich.progress import Progress
 from rich.table import Table
 from torch import nn
 
+from neurocuda.cli import positive, run_cli
 from neurocuda.conversion import ConversionConfig, convert
+from neurocuda.files import verify_checkpoint
 from neurocuda.models import build_model
 from neurocuda.nir import Executor, export
 from neurocuda.nir.interop import run_with_nirtorch
 from neurocuda.nir.verify import compare
+from neurocuda.progress import progress
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -75,11 +76,8 @@ def round_trip(args: argparse.Namespace, console: Console) -> None:
     executor = Executor(export_snn(snn, converted.settings, x))
     loader = dm.test_dataloader()
     start = time.perf_counter()
-    with Progress(console=console, transient=True) as progress:
-        task = progress.add_task("round trip", total=len(loader.dataset))
-        report = compare(
-            executor, snn, loader, [args.round_trip_t], on_batch=lambda n: progress.advance(task, n)
-        )
+    with progress("round trip", len(loader.dataset)) as advance:  # lines in a log, a bar on a tty
+        report = compare(executor, snn, loader, [args.round_trip_t], on_batch=advance)
     t = args.round_trip_t
     console.print(
         f"round trip {args.checkpoint} on {report.images} test images at T={t}: max abs diff "
@@ -92,13 +90,15 @@ def round_trip(args: argparse.Namespace, console: Console) -> None:
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="cifarnet, batch 8, 3 repeats")
-    parser.add_argument("--timesteps", type=int, default=8)
-    parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--timesteps", type=positive, default=8)
+    parser.add_argument("--batch", type=positive, default=32)
+    parser.add_argument("--repeats", type=positive, default=5)
     parser.add_argument("--checkpoint", type=Path, help="trained checkpoint for the round trip")
-    parser.add_argument("--round-trip-t", type=int, default=32)
-    parser.add_argument("--batch-size", type=int, default=250)
+    parser.add_argument("--round-trip-t", type=positive, default=32)
+    parser.add_argument("--batch-size", type=positive, default=250)
     args = parser.parse_args(argv)
+    if args.checkpoint:
+        verify_checkpoint(args.checkpoint)  # a missing or damaged file fails before the speed runs
     console = Console()
     archs = ["cifarnet"] if args.quick else ["cifarnet", "resnet18"]
     batch, repeats = (8, 3) if args.quick else (args.batch, args.repeats)
@@ -120,4 +120,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    run_cli(main)

@@ -29,7 +29,9 @@ prepare() {
     local archive=${NEUROCUDA_CIFAR10_ARCHIVE:-$ROOT/../shared/datasets/cifar10-jpeg.tar.gz}
     [[ -f $archive ]] || { echo "No CIFAR-10 archive at $archive; set NEUROCUDA_CIFAR10_ARCHIVE." >&2; exit 1; }
     mkdir -p "$GPU_DIR/site"
-    cp "$archive" "$GPU_DIR/cifar10-jpeg.tar.gz"
+    # copied beside, then renamed: an interrupted copy leaves no short archive where runs look
+    cp "$archive" "$GPU_DIR/cifar10-jpeg.tar.gz.tmp"
+    mv "$GPU_DIR/cifar10-jpeg.tar.gz.tmp" "$GPU_DIR/cifar10-jpeg.tar.gz"
     # Each package's folder and its distribution's .dist-info (nir sets nir.version from it).
     "$PYTHON" - "$GPU_DIR/site" "${PACKAGES[@]}" <<'PY'
 import importlib, importlib.metadata as metadata, shutil, sys

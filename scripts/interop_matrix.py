@@ -40,8 +40,9 @@ from packaging.requirements import Requirement
 from rich.console import Console
 from rich.table import Table
 
+from neurocuda.cli import positive, run_cli
 from neurocuda.conversion import ConversionConfig, convert
-from neurocuda.files import atomic_write_text
+from neurocuda.files import atomic_write_text, verify_checkpoint
 from neurocuda.models import build_model
 from neurocuda.nir import Executor, export, load, save
 from neurocuda.nir.interop import run_with_nirtorch
@@ -592,8 +593,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--importers", nargs="+", choices=sorted(IMPORTERS), default=[*IMPORTERS])
     parser.add_argument("--checkpoints", nargs="+", type=Path, default=[None])
-    parser.add_argument("--timesteps", type=int, default=8)
-    parser.add_argument("--images", type=int, default=64)
+    parser.add_argument("--timesteps", type=positive, default=8)
+    parser.add_argument("--images", type=positive, default=64)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds per importer run")
     parser.add_argument("--venvs", type=Path, default=DEFAULT_VENVS)
@@ -603,6 +604,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--no-export", action="store_true", help="only the import side (their files in ours)"
     )
     args = parser.parse_args(argv)
+    for checkpoint in filter(None, args.checkpoints):
+        verify_checkpoint(checkpoint)  # a missing or damaged file fails before the venvs build
     args.argv = argv
     return args
 
@@ -648,4 +651,4 @@ def main(argv: list[str]) -> list[Row]:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    run_cli(lambda argv: main(argv) and 0)  # the rows are for callers; the exit status is 0

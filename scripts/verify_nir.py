@@ -25,7 +25,6 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
-from rich.progress import Progress
 from rich.table import Table
 
 from neurocuda.checkpoint import (
@@ -41,6 +40,7 @@ from neurocuda.nir import Executor, load
 from neurocuda.nir.errors import NIRFormatError
 from neurocuda.nir.metadata import check_timesteps
 from neurocuda.nir.verify import RoundTripReport, compare
+from neurocuda.progress import progress
 from neurocuda.snn import SpikingModel
 from neurocuda.training.compose import compose_train_config
 from neurocuda.training.settings import validate_run_settings
@@ -136,12 +136,8 @@ def main(argv: list[str]) -> int:
         raise SystemExit(str(error)) from error
     executor = Executor(graph).to(args.device)
     loader = dm.test_dataloader()
-    with Progress(console=console, transient=True) as progress:
-        task = progress.add_task("verifying", total=len(loader.dataset))
-        report = compare(
-            executor, snn, loader, timesteps, settings.encoding,
-            on_batch=lambda n: progress.advance(task, n),
-        )  # fmt: skip
+    with progress("verifying", len(loader.dataset)) as advance:  # lines in a log, a bar on a tty
+        report = compare(executor, snn, loader, timesteps, settings.encoding, on_batch=advance)
     print_report(console, report, snn is not None)
     if snn is not None:
         exact = report.worst_diff == 0.0 and report.total_divergent == 0

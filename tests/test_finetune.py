@@ -14,6 +14,7 @@ import hydra
 import lightning as L
 import pytest
 import torch
+from omegaconf import OmegaConf
 from torch.utils.data import DataLoader, TensorDataset
 
 from callbacks.checkpoint import CheckpointWithNIR
@@ -37,7 +38,12 @@ from neurocuda.snn import (
 from neurocuda.snn.if_sequence import DEFAULT_SURROGATE, if_sequence
 from neurocuda.training import SNNFinetuneModule
 from neurocuda.training.finetune_stage import distill_teacher
-from neurocuda.training.snn_finetune import load_finetuned, snn_structure
+from neurocuda.training.snn_finetune import (
+    DISTILL_KEYS,
+    FINETUNE_KEYS,
+    load_finetuned,
+    snn_structure,
+)
 from neurocuda.training.weight_noise import grid_steps, with_grid_noise
 from train import train
 
@@ -832,6 +838,30 @@ def test_bad_fine_tuning_values_fail_before_the_fit(train_cfg, override, message
     """Each of these failed only after the ANN fit and the conversion, or named no key."""
     with pytest.raises(ValueError, match=message):
         train(train_cfg("finetune=snn", f"finetune.{override}", "trainer.max_epochs=1000"))
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        (
+            "+finetune.neuron_lr_scale=10",
+            r"finetune\.neuron_lr_scale is not a setting of the finetune",
+        ),
+        ("+finetune.optimizer.beta1=0.8", r"finetune\.optimizer\.beta1 is not a setting"),
+        ("+finetune.distill.tau=2", r"finetune\.distill\.tau is not a setting .* known: teacher"),
+        ("+model.distill.tau=2", r"model\.distill\.tau is not a setting"),
+    ],
+)
+def test_an_unknown_fine_tuning_key_fails_before_the_fit(train_cfg, override, message) -> None:
+    """Hydra's hint for a wrong key (``+finetune.neuron_lr_scale``: it lives under optimizer)
+    made a setting that nothing read (the model's through Hydra's instantiation)."""
+    with pytest.raises((ValueError, hydra.errors.InstantiationException), match=message):
+        train(train_cfg("finetune=snn", override, "trainer.max_epochs=1000"))
+
+
+def test_the_fine_tuning_keys_are_the_groups() -> None:
+    group = OmegaConf.load(ROOT / "configs" / "finetune" / "snn.yaml")
+    assert set(group) == FINETUNE_KEYS and set(group.distill) == DISTILL_KEYS
 
 
 def test_bad_weight_noise_bits_fail_before_the_fit(train_cfg) -> None:

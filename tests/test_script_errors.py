@@ -12,6 +12,7 @@ import pytest
 
 from tests.conftest import ROOT
 
+GONE = r"model\.ckpt\.gone does not exist"
 CASES = [
     # a negative count once evaluated 9,995 of the 10,000 test images (order[:-5])
     (["scripts/convert.py", "{ckpt}", "data.test_subset=-5"], 1, r"data\.test_subset=-5 must be"),
@@ -20,12 +21,10 @@ CASES = [
     (["scripts/layer_errors.py", "{ckpt}", "--timesteps", "0"], 2, r"'0' is not an integer >= 1"),
     # the whole deployment ran before "file exists" named the report inside the file
     (["scripts/deploy.py", "{ckpt}", "--out", "{ckpt}"], 2, r"--out .*model\.ckpt is a file"),
-    # these two printed a traceback
-    (
-        ["scripts/benchmark_conversion.py", "--relu-ckpt", "{ckpt}.gone"],
-        1,
-        r"model\.ckpt\.gone does not exist",
-    ),
+    # these printed a traceback, the last two after long work (importer venvs, speed runs)
+    (["scripts/benchmark_conversion.py", "--relu-ckpt", "{ckpt}.gone"], 1, GONE),
+    (["scripts/interop_matrix.py", "--checkpoints", "{ckpt}.gone"], 1, GONE),
+    (["scripts/benchmark_nir.py", "--checkpoint", "{ckpt}.gone"], 1, GONE),
     (
         ["scripts/summarize.py", "{ckpt}"],
         2,

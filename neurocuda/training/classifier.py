@@ -19,6 +19,7 @@ from neurocuda.models import build_model
 from neurocuda.models.qcfs import QCFS
 from neurocuda.training.distill import FrozenTeacher, check_distillation, distillation_kl
 from neurocuda.training.metric_states import load_metric_states, save_metric_states
+from neurocuda.training.settings import check_known
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +77,7 @@ class ClassifierModule(L.LightningModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
+        check_known("model.distill", (distill or {}).keys(), set(_DEFAULT_DISTILL))
         self.distill = {**_DEFAULT_DISTILL, **(distill or {})}
         check_distillation(self.distill["weight"], self.distill["temperature"], "model.distill")
         if self.distill["weight"] > 0 and not self.distill["teacher"]:

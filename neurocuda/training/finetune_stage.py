@@ -35,7 +35,10 @@ from neurocuda.training.instantiate import (
     resolve_ckpt_path,
     resume_checkpoint,
 )
+from neurocuda.training.settings import check_known
 from neurocuda.training.snn_finetune import (
+    DISTILL_KEYS,
+    FINETUNE_KEYS,
     FINETUNE_RULES,
     SNNFinetuneModule,
     check_batch_norm_epochs,
@@ -70,6 +73,8 @@ def check_finetune_settings(cfg: DictConfig) -> None:
             "finetune=snn converts the ANN with the conversion group's settings; do not remove "
             "it (~conversion)."
         )
+    check_known("finetune", finetune.keys(), FINETUNE_KEYS)
+    check_known("finetune.distill", (finetune.get("distill") or {}).keys(), DISTILL_KEYS)
     for key, rule in FINETUNE_RULES.items():
         if key in finetune:
             rule(f"finetune.{key}", finetune[key])

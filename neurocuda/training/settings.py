@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import inspect
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence, Set
 from typing import Any
 
 import hydra
@@ -205,14 +205,21 @@ def validate_group(
     group: str, values: Mapping[str, Any], rules: Mapping[str, Rule], known: set[str]
 ) -> None:
     """Check each value of ``group`` that has a rule, and that every key is in ``known``."""
+    check_known(group, values.keys(), known)
     for key, value in values.items():
+        if key in rules:
+            rules[key](f"{group}.{key}", value)
+
+
+def check_known(group: str, keys: Iterable[Any], known: Set[str]) -> None:
+    """Raise :class:`SettingsError` for the first of ``keys`` not in ``known`` (a typo, or a
+    ``+group.key=...`` override that nothing would read)."""
+    for key in keys:
         if key not in known | HYDRA_KEYS:
             raise SettingsError(
                 f"{group}.{key} is not a setting of the {group} group; known: "
                 f"{', '.join(sorted(known))}."
             )
-        if key in rules:
-            rules[key](f"{group}.{key}", value)
 
 
 def _arguments(target: str) -> set[str]:

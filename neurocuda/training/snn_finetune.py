@@ -48,7 +48,7 @@ from neurocuda.snn import (
 from neurocuda.training.conv_norms import ConvNorms
 from neurocuda.training.distill import FrozenTeacher, check_distillation, distillation_kl
 from neurocuda.training.metric_states import load_metric_states, save_metric_states
-from neurocuda.training.settings import Rule, batches, choice, integer, number
+from neurocuda.training.settings import Rule, batches, check_known, choice, integer, number
 from neurocuda.training.weight_noise import check_weight_noise_bits, with_grid_noise
 
 log = logging.getLogger(__name__)
@@ -64,6 +64,17 @@ FINETUNE_RULES: dict[str, Rule] = {
 """``finetune`` settings whose values are checked before the ANN fit (the others: below)."""
 
 
+FINETUNE_KEYS = frozenset({
+    "timesteps", "loss_timesteps", "epochs", "train_batches", "start_from", "optimizer",
+    "scheduler", "precision", "min_threshold", "label_smoothing", "surrogate_width",
+    "detach_reset", "channel_thresholds", "weight_noise_bits", "batch_norm", "batch_norm_epochs",
+    "distill", "weight_average", "callbacks",
+})  # fmt: skip
+"""The ``finetune`` group's settings (configs/finetune/snn.yaml); another key fails at start."""
+
+DISTILL_KEYS = frozenset({"weight", "temperature", "teacher"})
+"""``finetune.distill``'s settings."""
+
 _DEFAULT_OPTIMIZER = {
     "name": "adamw",
     "lr": 1e-4,
@@ -75,6 +86,7 @@ _DEFAULT_OPTIMIZER = {
 
 def optimizer_settings(optimizer: dict[str, Any] | None) -> dict[str, Any]:
     """``optimizer`` over the defaults, checked: fails on an unknown name or a scale <= 0."""
+    check_known("finetune.optimizer", (optimizer or {}).keys(), set(_DEFAULT_OPTIMIZER))
     settings = {**_DEFAULT_OPTIMIZER, **(optimizer or {})}
     if settings["name"] not in ("adamw", "sgd"):
         raise ValueError(f"finetune.optimizer.name={settings['name']!r}: use adamw or sgd.")
