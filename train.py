@@ -15,6 +15,8 @@ from typing import Any
 import hydra
 import lightning as L
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
 import neurocuda.training.resolvers  # noqa: F401  (registers ${sweep_group:} and ${job_label:})
@@ -65,7 +67,13 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         load_network_weights(model.net, init_from)
     callbacks = instantiate_callbacks(cfg)
     loggers = instantiate_loggers(cfg)
-    trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
+    # without a checkpoint callback (callbacks=none) Lightning would add its own, writing
+    # checkpoints no resume finds and no .nir goes with
+    no_checkpoints = {} if any(isinstance(c, ModelCheckpoint) for c in callbacks) else {
+        "enable_checkpointing": False}  # fmt: skip
+    trainer: L.Trainer = hydra.utils.instantiate(
+        cfg.trainer, callbacks=callbacks, logger=loggers, **no_checkpoints
+    )
     for logger in loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
 
@@ -111,7 +119,8 @@ def main(cfg: DictConfig) -> float | None:
             cfg = saved_run_config(hydra_cfg.runtime.output_dir, hydra_cfg.overrides.task)
         metrics = train(cfg)
     except USER_ERRORS as error:  # a setting, a file or the disk: one line, not a traceback
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+        # in a sweep (-m) Hydra records the failed job and runs the others: let it
+        if os.environ.get("HYDRA_FULL_ERROR") == "1" or HydraConfig.get().mode != RunMode.RUN:
             raise
         exit_with_one_line(error, "HYDRA_FULL_ERROR=1 shows the traceback")
     name = cfg.get("optimized_metric")

@@ -76,6 +76,7 @@ class NIRRoundTrip(L.Callback):
         self.checks[str(path)] = report
         log.info("NIR round trip %s (written before this process): max abs diff %g, %d "
                  "divergent images", path, report.worst_diff, report.total_divergent)  # fmt: skip
+        self._check_exact(path, report, timesteps)
         return report
 
     def _saved_snn(
@@ -91,6 +92,11 @@ class NIRRoundTrip(L.Callback):
         if self._batch is None:
             loader = trainer.val_dataloaders
             loader = loader[0] if isinstance(loader, list | tuple) else loader
+            if loader is None and trainer.datamodule is None:
+                raise RuntimeError(
+                    "NIRRoundTrip needs validation images for its fixed batch: run with a "
+                    "datamodule (train.py gives one)."
+                )
             if loader is None:
                 loader = trainer.datamodule.val_dataloader()
             xs, ys, count = [], [], 0
@@ -158,16 +164,21 @@ class NIRRoundTrip(L.Callback):
         log.info("NIR round trip %s: max abs diff %g, %d divergent images", path, diff, divergent)
         if self.log_artifact:
             self._log_artifact(trainer, path, epoch)
+        self._check_exact(path, report, timesteps)
+        return paths
+
+    def _check_exact(self, path: Path, report: RoundTripReport, timesteps: Sequence[int]) -> None:
+        """Raise (``on_mismatch="fail"``) or warn unless ``report`` is exact."""
+        diff, divergent = report.worst_diff, report.total_divergent
         if diff != 0.0 or divergent:
             message = (
                 f"NIR round trip of {path} is not exact: max abs diff {diff} at T={timesteps}, "
-                f"{divergent}/{len(y)} images differ. The export or the executor no longer "
-                "computes what the native SNN computes (docs/semantics.md)."
+                f"{divergent}/{report.images} images differ. The export or the executor no "
+                "longer computes what the native SNN computes (docs/semantics.md)."
             )
             if self.on_mismatch == "fail":
                 raise RuntimeError(message)
             warnings.warn(message, stacklevel=1)
-        return paths
 
     def _log_artifact(self, trainer: L.Trainer, path: Path, epoch: int) -> None:
         for logger in trainer.loggers:

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import logging
 from dataclasses import replace
+from pathlib import Path
 
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
+from callbacks.checkpoint import CheckpointWithNIR
 from neurocuda.conversion import ConversionConfig, ConversionResult, convert, evaluate_snn
 from neurocuda.training.checkpoints import checkpoint_step
 
@@ -102,10 +104,13 @@ def _calibration_data(trainer: L.Trainer) -> object:
 def saved_this_step(trainer: L.Trainer) -> list[str]:
     """Checkpoint files that hold the weights of this global step (the weights converted here).
 
-    Each ModelCheckpoint's ``best_model_path`` (and ``last_model_path``, for ``save_last``) is the
-    file it wrote last: the files of callbacks that saved at the current step. A resumed run first
-    finishes the epoch of the checkpoint it restored (saved at validation end, before this hook);
-    there its callbacks have saved nothing yet, and the restored files of this step are the ones.
+    A :class:`CheckpointWithNIR` names the files it wrote at this step; a plain ModelCheckpoint's
+    ``best_model_path`` (and ``last_model_path``, for ``save_last``) is the file it wrote last
+    when ``save_top_k`` is 1. A resumed run first finishes the epoch of the checkpoint it restored
+    (saved at validation end, before this hook); there its callbacks have saved nothing yet, and
+    the restored files of this step in the callback's own folder are the ones: a ``ckpt_path``
+    from another run's folder (whose paths the callback restores too) is that run's, not to be
+    written over.
     """
     paths: list[str] = []
     for cb in trainer.checkpoint_callbacks:
@@ -113,10 +118,16 @@ def saved_this_step(trainer: L.Trainer) -> list[str]:
             continue
         written = [p for p in (cb.best_model_path, cb.last_model_path) if p and p not in paths]
         if cb._last_global_step_saved == trainer.global_step:
-            paths += written
+            mine = cb.written_at(trainer.global_step) if isinstance(cb, CheckpointWithNIR) else []
+            paths += [p for p in mine or written if p not in paths]
         elif cb._last_global_step_saved == 0 and trainer.ckpt_path:  # nothing saved since restore
-            paths += [p for p in written if checkpoint_step(p) == trainer.global_step]
+            paths += [p for p in written if _inside(p, cb.dirpath)
+                      and checkpoint_step(p) == trainer.global_step]  # fmt: skip
     return paths
+
+
+def _inside(path: str, folder: str | None) -> bool:
+    return folder is not None and Path(path).resolve().parent == Path(folder).resolve()
 
 
 def _first(loaders: object) -> object:

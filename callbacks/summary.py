@@ -30,7 +30,8 @@ def _nir_check(
     if round_trip is None:
         return None
     wanted = Path(checkpoint).with_suffix(".nir") if checkpoint else None
-    if wanted is not None and str(wanted) not in round_trip.checks and wanted.is_file():
+    unchecked = wanted is not None and str(wanted) not in round_trip.checks and wanted.is_file()
+    if unchecked and trainer.datamodule is not None:  # none: neither fit nor test ran
         round_trip.verify_saved(trainer, wanted, checkpoint)
     kept = [path for path in round_trip.checks if Path(path).is_file()]
     path = str(wanted) if str(wanted) in kept else kept[-1] if kept else None

@@ -86,7 +86,7 @@ class LineProgress:
         elapsed = max(self.elapsed, 1e-9)
         rate = self.done / elapsed
         if self.total:
-            left = (self.total - self.done) / rate if rate else float("inf")
+            left = max(0, self.total - self.done) / rate if rate else float("inf")
             eta = duration(left) if left != float("inf") else "?"
             head = (
                 f"{self.description}: {100 * self.done / self.total:3.0f}% "

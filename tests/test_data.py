@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import tarfile
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from neurocuda.data import (
     CheckpointDataError,
@@ -79,6 +82,22 @@ def test_cache_makes_second_start_fast(tiny_archive: Path, tmp_path: Path) -> No
     start = time.perf_counter()
     CIFAR10DataModule(**kwargs).setup()
     assert time.perf_counter() - start < 1.0
+
+
+def test_a_changed_file_in_an_extracted_folder_is_decoded_again(tiny_archive, tmp_path) -> None:
+    """The cache was keyed by the folder's own size and time, which a rewritten image inside
+    does not change: later runs read the old pixels."""
+    with tarfile.open(tiny_archive) as tar:
+        tar.extractall(tmp_path / "data", filter="data")
+    folder, cache = tmp_path / "data" / "cifar10-jpeg", tmp_path / "cache"
+    first = load_jpeg(folder, cache)
+    image = next((folder / "train" / "cat").glob("*.jpg"))
+    Image.new("RGB", (32, 32), (255, 255, 255)).save(image, format="JPEG", quality=95)
+    os.utime(folder, ns=(folder.stat().st_atime_ns, folder.stat().st_mtime_ns))
+    second = load_jpeg(folder, cache)
+    assert len(list(cache.glob("cifar10-jpeg-*.npz"))) == 2  # a new key, decoded again
+    changed = (first["train"].images != second["train"].images).any(axis=(1, 2, 3))
+    assert changed.sum() == 1 and second["train"].images[changed].min() >= 250
 
 
 def test_augmentation_crops_and_flips_like_reference() -> None:

@@ -5,19 +5,22 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import lightning as L
 import pytest
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 
 from callbacks.checkpoint import CheckpointWithNIR
 from callbacks.lookup import find_callback
 from callbacks.nir_round_trip import NIRRoundTrip
-from callbacks.snn_conversion import SNNConversion
+from callbacks.snn_conversion import SNNConversion, saved_this_step
 from neurocuda.conversion import ConversionConfig
 from neurocuda.nir import Executor, load
 from neurocuda.training import ClassifierModule
 from tests.conftest import ROOT
+from train import train
 
 
 class Metrics(L.Callback):
@@ -111,3 +114,42 @@ def test_needs_the_conversion_callback(tiny_datamodule, tmp_path: Path) -> None:
     module = ClassifierModule(arch_kwargs={"widths": [4, 8, 8, 8]}, scheduler={"name": "none"})
     with pytest.raises(RuntimeError, match="needs the SNNConversion callback"):
         trainer.fit(module, datamodule=tiny_datamodule)
+
+
+def test_a_checkpoint_of_another_run_is_not_taken_for_this_runs(tmp_path: Path) -> None:
+    """``ckpt_path=`` another run's checkpoint: Lightning restores that run's ``best_model_path``
+    into this run's callback, and the restored epoch's conversion was written over its .nir."""
+    other, mine = tmp_path / "a" / "checkpoints", tmp_path / "b" / "checkpoints"
+    for folder in (other, mine):
+        folder.mkdir(parents=True)
+        torch.save({"global_step": 6}, folder / "epoch_001.ckpt")
+    cb = ModelCheckpoint(dirpath=mine)
+    trainer = SimpleNamespace(checkpoint_callbacks=[cb], global_step=6, ckpt_path="given.ckpt")
+    cb.best_model_path = str(other / "epoch_001.ckpt")  # restored from the other run's file
+    assert saved_this_step(trainer) == []
+    cb.best_model_path = str(mine / "epoch_001.ckpt")  # a resume of this run: its own file
+    assert saved_this_step(trainer) == [cb.best_model_path]
+
+
+def test_every_file_saved_at_a_step_gets_its_nir_with_save_top_k_above_one(train_cfg, tmp_path):
+    """With save_top_k=3 the best kept file (best_model_path) was taken as this step's: this
+    epoch's SNN went into an older checkpoint's .nir and the new checkpoint had none."""
+    train(train_cfg("trainer.max_epochs=3", "callbacks.model_checkpoint.save_top_k=3",
+                    "conversion.timesteps=[2]", "conversion.eval_subset=8",
+                    "conversion.calibration.batches=1", "test=false"))  # fmt: skip
+    folder = tmp_path / "run" / "checkpoints"
+    for ckpt in folder.glob("*.ckpt"):
+        metadata = load(ckpt.with_suffix(".nir")).metadata  # each checkpoint has its own file
+        assert ckpt.name in str(metadata["checkpoint"]).split(","), ckpt.name
+
+
+def test_a_run_that_neither_fits_nor_tests_leaves_a_given_nir_alone(train_cfg, tmp_path):
+    """train=false test=false with ckpt_path=X.ckpt beside X.nir: the summary re-executed X.nir
+    on a fixed validation batch that no datamodule could give (AttributeError)."""
+    train(train_cfg("conversion.timesteps=[2]", "conversion.eval_subset=8",
+                    "conversion.calibration.batches=1", "test=false"))  # fmt: skip
+    given = tmp_path / "given.ckpt"
+    folder = tmp_path / "run" / "checkpoints"
+    (folder / "last.ckpt").rename(given)
+    (folder / "last.nir").rename(given.with_suffix(".nir"))
+    train(train_cfg("train=false", "test=false", f"ckpt_path={given}"))

@@ -75,3 +75,15 @@ def test_train_py_gives_a_bad_setting_one_line(tmp_path: Path) -> None:
     full = subprocess.run(run, cwd=ROOT, capture_output=True, text=True, timeout=120,
                           env={**env, "HYDRA_FULL_ERROR": "1"})  # fmt: skip
     assert full.returncode == 1 and "Traceback" in full.stderr and "SettingsError" in full.stderr
+
+
+def test_a_failed_sweep_job_leaves_the_others_to_run(tmp_path: Path) -> None:
+    """The one-line exit (SystemExit) ended a whole -m sweep at its first bad job; in a sweep
+    Hydra records the failure and launches the rest."""
+    run = [sys.executable, "train.py", "-m", "experiment=quickstart", "data.batch_size=0,-1",
+           f"hydra.sweep.dir={tmp_path / 'sweep'}"]  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    result = subprocess.run(run, cwd=ROOT, capture_output=True, text=True, timeout=120, env=env)
+    assert result.returncode == 1
+    assert "data.batch_size=-1" in result.stdout + result.stderr  # the second job was launched
+    assert "data.batch_size=0 must be an integer >= 1" in result.stderr

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from neurocuda.reporting.wandb_offline import last_values, read_offline_run
+from neurocuda.training.compose import compose_train_config
 from tests.conftest import ROOT, tiny_run_overrides
 from train import train
 
@@ -32,6 +33,16 @@ def test_a_run_without_a_logger(train_cfg, tmp_path: Path) -> None:
     metrics = train(train_cfg("~conversion", "logger=none"))
     assert "test/acc" in metrics
     assert not (tmp_path / "run" / "csv").exists()
+
+
+def test_callbacks_none_writes_no_checkpoint(tiny_archive: Path, tmp_path: Path) -> None:
+    """Lightning added its own ModelCheckpoint, writing files under csv/ that no resume finds."""
+    tiny = [o for o in tiny_run_overrides(tiny_archive, tmp_path) if "callbacks." not in o]
+    metrics = train(
+        compose_train_config([*tiny, "~conversion", "callbacks=none"], tmp_path / "run")
+    )
+    assert "test/acc" in metrics
+    assert not list((tmp_path / "run").rglob("*.ckpt"))
 
 
 def test_an_unmonitored_checkpoint_tests_the_last_epoch(train_cfg, tmp_path: Path) -> None:

@@ -70,6 +70,9 @@ def _iter_folder(path: Path) -> Iterator[tuple[str, bytes]]:
             yield str(file.relative_to(path)), file.read_bytes()
 
 
+CIFAR10_IMAGES = 60_000
+"""Training and test images of CIFAR-10: the decoding progress's total for an archive."""
+
 # What a damaged archive raises: tarfile/gzip (ReadError, BadGzipFile, EOFError, zlib.error) and
 # PIL on a damaged JPEG (UnidentifiedImageError and "image file is truncated" are OSErrors).
 ARCHIVE_ERRORS = (tarfile.TarError, EOFError, zlib.error, OSError)
@@ -80,7 +83,9 @@ def _decode(path: Path) -> dict[str, Split]:
     images: dict[str, list[np.ndarray]] = {"train": [], "test": []}
     labels: dict[str, list[int]] = {"train": [], "test": []}
     members = _iter_archive(path) if path.is_file() else _iter_folder(path)
-    with progress(f"Decoding {path.name} (once; cached afterwards)", 60_000) as advance:
+    # a folder's file count is known up front; an archive's only once read (gzip), so CIFAR-10's
+    total = sum(1 for f in path.rglob("*.jpg")) if path.is_dir() else CIFAR10_IMAGES
+    with progress(f"Decoding {path.name} (once; cached afterwards)", total) as advance:
         try:
             for name, payload in members:
                 key = _member_split_and_label(name)
@@ -106,9 +111,15 @@ def _decode(path: Path) -> dict[str, Split]:
 
 
 def _cache_key(path: Path) -> str:
-    stat = path.stat()
-    text = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
-    return hashlib.sha1(text.encode()).hexdigest()[:16]
+    """The archive's path, size and modification time; for a folder, those of every file in it
+    (a folder's own times do not change when a file inside is rewritten)."""
+    files = [path] if path.is_file() else sorted(f for f in path.rglob("*") if f.is_file())
+    digest = hashlib.sha1(str(path.resolve()).encode())
+    for file in files:
+        stat = file.stat()
+        digest.update(f"|{file.relative_to(path) if file != path else ''}|{stat.st_size}|"
+                      f"{stat.st_mtime_ns}".encode())  # fmt: skip
+    return digest.hexdigest()[:16]
 
 
 def load_jpeg(path: str | Path, cache_dir: str | Path) -> dict[str, Split]:

@@ -16,13 +16,15 @@ from neurocuda.progress import progress as show_progress
 
 
 def _ann_macs_by_layer(backend: Backend) -> dict[str, int]:
-    """ANN MACs of each weight node, keyed by the layer name of the population its output feeds."""
+    """ANN MACs of each weight node, keyed by the layer name of the population whose output it
+    reads: the same connections as that population's synops (its spikes times their fan-out),
+    so each layer's row compares one set of synapses in both networks."""
     net = backend.network
     labels = {pop.name: pop.label or pop.name for pop in net.populations}
     macs: dict[str, int] = {}
     for proj in net.projections:
         if proj.label in net.macs:
-            layer = labels[proj.target]
+            layer = labels.get(proj.source, proj.source)  # or the graph's input
             macs[layer] = macs.get(layer, 0) + net.macs[proj.label]
     return macs
 

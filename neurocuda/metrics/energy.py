@@ -70,7 +70,8 @@ def estimate_energy(
     neuron_updates: dict[str, float],
     ann_macs: dict[str, int],
 ) -> EnergyEstimate:
-    """Combine per-image counts keyed by layer (ANN MACs keyed by the layer they feed)."""
+    """Combine per-image counts keyed by layer (synops and ANN MACs both keyed by the layer whose
+    output their connections read)."""
     names = list(dict.fromkeys([*neuron_updates, *synops, *ann_macs]))
     layers = []
     for name in names:

@@ -35,7 +35,8 @@ _CURVE = re.compile(r"^(val/acc|train/acc|snn/acc_T\d+|finetune/acc|val/snn_acc_
 _CURVE_STAGES = ("val/acc", "train/acc", "snn/", "finetune/", "val/snn_")  # their reading order
 _NIR_KEYS = ("nir/", "finetune/nir/")  # the ANN checkpoints' round trips, the fine-tuned SNN's
 SEED_KEYS = frozenset({"seed", "data.shuffle_seed"})
-"""Overrides that only redraw a run's randomness (initial weights, training order)."""
+"""Overrides that only redraw a run's randomness: initial weights and training order, and with
+``seed`` (which ``data.seed`` follows) the validation split and subsets too."""
 
 
 @dataclass
@@ -304,7 +305,8 @@ def markdown_table(runs: list[RunRecord]) -> str:
     for arm, group in arms.items():
         if len(group) < 2:
             continue
-        row = [f"mean ± sd of {len(group)}: {arm or 'all runs'}"]
+        base = "all runs" if len(arms) == 1 else "no other override"  # arm "": only seeds differ
+        row = [f"mean ± sd of {len(group)}: {arm or base}"]
         row += [_distinct(r.arch for r in group), _distinct(r.activation for r in group)]
         row += [_replicates(c, group) for c in ann]
         row += [_distinct(r.snn_source for r in group)]
@@ -393,8 +395,8 @@ def plot_spike_rates(runs: list[RunRecord], path: Path) -> None:
     """Per-layer spike rates of every run as grouped bars."""
     layers = sorted(
         {k for r in runs for k in r.metrics if k.startswith("snn/spike_rate/")},
-        key=lambda k: [r.metrics.get(k) is None for r in runs],
-    )
+        key=lambda k: [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", k)],
+    )  # numbers compared as numbers: layers.2 before layers.10, the network's order
     fig = Figure(figsize=(max(6, 0.5 * len(layers) + 3), 4))
     ax = fig.subplots()
     width = 0.8 / max(1, len(runs))

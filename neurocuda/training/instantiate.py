@@ -136,8 +136,8 @@ def resolve_ckpt_path(cfg: DictConfig) -> str | None:
         if newest is None:
             raise FileNotFoundError(
                 f"resume=true but {directory} holds no complete checkpoint: point hydra.run.dir at "
-                "the killed run's directory (python train.py hydra.run.dir=RUN_DIR resume=true) or "
-                "set ckpt_path=."
+                "the killed run's directory (python train.py hydra.run.dir=RUN_DIR resume=true), "
+                "or start a new run from a checkpoint without resume (ckpt_path=FILE.ckpt)."
             )
         return newest
     return None
