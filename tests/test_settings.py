@@ -78,6 +78,29 @@ def test_poisson_runs_take_what_the_encoding_and_deployments_assume(
     validate_run_settings(compose_train_config(overrides, tmp_path))  # direct encoding: fine
 
 
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (
+            ["optimized_metric=snn/acc_T4", "conversion.timesteps=[8,16]"],
+            r"optimized_metric=snn/acc_T4 is logged at the T's of conversion\.timesteps "
+            r"\(\[8, 16\]\); add T=4",
+        ),
+        (
+            ["optimized_metric=test/snn_gap_T8", "~conversion"],
+            r"\(\[\]: the conversion group is off\)",
+        ),
+    ],
+)
+def test_an_optimized_snn_metric_at_an_unconverted_t_fails_at_start(
+    overrides, message, tmp_path
+) -> None:
+    """Each trial trained in full, then raised KeyError for the metric it never logged."""
+    with pytest.raises(SettingsError, match=message):
+        validate_run_settings(compose_train_config(overrides, tmp_path))
+    validate_run_settings(compose_train_config(["optimized_metric=snn/acc_T4"], tmp_path))
+
+
 def test_a_gpu_trainer_without_a_gpu_names_the_fix(tmp_path, monkeypatch) -> None:
     monkeypatch.setattr(settings, "cuda_available", lambda: False)
     with pytest.raises(

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import inspect
 import math
+import re
 from collections.abc import Callable, Iterable, Mapping, Sequence, Set
 from typing import Any
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from neurocuda.conversion.settings import MAX_TIMESTEPS
+from neurocuda.conversion.settings import MAX_TIMESTEPS, ConversionConfig
 from neurocuda.normalization import CIFAR10_MEAN, CIFAR10_STD
 
 CIFAR10_TRAIN_IMAGES = 50_000
@@ -239,6 +240,27 @@ def validate_run_settings(cfg: DictConfig) -> None:
     validate_group("trainer", trainer, TRAINER_RULES, _arguments(trainer["_target_"]))
     if cfg.get("conversion") and cfg.conversion.get("encoding") == "poisson":
         _check_poisson(data, bool(cfg.get("deploy")))
+    _check_optimized_metric(cfg)
+
+
+_SNN_METRIC = re.compile(r"^(?:snn/acc|test/snn_acc|test/snn_gap|snn/gap)_T(\d+)$")
+
+
+def _check_optimized_metric(cfg: DictConfig) -> None:
+    """An SNN metric a sweeper optimizes is logged only at a T of ``conversion.timesteps``:
+    another T (or no conversion) failed each trial after its whole run."""
+    name = cfg.get("optimized_metric")
+    match = _SNN_METRIC.match(str(name)) if name else None
+    if match is None:
+        return
+    group = cfg.get("conversion")
+    steps = ConversionConfig.from_group(group).timesteps if group and "timesteps" in group else ()
+    if int(match.group(1)) not in steps:
+        raise SettingsError(
+            f"optimized_metric={name} is logged at the T's of conversion.timesteps ({list(steps)}"
+            f"{'' if steps else ': the conversion group is off'}); add T={match.group(1)} there "
+            "or optimize another metric."
+        )
 
 
 def _check_poisson(data: Mapping[str, Any], deploying: bool) -> None:
