@@ -23,6 +23,7 @@ import neurocuda.training.resolvers  # noqa: F401  (registers ${sweep_group:} an
 from callbacks.summary import run_summary
 from neurocuda.cli import USER_ERRORS, exit_with_one_line
 from neurocuda.reporting.run_summary import report_summary
+from neurocuda.reporting.sweep_summary import csv_metrics
 from neurocuda.training.compose import saved_run_config
 from neurocuda.training.distill import check_teacher_file
 from neurocuda.training.finetune_stage import (
@@ -84,6 +85,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         elif cfg.get("train", True):
             trainer.fit(model, datamodule=datamodule, ckpt_path=resolve_ckpt_path(cfg))
         metrics = dict(trainer.callback_metrics)
+        if cfg.get("resume"):  # a restored fit does not validate its restored epoch again
+            metrics = {**csv_metrics(Path(cfg.paths.output_dir)), **metrics}
         best = ann_checkpoint(cfg, trainer)  # before a test restores older checkpoint states
         snn = finetuned = None
         if cfg.get("finetune"):

@@ -109,6 +109,20 @@ def test_killed_run_resumes_and_finishes_all_epochs(tiny_archive: Path, tmp_path
     assert [r["epoch"] for r in resumed_part if "val/acc" in r] == [1, 2]
 
 
+def test_a_run_killed_after_its_last_epoch_resumes_with_its_metrics(
+    tiny_archive: Path, tmp_path: Path
+) -> None:
+    """The restored fit validates nothing again: val/acc was missing and the optimized metric
+    raised KeyError (a sweep's trial failed after the kill)."""
+    run = tmp_path / "run"
+    base = [*tiny_run_overrides(tiny_archive, tmp_path), "~conversion", f"hydra.run.dir={run}",
+            "optimized_metric=val/acc"]  # fmt: skip
+    kill = ["+callbacks.kill._target_=tests.helpers.ExitAfterEpoch", "+callbacks.kill.epoch=0"]
+    assert _run_train([*base, *kill]).returncode == 17
+    resumed = _run_train([*base, "resume=true"])
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+
+
 def test_resume_without_checkpoint_is_a_clear_error(tiny_archive: Path, tmp_path: Path) -> None:
     result = _run_train(
         [
