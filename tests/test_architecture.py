@@ -14,7 +14,7 @@ from tests.conftest import ROOT
 
 # Bottom to top: a module may import its own layer and the ones below it, never one above.
 LAYERS = [
-    {"files", "batches", "cli", "progress", "devices"},
+    {"files", "batches", "cli", "progress", "devices", "normalization"},
     {"snn", "models"},
     {"metrics"},
     {"conversion", "nir"},
