@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from neurocuda.nir import Executor
-from neurocuda.snn import Surrogate, cpu_kernel
+from neurocuda.snn import IFNeuron, Surrogate, cpu_kernel
 from neurocuda.snn.if_sequence import if_sequence, integrate_and_fire
 from neurocuda.snn.layout import empty_steps, to_layout
 from neurocuda.snn.trainable import set_trainable
@@ -239,3 +239,21 @@ def test_executor_runs_the_if_loops_in_the_kernel(arch, tmp_path, monkeypatch) -
         assert torch.equal(executor(steps), compiled)
         assert torch.equal(snn(x, T), compiled)
     assert len(calls) == loops
+
+
+def test_a_gradient_constant_over_time_is_read_at_every_step() -> None:
+    """A spike-count readout (``spikes.sum(0)``) sends back one gradient expanded over T (stride
+    0); the kernel's backward took it for a constant input's single step: only t = 0 computed,
+    the other steps uninitialized memory (values near 1e37)."""
+    torch.manual_seed(0)
+    x = torch.randn(4, 3, 5)
+    grads = {}
+    for compiled in (True, False):
+        neuron = IFNeuron(torch.full((5,), 0.6), torch.full((5,), 0.3))
+        neuron.compiled_kernel = compiled
+        inputs = x.clone().requires_grad_(True)
+        counts = neuron.run_sequence(inputs).sum(0)
+        torch.nn.functional.cross_entropy(counts, torch.tensor([0, 1, 2])).backward()
+        grads[compiled] = inputs.grad
+    torch.testing.assert_close(grads[True], grads[False])
+    assert (grads[False].abs().sum(dim=(1, 2)) > 0).all()

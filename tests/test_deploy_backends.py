@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import nir
@@ -303,3 +304,68 @@ def test_loihi2_headroom_outside_the_membrane_is_refused(kwargs: dict, key: str)
         ValueError, match=rf"deploy\.backend\.{key}=-?\d+ must be an integer in \[0, 23\]"
     ):
         Loihi2Backend(**kwargs)
+
+
+def _same_padded_graph(kernel: int, dilation: int) -> nir.NIRGraph:
+    """conv -> IF -> Scale -> conv(padding="same", ``kernel``, ``dilation``) -> IF -> Scale ->
+    Flatten -> Affine -> I, on 2 x 6 x 6 inputs."""
+    g, shape = np.random.default_rng(0), (3, 6, 6)
+
+    def neuron() -> nir.IF:
+        return nir.IF(r=np.ones(shape, np.float32), v_threshold=np.full(shape, 0.5, np.float32),
+                      v_reset=np.full(shape, -0.5, np.float32))  # fmt: skip
+
+    nodes = {
+        "input": nir.Input(np.array([2, 6, 6])),
+        "conv1": nir.Conv2d(input_shape=(6, 6), weight=g.standard_normal((3, 2, 3, 3)).astype(
+            np.float32), stride=1, padding=1, dilation=1, groups=1,
+            bias=np.full(3, 0.5, np.float32)),
+        "if1": neuron(), "scale1": nir.Scale(scale=np.ones(shape, np.float32)),
+        "conv2": nir.Conv2d(input_shape=(6, 6), weight=g.standard_normal(
+            (3, 3, kernel, kernel)).astype(np.float32), stride=1, padding="same",
+            dilation=dilation, groups=1, bias=np.zeros(3, np.float32)),
+        "if2": neuron(), "scale2": nir.Scale(scale=np.ones(shape, np.float32)),
+        "flat": nir.Flatten(input_type={"input": np.array(shape)}, start_dim=0),
+        "affine": nir.Affine(weight=g.standard_normal((4, 108)).astype(np.float32),
+                             bias=np.zeros(4, np.float32)),
+        "integ": nir.I(r=np.ones(4, np.float32)), "output": nir.Output(np.array([4])),
+    }  # fmt: skip
+    order = ["input", "conv1", "if1", "scale1", "conv2", "if2", "scale2", "flat", "affine",
+             "integ", "output"]  # fmt: skip
+    return nir.NIRGraph(nodes=nodes, edges=list(itertools.pairwise(order)), type_check=False)
+
+
+def test_same_padding_with_dilation_folds_as_torch_pads_it() -> None:
+    """'same' was read as k // 2 whatever the dilation: a 4x4 output where the executor gives
+    6x6, wrong synop counts, and a crash in the loihi2 simulator."""
+    backend = TorchBackend("cpu")
+    backend.prepare(_same_padded_graph(kernel=3, dilation=2))
+    (projection,) = [p for p in backend.network.projections if p.target == "if2"]
+    assert projection.padding == (2, 2)
+    x = torch.rand(4, 2, 6, 6)
+    loihi = Loihi2Backend(device="cpu")
+    loihi.prepare(_same_padded_graph(kernel=3, dilation=2))
+    loihi.calibrate([(x, None)])
+    assert loihi.run(x, 4).logits.shape == (4, 4)
+    with pytest.raises(GraphCompileError, match=r"padding='same' with kernel \(4, 4\) .* unevenly"):
+        TorchBackend("cpu").prepare(_same_padded_graph(kernel=4, dilation=1))
+
+
+def test_lava_mode_rates_count_the_steps_it_ran() -> None:
+    """lava mode runs T + depth steps and counts spikes over all of them: divided by T the
+    reported rate went above 1."""
+    x, y = torch.rand(8, 2, 6, 6), torch.zeros(8, dtype=torch.long)
+    backend = Loihi2Backend(mode="lava", device="cpu")
+    backend.prepare(_same_padded_graph(kernel=3, dilation=1))
+    backend.calibrate([(x, y)])
+    report = deploy(backend, [(x, y)], 2, num_classes=4, progress=False)
+    assert report.latency_timesteps > 2
+    assert all(0 <= layer.spike_rate <= 1 for layer in report.layers)
+
+
+def test_loihi2_refuses_a_sequence_input() -> None:
+    """[T, B, C, H, W] was encoded with the scales along B (and B=1 became 3 images)."""
+    backend = Loihi2Backend(device="cpu")
+    backend.prepare(_same_padded_graph(kernel=3, dilation=1))
+    with pytest.raises(ValueError, match=r"loihi2 takes a batch \[B, 2, 6, 6\] .* got shape"):
+        backend.run(torch.rand(4, 1, 2, 6, 6), 4)

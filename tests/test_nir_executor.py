@@ -209,6 +209,38 @@ def test_delay_per_element():
         Executor(chain(nir.Delay(delay=np.array([0.5], np.float32))))
 
 
+def test_delay_keeps_the_values_of_reused_input_buffers():
+    """A Delay fed by two edges (the executor's sum buffer, rewritten every step) or inside a
+    loop (an integrator's state, updated in place) kept references: from step d on it returned
+    its undelayed input."""
+    n, steps = 3, 6
+    delay, one = np.full(n, 2.0, np.float32), np.ones(n, np.float32)
+    x = torch.arange(1.0, steps + 1).reshape(steps, 1, 1).expand(steps, 1, n).contiguous()
+    io = {"input": nir.Input(np.array([n])), "output": nir.Output(np.array([n]))}
+    two = nir.NIRGraph(
+        nodes={**io, "a": nir.Scale(scale=one), "b": nir.Scale(scale=one),
+               "delay": nir.Delay(delay=delay)},
+        edges=[("input", "a"), ("input", "b"), ("a", "delay"), ("b", "delay"),
+               ("delay", "output")],
+    )  # fmt: skip
+    looped = nir.NIRGraph(
+        nodes={**io, "i": nir.I(r=one), "delay": nir.Delay(delay=delay),
+               "zero": nir.Scale(scale=np.zeros(n, np.float32))},
+        edges=[("input", "i"), ("i", "delay"), ("delay", "zero"), ("zero", "i"),
+               ("delay", "output")],
+        type_check=False,
+    )  # fmt: skip
+    assert Executor(two)(x)[:, 0, 0].tolist() == [0, 0, 2, 4, 6, 8]
+    assert Executor(looped)(x)[:, 0, 0].tolist() == [0, 0, 1, 3, 6, 10]  # the running sum, late
+
+
+def test_a_float64_executor_checks_its_shapes_in_float64():
+    graph = chain(nir.Affine(weight=rand(4, 3), bias=rand(4)))
+    x = torch.randn(T, B, 3, dtype=torch.float64)
+    out = Executor(graph, dtype=torch.float64)(x)
+    assert out.dtype == torch.float64 and out.shape == (T, B, 4)
+
+
 def soft_reset_graph(theta: float, n: int) -> nir.NIRGraph:
     """Integrator + threshold with a recurrent Scale(-theta) edge (the faithful IF form)."""
     return nir.NIRGraph(

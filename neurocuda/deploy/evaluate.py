@@ -84,7 +84,8 @@ def deploy(
                 name=pop.label or pop.name,  # as the model names it (layers.0.act1)
                 neurons=neurons,
                 spikes_per_image=per_image,
-                spike_rate=per_image / (neurons * timesteps),
+                # over the steps the target ran (lava mode: T + depth, counted in all columns)
+                spike_rate=per_image / (neurons * steps_run),
                 synops_per_image=synops.get(pop.name, 0) / images,
                 neuron_updates_per_image=updates.get(pop.name, 0) / images,
             )

@@ -398,11 +398,20 @@ def _after_weights(node, bias: torch.Tensor) -> torch.Tensor:
 
 
 def _conv_padding(node: nir.Conv2d) -> tuple[int, int]:
+    """Zeros added on each side; ``"same"`` is ``dilation * (k - 1)`` in all (as torch pads it),
+    which the targets' symmetric padding holds only when even."""
     if isinstance(node.padding, str):
         if node.padding == "valid":
             return (0, 0)
         k = np.asarray(node.weight).shape[-2:]
-        return (int(k[0]) // 2, int(k[1]) // 2)
+        total = [int(d) * (int(n) - 1) for d, n in zip(_pair(node.dilation), k, strict=True)]
+        if any(t % 2 for t in total):
+            raise GraphCompileError(
+                f"Conv2d padding='same' with kernel {tuple(int(n) for n in k)} and dilation "
+                f"{_pair(node.dilation)} pads unevenly ({total} zeros in all), which the deploy "
+                "targets cannot map; export with explicit symmetric padding."
+            )
+        return (total[0] // 2, total[1] // 2)
     return _pair(node.padding)
 
 

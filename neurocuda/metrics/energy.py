@@ -71,7 +71,10 @@ def estimate_energy(
     ann_macs: dict[str, int],
 ) -> EnergyEstimate:
     """Combine per-image counts keyed by layer (synops and ANN MACs both keyed by the layer whose
-    output their connections read)."""
+    output their connections read). The graph input's row holds the first layer's ANN MACs but
+    no synops: the deployments do not count the graded input's deliveries into the first layer
+    (on chip, each nonzero payload over each of its synapses at every step), so the SNN totals
+    leave that layer out and the ANN totals do not."""
     names = list(dict.fromkeys([*neuron_updates, *synops, *ann_macs]))
     layers = []
     for name in names:

@@ -75,6 +75,7 @@ class Executor(nn.Module):
         if dt <= 0:
             raise ValueError(f"dt must be positive, got {dt}.")
         self.dt = dt
+        self.dtype = dtype
         self.memory_format = memory_format
         self.schedule: Schedule = build_schedule(graph)
         names = list(self.schedule.graph.nodes)
@@ -222,7 +223,7 @@ class Executor(nn.Module):
         in_shape = next(iter(feeds.values()))
         op = self.op(name)
         kind = type(self.schedule.graph.nodes[name]).__name__
-        x = torch.zeros((0, *in_shape), device=device)
+        x = torch.zeros((0, *in_shape), dtype=self.dtype, device=device)
         try:
             out = op.step(x, None)[0] if op.stateful else op(x)
         except (RuntimeError, ValueError) as error:

@@ -338,6 +338,7 @@ class DelayOp(Stateful):
         self.depth = int(self.steps.max()) if self.steps.numel() else 0
 
     def step(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        x = x.clone()  # the executor reuses its input buffers step after step: keep the values
         history = [x] if state is None else [*state, x][-(self.depth + 1) :]
         y = torch.zeros_like(x)
         for d in torch.unique(self.steps).tolist():

@@ -320,7 +320,10 @@ def if_backward(
     reset), ``sum g_0`` (minus the fire level's) and ``sum_t grad_t s_t`` (the scale's);
     ``half_width`` and ``reset_gain``: :class:`~neurocuda.snn.surrogate.Surrogate`'s (theta and
     -theta by default); ``_KernelIFSequence.backward`` has the formulas."""
-    if grad.dtype != membranes.dtype or _channels_last(grad) is None:
+    # a gradient the same at every step (stride 0 over T, e.g. from spikes.sum(0)) is read one
+    # step per step, not as a constant input's single step: laid out in full first
+    constant_over_t = grad.shape[0] > 1 and grad.stride(0) == 0
+    if grad.dtype != membranes.dtype or constant_over_t or _channels_last(grad) is None:
         grad = torch.empty_like(membranes).copy_(grad)
     grad_x = torch.empty_like(membranes)
     rows, channels = grad_x.numel() // (grad_x.shape[0] * grad_x.shape[2]), grad_x.shape[2]

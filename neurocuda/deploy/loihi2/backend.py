@@ -86,6 +86,13 @@ class Loihi2Backend(Backend):
     def run(self, inputs: torch.Tensor, timesteps: int) -> BatchOutput:
         if self.network is None:
             raise RuntimeError("loihi2: call prepare(graph) before run().")
+        (sample,) = self.network.inputs.values()
+        if inputs.dim() != len(sample) + 1:
+            raise ValueError(
+                f"loihi2 takes a batch [B, {', '.join(map(str, sample))}] (graded input, the same "
+                f"payload at every step), got shape {tuple(inputs.shape)}: a sequence per step "
+                "(e.g. Poisson spikes) does not map to it."
+            )
         if self.int_network is None:
             self.quantize_for(InputEncoding.from_batches([(inputs, None)]))
         payload, clipped = self.input_encoding.encode(inputs.to(self.device))
