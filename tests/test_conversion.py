@@ -18,6 +18,7 @@ from neurocuda.conversion.fold import fold_batchnorms
 from neurocuda.conversion.validate import plan_conversion
 from neurocuda.metrics.spikes import fan_out
 from neurocuda.models import build_model, qcfs_kernel
+from neurocuda.models.layers import Add
 from neurocuda.models.qcfs import QCFS
 from neurocuda.snn import IFNeuron, OutputIntegrator
 
@@ -136,9 +137,25 @@ class FunctionalReLU(nn.Module):
         return self.fc(torch.relu(self.conv(x)).mean((2, 3)))
 
 
+class EarlyShortcut(nn.Module):
+    """A residual branch from before the first activation: the SNN ran its stem once on B images
+    and the branch at every step (T x B), and crashed adding them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem, self.conv = nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1)
+        self.act, self.add = nn.ReLU(), Add()
+        self.pool, self.flat, self.fc = nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.stem(x)
+        return self.fc(self.flat(self.pool(self.add(self.conv(self.act(h)), h))))
+
+
 @pytest.mark.parametrize(
     ("model", "match"),
     [
+        (EarlyShortcut(), r"Add 'add' sums 'stem', computed before the first activation"),
         (
             nn.Sequential(
                 nn.Conv2d(3, 4, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.LazyLinear(2)

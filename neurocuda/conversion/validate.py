@@ -98,6 +98,26 @@ def _check_node(node: fx.Node, modules: dict[str, nn.Module]) -> None:
             )
 
 
+def _check_merges(gm: fx.GraphModule, modules: dict[str, nn.Module]) -> None:
+    """Refuse an ``Add`` of a value from before the first activation and one from after it: the
+    runtime runs the layers before the first neuron once per image (a constant current, B
+    samples) and those after it at every step (T x B), so the two do not line up."""
+    stepped: set[fx.Node] = set()  # nodes that run at every time step
+    for node in gm.graph.nodes:
+        module = modules.get(str(node.target)) if node.op == "call_module" else None
+        inputs = node.all_input_nodes
+        if isinstance(module, ACTIVATIONS) or any(n in stepped for n in inputs):
+            stepped.add(node)
+        if isinstance(module, Add) and 0 < sum(n in stepped for n in inputs) < len(inputs):
+            before = next(n for n in inputs if n not in stepped)
+            raise ConversionError(
+                f"Add {node.target!r} sums {before.name!r}, computed before the first activation, "
+                "with a value computed after one; the spiking network runs the layers before its "
+                "first neuron once per image, so the two do not line up. Start the residual "
+                "branch after an activation (as the ResNets here do)."
+            )
+
+
 def plan_conversion(model: nn.Module, input_shape: tuple[int, ...]) -> NetworkPlan:
     """Validate ``model`` (in eval mode) and describe its graph; raise ConversionError if needed."""
     gm = trace(model)
@@ -125,6 +145,7 @@ def plan_conversion(model: nn.Module, input_shape: tuple[int, ...]) -> NetworkPl
             f"Modules {shared} are called more than once in forward; stateful neurons need one "
             "module per call site. Create a separate activation/Add module for each use."
         )
+    _check_merges(gm, modules)
     (output,) = (n for n in gm.graph.nodes if n.op == "output")
     last = output.args[0]
     if not (
