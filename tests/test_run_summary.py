@@ -163,5 +163,6 @@ def test_the_summary_names_a_nir_file_that_is_on_disk(tmp_path: Path) -> None:
     assert _nir_check(SimpleNamespace(checks={}), best, None) is None
     # a resumed run's file from before the kill: on disk, not checked by this process
     (tmp_path / "epoch_030.nir").write_bytes(b"")
-    resumed = _nir_check(round_trip, str(tmp_path / "epoch_030.ckpt"), None)
+    fitted = SimpleNamespace(datamodule="the run's data")  # a trainer that ran (fit or test)
+    resumed = _nir_check(round_trip, str(tmp_path / "epoch_030.ckpt"), fitted)
     assert resumed.path == str(tmp_path / "epoch_030.nir") == str(rechecked[0])
