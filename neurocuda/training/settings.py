@@ -2,8 +2,11 @@
 
 :func:`validate_run_settings` runs first in ``train.py``: a wrong type, an out-of-range value or an
 unknown key fails at once (before any data is decoded or any epoch trained) with one
-:class:`SettingsError` naming the key, the value and what is allowed. The ``conversion`` group is
-checked the same way by :class:`~neurocuda.conversion.ConversionConfig`.
+:class:`SettingsError` naming the key, the value and what is allowed; so do settings that do not
+go together (Poisson input with other normalization or a deployment, an optimized SNN metric at
+a T the run does not convert at). The ``conversion`` group is checked the same way by
+:class:`~neurocuda.conversion.ConversionConfig`, and the ``finetune`` group with these rules by
+:func:`~neurocuda.training.finetune_stage.check_finetune_settings`.
 """
 
 from __future__ import annotations
