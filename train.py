@@ -98,13 +98,13 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             metrics.update(trainer.callback_metrics)
             if conversion_group(cfg):  # the fine-tuned SNN, else the best ANN converted
                 device = trainer.strategy.root_device  # the trainer's: trainer=cpu stays on CPU
-                snn = snn or convert_for_run(cfg, datamodule, ann_with_weights(model, best), device)
+                ann = ann_with_weights(model, best)  # the ANN test/acc measured
+                snn = snn or convert_for_run(cfg, datamodule, ann, device)
                 metrics.update(
                     snn_test_metrics(
-                        cfg, snn, datamodule, float(metrics["test/acc"]), loggers,
-                        trainer.global_step, device,
+                        cfg, snn, datamodule, ann, loggers, trainer.global_step, device
                     )
-                )  # fmt: skip
+                )
         metrics = {k: float(v) for k, v in metrics.items()}
         if trainer.is_global_zero:  # one summary (console and summary.json) per run
             report_summary(run_summary(trainer, metrics, cfg.paths.output_dir, finetuned, best))

@@ -18,7 +18,7 @@ from neurocuda.reporting.run_summary import (
     RunSummary,
     accuracy_per_timestep,
 )
-from neurocuda.training.finetune_stage import FinetuneResult
+from neurocuda.training.finetune_stage import ANN_FLOAT32_METRIC, FinetuneResult
 
 
 def _nir_check(
@@ -78,6 +78,7 @@ def run_summary(
         run_dir=run_dir,
         checkpoint=checkpoint,
         ann_test_accuracy=float(metrics["test/acc"]) if "test/acc" in metrics else None,
+        ann_test_accuracy_float32=metrics.get(ANN_FLOAT32_METRIC),
         snn_test_accuracy=snn_test,
         nir=_nir_check(find_callback(trainer, NIRRoundTrip), checkpoint, trainer),
     )

@@ -41,6 +41,7 @@ from neurocuda.checkpoint import load_ann, snn_from_checkpoint  # noqa: E402
 from neurocuda.cli import count, positive, run_cli  # noqa: E402
 from neurocuda.conversion import ConversionConfig, evaluate_snn  # noqa: E402
 from neurocuda.data import datamodule_from_checkpoint  # noqa: E402
+from neurocuda.devices import resolve_device  # noqa: E402
 from neurocuda.files import atomic_write_text, verify_checkpoint  # noqa: E402
 from neurocuda.reporting.accuracy_plots import (  # noqa: E402
     AccuracyCurve,
@@ -136,9 +137,10 @@ def benchmark(ckpt: Path, activation: str, args: argparse.Namespace, extra: list
             finetuned, minutes["fine-tune"] = cpu_minutes(
                 lambda: finetune_checkpoint(args.experiment, ckpt, steps, batches, args.out, extra)
             )
-        module = SNNFinetuneModule.load_from_checkpoint(verify_checkpoint(finetuned), "cpu")
+        device = resolve_device(args.device)  # the SNN and its ANN on one device, as above
+        module = SNNFinetuneModule.load_from_checkpoint(verify_checkpoint(finetuned), device)
         if ann is None:
-            ann = load_ann(ckpt, args.device)
+            ann = load_ann(ckpt, device)
         variant = f"corrected + fine-tuned at T={module.hparams.timesteps}" + (
             f" ({batches} batches)" if args.finetuned_ckpt is None else f" ({finetuned})"
         )

@@ -60,13 +60,19 @@ LAVA_PYTHON = ROOT / ".cache" / "lava-venv" / "bin" / "python"
 SECTIONS = ("accuracy", "speed", "mapping", "ratio", "profile")
 
 
-def test_loader(overrides: list[str], output_dir: Path):
+def test_loader(overrides: list[str], output_dir: Path, checkpoint: Path | None = None):
+    """The data: a ``checkpoint``'s own settings (its validation split and calibration images,
+    so its conversion is the run's) with the ``data.*`` overrides, else the overrides' config."""
     import hydra
 
+    from neurocuda.checkpoint import checkpoint_datamodule
     from neurocuda.training.compose import compose_train_config
 
     cfg = compose_train_config(overrides, output_dir)
-    datamodule = hydra.utils.instantiate(cfg.data)
+    if checkpoint is not None:
+        datamodule = checkpoint_datamodule(checkpoint, cfg, overrides)
+    else:
+        datamodule = hydra.utils.instantiate(cfg.data)
     datamodule.setup("fit")
     datamodule.setup("test")
     return datamodule
@@ -355,7 +361,8 @@ def main() -> None:
     sections = [s for s in args.sections if not (args.skip_accuracy and s == "accuracy")]
     if "accuracy" in sections and args.nir is None and args.checkpoint is None:
         parser.error("give --nir or --checkpoint (or --skip-accuracy)")
-    datamodule = test_loader(args.overrides or ["data=cifar10"], args.out.parent)
+    checkpoint = args.checkpoint if args.nir is None else None
+    datamodule = test_loader(args.overrides or ["data=cifar10"], args.out.parent, checkpoint)
     results: dict = {}
     trained = {}
     graph = None

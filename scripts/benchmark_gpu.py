@@ -248,7 +248,8 @@ def print_table(console: Console, r: dict) -> None:
     rows += [("convert", f"ANN on {r['test_images']} test images", _pct(r["converted_ann_acc"]))]
     rows += [("convert", f"SNN T={t}", _pct(a)) for t, a in r["converted_snn_acc"].items()]
     rows += [
-        ("convert", "SNN eval images/s (T up to 16)", f"{r['snn_eval_images_per_s']:,.0f}"),
+        ("convert", "evaluation images/s (SNN to T=16 + ANN + data + spike counts)",
+         f"{r['snn_eval_images_per_s']:,.0f}"),
         ("nir", f"max abs diff on {r['nir_images']} images", f"{r['nir_max_abs_diff']:g}"),
         ("nir", "divergent images", str(r["nir_divergent_images"])),
         ("nir", "round-trip seconds", f"{r['nir_seconds']:.1f}"),

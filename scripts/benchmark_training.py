@@ -54,6 +54,9 @@ def main() -> None:
     cfg = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
     epochs = cfg.trainer.max_epochs
     train_images = cfg.data.train_subset or 50_000 - cfg.data.val_size
+    batch = cfg.data.batch_size
+    if train_images > batch:  # the training loader drops its last, partial batch
+        train_images -= train_images % batch
     table = Table(title=f"{args.experiment} training (" + ("quick" if args.quick else "full") + ")")
     for column in (
         "test acc",

@@ -60,6 +60,7 @@ def test_summary_json_holds_the_runs_figures(quickstart_run: Path) -> None:
     logged = _logged(quickstart_run)
     assert summary["run_dir"] == str(quickstart_run)
     assert summary["ann_test_accuracy"] == pytest.approx(logged["test/acc"])
+    assert summary["ann_test_accuracy_float32"] == pytest.approx(logged["test/ann_acc_float32"])
     assert summary["snn_test_accuracy"] == {
         "4": pytest.approx(logged["test/snn_acc_T4"]),
         "8": pytest.approx(logged["test/snn_acc_T8"]),
