@@ -71,11 +71,18 @@ class Deployment(L.Callback):
 
     @staticmethod
     def _graph(trainer: L.Trainer, sample: torch.Tensor) -> tuple[nir.NIRGraph | Path, str]:
-        """The last conversion's verified ``.nir`` file; without one, its SNN (or, without the
-        conversion callback, the last checkpoint converted with the default settings) exported."""
+        """The kept checkpoint's verified ``.nir`` file (the ANN ``train.py`` tests and converts:
+        the best by the checkpoint's monitor, or the last epoch); else the last conversion's;
+        without one, its SNN (or, without the conversion callback, the last checkpoint converted
+        with the default settings) exported."""
         if isinstance(trainer.lightning_module, SNNFinetuneModule):
             return _finetuned_graph(trainer)
         conversion = find_callback(trainer, SNNConversion)
+        ckpt = trainer.checkpoint_callback
+        kept = Path(ckpt.best_model_path).with_suffix(".nir") if ckpt is not None else None
+        if conversion is not None and kept is not None and ckpt.best_model_path and kept.is_file():
+            log.info("Deploying %s", kept)
+            return kept, str(kept)
         result = conversion.latest if conversion is not None else None
         if result is not None and result.nir_paths:
             log.info("Deploying %s", result.nir_paths[0])

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from neurocuda.conversion import ConversionConfig
 from neurocuda.deploy.loihi2.backend import Loihi2Backend
 from neurocuda.deploy.torch_backend import TorchBackend
 from neurocuda.nir import load
@@ -126,3 +127,26 @@ def test_a_fine_tuning_run_deploys_its_fine_tuned_snn(tiny_archive: Path, tmp_pa
     summary = json.loads((run / "summary.json").read_text())
     assert summary["deployment"]["source"] == str(kept)
     assert summary["finetune"]["checkpoint"] == str(kept.with_suffix(".ckpt"))
+
+
+def test_train_py_deploys_the_checkpoint_it_tests(tmp_path: Path) -> None:
+    """The deployment took the last conversion's file while the SNN test converts the kept
+    (best) checkpoint: with ``monitor: val/acc`` the summary set two epochs side by side."""
+    from types import SimpleNamespace
+
+    from callbacks.deployment import Deployment
+    from callbacks.snn_conversion import SNNConversion
+
+    best, last = tmp_path / "epoch_003.nir", tmp_path / "last.nir"
+    best.write_bytes(b"")
+    last.write_bytes(b"")
+    conversion = SNNConversion(ConversionConfig())
+    conversion.latest = SimpleNamespace(nir_paths=[last])
+    trainer = SimpleNamespace(
+        lightning_module=None,
+        callbacks=[conversion],
+        checkpoint_callback=SimpleNamespace(best_model_path=str(best.with_suffix(".ckpt"))),
+    )
+    assert Deployment._graph(trainer, torch.zeros(1)) == (best, str(best))
+    best.unlink()  # no file beside the kept checkpoint: the last conversion's
+    assert Deployment._graph(trainer, torch.zeros(1)) == (last, str(last))
