@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -26,11 +27,8 @@ def positive(text: str) -> int:
 
 
 def _integer(text: str, low: int) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = low - 1
-    if value < low:
+    value = int(text) if re.fullmatch(r"\s*[+-]?\d+\s*", text) else None
+    if value is None or value < low:
         raise argparse.ArgumentTypeError(f"{text!r} is not an integer >= {low}")
     return value
 

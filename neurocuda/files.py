@@ -157,14 +157,14 @@ def _not_a_checkpoint(path: Path) -> str | None:
         return "the file is empty"
     if head.startswith(_HDF5_MAGIC):
         return "it is an HDF5 file (a .nir graph?)"
-    if not head.startswith(_ZIP_MAGIC) and b"\0" not in head:
-        try:
-            head.decode("utf-8")
-        except UnicodeDecodeError as error:
-            if error.start < len(head) - 3:  # not merely a character cut at the 512th byte
-                return None
-        return "it is a text file"
-    return None
+    if head.startswith(_ZIP_MAGIC) or b"\0" in head:
+        return None
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError as error:
+        if error.reason != "unexpected end of data":  # not a character cut at the 512th byte
+            return None
+    return "it is a text file"
 
 
 def verify_checkpoint(path: str | os.PathLike[str]) -> Path:
@@ -208,9 +208,8 @@ def read_lightning_checkpoint(path: str | os.PathLike[str], **torch_load: Any) -
     ``pytorch-lightning_version``); another ``torch.save`` file (e.g. a bare ``state_dict``)
     raises :class:`NotACheckpointError`."""
     content = read_checkpoint(path, **torch_load)
-    if not isinstance(content, dict) or not {"state_dict", "pytorch-lightning_version"} <= set(
-        content
-    ):
+    lightning_keys = {"state_dict", "pytorch-lightning_version"}
+    if not isinstance(content, dict) or not lightning_keys <= content.keys():
         kind = type(content).__name__
         raise NotACheckpointError(
             Path(path),

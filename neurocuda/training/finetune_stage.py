@@ -370,9 +370,8 @@ def snn_test_metrics(
     if device is not None:
         snn = snn.to(device)
     settings = conversion_settings(cfg)
-    reference = copy.deepcopy(ann).float().to(next(snn.buffers()).device)
-    evaluation = evaluate_snn(
-        snn, datamodule.test_dataloader(), list(settings.timesteps), ann=reference,
+    evaluation = evaluate_snn(  # the ANN outside the trainer's autocast: float32, as the SNN
+        snn, datamodule.test_dataloader(), list(settings.timesteps), ann=ann,
         encoding=settings.encoding,
     )  # fmt: skip
     ann_accuracy = float(evaluation.ann_accuracy)

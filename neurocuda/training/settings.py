@@ -20,8 +20,9 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from neurocuda.conversion.settings import MAX_TIMESTEPS, ConversionConfig
+from neurocuda.conversion.settings import MAX_TIMESTEPS
 from neurocuda.normalization import CIFAR10_MEAN, CIFAR10_STD
+from neurocuda.training.instantiate import conversion_group, conversion_settings
 
 CIFAR10_TRAIN_IMAGES = 50_000
 """Training images of CIFAR-10: the validation split is carved from them."""
@@ -256,8 +257,7 @@ def _check_optimized_metric(cfg: DictConfig) -> None:
     match = _SNN_METRIC.match(str(name)) if name else None
     if match is None:
         return
-    group = cfg.get("conversion")
-    steps = ConversionConfig.from_group(group).timesteps if group and "timesteps" in group else ()
+    steps = conversion_settings(cfg).timesteps if conversion_group(cfg) else ()
     if int(match.group(1)) not in steps:
         raise SettingsError(
             f"optimized_metric={name} is logged at the T's of conversion.timesteps ({list(steps)}"
