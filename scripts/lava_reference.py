@@ -8,7 +8,8 @@ dense projections ``Dense``, conv projections ``Conv``, inputs ``RingBuffer`` so
 under ``Loihi2SimCfg(select_tag="fixed_pt")``. RESULT holds, per population, ``u``, ``v`` and ``s``
 recorded by ``Monitor`` processes at every step, in neurocuda's layout (``[C, H, W]`` / ``[N]``);
 Lava's own layout for conv populations is ``(W, H, C)``, converted on the way in and out.
-Also reports the wall time of ``run`` (``seconds``). Needs only numpy and lava: no neurocuda import.
+Also reports the wall time of ``run`` (``seconds``). Needs only numpy and lava, plus the project's
+standard-library ``neurocuda/files.py`` for the atomic write of RESULT (no torch in the Lava venv).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 from lava.magma.core.run_conditions import RunSteps
@@ -25,6 +27,9 @@ from lava.proc.dense.process import Dense
 from lava.proc.io.source import RingBuffer
 from lava.proc.lif.process import LIF
 from lava.proc.monitor.process import Monitor
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # neurocuda/ itself is not installed
+from neurocuda.files import atomic_write_text  # standard library only
 
 
 def to_lava(array: np.ndarray) -> np.ndarray:
@@ -145,12 +150,7 @@ def main() -> None:
     spec_path, result_path = sys.argv[1], sys.argv[2]
     with open(spec_path) as f:
         spec = json.load(f)
-    result = build_and_run(spec)
-    with open(result_path + ".tmp", "w") as f:
-        json.dump(result, f)
-    import os
-
-    os.replace(result_path + ".tmp", result_path)
+    atomic_write_text(result_path, json.dumps(build_and_run(spec)))
 
 
 if __name__ == "__main__":

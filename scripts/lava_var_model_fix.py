@@ -9,7 +9,11 @@ from __future__ import annotations
 
 import importlib.util
 import re
+import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run by the Lava venv's python
+from neurocuda.files import atomic_write_text  # standard library only
 
 _MUTABLE_DEFAULT = re.compile(r"^(\s+\w+: (\w+)) = \2\(\)$", re.MULTILINE)
 _IMPORT = "from dataclasses import dataclass, InitVar"
@@ -38,9 +42,7 @@ def main() -> None:
     if patched == source:
         print(f"{path}: already patched")
         return
-    tmp = path.with_suffix(".py.tmp")
-    tmp.write_text(patched)
-    tmp.replace(path)
+    atomic_write_text(path, patched)
     print(f"{path}: replaced {len(_MUTABLE_DEFAULT.findall(source))} mutable dataclass defaults")
 
 
