@@ -224,6 +224,22 @@ def test_cache_on_a_full_disk_warns_and_leaves_nothing(tiny_archive, small_tmpfs
     assert list(small_tmpfs.iterdir()) == []
 
 
+def test_decoding_progress_reaches_100_percent_of_a_small_archive_and_folder(
+    tiny_archive: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The progress counts the archive's bytes (a folder's files), not CIFAR-10's 60,000 images,
+    which a smaller archive never approached (no line at all for this one's 320 images)."""
+    load_jpeg(tiny_archive, tmp_path / "a")
+    archive_lines = capsys.readouterr().out.splitlines()
+    with tarfile.open(tiny_archive) as tar:
+        tar.extractall(tmp_path / "folder", filter="data")
+    load_jpeg(tmp_path / "folder", tmp_path / "b")
+    folder_lines = capsys.readouterr().out.splitlines()
+    assert archive_lines and "Decoding" in archive_lines[-1] and " 100% (" in archive_lines[-1]
+    assert " kB)" in archive_lines[-1]
+    assert folder_lines and " 100% (320/320 files)" in folder_lines[-1]
+
+
 def test_damaged_cache_is_rebuilt_with_a_warning(tiny_archive, tmp_path, caplog) -> None:
     first = load_jpeg(tiny_archive, tmp_path)
     (cache,) = tmp_path.glob("cifar10-jpeg-*.npz")

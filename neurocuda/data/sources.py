@@ -53,25 +53,27 @@ def _member_split_and_label(name: str) -> tuple[str, int] | None:
     return split, CLASSES.index(cls)
 
 
-def _iter_archive(path: Path) -> Iterator[tuple[str, bytes]]:
-    with tarfile.open(path, "r:*") as tar:
+def _iter_archive(path: Path) -> Iterator[tuple[str, bytes, int]]:
+    """Each file's name and bytes, with the kB of the (compressed) archive read so far: the
+    progress measure, since a gzip stream's image count is only known once it is read."""
+    with open(path, "rb") as raw, tarfile.open(fileobj=raw, mode="r:*") as tar:
         for member in tar:
-            if member.isfile():
-                handle = tar.extractfile(member)
-                if handle is not None:
-                    yield member.name, handle.read()
+            if member.isfile() and (handle := tar.extractfile(member)) is not None:
+                yield member.name, handle.read(), raw.tell() // 1024
         while tar.fileobj.read(1 << 20):  # read to the end: gzip/bz2/xz then check their CRC
             pass
 
 
-def _iter_folder(path: Path) -> Iterator[tuple[str, bytes]]:
-    for file in sorted(path.rglob("*")):
-        if file.is_file():
-            yield str(file.relative_to(path)), file.read_bytes()
+def _files(folder: Path) -> list[Path]:
+    """Every file under ``folder``, sorted."""
+    return sorted(f for f in folder.rglob("*") if f.is_file())
 
 
-CIFAR10_IMAGES = 60_000
-"""Training and test images of CIFAR-10: the decoding progress's total for an archive."""
+def _iter_folder(path: Path, files: list[Path]) -> Iterator[tuple[str, bytes, int]]:
+    """Each file's name and bytes, with the number of files read so far."""
+    for done, file in enumerate(files, 1):
+        yield str(file.relative_to(path)), file.read_bytes(), done
+
 
 # What a damaged archive raises: tarfile/gzip (ReadError, BadGzipFile, EOFError, zlib.error) and
 # PIL on a damaged JPEG (UnidentifiedImageError and "image file is truncated" are OSErrors).
@@ -82,12 +84,17 @@ def _decode(path: Path) -> dict[str, Split]:
     """Decode every image; a damaged archive raises one :class:`CorruptDatasetError`."""
     images: dict[str, list[np.ndarray]] = {"train": [], "test": []}
     labels: dict[str, list[int]] = {"train": [], "test": []}
-    members = _iter_archive(path) if path.is_file() else _iter_folder(path)
-    # a folder's file count is known up front; an archive's only once read (gzip), so CIFAR-10's
-    total = sum(1 for f in path.rglob("*.jpg")) if path.is_dir() else CIFAR10_IMAGES
-    with progress(f"Decoding {path.name} (once; cached afterwards)", total) as advance:
+    if path.is_file():
+        members, total, unit = _iter_archive(path), -(-path.stat().st_size // 1024), "kB"
+    else:
+        files = _files(path)
+        members, total, unit = _iter_folder(path, files), len(files), "files"
+    with progress(f"Decoding {path.name} (once; cached afterwards)", total, unit) as advance:
+        read = 0
         try:
-            for name, payload in members:
+            for name, payload, done in members:
+                advance(done - read)
+                read = done
                 key = _member_split_and_label(name)
                 if key is None:
                     continue
@@ -96,7 +103,7 @@ def _decode(path: Path) -> dict[str, Split]:
                     raise ValueError(f"{path}:{name} is {image.shape}, expected 32x32 RGB.")
                 images[key[0]].append(image)
                 labels[key[0]].append(key[1])
-                advance()
+            advance(total - read)  # an archive's tail: tar padding, the gzip trailer
         except ARCHIVE_ERRORS as error:
             raise CorruptDatasetError(path, error) from error
     if not images["train"] or not images["test"]:
@@ -113,7 +120,7 @@ def _decode(path: Path) -> dict[str, Split]:
 def _cache_key(path: Path) -> str:
     """The archive's path, size and modification time; for a folder, those of every file in it
     (a folder's own times do not change when a file inside is rewritten)."""
-    files = [path] if path.is_file() else sorted(f for f in path.rglob("*") if f.is_file())
+    files = [path] if path.is_file() else _files(path)
     digest = hashlib.sha1(str(path.resolve()).encode())
     for file in files:
         stat = file.stat()
