@@ -14,14 +14,9 @@ import time
 from typing import Any
 
 import lightning as L
-import torch
 
 from neurocuda.batches import batch_images
-
-
-def _synchronize(module: L.LightningModule) -> None:
-    if module.device.type == "cuda":
-        torch.cuda.synchronize(module.device)
+from neurocuda.devices import synchronize
 
 
 class TrainingThroughput(L.Callback):
@@ -41,7 +36,7 @@ class TrainingThroughput(L.Callback):
             logger.log_metrics(metrics, step=trainer.global_step)
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        _synchronize(pl_module)
+        synchronize(pl_module.device)
         self._fit_start = time.perf_counter()
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -51,7 +46,7 @@ class TrainingThroughput(L.Callback):
         self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
     ) -> None:
         if batch_idx == self.skip_batches:
-            _synchronize(pl_module)
+            synchronize(pl_module.device)
             self._epoch_start = time.perf_counter()
 
     def on_train_batch_end(
@@ -66,7 +61,7 @@ class TrainingThroughput(L.Callback):
             return
         self._images += batch_images(batch)
         if batch_idx + 1 == trainer.num_training_batches:
-            _synchronize(pl_module)
+            synchronize(pl_module.device)
             self._seconds = time.perf_counter() - self._epoch_start
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -74,5 +69,5 @@ class TrainingThroughput(L.Callback):
             self._log(trainer, {"perf/train_images_per_s": self._images / self._seconds})
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        _synchronize(pl_module)
+        synchronize(pl_module.device)
         self._log(trainer, {"perf/fit_minutes": (time.perf_counter() - self._fit_start) / 60})

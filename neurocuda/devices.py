@@ -30,3 +30,11 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     if name == "cpu":
         return torch.device("cpu")
     raise ValueError(f"Unknown device {device!r}; use one of: {DEVICE_CHOICES}.")
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait until the work queued on ``device`` is done (a CUDA GPU runs asynchronously; a CPU has
+    nothing queued): what a wall-clock timing does before it reads the clock. It waits on
+    ``device`` itself, not on the current GPU, which may be another one (``cuda:1``)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)

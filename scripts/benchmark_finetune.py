@@ -34,7 +34,7 @@ from rich.console import Console
 from rich.table import Table
 
 from neurocuda.conversion import ConversionConfig, convert
-from neurocuda.devices import resolve_device
+from neurocuda.devices import resolve_device, synchronize
 from neurocuda.models import build_model
 from neurocuda.snn import chunking
 from neurocuda.training import SNNFinetuneModule
@@ -120,8 +120,7 @@ def main() -> None:
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+        synchronize(device)
         return time.perf_counter() - start
 
     times: dict[str, list[float]] = {name: [] for name in variants}

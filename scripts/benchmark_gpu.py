@@ -47,7 +47,7 @@ from neurocuda.conversion import ConversionConfig, evaluate_snn  # noqa: E402
 from neurocuda.data.calibration import calibration_loader  # noqa: E402
 from neurocuda.deploy import run_deployment  # noqa: E402
 from neurocuda.deploy.loihi2.backend import Loihi2Backend  # noqa: E402
-from neurocuda.devices import resolve_device  # noqa: E402
+from neurocuda.devices import resolve_device, synchronize  # noqa: E402
 from neurocuda.files import atomic_write_text  # noqa: E402
 from neurocuda.nir import Executor, load, save  # noqa: E402
 from neurocuda.nir.verify import compare  # noqa: E402
@@ -133,12 +133,11 @@ def best_checkpoint(run_dir: Path) -> Path:
     return best[-1] if best else run_dir / "checkpoints" / "last.ckpt"
 
 
-def timed(function, *args, **kwargs):
-    """``function(*args, **kwargs)`` and its wall seconds (the GPU synchronised)."""
+def timed(device: torch.device, function, *args, **kwargs):
+    """``function(*args, **kwargs)`` and its wall seconds (``device`` synchronised)."""
     start = time.perf_counter()
     result = function(*args, **kwargs)
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
+    synchronize(device)
     return result, time.perf_counter() - start
 
 
@@ -163,7 +162,7 @@ def main(argv: list[str] | None = None) -> dict:
     converted = snn_from_checkpoint(ckpt, settings, datamodule, device)
     test = datamodule.test_dataloader()
     evaluation, eval_s = timed(
-        evaluate_snn, converted.snn, test, TIMESTEPS, ann=converted.ann,
+        device, evaluate_snn, converted.snn, test, TIMESTEPS, ann=converted.ann,
         encoding=settings.encoding, progress=False,
     )  # fmt: skip
 
@@ -172,11 +171,13 @@ def main(argv: list[str] | None = None) -> dict:
     graph = export_snn(converted.snn, settings, sample, checkpoint=ckpt.name)
     nir_path = save(graph, out / f"{ckpt.stem}.nir")
     executor = Executor(load(nir_path)).to(device)
-    round_trip, nir_s = timed(compare, executor, converted.snn, test, TIMESTEPS, settings.encoding)
+    round_trip, nir_s = timed(
+        device, compare, executor, converted.snn, test, TIMESTEPS, settings.encoding
+    )
 
     console.print(f"[bold]4/4 Loihi 2 simulator[/] on {args.loihi_images} images")
     (report, report_paths), _ = timed(
-        run_deployment, nir_path, Loihi2Backend(device=str(device)), test,
+        device, run_deployment, nir_path, Loihi2Backend(device=str(device)), test,
         args.loihi_timesteps, out / "deploy", args.loihi_images, progress=False,
         source=str(nir_path), calibration=calibration_loader(datamodule),
     )  # fmt: skip

@@ -29,7 +29,7 @@ from rich.table import Table
 from torch import nn
 
 from neurocuda.conversion import ConversionConfig, convert
-from neurocuda.devices import resolve_device
+from neurocuda.devices import resolve_device, synchronize
 from neurocuda.models import build_model
 from neurocuda.snn import IFNeuron, OutputIntegrator, Scale, SpikingModel
 from neurocuda.snn.layout import memory_format
@@ -66,11 +66,10 @@ def spikingjelly_network(snn: SpikingModel) -> nn.Module:
     return net
 
 
-def timed(fn: Callable[[], object]) -> float:
+def timed(fn: Callable[[], object], device: torch.device) -> float:
     start = time.perf_counter()
     fn()
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
+    synchronize(device)
     return time.perf_counter() - start
 
 
@@ -144,7 +143,7 @@ def main() -> None:
                 )
         for _ in range(args.repeats + 1):  # the first round warms up
             for name, fn in methods.items():
-                times[name].append(timed(fn))
+                times[name].append(timed(fn, args.device))
     speed = {name: args.batch / statistics.median(t[1:]) for name, t in times.items()}
     rounds = list(zip(*(times[name][1:] for name in methods), strict=True))
     ann_name = f"{steps} x ANN"

@@ -13,7 +13,7 @@ import torch
 
 from neurocuda.deploy.loihi2.backend import Loihi2Backend
 from neurocuda.deploy.torch_backend import TorchBackend
-from neurocuda.devices import resolve_device
+from neurocuda.devices import resolve_device, synchronize
 from neurocuda.training.compose import compose_train_config
 
 
@@ -70,3 +70,13 @@ def test_loihi2_simulator_follows_the_trainer(
     cfg = compose_train_config(["deploy=loihi2", *overrides], tmp_path)
     backend = hydra.utils.instantiate(cfg.deploy.backend)
     assert backend.device == torch.device(expected)
+
+
+def test_synchronize_waits_on_the_given_gpu_not_the_current_one(monkeypatch) -> None:
+    """Timings of scripts and callbacks on ``cuda:1`` must wait for that GPU: a bare
+    ``torch.cuda.synchronize()`` waits on the current one (``cuda:0``)."""
+    calls: list[torch.device | None] = []
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: calls.append(device))
+    synchronize(torch.device("cpu"))
+    synchronize(torch.device("cuda:1"))
+    assert calls == [torch.device("cuda:1")]
