@@ -178,6 +178,96 @@ def test_unsupported_layers_raise_a_clear_error(model: nn.Module, match: str) ->
         convert(model, [torch.randn(2, *SHAPE)], ConversionConfig(input_shape=SHAPE))
 
 
+class StandardizedConv(nn.Conv2d):
+    """A weight-standardised convolution: conversion once folded it into a plain nn.Conv2d."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.weight
+        w = (w - w.mean((1, 2, 3), keepdim=True)) / (w.std((1, 2, 3), keepdim=True) + 1e-5)
+        return self._conv_forward(x, w, self.bias)
+
+
+class NamedConv(nn.Conv2d):
+    """A subclass that keeps nn.Conv2d's forward: nothing to lose in conversion."""
+
+
+def _head(conv: nn.Module, *after: nn.Module) -> nn.Sequential:
+    return nn.Sequential(conv, *after, nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                         nn.Linear(4, 2))  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("model", "match"),
+    [
+        (_head(nn.Conv2d(3, 4, 3, groups=1), nn.Conv2d(4, 4, 3, groups=4)), r"'1'.*groups=4"),
+        (_head(nn.Conv2d(3, 4, (3, 1))), r"'0'.*kernel_size=\(3, 1\).*square kernel"),
+        (_head(nn.Conv2d(3, 4, 3, padding=1, padding_mode="reflect")), r"'0'.*padding_mode"),
+        (_head(nn.Conv2d(3, 4, 3), nn.AvgPool2d(3, ceil_mode=True)), r"'1'.*ceil_mode"),
+        (_head(StandardizedConv(3, 4, 3), nn.BatchNorm2d(4)), r"'0'.*overrides Conv2d.forward"),
+        (
+            _head(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4, track_running_stats=False)),
+            r"BatchNorm '1' has no running statistics",
+        ),
+        (nn.Sequential(nn.Flatten(), nn.Linear(3 * 16 * 16, 2)), "no activation"),
+    ],
+)
+def test_layers_nir_or_folding_cannot_express_are_refused_before_calibration(
+    model: nn.Module, match: str
+) -> None:
+    """Each failed late before: at NIR export after an epoch (groups, kernel, pooling options),
+    silently (a subclass's forward dropped: output error 0.88), or with an unnamed error."""
+    with pytest.raises(ConversionError, match=match):
+        convert(model.eval(), None, ConversionConfig(input_shape=SHAPE))
+
+
+def test_a_subclass_keeping_the_forward_converts_like_its_base() -> None:
+    torch.manual_seed(0)
+    plain = _head(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)).eval()
+    named = _head(NamedConv(3, 4, 3), nn.BatchNorm2d(4)).eval()
+    named.load_state_dict(plain.state_dict())
+    data, config = [torch.randn(4, *SHAPE)], ConversionConfig(input_shape=SHAPE)
+    x = torch.randn(3, *SHAPE)
+    assert torch.equal(convert(plain, data, config)(x, 4), convert(named, data, config)(x, 4))
+
+
+def test_sync_batchnorm_of_trainer_ddp_folds_like_batchnorm() -> None:
+    """trainer=ddp (sync_batchnorm) swaps every BatchNorm for SyncBatchNorm during the fit, when
+    the conversion callback runs; conversion refused them."""
+    torch.manual_seed(0)
+    model = build_model("resnet20", num_classes=4).eval()
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    synced = nn.SyncBatchNorm.convert_sync_batchnorm(copy.deepcopy(model)).eval()
+    assert any(isinstance(m, nn.SyncBatchNorm) for m in synced.modules())
+    data, config = [torch.randn(4, 3, 8, 8)], ConversionConfig(input_shape=(3, 8, 8))
+    x = torch.randn(2, 3, 8, 8)
+    assert torch.equal(convert(model, data, config)(x, 3), convert(synced, data, config)(x, 3))
+
+
+def test_images_of_another_shape_than_planned_are_refused(trained_relu: nn.Module) -> None:
+    """40x40 calibration images through a plan for 16x16 pooled a wrong region silently."""
+    big = [torch.randn(4, 3, 20, 20)]
+    with pytest.raises(ConversionError, match=r"\(3, 20, 20\) per sample.*\(3, 16, 16\)"):
+        convert(trained_relu, big, ConversionConfig(input_shape=SHAPE))
+    snn = convert(trained_relu, [torch.randn(4, *SHAPE)], ConversionConfig(input_shape=SHAPE))
+    with pytest.raises(ValueError, match=r"each sample is \(3, 20, 20\).*\(3, 16, 16\)"):
+        snn(big[0], 2)
+
+
+def test_a_negative_qcfs_threshold_is_refused(
+    trained_qcfs: tuple[nn.Module, list[float]],
+) -> None:
+    """Conversion took its absolute value: the SNN fired where the ANN's clip gave <= 0."""
+    model = copy.deepcopy(trained_qcfs[0])
+    layer = next(m for m in model.modules() if isinstance(m, QCFS))
+    with torch.no_grad():
+        layer.threshold.neg_()
+    with pytest.raises(ConversionError, match=r"learned threshold -[0-9.]+ <= 0"):
+        convert(model, None, ConversionConfig(input_shape=SHAPE))
+
+
 def test_shared_activation_module_is_rejected() -> None:
     relu = nn.ReLU()
     model = nn.Sequential(nn.Linear(4, 4), relu, nn.Linear(4, 4), relu, nn.Linear(4, 2))

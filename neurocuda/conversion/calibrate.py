@@ -15,6 +15,7 @@ from torch import nn
 
 from neurocuda.batches import first_images
 from neurocuda.conversion.errors import ConversionError
+from neurocuda.conversion.validate import check_image_shape
 from neurocuda.models.qcfs import QCFS
 
 log = logging.getLogger(__name__)
@@ -43,8 +44,10 @@ def calibrate_relu_thresholds(
     num_batches: int,
     q: float,
     per_channel: bool,
+    input_shape: tuple[int, ...],
 ) -> dict[str, torch.Tensor]:
-    """Mean over ``num_batches`` of each ReLU layer's ``q``-th output percentile."""
+    """Mean over ``num_batches`` of each ReLU layer's ``q``-th output percentile (images of
+    ``input_shape``)."""
     if not 0 < q <= 100:
         raise ConversionError(f"conversion.calibration.percentile={q} must be in (0, 100].")
     sums: dict[str, torch.Tensor] = {}
@@ -60,6 +63,7 @@ def calibrate_relu_thresholds(
     seen = 0
     try:
         for x in first_images(batches, num_batches):
+            check_image_shape(x, input_shape)
             model(x.to(device))
             seen += 1
     finally:
@@ -86,7 +90,7 @@ def _positive(name: str, threshold: torch.Tensor) -> torch.Tensor:
 
 
 def qcfs_thresholds(model: nn.Module, names: list[str]) -> dict[str, torch.Tensor]:
-    """The learned QCFS thresholds (absolute value; a learned negative clip is meaningless)."""
+    """The learned QCFS thresholds (each > 0)."""
     result = {}
     for name in names:
         layer = model.get_submodule(name)
@@ -95,9 +99,13 @@ def qcfs_thresholds(model: nn.Module, names: list[str]) -> dict[str, torch.Tenso
                 f"QCFS layer {name!r} was never trained: its threshold is still a placeholder, "
                 "set from the first training batch. Train the model (or pass threshold=...)."
             )
-        theta = layer.threshold.detach().abs().clone()
-        if float(theta) == 0:
-            raise ConversionError(f"QCFS layer {name!r} learned threshold 0; retrain it.")
+        theta = layer.threshold.detach().clone()
+        if float(theta) <= 0:  # its clip then maps every input to <= 0: no IF neuron does that
+            raise ConversionError(
+                f"QCFS layer {name!r} learned threshold {float(theta):.4g} <= 0, which no IF "
+                "neuron reproduces; retrain it (a lower +model.optimizer.clip_lr_scale keeps the "
+                "clip levels from crossing zero)."
+            )
         result[name] = theta
     return result
 

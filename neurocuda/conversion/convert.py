@@ -20,7 +20,7 @@ from neurocuda.conversion.correct import activation_channel_means, correct_initi
 from neurocuda.conversion.errors import ConversionError
 from neurocuda.conversion.fold import fold_batchnorms
 from neurocuda.conversion.settings import ConversionConfig
-from neurocuda.conversion.validate import NetworkPlan, plan_conversion
+from neurocuda.conversion.validate import NetworkPlan, check_image_shape, plan_conversion
 from neurocuda.snn import (
     IFNeuron,
     OutputIntegrator,
@@ -57,7 +57,7 @@ def convert(
     thresholds = _thresholds(net, plan, calibration_data, config)
     correction_images, targets = None, {}
     if config.correction_timesteps:
-        correction_images = _first_images(calibration_data, config.correction_batches, device)
+        correction_images = _first_images(calibration_data, config, device)
         targets = activation_channel_means(net, list(plan.activations), correction_images)
     snn = _assemble(net, plan, thresholds, config).to(device)
     if correction_images is not None:
@@ -98,15 +98,19 @@ def _assemble(
     return SpikingModel(net, config.input_shape).eval().requires_grad_(False)
 
 
-def _first_images(data: Iterable | None, batches: int, device: torch.device) -> torch.Tensor:
+def _first_images(
+    data: Iterable | None, config: ConversionConfig, device: torch.device
+) -> torch.Tensor:
     if data is None:
         raise ConversionError(
             "conversion.correction needs calibration data (images): pass a data loader, or turn "
             "it off with conversion.correction.timesteps=0."
         )
-    images = list(first_images(data, batches))
+    images = list(first_images(data, config.correction_batches))
     if not images:
         raise ConversionError("conversion.correction got an empty data loader.")
+    for batch in images:
+        check_image_shape(batch, config.input_shape)
     return torch.cat(images).to(device).contiguous()
 
 
@@ -130,7 +134,13 @@ def _thresholds(
                 "loader (or train with model.activation=qcfs)."
             )
         thresholds |= calibrate_relu_thresholds(
-            net, relu, data, config.calibration_batches, config.percentile, config.per_channel
+            net,
+            relu,
+            data,
+            config.calibration_batches,
+            config.percentile,
+            config.per_channel,
+            config.input_shape,
         )
     return thresholds
 

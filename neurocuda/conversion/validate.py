@@ -15,10 +15,11 @@ from torch.fx.passes.shape_prop import ShapeProp
 from neurocuda.conversion.errors import ConversionError
 from neurocuda.models.layers import Add
 from neurocuda.models.qcfs import QCFS
+from neurocuda.nir.support import unsupported_options
 
 ACTIVATIONS = (nn.ReLU, QCFS)
 WEIGHTED = (nn.Conv2d, nn.Linear)
-BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
+BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.SyncBatchNorm)  # Sync: trainer=ddp's, mid-fit
 PASSIVE = (nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.Flatten, nn.Identity, nn.Dropout, Add)
 SUPPORTED = ACTIVATIONS + WEIGHTED + BATCHNORMS + PASSIVE
 
@@ -83,6 +84,21 @@ def _check_node(node: fx.Node, modules: dict[str, nn.Module]) -> None:
             f"Layer {node.target!r} ({type(module).__name__}) has no spiking equivalent: {fix}. "
             f"Supported layers: {supported}."
         )
+    base = next(t for t in SUPPORTED if isinstance(module, t))
+    if type(module).forward is not base.forward:
+        raise ConversionError(
+            f"Layer {node.target!r} ({type(module).__name__}) overrides {base.__name__}.forward; "
+            f"conversion would replace its computation by {base.__name__}'s and change the "
+            f"network silently. Use {base.__name__} itself (move the extra computation into "
+            "the weights, e.g. standardise them before training ends)."
+        )
+    if problem := unsupported_options(module):
+        raise ConversionError(f"Layer {node.target!r} ({type(module).__name__}): {problem}.")
+    if isinstance(module, BATCHNORMS) and module.running_mean is None:
+        raise ConversionError(
+            f"BatchNorm {node.target!r} has no running statistics (track_running_stats=False), "
+            "so it cannot be folded; train it with track_running_stats=True."
+        )
     if isinstance(module, BATCHNORMS):
         parent = node.args[0]
         ok = (
@@ -139,6 +155,11 @@ def plan_conversion(model: nn.Module, input_shape: tuple[int, ...]) -> NetworkPl
             plan.activations[name] = node.meta["tensor_meta"].shape[1:]
         elif isinstance(module, nn.AdaptiveAvgPool2d):
             plan.adaptive_pools[name] = node.args[0].meta["tensor_meta"].shape[1:]
+    if not plan.activations:
+        raise ConversionError(
+            "The network has no activation (nn.ReLU or QCFS), so nothing in it would spike; "
+            "convert a network with at least one."
+        )
     shared = [n for n, c in calls.items() if c > 1 and isinstance(modules[n], (*ACTIVATIONS, Add))]
     if shared:
         raise ConversionError(
@@ -159,3 +180,14 @@ def plan_conversion(model: nn.Module, input_shape: tuple[int, ...]) -> NetworkPl
         )
     plan.final_linear = str(last.target)
     return plan
+
+
+def check_image_shape(images: torch.Tensor, input_shape: tuple[int, ...]) -> None:
+    """Refuse calibration images of another shape than ``input_shape``, the shape the conversion
+    plans pools for (a 40x40 image through a plan for 32x32 pools the wrong region, silently)."""
+    if tuple(images.shape[1:]) != tuple(input_shape):
+        raise ConversionError(
+            f"Calibration images are {tuple(images.shape[1:])} per sample but the conversion is "
+            f"planned for input_shape={tuple(input_shape)}; pass images of that shape or set "
+            "ConversionConfig(input_shape=...) to the data's."
+        )

@@ -39,6 +39,7 @@ from neurocuda.nir.portable import (
     PortableProfile,
     make_portable,
 )
+from neurocuda.nir.support import unsupported_options
 from neurocuda.snn import IFNeuron, OutputIntegrator, Scale, SpikingModel
 
 Profile = Literal["faithful", "portable", PortableProfile]
@@ -66,10 +67,6 @@ def _numpy(value: torch.Tensor) -> np.ndarray:
 
 
 def _map_conv(module: nn.Conv1d | nn.Conv2d, shape: tuple[int, ...]) -> nir.NIRNode:
-    if module.padding_mode != "zeros":
-        raise ValueError(
-            f"{module}: padding_mode={module.padding_mode!r} has no NIR equivalent; use 'zeros'."
-        )
     bias = torch.zeros(module.out_channels) if module.bias is None else module.bias
     kind = nir.Conv1d if isinstance(module, nn.Conv1d) else nir.Conv2d
     spatial = shape[1] if isinstance(module, nn.Conv1d) else tuple(shape[1:])
@@ -93,15 +90,6 @@ def _map_linear(module: nn.Linear, shape: tuple[int, ...]) -> nir.NIRNode:
 
 def _map_avgpool(module: nn.AvgPool2d, shape: tuple[int, ...]) -> nir.NIRNode:
     padding = nn.modules.utils._pair(module.padding)
-    if (
-        module.ceil_mode
-        or module.divisor_override
-        or (any(padding) and not module.count_include_pad)
-    ):
-        raise ValueError(
-            f"{module}: NIR's AvgPool2d has no ceil_mode, divisor_override or padding excluded "
-            "from the count; use nn.AvgPool2d(kernel, stride, padding) with the defaults."
-        )
     stride = module.stride if module.stride is not None else module.kernel_size
     return nir.AvgPool2d(
         kernel_size=np.array(nn.modules.utils._pair(module.kernel_size)),
@@ -111,8 +99,6 @@ def _map_avgpool(module: nn.AvgPool2d, shape: tuple[int, ...]) -> nir.NIRNode:
 
 
 def _map_flatten(module: nn.Flatten, shape: tuple[int, ...]) -> nir.NIRNode:
-    if module.start_dim == 0:
-        raise ValueError(f"{module} flattens the batch dimension; use start_dim >= 1.")
     shift = lambda d: d - 1 if d > 0 else d  # noqa: E731  NIR dims exclude the batch
     return nir.Flatten(
         input_type={"input": np.array(shape)},
@@ -197,12 +183,14 @@ def _mappers(profile: Profile) -> dict[type[nn.Module], Callable[[Any, tuple[int
 
 
 def _check_modules(network: nn.Module, mappers: dict[type[nn.Module], Any]) -> None:
-    """Raise for leaf modules nirtorch would trace but we cannot map."""
+    """Raise for leaf modules nirtorch would trace but we cannot map, or not faithfully."""
     skip: set[str] = set()
     for name, module in network.named_modules():
         if any(name.startswith(prefix + ".") for prefix in skip):
             continue
         if type(module) in mappers:
+            if problem := unsupported_options(module):
+                raise ValueError(f"Module {name!r} ({type(module).__name__}): {problem}.")
             skip.add(name)
             continue
         is_torch_leaf = type(module).__module__.startswith("torch.nn") and not isinstance(

@@ -95,6 +95,12 @@ class SpikingModel(nn.Module):
                 f"Input of shape {tuple(x.shape)} does not match [B, *{self.input_shape}] or "
                 f"[T, B, *{self.input_shape}]."
             )
+        sample = tuple(x.shape[batch_dim + 1 :])
+        if sample != tuple(self.input_shape):
+            raise ValueError(
+                f"Input of shape {tuple(x.shape)}: each sample is {sample}, but this network was "
+                f"converted for {tuple(self.input_shape)}."
+            )
         batch = x.shape[batch_dim]
         neurons = list(self.neuron_layers().values())
         for neuron in neurons:
