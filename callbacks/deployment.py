@@ -104,6 +104,8 @@ class Deployment(L.Callback):
         return export_snn(snn, settings, sample), "trained module"
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.is_global_zero:  # under DDP one process deploys and writes the report
+            return
         datamodule = trainer.datamodule
         if datamodule is None:
             raise RuntimeError("Deployment needs a LightningDataModule with a test_dataloader.")

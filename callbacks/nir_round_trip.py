@@ -16,6 +16,7 @@ from callbacks.lookup import find_callback
 from callbacks.snn_conversion import SNNConversion
 from neurocuda.checkpoint import snn_from_checkpoint
 from neurocuda.conversion import ConversionResult
+from neurocuda.files import read_lightning_checkpoint
 from neurocuda.nir import Executor, Profile, load
 from neurocuda.nir.verify import RoundTripReport, compare, export_and_compare
 from neurocuda.snn import Encoding, SpikingModel
@@ -145,6 +146,7 @@ class NIRRoundTrip(L.Callback):
         encoding: Encoding,
         metadata: dict[str, Any],
         epoch: int,
+        log_metrics: bool = True,
     ) -> list[Path]:
         """Write ``snn`` to ``paths``, re-execute the file on the fixed batch, log, enforce 0.0;
         return the files written."""
@@ -156,16 +158,39 @@ class NIRRoundTrip(L.Callback):
         self.checks |= dict.fromkeys(map(str, paths), report)
         path = paths[0]
         diff, divergent = report.worst_diff, report.total_divergent
-        pl_module.log_dict(
-            {f"{self.metric_prefix}/max_abs_diff": diff,
-             f"{self.metric_prefix}/divergent_images": float(divergent)},
-            on_step=False, on_epoch=True, rank_zero_only=True,
-        )  # fmt: skip
+        if log_metrics:
+            pl_module.log_dict(
+                {f"{self.metric_prefix}/max_abs_diff": diff,
+                 f"{self.metric_prefix}/divergent_images": float(divergent)},
+                on_step=False, on_epoch=True, rank_zero_only=True,
+            )  # fmt: skip
         log.info("NIR round trip %s: max abs diff %g, %d divergent images", path, diff, divergent)
         if self.log_artifact:
             self._log_artifact(trainer, path, epoch)
         self._check_exact(path, report, timesteps)
         return paths
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Give the kept checkpoint (the one ``train.py`` tests, converts and deploys: the best by
+        its monitor) its verified ``.nir`` when its epoch was not a conversion epoch
+        (``conversion.every_n_epochs``); the deployment and the summary read that file."""
+        ckpt = trainer.checkpoint_callback
+        kept = ckpt.best_model_path if ckpt is not None else ""
+        if not trainer.is_global_zero or not kept or Path(kept).with_suffix(".nir").is_file():
+            return
+        log.info("The kept checkpoint %s was not converted during training "
+                 "(conversion.every_n_epochs); converting and exporting it now.", kept)  # fmt: skip
+        settings = self._conversion(trainer).settings
+        converted = snn_from_checkpoint(kept, settings, trainer.datamodule, pl_module.device)
+        epoch = int(read_lightning_checkpoint(kept, map_location="cpu")["epoch"])
+        metadata = {**converted.settings.as_metadata(), "epoch": epoch,
+                    "checkpoint": Path(kept).name}  # fmt: skip
+        with torch.autocast(pl_module.device.type, enabled=False):
+            self._export_and_check(
+                trainer, pl_module, converted.snn, [Path(kept).with_suffix(".nir")],
+                self.timesteps or list(settings.timesteps), settings.encoding, metadata, epoch,
+                log_metrics=False,  # Lightning refuses self.log after the fit
+            )  # fmt: skip
 
     def _check_exact(self, path: Path, report: RoundTripReport, timesteps: Sequence[int]) -> None:
         """Raise (``on_mismatch="fail"``) or warn unless ``report`` is exact."""

@@ -56,13 +56,11 @@ class SNNConversion(L.Callback):
         return epoch % self.every_n_epochs == 0 or last or trainer.should_stop
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.sanity_checking or not self._due(trainer):
+        # under DDP one process converts, evaluates (on all validation images) and writes the
+        # files; the others wait for it at their next step's gradient all-reduce
+        if trainer.sanity_checking or not self._due(trainer) or not trainer.is_global_zero:
             return
-        val_loader = _first(trainer.val_dataloaders)
-        if val_loader is None and trainer.datamodule is not None:
-            val_loader = trainer.datamodule.val_dataloader()
-        if val_loader is None:
-            raise RuntimeError("SNNConversion needs validation data (a val_dataloader).")
+        val_loader = _validation_loader(trainer)
         ann = pl_module.net
         settings = replace(self.settings, input_shape=tuple(next(iter(val_loader))[0].shape[1:]))
         with torch.autocast(pl_module.device.type, enabled=False):
@@ -91,6 +89,18 @@ class SNNConversion(L.Callback):
             "Epoch %d SNN accuracy on %d val images (ANN %.2f%%): %s",
             trainer.current_epoch, evaluation.images, 100 * evaluation.ann_accuracy, summary,
         )  # fmt: skip
+
+
+def _validation_loader(trainer: L.Trainer) -> object:
+    """All validation images: the trainer's loader, except under DDP, whose loaders hold one
+    process's share of them (the datamodule's own loader then)."""
+    datamodule = trainer.datamodule
+    loader = None if trainer.world_size > 1 else _first(trainer.val_dataloaders)
+    if loader is None and datamodule is not None:
+        loader = datamodule.val_dataloader()
+    if loader is None:
+        raise RuntimeError("SNNConversion needs validation data (a val_dataloader).")
+    return loader
 
 
 def _calibration_data(trainer: L.Trainer) -> object:

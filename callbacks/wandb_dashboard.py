@@ -27,6 +27,9 @@ class WandbDashboard(L.Callback):
 
     @staticmethod
     def _wandb(trainer: L.Trainer) -> WandbLogger | None:
+        """The W&B logger, in the one process that logs (other DDP ranks hold a dummy run)."""
+        if not trainer.is_global_zero:
+            return None
         return next((lg for lg in trainer.loggers if isinstance(lg, WandbLogger)), None)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

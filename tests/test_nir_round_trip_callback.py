@@ -153,3 +153,33 @@ def test_a_run_that_neither_fits_nor_tests_leaves_a_given_nir_alone(train_cfg, t
     (folder / "last.ckpt").rename(given)
     (folder / "last.nir").rename(given.with_suffix(".nir"))
     train(train_cfg("train=false", "test=false", f"ckpt_path={given}"))
+
+
+def test_the_kept_checkpoint_gets_its_verified_nir_at_the_end_of_the_fit(
+    relu_checkpoint: Path, tmp_path: Path
+) -> None:
+    """With conversion.every_n_epochs > 1 the best checkpoint could come from an epoch never
+    converted: it had no .nir, and the deployment and summary took the last conversion's file
+    (another network) while the run's SNN test converted the kept checkpoint."""
+    from neurocuda.data.from_checkpoint import datamodule_from_checkpoint
+
+    settings = ConversionConfig(timesteps=(1, 2), correction_timesteps=0)
+    datamodule = datamodule_from_checkpoint(relu_checkpoint)
+    datamodule.setup("fit")
+    trainer = SimpleNamespace(
+        is_global_zero=True,
+        callbacks=[SNNConversion(settings)],
+        checkpoint_callback=SimpleNamespace(best_model_path=str(relu_checkpoint)),
+        datamodule=datamodule,
+        val_dataloaders=None,
+        loggers=[],
+    )
+    round_trip = NIRRoundTrip(num_images=4)
+    round_trip.on_fit_end(trainer, SimpleNamespace(device=torch.device("cpu")))
+    nir_file = relu_checkpoint.with_suffix(".nir")
+    report = round_trip.checks[str(nir_file)]
+    assert nir_file.is_file() and report.worst_diff == 0.0 and report.total_divergent == 0
+    assert load(nir_file).metadata["checkpoint"] == relu_checkpoint.name
+    written = nir_file.stat().st_mtime_ns
+    round_trip.on_fit_end(trainer, SimpleNamespace(device=torch.device("cpu")))  # has one: kept
+    assert nir_file.stat().st_mtime_ns == written

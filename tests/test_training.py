@@ -136,21 +136,38 @@ def test_resume_without_checkpoint_is_a_clear_error(tiny_archive: Path, tmp_path
     assert "resume=true but" in result.stderr
 
 
-def test_ddp_on_two_cpu_processes(tiny_archive: Path, tmp_path: Path) -> None:
+def test_ddp_on_two_cpu_processes_converts_and_deploys_once(
+    tiny_archive: Path, tmp_path: Path
+) -> None:
+    """Both processes converted (each on its half of the validation images, rank 0's logged),
+    exported, deployed and wrote the same files; with W&B rank 1 crashed naming an artifact after
+    its dummy run."""
     run = tmp_path / "ddp"
     result = _run_train(
         [
             *tiny_run_overrides(tiny_archive, tmp_path),
-            "~conversion",
             "trainer=ddp_cpu",
             f"hydra.run.dir={run}",
             "test=false",
-        ]
+            "logger=wandb",
+            "conversion.timesteps=[1,2]",
+            "conversion.correction.timesteps=0",
+            "conversion.callbacks.nir_round_trip.num_images=4",
+            "deploy=cpu",
+            "deploy.max_images=16",
+            "deploy.timesteps=2",
+            "deploy.calibration_batches=1",
+        ],
+        env={"WANDB_MODE": "offline"},
     )
     assert result.returncode == 0, result.stderr[-3000:]
     output = result.stdout + result.stderr
     assert "Initializing distributed: GLOBAL_RANK: 1, MEMBER: 2/2" in output
     assert (run / "checkpoints" / "last.ckpt").is_file()
+    log = (run / "train.log").read_text()
+    assert log.count("SNN accuracy on 40 val images") == 1, log  # all 40, once
+    assert log.count("NIR round trip") == 1 and log.count("Deploying") == 1
+    assert (run / "summary.json").is_file() and (run / "deploy" / "deploy_cpu.json").is_file()
 
 
 def test_the_training_benchmark_refuses_conversion_settings_before_training(tmp_path) -> None:

@@ -47,7 +47,8 @@ def deploy(
     """Run ``backend`` (already prepared) on ``(x, y)`` batches; stop after ``max_images``."""
     if timesteps < 1:
         raise ValueError(f"timesteps must be >= 1, got {timesteps}.")
-    accuracy = MulticlassAccuracy(num_classes=num_classes, average="micro")
+    # one process deploys its own images: no all-gather across DDP processes (rank 0 runs it)
+    accuracy = MulticlassAccuracy(num_classes=num_classes, average="micro", sync_on_compute=False)
     spikes: dict[str, int] = {}
     synops: dict[str, int] = {}
     updates: dict[str, int] = {}
