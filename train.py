@@ -45,7 +45,7 @@ from neurocuda.training.instantiate import (
     resolve_ckpt_path,
 )
 from neurocuda.training.library_warnings import filter_library_warnings
-from neurocuda.training.settings import validate_run_settings
+from neurocuda.training.settings import check_sweep_launch, validate_run_settings
 
 log = logging.getLogger(__name__)
 os.environ.setdefault("PROJECT_ROOT", str(Path(__file__).resolve().parent))  # paths.root_dir
@@ -116,16 +116,20 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 @hydra.main(version_base="1.3", config_path="configs", config_name="train.yaml")
 def main(cfg: DictConfig) -> float | None:
     """Hydra entry point; returns ``optimized_metric`` for sweepers."""
+    sweeping = HydraConfig.get().mode == RunMode.MULTIRUN
     try:
         if cfg.get("resume"):  # a killed run continues with its own saved config
             hydra_cfg = HydraConfig.get()
             cfg = saved_run_config(hydra_cfg.runtime.output_dir, hydra_cfg.overrides.task)
+        check_sweep_launch(cfg, sweeping)
         metrics = train(cfg)
-    except USER_ERRORS as error:  # a setting, a file or the disk: one line, not a traceback
-        # in a sweep (-m) Hydra records the failed job and runs the others: let it
-        if os.environ.get("HYDRA_FULL_ERROR") == "1" or HydraConfig.get().mode != RunMode.RUN:
+    except Exception as error:
+        if sweeping:  # Hydra records the failed job and runs the others; the job's log keeps
+            log.error("%s", error)  # why (scripts/summarize.py marks the run failed with it)
             raise
-        exit_with_one_line(error, "HYDRA_FULL_ERROR=1 shows the traceback")
+        if os.environ.get("HYDRA_FULL_ERROR") == "1" or not isinstance(error, USER_ERRORS):
+            raise
+        exit_with_one_line(error, "HYDRA_FULL_ERROR=1 shows the traceback")  # a setting, a file
     name = cfg.get("optimized_metric")
     if name is None:
         return None

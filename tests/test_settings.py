@@ -90,15 +90,22 @@ def test_poisson_runs_take_what_the_encoding_and_deployments_assume(
             ["optimized_metric=test/snn_gap_T8", "~conversion"],
             r"\(\[\]: the conversion group is off\)",
         ),
+        (
+            ["optimized_metric=val/accuracy"],
+            r"val/accuracy is not logged; the val/ metrics are val/acc, val/loss, val/acc_best",
+        ),
+        (["optimized_metric=accuracy"], r"named <family>/<name> with family one of train, val"),
+        (["optimized_metric=test/acc", "test=false"], r"logged by the test; set test=true"),
     ],
 )
-def test_an_optimized_snn_metric_at_an_unconverted_t_fails_at_start(
+def test_an_optimized_metric_the_run_does_not_log_fails_at_start(
     overrides, message, tmp_path
 ) -> None:
     """Each trial trained in full, then raised KeyError for the metric it never logged."""
     with pytest.raises(SettingsError, match=message):
         validate_run_settings(compose_train_config(overrides, tmp_path))
-    validate_run_settings(compose_train_config(["optimized_metric=snn/acc_T4"], tmp_path))
+    for fine in ("snn/acc_T4", "val/acc", "test/snn_gap_T4", "val/snn_acc_T4", "nir/max_abs_diff"):
+        validate_run_settings(compose_train_config([f"optimized_metric={fine}"], tmp_path))
 
 
 def test_a_gpu_trainer_without_a_gpu_names_the_fix(tmp_path, monkeypatch) -> None:

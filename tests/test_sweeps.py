@@ -99,9 +99,16 @@ def test_summarize_turns_the_sweep_into_a_table_and_plots(sweep_dir: Path) -> No
     assert curves.count("| model.optimizer.lr=0.05 | ") == curves.count("### ") >= 3
 
 
-def _log_run(run: Path, overrides: list[str], rows: list[dict[str, float]]) -> None:
-    """A run directory as train.py leaves it: its config, overrides and CSV logger's metrics."""
+def _log_run(
+    run: Path, overrides: list[str], rows: list[dict[str, float]], error: str | None = None
+) -> None:
+    """A run directory as train.py leaves it: its config, overrides and CSV logger's metrics, and
+    its summary file, or with ``error`` the error line its log ends with instead."""
     (run / ".hydra").mkdir(parents=True)
+    if error is None:
+        (run / "summary.json").write_text("{}")
+    else:
+        (run / "train.log").write_text(f"[2026-12-08 01:00:00,000][__main__][ERROR] - {error}\n")
     (run / ".hydra" / "config.yaml").write_text("model: {arch: cifarnet, activation: qcfs}\n")
     (run / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
     logger = CSVLogger(run, name="csv", version=0)
@@ -199,7 +206,30 @@ def test_summarize_gives_replicates_of_an_arm_their_mean_and_deviation(tmp_path:
     assert mean["gap T=4"] == "7.00 ± 3.00" and mean["ANN test %"] == "80.00 ± 0.00"
     assert mean["NIR max diff"] == "0.25"  # the worst round trip, not an average
     assert mean["SNN"] == "fine-tuned, test" and mean["arch"] == "cifarnet"
+    assert {row["status"] for row in rows.values()} == {"done"}
     assert not any("lr=3e-4" in label and "mean" in label for label in rows)
+
+
+def test_summarize_marks_failed_runs_and_leaves_them_out_of_the_replicate_means(
+    tmp_path: Path,
+) -> None:
+    """A failed job was a row of dashes with no mark, and the replicate row said "of 3" over the
+    two runs that had figures."""
+    for seed, test_t4 in ((7, 0.70), (11, 0.74)):
+        row = {"epoch": 0, "test/acc": 0.80, "test/snn_acc_T4": test_t4}
+        _log_run(tmp_path / "runs" / f"s{seed}", [f"data.shuffle_seed={seed}"], [row])
+    _log_run(tmp_path / "runs" / "s13", ["data.shuffle_seed=13"], [{"epoch": 0, "val/acc": 0.1}],
+             error="data.batch_size=0 must be >= 1.")  # fmt: skip
+    (tmp_path / "runs" / "s17" / ".hydra").mkdir(parents=True)  # killed before it logged
+    (tmp_path / "runs" / "s17" / ".hydra" / "config.yaml").write_text("model: {arch: cifarnet}\n")
+    (tmp_path / "runs" / "s17" / ".hydra" / "overrides.yaml").write_text("- data.shuffle_seed=17\n")
+    lines = summarize(tmp_path / "runs", tmp_path / "out")["table"].read_text().splitlines()
+    header = lines[2].split(" | ")
+    rows = {r[0]: dict(zip(header, r, strict=True)) for r in (x.split(" | ") for x in lines[4:])}
+    assert rows["| data.shuffle_seed=13"]["status"] == "failed: data.batch_size=0 must be >= 1."
+    assert rows["| data.shuffle_seed=17"]["status"] == "unfinished"
+    mean = rows["| mean ± sd of 2: all runs"]
+    assert mean["status"] == "2 not done, left out" and mean["SNN T=4 %"] == "72.00 ± 2.83"
 
 
 def test_summarize_without_runs_is_a_clear_error(tmp_path: Path) -> None:
@@ -231,3 +261,22 @@ def test_optuna_sweep_of_two_trials(tiny_archive: Path, tmp_path: Path) -> None:
     assert all(
         (tmp_path / "optuna" / str(i) / "checkpoints" / "last.ckpt").is_file() for i in range(2)
     )
+
+
+def test_a_ddp_job_in_a_sweep_is_refused_and_the_summary_says_why(
+    tiny_archive: Path, tmp_path: Path
+) -> None:
+    """Lightning starts DDP's second process by running the command line again: with -m it ran
+    the whole sweep itself. The failed job's log was empty and its summary row unmarked."""
+    sweep = tmp_path / "sweep"
+    result = _sweep(
+        [*_tiny(tiny_archive, tmp_path), "trainer=ddp_cpu,cpu", f"hydra.sweep.dir={sweep}"]
+    )
+    assert result.returncode != 0  # Hydra reports the failed job after running the other
+    assert "A sweep (-m) with trainer.strategy=ddp on 2 processes" in result.stderr
+    assert "Launching 2 jobs locally" in result.stdout + result.stderr
+    assert (result.stdout + result.stderr).count("Launching 2 jobs locally") == 1
+    lines = summarize(sweep)["table"].read_text().splitlines()
+    statuses = [row.split(" | ")[1] for row in lines[4:]]
+    assert statuses[0].startswith("failed: A sweep (-m) with trainer.strategy=ddp")
+    assert statuses[1] == "done"

@@ -26,6 +26,7 @@ from omegaconf import OmegaConf
 
 from neurocuda.files import atomic_write_text, save_figure
 from neurocuda.reporting.accuracy_plots import AccuracyCurve, plot_accuracy_curves
+from neurocuda.reporting.run_summary import SUMMARY_FILE
 
 _ACC_T = re.compile(r"^snn/acc_T(\d+)$")
 _TEST_ACC_T = re.compile(r"^test/snn_acc_T(\d+)$")
@@ -55,6 +56,9 @@ class RunRecord:
     arm: str = ""
     """:attr:`label` without the seed overrides (:data:`SEED_KEYS`): runs with the same arm are
     replicates."""
+    status: str = "done"
+    """``done`` (the run wrote its summary), ``failed: <its logged error>`` or ``unfinished``
+    (killed, or still running)."""
 
     @property
     def snn_on_test(self) -> bool:
@@ -212,9 +216,21 @@ def load_runs(runs: list[Path]) -> list[RunRecord]:
                 metrics=metrics,
                 curves=curves,
                 arm=" ".join(o for o in differing if _override_key(o) not in SEED_KEYS),
+                status=run_status(run),
             )
         )
     return summaries
+
+
+def run_status(run: Path) -> str:
+    """``done`` when the run wrote its summary file, else ``failed: <the last error its log
+    holds>`` (train.py logs a failed job's error), else ``unfinished``."""
+    if (run / SUMMARY_FILE).is_file():
+        return "done"
+    log = run / "train.log"
+    lines = log.read_text(errors="replace").splitlines() if log.is_file() else []
+    errors = [line.split("] - ", 1)[-1] for line in lines if "][ERROR] - " in line]
+    return f"failed: {errors[-1]}" if errors else "unfinished"
 
 
 def _override_key(override: str) -> str:
@@ -285,28 +301,34 @@ def _distinct(values: Iterable[str]) -> str:
 
 def markdown_table(runs: list[RunRecord]) -> str:
     """One row per run: ANN and SNN accuracy per T, gaps, spike rate, NIR diff, deployment; then
-    a row per arm of two or more replicates (runs differing only in their seeds, see
-    :attr:`RunRecord.arm`): means +- standard deviations, the worst NIR round trip.
+    a row per arm of two or more finished replicates (runs differing only in their seeds, see
+    :attr:`RunRecord.arm`; failed and unfinished ones left out): means +- standard deviations,
+    the worst NIR round trip.
 
     The SNN's figures are train.py's end-of-run test figures where the run has them (its
     fine-tuned SNN's, with ``finetune=snn``), else its last conversion's (a validation subset);
     the "SNN" column says which.
     """
     ann, snn = _columns(runs)
-    header = ["run", "arch", "act", *(c.header for c in ann), "SNN", *(c.header for c in snn)]
+    header = ["run", "status", "arch", "act", *(c.header for c in ann), "SNN"]
+    header += [c.header for c in snn]
     lines = [_markdown_row(header), "|" + "---|" * len(header)]
     for r in runs:
-        row = [r.label, r.arch, r.activation, *(_fmt(c.value(r), c.percent) for c in ann)]
-        row += [r.snn_source, *(_fmt(c.value(r), c.percent) for c in snn)]
+        row = [r.label, r.status.replace("|", "/"), r.arch, r.activation]
+        row += [*(_fmt(c.value(r), c.percent) for c in ann), r.snn_source]
+        row += [_fmt(c.value(r), c.percent) for c in snn]
         lines.append(_markdown_row(row))
     arms: dict[str, list[RunRecord]] = {}
     for r in runs:
         arms.setdefault(r.arm, []).append(r)
-    for arm, group in arms.items():
+    for arm, runs_of_arm in arms.items():
+        group = [r for r in runs_of_arm if r.status == "done"]  # a failed run's figures are partial
         if len(group) < 2:
             continue
         base = "all runs" if len(arms) == 1 else "no other override"  # arm "": only seeds differ
+        left_out = len(runs_of_arm) - len(group)
         row = [f"mean ± sd of {len(group)}: {arm or base}"]
+        row += [f"{left_out} not done, left out" if left_out else "done"]
         row += [_distinct(r.arch for r in group), _distinct(r.activation for r in group)]
         row += [_replicates(c, group) for c in ann]
         row += [_distinct(r.snn_source for r in group)]

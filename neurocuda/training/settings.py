@@ -250,11 +250,38 @@ def validate_run_settings(cfg: DictConfig) -> None:
 _SNN_METRIC = re.compile(r"^(?:snn/acc|test/snn_acc|test/snn_gap|snn/gap)_T(\d+)$")
 
 
+# what train.py returns (the sweeper's objective): <family>/<name>; the ANN and SNN figures of
+# validation and test by their exact names, the other families (logged per layer, per target) by
+# the family
+_METRIC_NAMES = {
+    "val": ("acc", "loss", "acc_best", "snn_loss", "snn_acc_T<t>"),
+    "test": ("acc", "loss", "ann_acc_float32", "snn_acc_T<t>", "snn_gap_T<t>"),
+}
+_METRIC_FAMILIES = ("train", "val", "test", "snn", "nir", "finetune", "deploy", "perf")
+
+
 def _check_optimized_metric(cfg: DictConfig) -> None:
-    """An SNN metric a sweeper optimizes is logged only at a T of ``conversion.timesteps``:
-    another T (or no conversion) failed each trial after its whole run."""
+    """The metric a sweeper optimizes must be one the run logs: a typo (``val/accuracy``), a test
+    metric with ``test=false`` or an SNN metric at a T outside ``conversion.timesteps`` failed
+    each trial after its whole run."""
     name = cfg.get("optimized_metric")
-    match = _SNN_METRIC.match(str(name)) if name else None
+    if not name:
+        return
+    family, _, rest = str(name).partition("/")
+    if family not in _METRIC_FAMILIES:
+        raise SettingsError(
+            f"optimized_metric={name}: metrics are named <family>/<name> with family one of "
+            f"{', '.join(_METRIC_FAMILIES)} (e.g. val/acc, snn/acc_T4, test/snn_acc_T4)."
+        )
+    names = _METRIC_NAMES.get(family)
+    if names and not any(re.fullmatch(n.replace("<t>", r"\d+"), rest) for n in names):
+        raise SettingsError(
+            f"optimized_metric={name} is not logged; the {family}/ metrics are "
+            f"{', '.join(f'{family}/{n}' for n in names)}."
+        )
+    if family == "test" and not cfg.get("test", True):
+        raise SettingsError(f"optimized_metric={name} is logged by the test; set test=true.")
+    match = _SNN_METRIC.match(str(name))
     if match is None:
         return
     steps = conversion_settings(cfg).timesteps if conversion_group(cfg) else ()
@@ -264,6 +291,40 @@ def _check_optimized_metric(cfg: DictConfig) -> None:
             f"{'' if steps else ': the conversion group is off'}); add T={match.group(1)} there "
             "or optimize another metric."
         )
+
+
+def check_sweep_launch(cfg: DictConfig, sweeping: bool) -> None:
+    """Refuse a sweep (``-m``) whose DDP processes Lightning would start as scripts: it runs the
+    command line again (``sys.argv``) for each, so each would run the whole sweep itself (its own
+    jobs, an Optuna study of its own). Under SLURM or torchrun the cluster starts the processes."""
+    from lightning.fabric.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
+
+    trainer = cfg.trainer
+    strategy = str(trainer.get("strategy", "auto"))
+    if not sweeping or not strategy.startswith("ddp") or strategy.startswith(SPAWNED_DDP):
+        return
+    if SLURMEnvironment.detect() or TorchElasticEnvironment.detect():
+        return
+    devices = trainer.get("devices", 1)
+    if devices in (-1, "-1", "auto"):
+        import torch  # here: the other rules need no torch
+
+        devices = torch.cuda.device_count() if cuda_available() else 1
+    count = (
+        len(devices) if isinstance(devices, Sequence) and not isinstance(devices, str) else devices
+    )
+    processes = int(count) * int(trainer.get("num_nodes", 1))
+    if processes > 1:
+        raise SettingsError(
+            f"A sweep (-m) with trainer.strategy={strategy} on {processes} processes: Lightning "
+            "starts the other processes by running this command line again, so each would run "
+            "the whole sweep. Run the jobs one by one, set trainer.strategy=ddp_spawn, or sweep "
+            "on SLURM (hydra/launcher=slurm; configs/hydra/launcher/slurm.yaml)."
+        )
+
+
+SPAWNED_DDP = ("ddp_spawn", "ddp_fork", "ddp_notebook")
+"""DDP strategies whose processes are forked or spawned, not started from the command line."""
 
 
 def _check_poisson(data: Mapping[str, Any], deploying: bool) -> None:
