@@ -78,6 +78,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     for logger in loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
 
+    failed = True
     try:
         finetune_resume = finetune_resume_checkpoint(cfg)  # killed in the fine-tuning stage
         if cfg.get("train", True) and finetune_resume:
@@ -108,8 +109,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         metrics = {k: float(v) for k, v in metrics.items()}
         if trainer.is_global_zero:  # one summary (console and summary.json) per run
             report_summary(run_summary(trainer, metrics, cfg.paths.output_dir, finetuned, best))
+        failed = False
     finally:
-        finish_loggers(loggers)
+        finish_loggers(loggers, failed)
     return metrics
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 from wandb.proto import wandb_internal_pb2
 
@@ -46,12 +47,13 @@ def _payloads(data: bytes) -> list[bytes]:
     return records
 
 
-def read_offline_run(run_dir: str | Path) -> dict[str, list]:
-    """``{"history": [row, ...], "config": {...}, "artifacts": [name, ...]}`` of one run dir."""
+def read_offline_run(run_dir: str | Path) -> dict[str, Any]:
+    """``{"history": [row, ...], "config": {...}, "artifacts": [name, ...], "exit_code": int}``
+    of one run dir (``exit_code`` None while the run has not finished)."""
     files = sorted(Path(run_dir).glob("run-*.wandb"))
     if not files:
         raise FileNotFoundError(f"no run-*.wandb file in {run_dir}")
-    history, config, artifacts = [], {}, []
+    history, config, artifacts, exit_code = [], {}, [], None
     for payload in _payloads(files[0].read_bytes()):
         record = wandb_internal_pb2.Record()
         record.ParseFromString(payload)
@@ -62,7 +64,9 @@ def read_offline_run(run_dir: str | Path) -> dict[str, list]:
             config.update({_key(i): json.loads(i.value_json) for i in record.config.update})
         elif kind == "artifact":
             artifacts.append(record.artifact.name)
-    return {"history": history, "config": config, "artifacts": artifacts}
+        elif kind == "exit":
+            exit_code = record.exit.exit_code
+    return {"history": history, "config": config, "artifacts": artifacts, "exit_code": exit_code}
 
 
 def _key(item: object) -> str:

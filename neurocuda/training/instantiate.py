@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import hydra
@@ -86,13 +87,13 @@ def instantiate_loggers(cfg: DictConfig) -> list[Logger]:
     """
     loggers = []
     for node in _targets(cfg.get("logger"), "logger"):
+        wandb_node = issubclass(hydra.utils.get_class(node._target_), WandbLogger)
+        if wandb_node and os.environ.get("WANDB_MODE") == "disabled":
+            log.info("WANDB_MODE=disabled: no W&B logger.")  # Lightning's offline=true overrode it
+            continue
         log.info("Instantiating logger <%s>", node._target_)
         extra = {}
-        if (
-            cfg.get("resume")
-            and not node.get("id")
-            and issubclass(hydra.utils.get_class(node._target_), WandbLogger)
-        ):
+        if cfg.get("resume") and not node.get("id") and wandb_node:
             run_id = wandb_run_id(Path(node.get("save_dir") or cfg.paths.output_dir) / "wandb")
             if run_id:
                 log.info("Resuming W&B run %s", run_id)
@@ -109,18 +110,23 @@ def wandb_run_id(directory: Path) -> str | None:
     return runs[-1].name.rsplit("-", 1)[1] if runs else None
 
 
-def finish_loggers(loggers: list[Logger]) -> None:
-    """Close W&B runs so each job of a sweep gets its own, complete run directory.
+def finish_loggers(loggers: list[Logger], failed: bool) -> None:
+    """Close W&B runs so each job of a sweep gets its own, complete run directory; a ``failed``
+    run is recorded as failed (exit code 1), not as finished.
 
     ``teardown`` stops W&B's service process, which is what flushes an offline run's log to disk.
     """
     wandb_loggers = [lg for lg in loggers if isinstance(lg, WandbLogger)]
     for logger in wandb_loggers:
-        logger.experiment.finish()
+        logger.experiment.finish(exit_code=int(failed))
     if wandb_loggers:
         import wandb
 
         wandb.teardown()
+        # Lightning's offline=true set WANDB_MODE=dryrun for the process: the next job of a
+        # sweep (logger.wandb.offline=false) would run offline too
+        if os.environ.get("WANDB_MODE") == "dryrun":
+            del os.environ["WANDB_MODE"]
 
 
 def resolve_ckpt_path(cfg: DictConfig) -> str | None:
