@@ -16,10 +16,11 @@ from pathlib import Path
 from rich.console import Console
 from rich.markdown import Markdown
 
+from neurocuda.cli import run_cli
 from neurocuda.reporting.sweep_summary import summarize
 
 
-def main() -> None:
+def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "directories", type=Path, nargs="+", help="run dirs or sweep dirs holding run dirs"
@@ -27,16 +28,15 @@ def main() -> None:
     parser.add_argument(
         "--out", type=Path, default=None, help="output dir (default: the one directory)"
     )
-    args = parser.parse_args()
-    try:
-        files = summarize(args.directories, args.out)
-    except (FileNotFoundError, ValueError) as error:  # no runs there, or several dirs, no --out
-        parser.error(str(error))
-    console = Console()
+    args = parser.parse_args(argv)
+    if args.out is not None and args.out.exists() and not args.out.is_dir():
+        parser.error(f"--out {args.out} is a file; name a directory for the table and plots.")
+    files = summarize(args.directories, args.out)  # no runs there, several dirs without --out:
+    console = Console()  # one line (run_cli)
     console.print(Markdown(files["table"].read_text()))
     for name, path in files.items():
         console.print(f"{name}: {path}")
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

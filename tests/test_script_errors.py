@@ -27,8 +27,13 @@ CASES = [
     (["scripts/benchmark_nir.py", "--checkpoint", "{ckpt}.gone"], 1, GONE),
     (
         ["scripts/summarize.py", "{ckpt}"],
-        2,
+        1,
         r"not valid YAML \(.*\); is the run directory intact\?",
+    ),
+    (
+        ["scripts/summarize.py", "{ckpt}.gone", "--out", "{ckpt}"],
+        2,
+        r"--out .*model\.ckpt is a file",
     ),
     # Hydra's own errors: one line, not a 60-line traceback
     (
@@ -47,7 +52,7 @@ def test_bad_input_gets_one_line(
 ) -> None:
     ckpt = tmp_path / "model.ckpt"
     ckpt.write_bytes(b"never read: the input is refused first")
-    if "scripts/summarize.py" in command:  # a run directory whose saved config is damaged
+    if command == ["scripts/summarize.py", "{ckpt}"]:  # a run directory, its config damaged
         ckpt.unlink()
         (ckpt / ".hydra").mkdir(parents=True)
         (ckpt / ".hydra" / "config.yaml").write_text("model: [resnet20\n")
