@@ -901,6 +901,15 @@ def test_fine_tuning_without_a_fit_needs_a_checkpoint_file(train_cfg, tmp_path: 
         train(train_cfg("finetune=snn", f"finetune.start_from={tmp_path / 'none.ckpt'}"))
 
 
+def test_an_ann_file_to_fine_tune_with_a_fit_fails_before_it(
+    train_cfg, relu_checkpoint: Path
+) -> None:
+    """The fit's own best was fine-tuned and the given file ignored without a word."""
+    with pytest.raises(ValueError, match=r"is an ANN checkpoint to fine-tune, but train=true"):
+        train(train_cfg("finetune=snn", f"finetune.start_from={relu_checkpoint}",
+                        "trainer.max_epochs=1000"))  # fmt: skip
+
+
 def test_the_finetune_benchmark_times_both_variants() -> None:
     script = ROOT / "scripts" / "benchmark_finetune.py"
     args = ["--arch", "cifarnet", "--batch", "2", "--timesteps", "2", "--rounds", "1"]

@@ -104,7 +104,14 @@ def check_finetune_settings(cfg: DictConfig) -> None:
                 f"finetune.start_from={finetune.start_from} needs the ANN fit of this run; with "
                 "train=false give the ANN checkpoint to fine-tune: finetune.start_from=FILE.ckpt."
             )
-    elif is_finetune_checkpoint(finetune.start_from):  # intact, else it raised: continue it
+    elif not is_finetune_checkpoint(finetune.start_from):  # an ANN file (intact, else raised)
+        if cfg.get("train", True):
+            raise ValueError(
+                f"finetune.start_from={finetune.start_from} is an ANN checkpoint to fine-tune, "
+                "but train=true fits a new ANN and fine-tunes that one; add train=false to "
+                "fine-tune this file, or use finetune.start_from=best (or last) for the new fit."
+            )
+    else:  # a fine-tuning checkpoint: continue it
         if cfg.get("train", True):
             raise ValueError(
                 f"finetune.start_from={finetune.start_from} is a fine-tuning checkpoint: its SNN "
