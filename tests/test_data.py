@@ -240,6 +240,18 @@ def test_decoding_progress_reaches_100_percent_of_a_small_archive_and_folder(
     assert folder_lines and " 100% (320/320 files)" in folder_lines[-1]
 
 
+def test_a_partly_extracted_folder_is_refused(tiny_archive: Path, tmp_path: Path) -> None:
+    """Two of ten training classes loaded, trained on and cached without a word."""
+    with tarfile.open(tiny_archive) as tar:
+        tar.extractall(tmp_path / "folder", filter="data")
+    for cls in ("cat", "dog"):
+        for image in (tmp_path / "folder" / "cifar10-jpeg" / "train" / cls).iterdir():
+            image.unlink()
+    with pytest.raises(CorruptDatasetError, match=r"no train images of cat, dog: incomplete"):
+        load_jpeg(tmp_path / "folder" / "cifar10-jpeg", tmp_path / "cache")
+    assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").iterdir())
+
+
 def test_damaged_cache_is_rebuilt_with_a_warning(tiny_archive, tmp_path, caplog) -> None:
     first = load_jpeg(tiny_archive, tmp_path)
     (cache,) = tmp_path.glob("cifar10-jpeg-*.npz")

@@ -111,6 +111,11 @@ def _decode(path: Path) -> dict[str, Split]:
             f"{path} holds no images in the layout cifar10-jpeg/{{train,test}}/<class>/*.jpg "
             f"(found {len(images['train'])} train, {len(images['test'])} test)."
         )
+    for split, found in labels.items():
+        missing = [c for i, c in enumerate(CLASSES) if i not in set(found)]
+        if missing:  # e.g. a folder partly extracted or copied
+            problem = f"no {split} images of {', '.join(missing)}: incomplete"
+            raise CorruptDatasetError(path, ValueError(problem))
     return {
         split: Split(np.stack(images[split]), np.asarray(labels[split], dtype=np.int64))
         for split in images
