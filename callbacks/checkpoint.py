@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
@@ -12,7 +13,8 @@ class CheckpointWithNIR(ModelCheckpoint):
     """A ``ModelCheckpoint`` that also deletes ``<checkpoint>.nir`` when it deletes a checkpoint
     (``save_top_k`` replacing a worse one), so no orphaned NIR file is left behind, and names the
     files it wrote at a step (:meth:`written_at`): with ``save_top_k`` > 1 its
-    ``best_model_path`` is the best file kept, often an older one."""
+    ``best_model_path`` is the best file kept, often an older one. A run directory moved or
+    copied elsewhere resumes with its files where they are now (:meth:`load_state_dict`)."""
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -34,3 +36,25 @@ class CheckpointWithNIR(ModelCheckpoint):
         super()._remove_checkpoint(trainer, filepath)
         if trainer.is_global_zero:
             Path(filepath).with_suffix(".nir").unlink(missing_ok=True)
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore; when the saved folder differs from this one but its files (best, top-k, last)
+        are all here, the run directory was moved or copied: restore them at their new place.
+        Lightning kept only the old ``best_model_path`` then, so a resumed run tested and
+        converted the old folder's file (or failed on it) and wrote a stray ``.nir``."""
+        saved, here = state_dict.get("dirpath"), self.dirpath
+        if saved and here and Path(saved) != Path(here):
+
+            def moved(path: str | None) -> str | None:
+                inside = path and Path(path).parent == Path(saved)
+                return str(Path(here) / Path(path).name) if inside else path
+
+            paths = ("best_model_path", "kth_best_model_path", "last_model_path")
+            renamed = {key: moved(state_dict.get(key)) for key in paths}
+            renamed["best_k_models"] = {
+                moved(path): score for path, score in state_dict.get("best_k_models", {}).items()
+            }
+            files = [*renamed["best_k_models"], *(renamed[k] for k in paths)]
+            if all(Path(f).is_file() for f in files if f):
+                state_dict = {**state_dict, **renamed, "dirpath": here}
+        super().load_state_dict(state_dict)

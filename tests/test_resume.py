@@ -71,11 +71,16 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tiny_archive: Path, tmp_
     first = _train(*base, *kill, f"hydra.run.dir={run}")
     assert first.returncode == -9, first.stderr[-3000:]  # SIGKILL
     saved_config = (run / ".hydra" / "config.yaml").read_text()
-    for expected_kill in (-9, -9, 0):  # killed again in epoch 1's saves and end, then finished
+    for expected_kill in (-9, -9):  # killed again in epoch 1's saves and end
         resumed = _train(f"hydra.run.dir={run}", "resume=true")
         assert resumed.returncode == expected_kill, resumed.stderr[-3000:]
         assert (run / ".hydra" / "config.yaml").read_text() == saved_config
     assert (tmp_path / "kills").read_text().split() == ["step:4", "save:1:2", "epoch_end:1"]
+    # moved before the last resume: it tested the old folder's checkpoint (gone: an error, or a
+    # copy's: another run's file) and wrote a stray snn_epoch1.nir
+    run = run.rename(tmp_path / "moved")
+    resumed = _train(f"hydra.run.dir={run}", "resume=true")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
 
     _assert_same_run(run, reference, "checkpoints/last.ckpt")
     assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 6

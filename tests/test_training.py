@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -176,3 +177,22 @@ def test_the_training_benchmark_refuses_conversion_settings_before_training(tmp_
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and "conversion.v_init=0: this benchmark times" in done.stderr
     assert "scripts/convert.py" in done.stderr and not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize(
+    ("content", "why"),
+    [("", r"no task_name, train, test, data, model, trainer, callbacks, paths"),
+     ("task_name: train\ndata: {batch_size: 32\n", r"while parsing a flow mapping"),
+     ("task_name: x\ntrain: 1\ntest: 1\ndata: {}\nmodel: {}\ntrainer: {}", r"no callbacks, paths")],
+    ids=["empty", "not YAML", "cut short"],
+)  # fmt: skip
+def test_resume_with_a_damaged_saved_config_names_the_file(tmp_path: Path, content, why) -> None:
+    """Hydra writes .hydra/config.yaml without fsync: an empty one failed with "Key 'data' is not
+    in struct" (a traceback), a cut one with an interpolation error naming no file."""
+    run = tmp_path / "run"
+    (run / ".hydra").mkdir(parents=True)
+    (run / ".hydra" / "config.yaml").write_text(content)
+    result = _run_train([f"hydra.run.dir={run}", "resume=true"])
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert re.search(rf"{run}/\.hydra/config\.yaml is damaged \({why}", result.stderr)
+    assert "ckpt_path=RUN_DIR/checkpoints/last.ckpt" in result.stderr

@@ -7,6 +7,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+import yaml
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
@@ -38,6 +39,18 @@ def compose_train_config(overrides: list[str], output_dir: str | Path) -> DictCo
     return cfg
 
 
+SAVED_CONFIG_KEYS = ("task_name", "train", "test", "data", "model", "trainer", "callbacks", "paths")
+"""Top-level keys every run's saved config holds (``paths`` last: a file cut short lacks it)."""
+
+
+def _damaged(path: Path, why: str) -> ValueError:
+    return ValueError(
+        f"resume=true but {path} is damaged ({why}): start a new run from the killed run's newest "
+        "checkpoint instead (python train.py <its overrides> ckpt_path=RUN_DIR/checkpoints/"
+        "last.ckpt)."
+    )
+
+
 def saved_run_config(run_dir: str | Path, overrides: Sequence[str] = ()) -> DictConfig:
     """The config the run in ``run_dir`` started with (Hydra's ``.hydra/config.yaml``), set to
     resume; ``overrides`` given on the resuming command line are ignored with a warning (the run
@@ -52,7 +65,13 @@ def saved_run_config(run_dir: str | Path, overrides: Sequence[str] = ()) -> Dict
     ignored = [o for o in overrides if o.split("=")[0].lstrip("+~") != "resume"]
     if ignored:
         log.warning("resume=true continues with %s; ignoring overrides %s", path, ignored)
-    cfg = OmegaConf.load(path)
+    try:
+        cfg = OmegaConf.load(path)
+    except yaml.YAMLError as error:
+        raise _damaged(path, " ".join(str(error).split())) from error
+    missing = [k for k in SAVED_CONFIG_KEYS if not isinstance(cfg, DictConfig) or k not in cfg]
+    if missing:  # Hydra writes the file without fsync: a crash can leave it empty or cut short
+        raise _damaged(path, f"no {', '.join(missing)}")
     cfg.resume = True
     OmegaConf.set_struct(cfg, True)
     return cfg
