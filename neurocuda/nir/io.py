@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 from pathlib import Path
 
 import h5py
 import nir
+import numpy as np
 
 from neurocuda.files import atomic_write_bytes
 from neurocuda.nir.errors import NIRFormatError
@@ -29,10 +31,40 @@ def save(graph: nir.NIRGraph, path: str | os.PathLike[str]) -> Path:
     """
     buffer = io.BytesIO()
     nir.write(buffer, graph)
-    if graph.metadata.get(IF_FORMAT_KEY) == LEGACY_IF_FORMAT:
-        with h5py.File(buffer, "r+") as file:
+    with h5py.File(buffer, "r+") as file:
+        if graph.metadata.get(IF_FORMAT_KEY) == LEGACY_IF_FORMAT:
             _to_legacy_format(file["node"])
+        file.attrs[CHECKSUM_KEY] = _checksum(file["node"])
     return atomic_write_bytes(path, buffer.getvalue())
+
+
+CHECKSUM_KEY = "neurocuda_sha256"
+"""Root attribute of the files :func:`save` writes: the SHA-256 of every name and value under
+``node``. HDF5 checks none of its data, so a flipped bit can load as another weight; :func:`load`
+recomputes it. Readers other than ours (``nir.read``) ignore the attribute; files without it (from
+other tools) load unchecked."""
+
+
+def _checksum(group: h5py.Group) -> str:
+    """SHA-256 over every dataset under ``group``: its path, dtype, shape and values."""
+    digest = hashlib.sha256()
+    names: list[str] = []
+    group.visit(names.append)
+    for name in sorted(names):
+        item = group[name]
+        digest.update(name.encode() + b"\0")
+        if not isinstance(item, h5py.Dataset):
+            continue
+        value = item[()]
+        if isinstance(value, bytes):
+            data = value
+        elif isinstance(value, np.ndarray) and value.dtype.kind == "O":  # variable-length strings
+            data = repr(value.tolist()).encode()
+        else:
+            value = np.asarray(value)
+            data = f"{value.dtype.str}{value.shape}".encode() + value.tobytes()
+        digest.update(data)
+    return digest.hexdigest()
 
 
 def _to_legacy_format(group: h5py.Group) -> None:
@@ -62,7 +94,16 @@ def load(
     reader = Reader(path, limits or LoadLimits(), strict)
     try:
         with h5py.File(path, "r") as file:
-            return reader.read(file)
+            graph = reader.read(file)
+            saved = file.attrs.get(CHECKSUM_KEY)
+            if saved is not None and _text(saved) != _checksum(file["node"]):
+                raise NIRFormatError(
+                    f"{path} is damaged: its values differ from those it was saved with (SHA-256 "
+                    "mismatch; a flipped bit, a bad copy). Re-export it (scripts/convert.py or "
+                    "neurocuda.nir.save) or copy it again; edited on purpose: delete its root "
+                    f"attribute {CHECKSUM_KEY}."
+                )
+            return graph
     except NIRFormatError:
         raise
     except OSError as error:
@@ -75,3 +116,7 @@ def load(
         raise NIRFormatError(
             f"{path}: {reader.location}: unreadable ({type(error).__name__}: {error})."
         ) from error
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
