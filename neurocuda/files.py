@@ -77,6 +77,12 @@ def _fsync(path: str | os.PathLike[str], flags: int) -> None:
         os.close(fd)
 
 
+def sync_to_disk(path: str | os.PathLike[str]) -> None:
+    """Flush a file written in place (appended to, not through :func:`atomic_write`) to the disk,
+    before something durable (a checkpoint) records what it holds."""
+    _fsync(path, os.O_RDONLY)
+
+
 def remove_stale_temp_files(folder: Path) -> list[Path]:
     """Remove temp files of interrupted atomic writes in ``folder`` older than this process."""
     removed = []

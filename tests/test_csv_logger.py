@@ -40,3 +40,25 @@ def test_a_failed_header_rewrite_leaves_the_file_whole(tmp_path: Path) -> None:
         logger.experiment._rewrite_with_new_header(["step", "finetune/loss_step"])
     assert path.read_bytes() == before
     assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temporary file left
+
+
+def test_rows_counted_for_a_checkpoint_are_on_disk_and_lost_ones_are_reported(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The rows were appended without fsync while the checkpoint recording their count was
+    fsynced: after a power loss the resumed file lacked rows and nothing said so."""
+    from neurocuda.training import csv_logger
+
+    synced: list[Path] = []
+    monkeypatch.setattr(csv_logger, "sync_to_disk", synced.append)
+    logger = ResumableCSVLogger(tmp_path, name="csv", version=0)
+    for step in range(3):
+        logger.log_metrics({"val/acc": 0.5}, step=step)
+    count = logger.experiment.rows_written()
+    path = Path(logger.experiment.metrics_file_path)
+    assert count == 3 and synced == [path]
+    path.write_text("".join(path.read_text().splitlines(keepends=True)[:2]))  # one row left
+    resumed = ResumableCSVLogger(tmp_path, name="csv", version=0, resume=True)
+    with caplog.at_level("WARNING"):
+        resumed.experiment.keep_rows(count)
+    assert "holds 1 metric rows but the restored checkpoint recorded 3" in caplog.text

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +12,9 @@ from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.loggers.logger import rank_zero_experiment
 
-from neurocuda.files import atomic_write_text
+from neurocuda.files import atomic_write_text, sync_to_disk
+
+log = logging.getLogger(__name__)
 
 
 class _ContinuingWriter(ExperimentWriter):
@@ -32,6 +35,12 @@ class _ContinuingWriter(ExperimentWriter):
         with path.open(newline="") as file:
             rows = list(csv.reader(file))
         header, body = (rows[0], rows[1:]) if rows else ([], [])
+        if count is not None and count > len(body):
+            log.warning(
+                "%s holds %d metric rows but the restored checkpoint recorded %d: rows were lost "
+                "(the file damaged or replaced); the resumed run continues after the %d left.",
+                path, len(body), count, len(body),
+            )  # fmt: skip
         if count is not None and count < len(body):
             out = io.StringIO()
             csv.writer(out, lineterminator="\r\n").writerows([header, *body[:count]])
@@ -57,11 +66,13 @@ class _ContinuingWriter(ExperimentWriter):
         self.metrics_keys = []
 
     def rows_written(self) -> int:
-        """Write the recorded metrics to the file; the number of rows it then holds."""
+        """Write the recorded metrics to the file and flush it to the disk (the checkpoint that
+        records the count must not outlive the rows after a power loss); the rows it holds."""
         self.save()
         path = Path(self.metrics_file_path)
         if not path.is_file():
             return 0
+        sync_to_disk(path)
         with path.open(newline="") as file:
             return max(sum(1 for _ in csv.reader(file)) - 1, 0)
 
