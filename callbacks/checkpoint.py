@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import logging
+import re
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
+
+log = logging.getLogger(__name__)
 
 
 class CheckpointWithNIR(ModelCheckpoint):
@@ -19,6 +23,7 @@ class CheckpointWithNIR(ModelCheckpoint):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self._written: tuple[int, list[str]] = (-1, [])
+        self._restored_here = False
 
     def _save_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:
         super()._save_checkpoint(trainer, filepath)
@@ -57,4 +62,25 @@ class CheckpointWithNIR(ModelCheckpoint):
             files = [*renamed["best_k_models"], *(renamed[k] for k in paths)]
             if all(Path(f).is_file() for f in files if f):
                 state_dict = {**state_dict, **renamed, "dirpath": here}
+        self._restored_here = bool(here) and Path(state_dict.get("dirpath") or "") == Path(here)
         super().load_state_dict(state_dict)
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """After a restore of this folder's state: delete the checkpoints of this callback's name
+        pattern the state no longer lists, with their ``.nir``, and ``.nir`` files whose
+        checkpoint is gone. Lightning drops a superseded best from its list before saving the new
+        one and deletes the file after: a kill in between left it (and its ``.nir``) for good."""
+        if not (self._restored_here and trainer.is_global_zero and self.dirpath):
+            return
+        if self.monitor is None and self.save_top_k != 1:  # Lightning lists none of those files
+            return
+        parts = re.split(r"\{[^}]*\}", self.filename or "")
+        pattern = re.compile(".+".join(map(re.escape, parts)) + r"\.(?:ckpt|nir)")
+        kept = {*self.best_k_models, self.best_model_path, self.last_model_path} - {""}
+        kept = {Path(p).with_suffix("").resolve() for p in kept}
+        for file in sorted(Path(self.dirpath).iterdir()):
+            orphan = file.with_suffix("").resolve() not in kept
+            if pattern.fullmatch(file.name) and orphan:
+                log.warning("Removing %s: left by a run killed while it replaced its best "
+                            "checkpoint (no longer in the restored state).", file)  # fmt: skip
+                file.unlink()

@@ -83,10 +83,12 @@ class NIRRoundTrip(L.Callback):
     def _saved_snn(
         self, trainer: L.Trainer, checkpoint: str
     ) -> tuple[SpikingModel, list[int], Encoding]:
-        """The SNN of ``checkpoint`` (its ANN converted with the run's settings), the T's and
-        the encoding it is compared at."""
+        """The SNN of ``checkpoint`` (its ANN converted with the run's settings, on the run's
+        device: a conversion's float operations differ between devices, so one on the CPU of a
+        file converted on a GPU was not exact), the T's and the encoding it is compared at."""
         settings = self._conversion(trainer).settings
-        snn = snn_from_checkpoint(checkpoint, settings, trainer.datamodule).snn
+        device = trainer.strategy.root_device
+        snn = snn_from_checkpoint(checkpoint, settings, trainer.datamodule, device).snn
         return snn, self.timesteps or list(settings.timesteps), settings.encoding
 
     def _fixed_batch(self, trainer: L.Trainer) -> tuple[torch.Tensor, torch.Tensor]:

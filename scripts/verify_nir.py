@@ -61,7 +61,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=positive, default=100)
     parser.add_argument("--archive", type=Path, help="JPEG archive (default: data.archive)")
     parser.add_argument(
-        "--device", default="auto", help="auto (the GPU when there is one), gpu, cuda:N or cpu"
+        "--device",
+        default="auto",
+        help="auto (the GPU when there is one), gpu, cuda:N or cpu; a --checkpoint's ANN is "
+        "converted there: a file converted on a GPU re-converts exactly on a GPU, not the CPU",
     )
     args = parser.parse_intermixed_args(argv)
     args.device = resolve_device(args.device)
@@ -91,7 +94,9 @@ def native_model(args: argparse.Namespace, settings: ConversionConfig) -> Spikin
         return load_finetuned(args.checkpoint, args.device).spiking_model()
     archive = {"archive": str(args.archive)} if args.archive else {}
     datamodule = datamodule_from_checkpoint(args.checkpoint, **archive)
-    return snn_from_checkpoint(args.checkpoint, settings, datamodule).snn.to(args.device)
+    # converted on --device: a conversion's float operations differ between devices, so a file
+    # written on a GPU re-converts exactly on a GPU (the same model), not on the CPU
+    return snn_from_checkpoint(args.checkpoint, settings, datamodule, args.device).snn
 
 
 def print_report(console: Console, report: RoundTripReport, with_native: bool) -> None:

@@ -160,3 +160,36 @@ def test_resume_skips_a_damaged_newest_checkpoint(tmp_path: Path) -> None:
     cfg = OmegaConf.create({"ckpt_path": str(tmp_path / "epoch_001.ckpt")})
     with pytest.raises(DamagedCheckpointError, match=r"epoch_001\.ckpt is damaged"):
         resolve_ckpt_path(cfg)
+
+
+def test_a_best_checkpoint_left_by_a_kill_during_its_replacement_is_removed_on_resume(
+    tmp_path: Path,
+) -> None:
+    """Lightning drops the superseded best from its list before saving the new one and deletes
+    the file after it: a run killed in between kept epoch_000.* for good after resuming."""
+    from types import SimpleNamespace
+
+    from callbacks.checkpoint import CheckpointWithNIR
+
+    names = ["epoch_000.ckpt", "epoch_000.nir", "epoch_002.ckpt", "epoch_002.nir",
+             "epoch_001.nir", "last.ckpt", "last.nir", "notes.txt"]  # fmt: skip
+    for name in names:
+        (tmp_path / name).write_bytes(b"x")
+    best = str(tmp_path / "epoch_002.ckpt")
+    state = {"dirpath": str(tmp_path), "best_model_path": best, "best_model_score": 0.5,
+             "best_k_models": {best: 0.5}, "kth_best_model_path": best, "kth_value": 0.5,
+             "last_model_path": ""}  # fmt: skip
+    trainer = SimpleNamespace(is_global_zero=True)
+    last = CheckpointWithNIR(dirpath=tmp_path, filename="last", monitor=None)
+    last.load_state_dict({**state, "best_model_path": str(tmp_path / "last.ckpt"),
+                          "best_k_models": {}})  # fmt: skip
+    last.on_train_start(trainer, None)
+    model = CheckpointWithNIR(dirpath=tmp_path, filename="epoch_{epoch:03d}", monitor="val/acc")
+    model.load_state_dict(state)
+    model.on_train_start(trainer, None)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "epoch_002.ckpt", "epoch_002.nir", "last.ckpt", "last.nir", "notes.txt"]  # fmt: skip
+    every_epoch = CheckpointWithNIR(dirpath=tmp_path, filename="epoch_{epoch:03d}", save_top_k=-1)
+    every_epoch.load_state_dict({**state, "best_k_models": {}, "best_model_path": ""})  # none
+    every_epoch.on_train_start(trainer, None)
+    assert (tmp_path / "epoch_002.ckpt").is_file()

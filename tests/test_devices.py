@@ -80,3 +80,26 @@ def test_synchronize_waits_on_the_given_gpu_not_the_current_one(monkeypatch) -> 
     synchronize(torch.device("cpu"))
     synchronize(torch.device("cuda:1"))
     assert calls == [torch.device("cuda:1")]
+
+
+def test_the_snn_test_runs_the_ann_on_the_snns_device(tmp_path, monkeypatch) -> None:
+    """With finetune=snn the ANN came back from the trainer on the CPU while the SNN ran on the
+    GPU: the first test batch failed with a device mismatch (never run on a GPU before)."""
+    from types import SimpleNamespace
+
+    from neurocuda.training import finetune_stage
+
+    seen = {}
+
+    def record(snn, loader, timesteps, ann, encoding):
+        seen["snn"], seen["ann"] = next(snn.buffers()).device, next(ann.parameters()).device
+        return SimpleNamespace(ann_accuracy=0.5, accuracy={1: 0.4}, images=0)
+
+    monkeypatch.setattr(finetune_stage, "evaluate_snn", record)
+    cfg = compose_train_config(["conversion.timesteps=[1]"], tmp_path)
+    snn = SimpleNamespace(to=lambda device: SimpleNamespace(buffers=lambda: iter(
+        [torch.empty(0, device=device)])))  # fmt: skip
+    ann = torch.nn.Linear(2, 2)
+    data = SimpleNamespace(test_dataloader=lambda: [])
+    finetune_stage.snn_test_metrics(cfg, snn, data, ann, [], device=torch.device("meta"))
+    assert seen == {"snn": torch.device("meta"), "ann": torch.device("meta")}

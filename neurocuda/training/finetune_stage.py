@@ -374,8 +374,8 @@ def snn_test_metrics(
     ``conversion.timesteps``, the gap against ``ann`` evaluated in float32 on the same images
     (:data:`ANN_FLOAT32_METRIC`), run on ``device`` (default: where ``snn`` is); also logged to
     ``loggers``."""
-    if device is not None:
-        snn = snn.to(device)
+    if device is not None:  # the ANN too: a fine-tuned run's ANN comes back from the trainer
+        snn, ann = snn.to(device), ann.to(device)  # on the CPU (Lightning's teardown moves it)
     settings = conversion_settings(cfg)
     evaluation = evaluate_snn(  # the ANN outside the trainer's autocast: float32, as the SNN
         snn, datamodule.test_dataloader(), list(settings.timesteps), ann=ann,
