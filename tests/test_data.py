@@ -290,3 +290,38 @@ def test_epoch_order_and_augmentation_depend_on_seed_and_epoch_only(tiny_datamod
     resumed = epoch(tiny_datamodule.train_dataloader(), 1)
     assert all(torch.equal(a, b) for a, b in zip(second, resumed, strict=True))
     assert not torch.equal(first[0], second[0])
+
+
+def test_ddp_processes_share_one_epoch_order_and_augment_apart() -> None:
+    """Lightning put a DistributedSampler in place of EpochShuffle (a RandomSampler): its
+    set_epoch was never called, so a resumed DDP run augmented otherwise and every process drew
+    the same crops. Now each process takes its share of the (seed, epoch) order itself."""
+    from neurocuda.data.cifar10 import EpochShuffle
+
+    data = range(10)
+    single = EpochShuffle(data, seed=3)
+    shards = [EpochShuffle(data, seed=3, rank=r, world_size=3) for r in range(3)]
+    for epoch in (0, 4):
+        for sampler in (single, *shards):
+            sampler.set_epoch(epoch)
+        order = list(single)
+        parts = [list(s) for s in shards]
+        assert [len(p) for p in parts] == [4, 4, 4]  # equal shares: no process waits for another
+        assert sorted(i for p in parts for i in p) == sorted(order + order[:2])  # wrapped order
+        assert [p[0] for p in parts] == order[:3]
+        draws = [torch.rand(3, generator=s.generator) for s in shards]  # augmentation, after it
+        assert not torch.equal(draws[0], draws[1]) and not torch.equal(draws[1], draws[2])
+    shards[1].set_epoch(4)  # a resumed process: the same share and draws as before
+    assert list(shards[1]) == parts[1]
+    assert torch.equal(torch.rand(3, generator=shards[1].generator), draws[1])
+
+
+def test_ddp_trainers_leave_the_training_order_to_the_datamodule(tmp_path: Path) -> None:
+    from hydra.core.global_hydra import GlobalHydra
+
+    from neurocuda.training.compose import compose_train_config
+
+    for trainer in ("ddp", "ddp_cpu"):
+        cfg = compose_train_config([f"trainer={trainer}"], tmp_path)
+        assert cfg.trainer.use_distributed_sampler is False, trainer
+        GlobalHydra.instance().clear()

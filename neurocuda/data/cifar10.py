@@ -11,13 +11,13 @@ same batches and a resumed run the same epochs.
 from __future__ import annotations
 
 import copy
-from collections.abc import Sized
+from collections.abc import Iterator, Sized
 from pathlib import Path
 
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, RandomSampler
+from torch.utils.data import DataLoader, Sampler
 
 from neurocuda.data.dataset import ImageArrayDataset, IndexBatch, balanced_subset, collate_batch
 from neurocuda.data.sources import load_cifar10
@@ -29,21 +29,41 @@ def epoch_seed(seed: int, epoch: int) -> int:
     return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
 
 
-class EpochShuffle(RandomSampler):
-    """A random order of the training set that is a function of (seed, epoch) only.
+class EpochShuffle(Sampler[int]):
+    """A random order of the training set that is a function of (seed, epoch) only; under DDP
+    (``world_size`` > 1) process ``rank``'s share of it.
 
     Lightning calls :meth:`set_epoch` before every training epoch. The generator restarts there,
     and the DataLoader draws its worker seeds from it (without workers, the augmentation draws from
     it too), so a resumed run shuffles and augments every epoch exactly as an uninterrupted one.
+    Under DDP every process draws the same order and takes every ``world_size``-th index from
+    ``rank`` on (the order wrapped to equal shares), then reseeds the generator with its rank, so
+    processes augment independently. Written by hand because Lightning's ``DistributedSampler``,
+    which it puts in place of a ``RandomSampler``, never calls this :meth:`set_epoch`: resumed
+    DDP runs drew other augmentations, and every process the same ones.
     """
 
-    def __init__(self, data_source: Sized, seed: int) -> None:
-        super().__init__(data_source, generator=torch.Generator())
-        self.seed = seed
+    def __init__(self, data_source: Sized, seed: int, rank: int = 0, world_size: int = 1) -> None:
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank={rank} must be in [0, world_size={world_size}).")
+        self.size = len(data_source)
+        self.seed, self.rank, self.world_size = seed, rank, world_size
+        self.generator = torch.Generator()
         self.set_epoch(0)
 
     def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
         self.generator.manual_seed(epoch_seed(self.seed, epoch))
+
+    def __len__(self) -> int:
+        return -(-self.size // self.world_size)
+
+    def __iter__(self) -> Iterator[int]:
+        order = torch.randperm(self.size, generator=self.generator)
+        if self.world_size > 1:
+            order = order.repeat(2)[: len(self) * self.world_size][self.rank :: self.world_size]
+            self.generator.manual_seed(epoch_seed(self.seed, self.epoch) + 1 + self.rank)
+        yield from order.tolist()
 
 
 class CIFAR10DataModule(L.LightningDataModule):
@@ -147,7 +167,10 @@ class CIFAR10DataModule(L.LightningDataModule):
             self.setup()
         train = self.datasets["train"]
         hp = self.hparams
-        order = EpochShuffle(train, hp.seed if hp.shuffle_seed is None else hp.shuffle_seed)
+        trainer = self.trainer  # under DDP this process's share (trainer=ddp / ddp_cpu keep
+        rank, world = (trainer.global_rank, trainer.world_size) if trainer else (0, 1)  # it)
+        seed = hp.seed if hp.shuffle_seed is None else hp.shuffle_seed
+        order = EpochShuffle(train, seed, rank, world)
         if self.hparams.num_workers == 0:  # workers augment with their own, per-epoch seeded RNG
             train.generator = order.generator
         train.deferred = self.assembles_on_device()
