@@ -37,6 +37,7 @@ from neurocuda.snn import (
 )
 from neurocuda.snn.if_sequence import DEFAULT_SURROGATE, if_sequence
 from neurocuda.training import SNNFinetuneModule
+from neurocuda.training.conv_norms import ConvNorms
 from neurocuda.training.finetune_stage import distill_teacher
 from neurocuda.training.snn_finetune import (
     DISTILL_KEYS,
@@ -925,3 +926,27 @@ def test_the_finetune_benchmark_times_both_variants() -> None:
     done = subprocess.run([sys.executable, script, *norms], capture_output=True, text=True,
                           cwd=ROOT, timeout=300, check=True)  # fmt: skip
     assert "32-true" in done.stdout and "batch norms time / no batch norms time" in done.stdout
+
+
+def test_ddp_processes_calibrate_the_fine_tuning_norms_on_all_their_batches(tmp_path) -> None:
+    """Each DDP process set its batch norms from its own batch, and DDP never broadcasts
+    parameters after its start: the replicas trained from different norms for good."""
+    import socket
+
+    from tests import ddp_norms_worker as worker
+
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        init = f"tcp://127.0.0.1:{free.getsockname()[1]}"
+    out = tmp_path / "norms"
+    procs = [subprocess.Popen([sys.executable, "-m", "tests.ddp_norms_worker", str(rank), "2",
+                               init, str(out)], cwd=ROOT) for rank in range(2)]  # fmt: skip
+    assert [p.wait(timeout=300) for p in procs] == [0, 0]
+    ranks = [torch.load(f"{out}.{rank}", weights_only=True) for rank in range(2)]
+    snn = worker.network()
+    alone = ConvNorms(snn)
+    both = torch.cat([worker.batch(0), worker.batch(1)])
+    alone.calibrate(snn, lambda: snn(both, 2))
+    for key, value in alone.state_dict().items():
+        for state in ranks:
+            assert torch.allclose(state[key].double(), value.double(), atol=1e-6), key

@@ -19,6 +19,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from neurocuda.conversion.fold import folded_parameters
@@ -101,7 +102,10 @@ class ConvNorms(nn.Module):
             for hook in hooks:
                 hook.remove()
         for name in self.names:
-            count, total, squares = torch.stack(moments[name]).sum(0)
+            summed = torch.stack(moments[name]).sum(0)
+            if dist.is_available() and dist.is_initialized():  # DDP: every process's batch, so
+                dist.all_reduce(summed)  # all replicas start from the same norms (DDP never
+            count, total, squares = summed  # broadcasts parameters after its start)
             mean = total / count
             var = (squares / count - mean.square()).clamp(min=0)
             norm = self.norms[_key(name)]
