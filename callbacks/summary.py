@@ -26,12 +26,16 @@ def _nir_check(
 ) -> NIRCheck | None:
     """The check of ``<checkpoint>.nir`` (re-executed now when this process did not write it: a
     resumed run's file from before the kill); else of the newest file checked that is still on
-    disk (the last conversion's: ModelCheckpoint deletes a superseded best with its ``.nir``)."""
+    disk (the last conversion's: ModelCheckpoint deletes a superseded best with its ``.nir``).
+    A file outside the run directory (beside an ANN given with ``ckpt_path`` or
+    ``finetune.start_from``) is another run's, made with its settings: not re-checked here."""
     if round_trip is None:
         return None
     wanted = Path(checkpoint).with_suffix(".nir") if checkpoint else None
     unchecked = wanted is not None and str(wanted) not in round_trip.checks and wanted.is_file()
-    if unchecked and trainer.datamodule is not None:  # none: neither fit nor test ran
+    run_dir = Path(trainer.default_root_dir).resolve() if unchecked else None
+    # no datamodule: neither fit nor test ran
+    if unchecked and trainer.datamodule is not None and run_dir in wanted.resolve().parents:
         round_trip.verify_saved(trainer, wanted, checkpoint)
     kept = [path for path in round_trip.checks if Path(path).is_file()]
     path = str(wanted) if str(wanted) in kept else kept[-1] if kept else None

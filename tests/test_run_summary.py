@@ -164,6 +164,13 @@ def test_the_summary_names_a_nir_file_that_is_on_disk(tmp_path: Path) -> None:
     assert _nir_check(SimpleNamespace(checks={}), best, None) is None
     # a resumed run's file from before the kill: on disk, not checked by this process
     (tmp_path / "epoch_030.nir").write_bytes(b"")
-    fitted = SimpleNamespace(datamodule="the run's data")  # a trainer that ran (fit or test)
+    fitted = SimpleNamespace(datamodule="the run's data", default_root_dir=str(tmp_path))
     resumed = _nir_check(round_trip, str(tmp_path / "epoch_030.ckpt"), fitted)
     assert resumed.path == str(tmp_path / "epoch_030.nir") == str(rechecked[0])
+    # beside an ANN given from another run (ckpt_path, finetune.start_from): made with that run's
+    # settings, so a re-check with this run's failed the finished run ("not exact: 3.07")
+    other = tmp_path.parent / f"{tmp_path.name}_other"
+    other.mkdir()
+    (other / "epoch_001.nir").write_bytes(b"")
+    _nir_check(round_trip, str(other / "epoch_001.ckpt"), fitted)
+    assert rechecked == [tmp_path / "epoch_030.nir"]
