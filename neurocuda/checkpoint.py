@@ -26,6 +26,7 @@ from neurocuda.files import verify_checkpoint
 from neurocuda.nir import Profile, export
 from neurocuda.snn import SpikingModel
 from neurocuda.training import ClassifierModule
+from neurocuda.training.checkpoints import refuse_finetune_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +78,7 @@ def load_ann(checkpoint: str | os.PathLike[str], device: str | torch.device = "c
     """The trained network of a ``ClassifierModule`` checkpoint, in eval mode, on ``device``
     (:func:`neurocuda.devices.resolve_device`: ``auto`` is the GPU when there is one)."""
     checked = verify_checkpoint(checkpoint)
+    refuse_finetune_checkpoint(checked, "checkpoint")
     module = ClassifierModule.load_from_checkpoint(checked, map_location=resolve_device(device))
     return module.net.eval()
 

@@ -24,6 +24,7 @@ from neurocuda.conversion import ConversionConfig, SNNEvaluation, evaluate_snn
 from neurocuda.devices import resolve_device
 from neurocuda.nir import save
 from neurocuda.reporting.accuracy_plots import save_accuracy_report
+from neurocuda.training.checkpoints import refuse_finetune_checkpoint
 from neurocuda.training.compose import compose_train_config
 from neurocuda.training.settings import validate_run_settings
 
@@ -60,6 +61,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_intermixed_args(argv)  # overrides may come before or after the options
     if not args.checkpoint.is_file():
         parser.error(f"checkpoint {args.checkpoint} does not exist.")
+    refuse_finetune_checkpoint(args.checkpoint, "checkpoint")  # before the data loads
     out_dir = args.out or args.checkpoint.parent
     cfg = compose_train_config(args.overrides, out_dir)
     validate_run_settings(cfg)  # e.g. data.test_subset=-5, before the data loads

@@ -36,9 +36,10 @@ from neurocuda.devices import resolve_device
 from neurocuda.files import atomic_write_text, save_figure
 from neurocuda.metrics.layer_errors import LayerErrorReport, layer_errors
 from neurocuda.snn import SpikingModel
+from neurocuda.training.checkpoints import is_finetune_checkpoint
 from neurocuda.training.compose import compose_train_config
 from neurocuda.training.settings import validate_run_settings
-from neurocuda.training.snn_finetune import is_finetune_checkpoint, load_finetuned
+from neurocuda.training.snn_finetune import load_finetuned
 
 
 def spiking_model(

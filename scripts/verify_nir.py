@@ -42,9 +42,10 @@ from neurocuda.nir.metadata import check_timesteps
 from neurocuda.nir.verify import RoundTripReport, compare
 from neurocuda.progress import progress
 from neurocuda.snn import SpikingModel
+from neurocuda.training.checkpoints import is_finetune_checkpoint
 from neurocuda.training.compose import compose_train_config
 from neurocuda.training.settings import validate_run_settings
-from neurocuda.training.snn_finetune import is_finetune_checkpoint, load_finetuned
+from neurocuda.training.snn_finetune import load_finetuned
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -950,3 +950,28 @@ def test_ddp_processes_calibrate_the_fine_tuning_norms_on_all_their_batches(tmp_
     for key, value in alone.state_dict().items():
         for state in ranks:
             assert torch.allclose(state[key].double(), value.double(), atol=1e-6), key
+
+
+def test_the_stage_checkpoints_whatever_the_fit_validates_and_its_files_are_no_anns(
+    train_cfg, relu_checkpoint: Path, tmp_path: Path
+) -> None:
+    """trainer.check_val_every_n_epoch=2 reached the fine-tuning trainer: one epoch, no
+    validation, no checkpoint, no .nir, exit 0. A fine-tuned checkpoint given where an ANN's is
+    needed (a distillation teacher, scripts/convert.py) failed late with KeyError: 'loss'."""
+    from neurocuda.checkpoint import load_ann
+
+    small = ["conversion.timesteps=[1]", "conversion.calibration.batches=1", "test=false"]
+    train(train_cfg("train=false", "finetune=snn", f"finetune.start_from={relu_checkpoint}",
+                    "finetune.timesteps=1", "finetune.epochs=1", "finetune.train_batches=2",
+                    "trainer.check_val_every_n_epoch=2", *small))  # fmt: skip
+    (kept,) = (tmp_path / "run" / "checkpoints" / "finetune").glob("epoch_*.ckpt")
+    assert kept.with_suffix(".nir").is_file()
+    with pytest.raises(ValueError, match=r"finetune\.distill\.teacher=.* is a fine-tuned SNN"):
+        train(train_cfg("finetune=snn", "finetune.distill.weight=0.5",
+                        f"finetune.distill.teacher={kept}", "trainer.max_epochs=1000"))  # fmt: skip
+    with pytest.raises(ValueError, match=r"checkpoint=.* is a fine-tuned SNN's checkpoint"):
+        load_ann(kept)
+    done = subprocess.run([sys.executable, "scripts/convert.py", str(kept)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert "is a fine-tuned SNN's checkpoint" in done.stderr

@@ -87,3 +87,21 @@ def restore_last_checkpoint(newest: Path) -> Path:
     log.info("%s is behind %s (killed between the two writes): restoring it.", last, newest.name)
     atomic_write(last, lambda tmp: shutil.copyfile(newest, tmp))
     return last
+
+
+def is_finetune_checkpoint(checkpoint: str | os.PathLike[str]) -> bool:
+    """Whether ``checkpoint`` was written by the SNN fine-tuning stage (an
+    ``SNNFinetuneModule``): it holds a spiking network, not an ANN to convert."""
+    saved = read_checkpoint(checkpoint, map_location="cpu")
+    return "structure" in saved.get("hyper_parameters", {})
+
+
+def refuse_finetune_checkpoint(checkpoint: str | os.PathLike[str], setting: str) -> None:
+    """Raise ``ValueError`` naming ``setting`` when ``checkpoint`` is a fine-tuned SNN's where an
+    ANN's is needed (it failed late, with ``KeyError: 'loss'`` from the ANN module's loader)."""
+    if is_finetune_checkpoint(checkpoint):
+        raise ValueError(
+            f"{setting}={checkpoint} is a fine-tuned SNN's checkpoint; this needs an ANN's (a "
+            "run's checkpoints/epoch_*.ckpt). Fine-tuned SNNs: scripts/verify_nir.py "
+            "--checkpoint, scripts/layer_errors.py."
+        )

@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from neurocuda.training.checkpoints import refuse_finetune_checkpoint
+
 
 def check_distillation(weight: float, temperature: float, group: str) -> None:
     """Fail unless ``weight`` is in [0, 1] and ``temperature`` > 0 (``group``: the config key)."""
@@ -22,14 +24,16 @@ def check_distillation(weight: float, temperature: float, group: str) -> None:
 
 def check_teacher_file(distill: dict[str, Any] | None, group: str) -> None:
     """Fail, before any data or training, when ``distill`` names a teacher file that is not
-    there."""
+    there, or that holds a fine-tuned SNN instead of an ANN."""
     distill = distill or {}
     teacher = distill.get("teacher")
-    if distill.get("weight", 0.0) > 0 and teacher and not Path(teacher).is_file():
-        raise FileNotFoundError(
-            f"{group}.teacher={teacher} does not exist: give a trained run's checkpoint "
-            "(e.g. RUN_DIR/checkpoints/epoch_046.ckpt)."
-        )
+    if distill.get("weight", 0.0) > 0 and teacher:
+        if not Path(teacher).is_file():
+            raise FileNotFoundError(
+                f"{group}.teacher={teacher} does not exist: give a trained run's checkpoint "
+                "(e.g. RUN_DIR/checkpoints/epoch_046.ckpt)."
+            )
+        refuse_finetune_checkpoint(teacher, f"{group}.teacher")
 
 
 def distillation_kl(

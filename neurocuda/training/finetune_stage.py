@@ -26,6 +26,7 @@ from neurocuda.conversion import ConversionConfig, convert, evaluate_snn
 from neurocuda.data.calibration import calibration_loader
 from neurocuda.files import read_checkpoint, verify_checkpoint
 from neurocuda.snn import SpikingModel, Surrogate
+from neurocuda.training.checkpoints import is_finetune_checkpoint
 from neurocuda.training.classifier import ann_network
 from neurocuda.training.distill import check_distillation, check_teacher_file
 from neurocuda.training.instantiate import (
@@ -43,7 +44,6 @@ from neurocuda.training.snn_finetune import (
     SNNFinetuneModule,
     check_batch_norm_epochs,
     check_loss_timesteps,
-    is_finetune_checkpoint,
     load_finetuned,
     optimizer_settings,
     snn_structure,
@@ -211,6 +211,18 @@ def distill_teacher(ann: nn.Module | None, path: str, device: torch.device) -> n
     return ann_network(path, device)
 
 
+FINETUNE_TRAINER = {
+    "check_val_every_n_epoch": 1,
+    "val_check_interval": None,
+    "max_steps": -1,
+    "min_epochs": None,
+    "min_steps": None,
+    "max_time": None,
+}
+"""The fine-tuning trainer's own settings over the run's ``trainer`` group: the stage validates
+and keeps a checkpoint at every epoch end for ``finetune.epochs`` epochs (the ANN fit's
+``trainer.check_val_every_n_epoch=2`` made it save nothing, silently)."""
+
 FINETUNE_PRECISIONS = ("32-true", "bf16-mixed")
 """Lightning precisions the fine-tuning stage trains in (``finetune.precision``)."""
 
@@ -336,6 +348,7 @@ def run_finetune(
         precision=precision(settings),
         callbacks=callbacks,
         logger=trainer.loggers,
+        **FINETUNE_TRAINER,
     )
     log.info("Fine-tuning the SNN at T=%d for %d epoch(s)", settings.timesteps, settings.epochs)
     finetuner.fit(module, datamodule=datamodule, ckpt_path=resume_from)

@@ -31,7 +31,7 @@ from torchmetrics import MeanMetric
 from neurocuda.conversion import spiking_structure
 from neurocuda.conversion.settings import MAX_TIMESTEPS
 from neurocuda.devices import resolve_device
-from neurocuda.files import read_checkpoint, verify_checkpoint
+from neurocuda.files import verify_checkpoint
 from neurocuda.models import build_model
 from neurocuda.snn import (
     Encoding,
@@ -445,13 +445,6 @@ class SNNFinetuneModule(L.LightningModule):
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
         }
-
-
-def is_finetune_checkpoint(checkpoint: str | os.PathLike[str]) -> bool:
-    """Whether ``checkpoint`` was written by the SNN fine-tuning stage (an
-    :class:`SNNFinetuneModule`): it holds a spiking network, not an ANN to convert."""
-    saved = read_checkpoint(checkpoint, map_location="cpu")
-    return "structure" in saved.get("hyper_parameters", {})
 
 
 def load_finetuned(
