@@ -61,10 +61,17 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_intermixed_args(argv)  # overrides may come before or after the options
     if not args.checkpoint.is_file():
         parser.error(f"checkpoint {args.checkpoint} does not exist.")
-    refuse_finetune_checkpoint(args.checkpoint, "checkpoint")  # before the data loads
     out_dir = args.out or args.checkpoint.parent
+    beside = args.checkpoint.with_suffix(".nir")
+    if args.nir and args.out is None and beside.exists():  # the run's checked file
+        parser.error(
+            f"--nir would replace {beside}, the training run's checked file (this conversion "
+            "uses the conversion group's settings and overrides, not necessarily the run's); "
+            "write it elsewhere with --out DIR."
+        )
     cfg = compose_train_config(args.overrides, out_dir)
     validate_run_settings(cfg)  # e.g. data.test_subset=-5, before the data loads
+    refuse_finetune_checkpoint(args.checkpoint, "checkpoint")  # and before the data
     settings = ConversionConfig.from_group(cfg.conversion)
     datamodule = checkpoint_datamodule(args.checkpoint, cfg, args.overrides)
     device = resolve_device(args.device)

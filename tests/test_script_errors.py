@@ -21,6 +21,8 @@ CASES = [
     (["scripts/layer_errors.py", "{ckpt}", "--timesteps", "0"], 2, r"'0' is not an integer >= 1"),
     # the whole deployment ran before "file exists" named the report inside the file
     (["scripts/deploy.py", "{ckpt}", "--out", "{ckpt}"], 2, r"--out .*model\.ckpt is a file"),
+    # silently replaced the training run's checked epoch_000.nir by a zero-reset graph
+    (["scripts/convert.py", "{ckpt}", "--nir"], 2, r"--nir would replace .*model\.nir, the "),
     # these printed a traceback, the last two after long work (importer venvs, speed runs)
     (["scripts/benchmark_conversion.py", "--relu-ckpt", "{ckpt}.gone"], 1, GONE),
     (["scripts/interop_matrix.py", "--checkpoints", "{ckpt}.gone"], 1, GONE),
@@ -52,6 +54,8 @@ def test_bad_input_gets_one_line(
 ) -> None:
     ckpt = tmp_path / "model.ckpt"
     ckpt.write_bytes(b"never read: the input is refused first")
+    if "--nir" in command:  # a run's checkpoint with its checked .nir beside it
+        ckpt.with_suffix(".nir").write_bytes(b"the run's")
     if command == ["scripts/summarize.py", "{ckpt}"]:  # a run directory, its config damaged
         ckpt.unlink()
         (ckpt / ".hydra").mkdir(parents=True)
@@ -62,7 +66,8 @@ def test_bad_input_gets_one_line(
     assert "Traceback" not in result.stderr
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert re.search(message, lines[-1]), result.stderr
-    assert not (tmp_path / "cache").exists() and sorted(tmp_path.iterdir()) == [ckpt]
+    assert not (tmp_path / "cache").exists()
+    assert sorted(tmp_path.iterdir()) == sorted({ckpt, *tmp_path.glob("model.nir")})
 
 
 def test_train_py_gives_a_bad_setting_one_line(tmp_path: Path) -> None:
