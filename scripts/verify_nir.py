@@ -58,7 +58,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--checkpoint", type=Path, help="Lightning checkpoint of the ANN or of SNN fine-tuning"
     )
     parser.add_argument("--timesteps", type=int, nargs="+", help="T values (default: metadata)")
-    parser.add_argument("--num-images", type=count, default=1000, help="test images (0 = all)")
+    parser.add_argument(
+        "--num-images",
+        type=count,
+        default=None,
+        help="test images (0 = all; default: data.test_subset when given, else 1000)",
+    )
     parser.add_argument("--batch-size", type=positive, default=100)
     parser.add_argument("--archive", type=Path, help="JPEG archive (default: data.archive)")
     parser.add_argument(
@@ -75,7 +80,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def test_data(args: argparse.Namespace, cfg: DictConfig) -> CIFAR10DataModule:
     """The configured data source's test split (``--num-images`` of it), un-augmented."""
     data = OmegaConf.to_container(cfg.data, resolve=True)
-    data |= {"val_size": 0, "test_subset": args.num_images or None}  # only test images are read
+    images = args.num_images if args.num_images is not None else data.get("test_subset") or 1000
+    data |= {"val_size": 0, "test_subset": images or None}  # only test images are read
     data |= {"batch_size": args.batch_size, "eval_batch_size": None, "augment": False}
     if args.archive:
         data["archive"] = str(args.archive)

@@ -77,7 +77,7 @@ def test_every_checkpoint_gets_an_exact_nir_file(
     # re-converting the checkpoint reproduces the file exactly, whatever batch size the test
     # images run with: calibration follows the checkpoint's own data settings
     result = subprocess.run(
-        [sys.executable, "scripts/verify_nir.py", str(path), "--num-images", "8",
+        [sys.executable, "scripts/verify_nir.py", str(path), "data.test_subset=8",  # honoured
          "--archive", str(tiny_archive), "--timesteps", "1", "3", "--batch-size", "3",
          "--checkpoint", str(path.with_suffix(".ckpt"))],
         cwd=ROOT, capture_output=True, text=True, timeout=300,
