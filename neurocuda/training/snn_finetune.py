@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 from lightning.pytorch.trainer.states import TrainerFn
 from torch import nn
@@ -243,6 +244,7 @@ class SNNFinetuneModule(L.LightningModule):
         set_surrogate(self.snn, surrogate)
         self.conv_norms = ConvNorms(self.snn) if batch_norm else None
         self._evaluated: SpikingModel | None = None
+        self._val_generator: torch.Generator | None = None
         self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
         # the training epoch's means, logged at its end from states that checkpoints keep
         self.epoch_means = nn.ModuleDict({key: MeanMetric() for key in EPOCH_MEANS})
@@ -258,22 +260,39 @@ class SNNFinetuneModule(L.LightningModule):
         children, so it is neither trained nor saved in checkpoints."""
         self._teacher = None if teacher is None else FrozenTeacher(teacher)
 
-    def forward(self, x: torch.Tensor, timesteps: int | None = None) -> torch.Tensor:
-        """The output trace ``[T, B, classes]`` (``T`` = ``timesteps`` or the training T)."""
+    def forward(
+        self,
+        x: torch.Tensor,
+        timesteps: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """The output trace ``[T, B, classes]`` (``T`` = ``timesteps`` or the training T; Poisson
+        input drawn from ``generator``)."""
         steps = timesteps or self.hparams.timesteps
-        return self.snn(encode(x, steps, self.hparams.encoding), steps)
+        return self.snn(encode(x, steps, self.hparams.encoding, generator=generator), steps)
+
+    def _step_generator(self) -> torch.Generator:
+        """The random draws of one training step (Poisson input, weight noise): seeded by the
+        run's seed and the step, so a resumed run draws what the killed one would have (the
+        global generator's state is not in the checkpoint)."""
+        seed = np.random.SeedSequence([torch.initial_seed(), self.global_step]).generate_state(1)
+        return torch.Generator(device=self.device).manual_seed(int(seed[0]))
 
     def training_trace(self, x: torch.Tensor) -> torch.Tensor:
         """The output trace a training step learns from: :meth:`forward` at the training T, with
         fresh weight noise when ``weight_noise_bits`` is set (the module's weights stay clean)."""
+        generator = self._step_generator()
         with self._norms_applied():
             bits = self.hparams.weight_noise_bits
             if bits is None:
-                return self(x)
+                return self(x, generator=generator)
             steps = self.hparams.timesteps
             params = dict(self.snn.named_parameters())
-            noisy = {name: with_grid_noise(params[name], bits) for name in self._weight_names()}
-            inputs = encode(x, steps, self.hparams.encoding)
+            noisy = {
+                name: with_grid_noise(params[name], bits, generator)
+                for name in self._weight_names()
+            }
+            inputs = encode(x, steps, self.hparams.encoding, generator=generator)
             return torch.func.functional_call(self.snn, noisy, (inputs, steps))
 
     def _norms_applied(self) -> contextlib.AbstractContextManager[None]:
@@ -366,13 +385,17 @@ class SNNFinetuneModule(L.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         self._evaluated = None
+        self._val_generator = None
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], _: int) -> None:
         x, y = batch
         snn = self._evaluated or self.snn
         steps = max(self.eval_timesteps)
+        if self._val_generator is None:  # Poisson input drawn as evaluate_snn draws it (seed 0):
+            self._val_generator = torch.Generator(device=self.device).manual_seed(0)  # repeatable
+        generator = self._val_generator
         with torch.autocast(self.device.type, enabled=False):  # the runtime's float32 network
-            trace = snn(encode(x, steps, self.hparams.encoding), steps)
+            trace = snn(encode(x, steps, self.hparams.encoding, generator=generator), steps)
         steps = self.hparams.timesteps
         loss = self.loss(trace, y)
         self.log("val/snn_loss", loss, on_epoch=True, batch_size=len(y))

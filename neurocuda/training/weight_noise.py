@@ -38,8 +38,14 @@ def grid_steps(weight: torch.Tensor, bits: int) -> torch.Tensor:
     return steps.reshape(-1, *([1] * (weight.dim() - 1)))
 
 
-def with_grid_noise(weight: torch.Tensor, bits: int) -> torch.Tensor:
+def with_grid_noise(
+    weight: torch.Tensor, bits: int, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """``weight`` plus uniform noise in ``[-step/2, step/2)`` of its channel's grid step
-    (:func:`grid_steps`); the gradient with respect to ``weight`` is the identity."""
-    noise = (torch.rand_like(weight, dtype=torch.float32) - 0.5) * grid_steps(weight, bits)
+    (:func:`grid_steps`), drawn from ``generator``; the gradient with respect to ``weight`` is
+    the identity."""
+    uniform = torch.rand(
+        weight.shape, generator=generator, device=weight.device, dtype=torch.float32
+    )
+    noise = (uniform - 0.5) * grid_steps(weight, bits)
     return weight + noise.to(weight.dtype)
