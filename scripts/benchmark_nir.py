@@ -93,8 +93,8 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="cifarnet, batch 8, 3 repeats")
     parser.add_argument("--timesteps", type=positive, default=8)
-    parser.add_argument("--batch", type=positive, default=32)
-    parser.add_argument("--repeats", type=positive, default=5)
+    parser.add_argument("--batch", type=positive, default=None, help="default 32 (--quick: 8)")
+    parser.add_argument("--repeats", type=positive, default=None, help="default 5 (--quick: 3)")
     parser.add_argument("--checkpoint", type=Path, help="trained checkpoint for the round trip")
     parser.add_argument("--round-trip-t", type=positive, default=32)
     parser.add_argument("--batch-size", type=positive, default=250)
@@ -103,7 +103,8 @@ def main(argv: list[str]) -> int:
         verify_checkpoint(args.checkpoint)  # a missing or damaged file fails before the speed runs
     console = Console()
     archs = ["cifarnet"] if args.quick else ["cifarnet", "resnet18"]
-    batch, repeats = (8, 3) if args.quick else (args.batch, args.repeats)
+    batch = args.batch or (8 if args.quick else 32)
+    repeats = args.repeats or (3 if args.quick else 5)
     table = Table(title=f"T={args.timesteps}, batch {batch}, best of {repeats} (s)")
     for column in ["model", "native", "executor", "nirtorch", "executor/native", "nirtorch/exec"]:
         table.add_column(column, justify="right")

@@ -47,8 +47,6 @@ from neurocuda.training.compose import compose_train_config
 from neurocuda.training.settings import validate_run_settings
 from neurocuda.training.snn_finetune import load_finetuned
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -130,7 +128,7 @@ def main(argv: list[str]) -> int:
     args = parse_args(argv)
     console = Console()
     graph = load(args.file)
-    cfg = compose_train_config(args.overrides, ROOT / "logs" / "verify_nir")
+    cfg = compose_train_config(args.overrides, args.file.parent)  # writes nothing: no new folder
     validate_run_settings(cfg)  # e.g. data.batch_size=0, before the data loads
     try:
         recorded = ConversionConfig.from_metadata(graph.metadata)
