@@ -786,6 +786,9 @@ def test_train_py_fine_tunes_a_given_checkpoint_without_fitting(
         train(train_cfg(*again, "test=false", "finetune.distill.weight=0.5"))
     with pytest.raises(ValueError, match="train=false"):
         train(train_cfg(*again[1:], f"ckpt_path={checkpoint}"))
+    # trained on direct input: further training on Poisson spikes was neither refused nor noted
+    with pytest.raises(ValueError, match=r"trained on direct input, but conversion\.encoding"):
+        train(train_cfg(*again, f"ckpt_path={checkpoint}", "conversion.encoding=poisson"))
     metrics = train(train_cfg(*again, f"ckpt_path={checkpoint}"))
     assert metrics["test/acc"] == ann["test/acc"] and "test/snn_gap_T2" in metrics
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())

@@ -117,6 +117,14 @@ def check_finetune_settings(cfg: DictConfig) -> None:
                 f"finetune.start_from={finetune.start_from} is a fine-tuning checkpoint: its SNN "
                 "is trained further, so an ANN fit would go unused; add train=false."
             )
+        saved = read_checkpoint(finetune.start_from, map_location="cpu")["hyper_parameters"]
+        encoding = conversion_settings(cfg).encoding
+        if saved.get("encoding", "direct") != encoding:
+            raise ValueError(
+                f"finetune.start_from={finetune.start_from} was trained on "
+                f"{saved.get('encoding', 'direct')} input, but conversion.encoding={encoding}: "
+                f"set conversion.encoding={saved.get('encoding', 'direct')} to train it further."
+            )
         if cfg.get("test", True) and not cfg.get("ckpt_path"):
             raise ValueError(
                 f"finetune.start_from={finetune.start_from} is a fine-tuning checkpoint: the test "
