@@ -369,3 +369,23 @@ def test_loihi2_refuses_a_sequence_input() -> None:
     backend.prepare(_same_padded_graph(kernel=3, dilation=1))
     with pytest.raises(ValueError, match=r"loihi2 takes a batch \[B, 2, 6, 6\] .* got shape"):
         backend.run(torch.rand(4, 1, 2, 6, 6), 4)
+
+
+def test_the_report_plot_names_each_layer(tmp_path, monkeypatch, caplog) -> None:
+    """Both panels were labelled 0..n-1 (indices the markdown table does not use), and the
+    number-like labels made matplotlib log a categorical-units notice at every deployment."""
+    from types import SimpleNamespace
+
+    from neurocuda.deploy import report as report_module
+
+    figures = []
+    monkeypatch.setattr(report_module, "save_figure", lambda fig, path, dpi: figures.append(fig))
+    layers = [SimpleNamespace(name=n, spike_rate=r) for n, r in (("conv1", 0.1), ("fc", 0.0))]
+    energy = {"layers": [{"name": "conv1", "synops": 10.0, "ann_macs": 20},
+                         {"name": "input", "synops": 5.0, "ann_macs": 8}]}  # fmt: skip
+    with caplog.at_level("INFO", logger="matplotlib"):
+        report_module.plot(SimpleNamespace(layers=layers, energy=energy, target="cpu"), tmp_path)
+    rates, operations = figures[0].axes
+    assert [t.get_text() for t in rates.get_xticklabels()] == ["conv1", "fc"]
+    assert [t.get_text() for t in operations.get_xticklabels()] == ["conv1", "input"]
+    assert "categorical units" not in caplog.text

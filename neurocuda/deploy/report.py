@@ -6,6 +6,7 @@ import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from neurocuda.files import atomic_write_text, save_figure
 from neurocuda.reporting.run_summary import DeploymentSummary
@@ -132,23 +133,30 @@ def plot(report: DeploymentReport, path: Path) -> None:
     """Per-layer spike rate and synaptic ops vs ANN MACs, one PNG."""
     from matplotlib.figure import Figure  # here, so that importing the deploy core stays light
 
-    names = [str(i) for i in range(len(report.layers))]
-    fig = Figure(figsize=(12, 4))
+    fig = Figure(figsize=(12, 4.5))
     ax1, ax2 = fig.subplots(1, 2)
-    ax1.bar(names, [row.spike_rate for row in report.layers], color="tab:blue")
-    ax1.set_xlabel("layer")
+    xs = range(len(report.layers))
+    ax1.bar(xs, [row.spike_rate for row in report.layers], color="tab:blue")
+    _layer_ticks(ax1, [row.name for row in report.layers])  # the markdown table's names
     ax1.set_ylabel("spikes / neuron / step")
     ax1.set_title(f"{report.target}: spike rate per layer")
-    rows = report.energy["layers"]
+    rows = report.energy["layers"]  # by source population (the output layer included)
     xs = range(len(rows))
     ax2.bar([x - 0.2 for x in xs], [r["synops"] for r in rows], width=0.4, label="SNN synops")
     ax2.bar([x + 0.2 for x in xs], [r["ann_macs"] for r in rows], width=0.4, label="ANN MACs")
+    _layer_ticks(ax2, [r["name"] for r in rows])
     ax2.set_yscale("log")
-    ax2.set_xlabel("layer")
     ax2.set_title("operations per image")
     ax2.legend()
     fig.tight_layout()
     save_figure(fig, path, dpi=100)
+
+
+def _layer_ticks(axes: Any, names: list[str]) -> None:
+    """Label bars 0..n-1 with the layers' names (numeric positions: names that look like numbers
+    made matplotlib warn about categorical units)."""
+    axes.set_xticks(range(len(names)), names, rotation=60, ha="right", fontsize=7)
+    axes.set_xlabel("layer")
 
 
 def write_report(report: DeploymentReport, directory: str | os.PathLike) -> dict[str, Path]:
