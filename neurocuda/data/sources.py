@@ -112,7 +112,8 @@ def _decode(path: Path) -> dict[str, Split]:
             f"(found {len(images['train'])} train, {len(images['test'])} test)."
         )
     for split, found in labels.items():
-        missing = [c for i, c in enumerate(CLASSES) if i not in set(found)]
+        present = set(found)
+        missing = [c for i, c in enumerate(CLASSES) if i not in present]
         if missing:  # e.g. a folder partly extracted or copied
             problem = f"no {split} images of {', '.join(missing)}: incomplete"
             raise CorruptDatasetError(path, ValueError(problem))

@@ -89,11 +89,16 @@ def restore_last_checkpoint(newest: Path) -> Path:
     return last
 
 
+def finetune_hyperparameters(checkpoint: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The hyperparameters of a checkpoint the SNN fine-tuning stage wrote (an
+    ``SNNFinetuneModule``'s: a spiking network, not an ANN to convert); None for another."""
+    saved = read_checkpoint(checkpoint, map_location="cpu").get("hyper_parameters", {})
+    return saved if "structure" in saved else None
+
+
 def is_finetune_checkpoint(checkpoint: str | os.PathLike[str]) -> bool:
-    """Whether ``checkpoint`` was written by the SNN fine-tuning stage (an
-    ``SNNFinetuneModule``): it holds a spiking network, not an ANN to convert."""
-    saved = read_checkpoint(checkpoint, map_location="cpu")
-    return "structure" in saved.get("hyper_parameters", {})
+    """Whether ``checkpoint`` was written by the SNN fine-tuning stage."""
+    return finetune_hyperparameters(checkpoint) is not None
 
 
 def refuse_finetune_checkpoint(checkpoint: str | os.PathLike[str], setting: str) -> None:

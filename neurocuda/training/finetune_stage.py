@@ -26,7 +26,7 @@ from neurocuda.conversion import ConversionConfig, convert, evaluate_snn
 from neurocuda.data.calibration import calibration_loader
 from neurocuda.files import read_checkpoint, verify_checkpoint
 from neurocuda.snn import SpikingModel, Surrogate
-from neurocuda.training.checkpoints import is_finetune_checkpoint
+from neurocuda.training.checkpoints import finetune_hyperparameters, is_finetune_checkpoint
 from neurocuda.training.classifier import ann_network
 from neurocuda.training.distill import check_distillation, check_teacher_file
 from neurocuda.training.instantiate import (
@@ -104,7 +104,7 @@ def check_finetune_settings(cfg: DictConfig) -> None:
                 f"finetune.start_from={finetune.start_from} needs the ANN fit of this run; with "
                 "train=false give the ANN checkpoint to fine-tune: finetune.start_from=FILE.ckpt."
             )
-    elif not is_finetune_checkpoint(finetune.start_from):  # an ANN file (intact, else raised)
+    elif (saved := finetune_hyperparameters(finetune.start_from)) is None:  # an ANN file
         if cfg.get("train", True):
             raise ValueError(
                 f"finetune.start_from={finetune.start_from} is an ANN checkpoint to fine-tune, "
@@ -117,7 +117,6 @@ def check_finetune_settings(cfg: DictConfig) -> None:
                 f"finetune.start_from={finetune.start_from} is a fine-tuning checkpoint: its SNN "
                 "is trained further, so an ANN fit would go unused; add train=false."
             )
-        saved = read_checkpoint(finetune.start_from, map_location="cpu")["hyper_parameters"]
         encoding = conversion_settings(cfg).encoding
         if saved.get("encoding", "direct") != encoding:
             raise ValueError(

@@ -293,6 +293,10 @@ def _check_optimized_metric(cfg: DictConfig) -> None:
         )
 
 
+SPAWNED_DDP = ("ddp_spawn", "ddp_fork", "ddp_notebook")
+"""DDP strategies whose processes are forked or spawned, not started from the command line."""
+
+
 def check_sweep_launch(cfg: DictConfig, sweeping: bool) -> None:
     """Refuse a sweep (``-m``) whose DDP processes Lightning would start as scripts: it runs the
     command line again (``sys.argv``) for each, so each would run the whole sweep itself (its own
@@ -321,10 +325,6 @@ def check_sweep_launch(cfg: DictConfig, sweeping: bool) -> None:
             "the whole sweep. Run the jobs one by one, set trainer.strategy=ddp_spawn, or sweep "
             "on SLURM (hydra/launcher=slurm; configs/hydra/launcher/slurm.yaml)."
         )
-
-
-SPAWNED_DDP = ("ddp_spawn", "ddp_fork", "ddp_notebook")
-"""DDP strategies whose processes are forked or spawned, not started from the command line."""
 
 
 def _check_poisson(data: Mapping[str, Any], deploying: bool) -> None:
